@@ -1,0 +1,191 @@
+"""Crop faces the way the classifier was trained, and paste the results back.
+
+A classifier's metadata records its crop convention as a landmark *template*: where the five
+MTCNN landmarks sit in a training crop. A detected face is mapped onto it by a similarity
+transform. The crop handed to attacks is the axis-aligned frame rectangle that covers the
+aligned square, at native resolution; the alignment itself is an affine ``theta`` applied
+inside the classifier (differentiably), so adversarial pixels paste back one to one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from deid.types import Detections, FaceCrop
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity transform (Umeyama) taking ``src`` points onto ``dst``.
+
+    Args:
+        src, dst: (P, 2) float points.
+
+    Returns:
+        (3, 3) float64 matrix M with ``dst ~ M @ [x, y, 1]``.
+    """
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    cov = d.T @ s / len(src)
+    u, sig, vt = np.linalg.svd(cov)
+    e = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        e[1, 1] = -1
+    r = u @ e @ vt
+    var = (s**2).sum() / len(src)
+    scale = (sig * np.diag(e)).sum() / max(var, 1e-12)
+    m = np.eye(3)
+    m[:2, :2] = scale * r
+    m[:2, 2] = mu_d - scale * r @ mu_s
+    return m
+
+
+def face_crop(
+    frame_shape: tuple[int, ...],
+    landmarks: np.ndarray,
+    template: np.ndarray,
+    out_hw: tuple[int, int],
+) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]:
+    """Where to cut one face and how to align it.
+
+    Args:
+        frame_shape: (H, W, ...) of the frame.
+        landmarks: (5, 2) landmark pixels in the frame.
+        template: (5, 2) landmark positions as fractions of the aligned crop's (W, H).
+        out_hw: (h, w) of the aligned crop the classifier sees.
+
+    Returns:
+        region (x1, y1, x2, y2) clipped to the frame, theta (2, 3) float32 mapping aligned
+        output normalised coords to region normalised coords, and the (4, 2) corners of the
+        aligned square in frame pixels.
+    """
+    oh, ow = out_hw
+    dst = np.asarray(template, np.float64) * np.array([ow, oh])
+    m = similarity(landmarks, dst)  # frame px -> aligned px
+    minv = np.linalg.inv(m)
+    corners = (minv @ np.array([[0, 0, 1], [ow, 0, 1], [0, oh, 1], [ow, oh, 1]], np.float64).T).T[
+        :, :2
+    ]
+    fh, fw = frame_shape[:2]
+    x1 = int(np.clip(np.floor(corners[:, 0].min()) - 1, 0, fw - 1))
+    y1 = int(np.clip(np.floor(corners[:, 1].min()) - 1, 0, fh - 1))
+    x2 = int(np.clip(np.ceil(corners[:, 0].max()) + 1, x1 + 1, fw))
+    y2 = int(np.clip(np.ceil(corners[:, 1].max()) + 1, y1 + 1, fh))
+    w, h = x2 - x1, y2 - y1
+    # output normalised -> aligned px -> frame px -> region px -> region normalised
+    d_out = np.array([[ow / 2, 0, ow / 2], [0, oh / 2, oh / 2], [0, 0, 1]])
+    shift = np.array([[1, 0, -x1], [0, 1, -y1], [0, 0, 1]], np.float64)
+    n_in = np.array([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1]])
+    theta = (n_in @ shift @ minv @ d_out)[:2].astype(np.float32)
+    return (x1, y1, x2, y2), theta, corners.astype(np.float32)
+
+
+def crop_faces(
+    frames: Sequence[np.ndarray],
+    detections: Sequence[Detections],
+    template: np.ndarray,
+    out_hw: tuple[int, int],
+) -> list[FaceCrop]:
+    """Cut every detected face of every frame as :class:`FaceCrop` (RGB uint8, native size)."""
+    crops: list[FaceCrop] = []
+    for fi, (frame, det) in enumerate(zip(frames, detections, strict=True)):
+        for k in range(len(det)):
+            region, theta, corners = face_crop(frame.shape, det.landmarks[k], template, out_hw)
+            x1, y1, x2, y2 = region
+            crops.append(
+                FaceCrop(
+                    frame=fi,
+                    face=k,
+                    region=region,
+                    pixels=frame[y1:y2, x1:x2].copy(),
+                    theta=theta,
+                    box=det.boxes[k].copy(),
+                    score=float(det.scores[k]),
+                    extra={"corners": corners},
+                )
+            )
+    return crops
+
+
+def footprint_mask(crop: FaceCrop) -> np.ndarray:
+    """(h, w) bool: the pixels of the crop that lie inside the aligned square (+1 px)."""
+    x1, y1, x2, y2 = crop.region
+    mask = np.zeros((y2 - y1, x2 - x1), np.uint8)
+    pts = crop.extra["corners"][[0, 1, 3, 2]] - np.array([x1, y1], np.float32)
+    cv2.fillConvexPoly(mask, np.round(pts * 4).astype(np.int32), 1, lineType=cv2.LINE_8, shift=2)
+    return cv2.dilate(mask, np.ones((3, 3), np.uint8)).astype(bool)
+
+
+def paste_back(frame: np.ndarray, crop: FaceCrop, pixels: np.ndarray) -> None:
+    """Write ``pixels`` (h, w, 3) uint8 into ``frame`` (in place) inside the crop's footprint."""
+    x1, y1, x2, y2 = crop.region
+    mask = footprint_mask(crop)
+    region = frame[y1:y2, x1:x2]
+    region[mask] = pixels[mask]
+
+
+def obscure(frame: np.ndarray, crop: FaceCrop, mode: str = "pixelate", strength: int = 8) -> None:
+    """Fail-closed fallback: blur or pixelate the crop's footprint in ``frame`` (in place).
+
+    ``strength`` is the number of blocks across the face for ``pixelate`` and the number of
+    blur kernels across it for ``blur``; both leave no recognisable detail.
+    """
+    x1, y1, x2, y2 = crop.region
+    region = frame[y1:y2, x1:x2]
+    h, w = region.shape[:2]
+    if mode == "pixelate":
+        small = cv2.resize(
+            region,
+            (max(1, strength), max(1, round(strength * h / w))),
+            interpolation=cv2.INTER_AREA,
+        )
+        out = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+    elif mode == "blur":
+        k = max(3, (max(h, w) // max(1, strength)) | 1)
+        out = cv2.GaussianBlur(region, (k * 2 + 1, k * 2 + 1), 0)
+    elif mode == "black":
+        out = np.zeros_like(region)
+    else:
+        raise ValueError(f"unknown fallback {mode!r}; available: ['black', 'blur', 'pixelate']")
+    mask = footprint_mask(crop)
+    region[mask] = out[mask]
+
+
+def estimate_template(images: np.ndarray, min_found: int = 10) -> np.ndarray:
+    """Mean MTCNN landmarks on training crops, as fractions of (W, H): a crop convention.
+
+    Each crop is upscaled to at least 160 px and padded by reflection (MTCNN wants context),
+    the most central face is kept, and its landmarks are mapped back.
+
+    Args:
+        images: (N, H, W) or (N, H, W, 3) uint8 training crops.
+
+    Returns:
+        (5, 2) float64.
+    """
+    from deid.detect import MTCNNDetector
+
+    det = MTCNNDetector(min_face_size=40, min_score=0.8)
+    h, w = images.shape[1:3]
+    s = max(1.0, 160 / min(h, w))
+    pad = int(0.3 * max(h, w) * s)
+    found = []
+    for img in images:
+        rgb = np.repeat(img[..., None], 3, -1) if img.ndim == 2 else img
+        big = cv2.resize(rgb, (round(w * s), round(h * s)), interpolation=cv2.INTER_CUBIC)
+        big = cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REFLECT)
+        d = det.detect([big])[0]
+        if not len(d):
+            continue
+        centre = np.array([pad + w * s / 2, pad + h * s / 2])
+        k = int(np.argmin(np.linalg.norm(d.landmarks.mean(1) - centre, axis=1)))
+        found.append((d.landmarks[k] - pad) / s / np.array([w, h]))
+    if len(found) < min_found:
+        raise RuntimeError(
+            f"MTCNN found landmarks on only {len(found)} of {len(images)} crops (need {min_found})"
+        )
+    return np.median(np.stack(found), 0)

@@ -1,0 +1,173 @@
+"""The attack interface: batch in, adversarial images and a per-sample success mask out.
+
+Every attack is a class built from one pydantic config and called as
+``attack(model, images, targets) -> AttackResult``. The model is an argument, not state.
+``images`` are (N, C, H, W) float in [0, 1]; normalisation lives in the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Protocol
+
+import torch
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from torch import Tensor, nn
+
+from deid.errors import ShapeError
+
+
+def parse_fraction(v: object) -> object:
+    """Accept ``"16/255"`` for a float field (what people write for 8-bit budgets)."""
+    if isinstance(v, str) and "/" in v:
+        a, b = v.split("/", 1)
+        try:
+            return float(a) / float(b)
+        except (ValueError, ZeroDivisionError):
+            return v  # let pydantic report it as not a number
+    return v
+
+
+Budget = Annotated[float, BeforeValidator(parse_fraction)]
+
+
+class AttackConfigBase(BaseModel):
+    """Fields every attack has."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    targeted: bool = Field(
+        True, description="reach a given identity (True) or just leave the true one"
+    )
+    margin: float = Field(0.0, ge=0.0, description="logit margin by which the target must win")
+    quantize: bool = Field(True, description="keep images on the 8-bit grid (what gets written)")
+    batch_size: int = Field(32, ge=1, le=4096, description="faces attacked together")
+    target: str | int | None = Field(
+        None,
+        description="least-likely, nearest, random, a class id or name (None: attack default)",
+    )
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """What an attack returns.
+
+    Attributes:
+        images: (N, C, H, W) adversarial images in [0, 1], same device and dtype as the input.
+        success: (N,) bool. Targeted: the model's top class is the target (by ``margin``);
+            untargeted: it is not the true class.
+        steps: (N,) int64 gradient steps (or model queries) each sample used.
+        logits: (N, K) the model's logits on ``images`` (as returned, after quantisation).
+        norms: per-sample L0, L1, L2 and Linf of ``images - original``, each (N,).
+    """
+
+    images: Tensor
+    success: Tensor
+    steps: Tensor
+    logits: Tensor
+    norms: dict[str, Tensor]
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean()) if len(self.success) else 1.0
+
+
+class Attack(Protocol):
+    def __call__(self, model: nn.Module, images: Tensor, targets: Tensor) -> AttackResult: ...
+
+
+def check_images(images: Tensor, targets: Tensor | None = None) -> None:
+    """Guard an attack's inputs: (N, C, H, W) floats in [0, 1] and (N,) labels."""
+    if images.ndim != 4:
+        raise ShapeError("images", tuple(images.shape), "(N, C, H, W)")
+    if not images.is_floating_point():
+        raise TypeError(f"images: expected a float tensor in [0, 1], got {images.dtype}")
+    if images.numel() and (float(images.min()) < 0.0 or float(images.max()) > 1.0):
+        raise ValueError(
+            f"images: expected values in [0, 1], got "
+            f"[{float(images.min()):.3g}, {float(images.max()):.3g}]"
+        )
+    if targets is not None and targets.shape != (images.shape[0],):
+        raise ShapeError("targets", tuple(targets.shape), f"({images.shape[0]},)")
+
+
+def perturbation_norms(x: Tensor, x_adv: Tensor, eps0: float = 1e-6) -> dict[str, Tensor]:
+    """The seed's four measures of each sample's perturbation (pixels in [0, 1] units)."""
+    d = (x_adv - x).flatten(1)
+    return {
+        "l0": (d.abs() > eps0).sum(1).to(torch.float32),
+        "l1": d.abs().sum(1),
+        "l2": d.norm(dim=1),
+        "linf": d.abs().amax(1) if d.shape[1] else d.new_zeros(len(d)),
+    }
+
+
+def is_success(logits: Tensor, labels: Tensor, targeted: bool, margin: float = 0.0) -> Tensor:
+    """(N,) bool: targeted -> label wins by ``margin``; untargeted -> another class wins by it."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.clone()
+    other.scatter_(1, labels[:, None], float("-inf"))
+    best_other = other.amax(1)
+    if targeted:
+        return (true - best_other > margin) if margin > 0 else (logits.argmax(1) == labels)
+    return (best_other - true > margin) if margin > 0 else (logits.argmax(1) != labels)
+
+
+def quantize8(x: Tensor) -> Tensor:
+    """Round to the 8-bit grid that an image file stores."""
+    return torch.round(x * 255.0) / 255.0
+
+
+def grid_bounds(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """The 8-bit grid values inside [lo, hi] (where the interval holds none, lo and hi)."""
+    lo_q = torch.ceil(lo * 255.0 - 1e-4) / 255.0
+    hi_q = torch.floor(hi * 255.0 + 1e-4) / 255.0
+    empty = lo_q > hi_q
+    return torch.where(empty, lo, lo_q), torch.where(empty, hi, hi_q)
+
+
+def project(v: Tensor, lo: Tensor, hi: Tensor, quantize: bool) -> Tensor:
+    """Clip ``v`` into [lo, hi]; with ``quantize``, onto the 8-bit grid values inside it
+    (``lo``/``hi`` then come from :func:`grid_bounds`)."""
+    if quantize:
+        v = quantize8(v)
+    return torch.maximum(torch.minimum(v, hi), lo)
+
+
+def select(model: nn.Module, idx: Tensor) -> nn.Module:
+    """The model for a subset of the batch. Models with per-sample state (an alignment per
+    face, see :class:`deid.models.classifier.BoundClassifier`) implement ``select(idx)``."""
+    sel = getattr(model, "select", None)
+    return sel(idx) if callable(sel) else model
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and frozen weights for the duration of an attack (no weight gradients are
+    computed: a third less work per backward pass); restores both afterwards."""
+    was_training = model.training
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+        model.train(was_training)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: Tensor, batch_size: int = 256) -> Tensor:
+    """Logits of ``model`` on ``images`` in batches (no gradients)."""
+    outs = []
+    for i in range(0, len(images), batch_size):
+        outs.append(
+            select(model, torch.arange(i, min(i + batch_size, len(images)), device=images.device))(
+                images[i : i + batch_size]
+            )
+        )
+    return torch.cat(outs) if outs else images.new_zeros((0, 0))

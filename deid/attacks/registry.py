@@ -1,0 +1,42 @@
+"""Attack registry: name -> (class, config). The config union is what settings validate."""
+
+from __future__ import annotations
+
+from typing import Union
+
+from deid.attacks.base import Attack, AttackConfigBase
+from deid.attacks.conceal import Conceal, ConcealConfig
+from deid.attacks.ifgsm import IFGSM, IFGSMConfig
+from deid.attacks.realistic import Realistic, RealisticConfig
+from deid.errors import ConfigError
+
+ATTACKS: dict[str, tuple[type, type[AttackConfigBase]]] = {
+    "ifgsm": (IFGSM, IFGSMConfig),
+    "realistic": (Realistic, RealisticConfig),
+    "conceal": (Conceal, ConcealConfig),
+}
+
+# Discriminated on `name` (see deid.config.Settings).
+AttackConfig = Union[IFGSMConfig, RealisticConfig, ConcealConfig]  # noqa: UP007
+
+# Which target each attack picks when the config does not say.
+DEFAULT_TARGET = {"ifgsm": "least-likely", "realistic": "nearest", "conceal": "least-likely"}
+
+
+def default_attack() -> IFGSMConfig:
+    return IFGSMConfig()
+
+
+def attack_config(name: str, **params: object) -> AttackConfigBase:
+    """Validated config of the attack called ``name``."""
+    if name not in ATTACKS:
+        raise ConfigError(f"unknown attack {name!r}; available: {sorted(ATTACKS)}")
+    return ATTACKS[name][1](**params)
+
+
+def build_attack(cfg: AttackConfigBase) -> Attack:
+    """The attack object for a config."""
+    name = getattr(cfg, "name", None)
+    if name not in ATTACKS:
+        raise ConfigError(f"unknown attack {name!r}; available: {sorted(ATTACKS)}")
+    return ATTACKS[name][0](cfg)

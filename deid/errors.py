@@ -1,0 +1,66 @@
+"""Exception types. Each carries the data a caller needs to act on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DeidError(Exception):
+    """Base class of every error deid raises on purpose."""
+
+    exit_code = 2
+
+
+class InputError(DeidError):
+    """The input path is missing, unreadable or of the wrong kind."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class VideoDecodeError(InputError):
+    """A file that should be a video could not be decoded."""
+
+
+class OutputError(DeidError):
+    """The output path is not acceptable (same as input, inside input, unwritable)."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class ConfigError(DeidError):
+    """A configuration value is unknown or out of range."""
+
+
+class ShapeError(DeidError):
+    """A tensor does not have the expected shape."""
+
+    def __init__(self, name: str, actual: tuple[int, ...], expected: str) -> None:
+        self.actual = actual
+        self.expected = expected
+        super().__init__(f"{name}: expected shape {expected}, got {tuple(actual)}")
+
+
+class CheckpointError(DeidError):
+    """A classifier checkpoint is missing, unknown or malformed."""
+
+
+class DataError(DeidError):
+    """A dataset file is missing or does not have the expected layout."""
+
+
+class PartialFailure(DeidError):
+    """Some inputs of a multi-file job failed; the others were written."""
+
+    exit_code = 3
+
+    def __init__(self, failed: list[tuple[str, str]]) -> None:
+        self.failed = failed
+        super().__init__(
+            f"{len(failed)} input(s) failed: " + "; ".join(f"{p}: {r}" for p, r in failed[:5])
+        )

@@ -1,0 +1,229 @@
+"""Still images (Pillow), input classification and output-path checks.
+
+Images are ``(H, W, 3) uint8 RGB`` numpy arrays. Files are written atomically: to a hidden
+temporary file in the destination folder, then renamed with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from deid.errors import InputError, OutputError, ShapeError
+from deid.io.video import WRITABLE_VIDEO_FORMATS
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_EXTS = {".mp4", ".mov", ".avi", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg", ".ts"}
+
+_PIL_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+}
+
+_EXPECTED_IMAGE = "not a readable image (expected jpg, png, ...)"
+
+# What Pillow raises on unreadable files: UnidentifiedImageError and "truncated" are
+# OSError, some plugins raise SyntaxError or ValueError, oversized images raise
+# DecompressionBombError (an Exception subclass of its own).
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _exts(exts: set[str]) -> str:
+    return ", ".join(sorted(exts))
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode to (H, W, 3) uint8 RGB (alpha dropped, 16-bit scaled to 8-bit)."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img)
+        if img.mode == "F":
+            gray = np.clip(arr, 0, 255).round().astype(np.uint8)
+        else:  # 16-bit greyscale (Pillow reads 16-bit PNG as I or I;16)
+            gray = (np.clip(arr.astype(np.int64), 0, 65535) // 257).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """Read an image file, upright (EXIF orientation applied), as RGB.
+
+    Greyscale, palette, CMYK and 16-bit images are converted; alpha is dropped.
+
+    Returns:
+        image: (H, W, 3) uint8 RGB.
+
+    Raises:
+        InputError: the path is missing or not a readable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        reason = "file not found" if not path.exists() else "is not a regular file"
+        raise InputError(path, f"{reason}; expected an image ({_exts(IMAGE_EXTS)})")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            return _to_rgb(upright)
+    except UnidentifiedImageError as e:
+        raise InputError(path, _EXPECTED_IMAGE) from e
+    except _PIL_ERRORS as e:
+        raise InputError(path, f"{_EXPECTED_IMAGE}: {e}") from e
+
+
+def _tmp_beside(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}{path.suffix}")
+
+
+def write_image(path: Path | str, rgb: np.ndarray, quality: int = 95) -> None:
+    """Write an RGB image atomically; the format follows the suffix.
+
+    PNG, BMP and TIFF are lossless. JPEG uses ``quality`` with 4:4:4 chroma (no
+    subsampling, so fine pixel changes survive better); WebP uses ``quality``, or lossless
+    at 100. No metadata (EXIF, GPS) is written. Missing parent folders are created.
+
+    Args:
+        path: output file with a suffix in :data:`IMAGE_EXTS`.
+        rgb: (H, W, 3) uint8 RGB.
+        quality: 1..100 for JPEG and WebP.
+
+    Raises:
+        OutputError: unsupported suffix, or the file cannot be written (``path`` untouched).
+        ShapeError: ``rgb`` is not (H, W, 3).
+    """
+    path = Path(path)
+    fmt = _PIL_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise OutputError(path, f"unsupported image suffix; expected one of {_exts(IMAGE_EXTS)}")
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ShapeError("rgb", rgb.shape, "(H, W, 3) RGB")
+    if rgb.dtype != np.uint8:
+        raise ValueError(f"rgb: expected dtype uint8, got {rgb.dtype}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality: expected 1..100, got {quality}")
+    options: dict[str, object] = {}
+    if fmt == "JPEG":
+        options = {"quality": quality, "subsampling": 0}
+    elif fmt == "WEBP":
+        options = {"quality": quality, "lossless": quality == 100}
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    tmp = _tmp_beside(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(tmp, format=fmt, **options)
+        tmp.replace(path)
+    except (OSError, ValueError) as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OutputError(path, f"cannot write the image ({e})") from e
+    log.debug("wrote %s (%dx%d %s)", path, rgb.shape[1], rgb.shape[0], fmt)
+
+
+def classify_input(path: Path | str) -> Literal["video", "image", "folder"]:
+    """Say what kind of input a path is, from its type and suffix (case-insensitive).
+
+    Raises:
+        InputError: the path does not exist or its suffix is neither a video nor an image.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "does not exist; expected a video, an image or a folder")
+    if path.is_dir():
+        return "folder"
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTS:
+        return "video"
+    if suffix in IMAGE_EXTS:
+        return "image"
+    raise InputError(
+        path,
+        f"unsupported file type {suffix or '(no suffix)'}; expected a folder, a video "
+        f"({_exts(VIDEO_EXTS)}) or an image ({_exts(IMAGE_EXTS)})",
+    )
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def list_images(folder: Path | str) -> list[Path]:
+    """All image files under ``folder``, recursively, sorted by relative path.
+
+    Hidden files and folders (name starting with ``.``) are skipped, as is anything whose
+    suffix (case-insensitive) is not in :data:`IMAGE_EXTS`. Symlinked folders are not
+    followed.
+
+    Raises:
+        InputError: ``folder`` is not an existing folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "expected an existing folder of images")
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not _hidden(d)]
+        for name in files:
+            if not _hidden(name) and Path(name).suffix.lower() in IMAGE_EXTS:
+                found.append(Path(root) / name)
+    return sorted(found, key=lambda p: p.relative_to(folder).parts)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def check_output(input_path: Path | str, output_path: Path | str) -> None:
+    """Refuse output paths that would clobber or feed back into the input.
+
+    Rules: the output must not be the input itself (also through symlinks or hard links);
+    for a folder input the output must be a folder outside it (not the input, not inside
+    it, not an existing file); for a file input the output must not be an existing folder
+    and must have a suffix of the same kind (video: .mp4, .m4v, .mov, .mkv; image: one of
+    :data:`IMAGE_EXTS`). Its parent, if it exists, must be a folder.
+
+    Raises:
+        InputError: the input does not exist or has an unsupported suffix.
+        OutputError: the output path breaks one of the rules above.
+    """
+    src, dst = Path(input_path), Path(output_path)
+    kind = classify_input(src)
+    if _same_file(src, dst):
+        raise OutputError(dst, f"is the input {src}; expected a different output path")
+    if kind == "folder":
+        if dst.exists() and not dst.is_dir():
+            raise OutputError(dst, "is an existing file; expected a folder for a folder input")
+        if dst.resolve().is_relative_to(src.resolve()):
+            raise OutputError(
+                dst, f"is inside the input folder {src}; expected a folder outside it"
+            )
+        return
+    if dst.is_dir():
+        raise OutputError(dst, f"is an existing folder; expected a file path for the {kind}")
+    allowed = set(WRITABLE_VIDEO_FORMATS) if kind == "video" else IMAGE_EXTS
+    if dst.suffix.lower() not in allowed:
+        raise OutputError(
+            dst, f"unsupported output suffix for a {kind}; expected one of {_exts(allowed)}"
+        )
+    parent = dst.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(dst, f"its parent {parent} is a file; expected a folder")

@@ -1,0 +1,695 @@
+"""Video probing, decoding and atomic H.264 writing (PyAV, with an OpenCV read fallback).
+
+Frames are always ``(H, W, 3) uint8 RGB`` numpy arrays, stored as decoded: a rotation in
+the container's display matrix is reported by :func:`probe_video` but not applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+
+from deid.errors import InputError, OutputError, ShapeError, VideoDecodeError
+
+log = logging.getLogger(__name__)
+
+EXPECTED_VIDEO = "expected a video file (mp4, mov, avi, mkv, ...)"
+
+# Output suffix -> FFmpeg muxer. Only containers that hold H.264 well.
+WRITABLE_VIDEO_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+# Demuxers that open still images; PyAV happily reports them as a one-frame "video".
+_IMAGE_DEMUXERS = {"image2", "gif", "apng"}
+
+# Errors PyAV raises for unreadable or undecodable data (FFmpegError covers av.error.*).
+_AV_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What :func:`probe_video` found out about a video file.
+
+    Attributes:
+        width: frame width in pixels, as decoded (before any display rotation).
+        height: frame height in pixels, as decoded.
+        fps: average frame rate (frames per second) of the video stream.
+        frame_count: exact number of frames in the video stream.
+        duration: duration of the video stream in seconds.
+        codec: decoder name of the video stream, e.g. ``"h264"``.
+        has_audio: whether the file has at least one audio stream.
+        rotation: display rotation in degrees counter-clockwise (0, 90, 180 or 270 for
+            real footage), from the display matrix or the legacy ``rotate`` tag; 0 if absent.
+        rate: ``fps`` as an exact fraction (e.g. ``30000/1001``); pass it to
+            :class:`VideoWriter` to keep the rate exactly.
+    """
+
+    width: int
+    height: int
+    fps: float
+    frame_count: int
+    duration: float
+    codec: str
+    has_audio: bool
+    rotation: int = 0
+    rate: Fraction = Fraction(0)
+
+
+def to_rate(fps: float | Fraction) -> Fraction:
+    """Turn a frame rate into the exact fraction a container stores.
+
+    Integer rates stay integers (``25 -> 25/1``), NTSC rates snap to their ``/1001`` form
+    (``29.97 -> 30000/1001``, ``23.976 -> 24000/1001``), anything else is the closest
+    fraction with a denominator of at most 1001.
+
+    Raises:
+        ValueError: ``fps`` is not a positive finite number.
+    """
+    if isinstance(fps, Fraction):
+        rate = fps
+    else:
+        if not np.isfinite(fps):
+            raise ValueError(f"fps: expected a positive finite number, got {fps}")
+        rate = Fraction(fps).limit_denominator(1001)
+    if rate <= 0:
+        raise ValueError(f"fps: expected a positive number, got {fps}")
+    if rate.denominator != 1:
+        ntsc = Fraction(round(float(rate) * 1.001) * 1000, 1001)
+        if abs(float(rate) - float(ntsc)) < 1e-3:
+            return ntsc
+    return rate
+
+
+def _check_video_path(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, f"file not found; {EXPECTED_VIDEO}")
+    if not path.is_file():
+        raise InputError(path, f"is not a regular file; {EXPECTED_VIDEO}")
+
+
+def _open_av(path: Path) -> tuple[Any, Any]:
+    """Open ``path`` with PyAV and return ``(container, video_stream)``.
+
+    Raises:
+        VideoDecodeError: the file opens but is a still image or has no video stream.
+        av.FFmpegError, OSError: PyAV cannot open the file at all (caller may fall back).
+    """
+    container = av.open(str(path), mode="r")
+    try:
+        fmt = container.format.name
+        if fmt in _IMAGE_DEMUXERS or fmt.endswith("_pipe"):
+            raise VideoDecodeError(path, f"is a still image ({fmt}); {EXPECTED_VIDEO}")
+        if not container.streams.video:
+            raise VideoDecodeError(path, f"has no video stream; {EXPECTED_VIDEO}")
+        return container, container.streams.video[0]
+    except BaseException:
+        container.close()
+        raise
+
+
+def _stream_rate(stream: Any) -> Fraction | None:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return Fraction(rate)
+    return None
+
+
+def _is_flush(packet: Any) -> bool:
+    """PyAV's demux ends each stream with an empty packet that only flushes the decoder."""
+    return packet.size == 0 and packet.dts is None
+
+
+def _count_packets(path: Path) -> int:
+    """Number of video packets (= frames) in a file, by demuxing it without decoding."""
+    try:
+        with av.open(str(path), mode="r") as container:
+            stream = container.streams.video[0]
+            return sum(not _is_flush(p) for p in container.demux(stream))
+    except _AV_ERRORS as e:
+        raise VideoDecodeError(path, f"cannot demux the video to count its frames ({e})") from e
+
+
+def _rotation(stream: Any, first_frame: Any) -> int:
+    tag = stream.metadata.get("rotate")
+    if tag is not None:
+        with contextlib.suppress(ValueError):
+            return (-round(float(tag))) % 360  # legacy tag is clockwise
+    return round(float(getattr(first_frame, "rotation", 0) or 0)) % 360
+
+
+def probe_video(path: Path | str) -> VideoInfo:
+    """Read a video's size, rate, exact frame count, codec, audio and rotation.
+
+    The frame count is the container's if it records one (mp4, mov, avi), else the number
+    of video packets found by demuxing the whole file (mkv, webm, ts). The first frame is
+    decoded, so a file that does not decode is rejected here.
+
+    Raises:
+        InputError: the path does not exist or is not a regular file.
+        VideoDecodeError: the file is not a decodable video (text, image, no video stream).
+    """
+    path = Path(path)
+    _check_video_path(path)
+    try:
+        container, stream = _open_av(path)
+    except VideoDecodeError:
+        raise
+    except _AV_ERRORS as e:
+        log.debug("PyAV cannot open %s (%s); trying OpenCV", path, e)
+        return _probe_cv2(path, e)
+    try:
+        _check_matroska_size(path, container)
+        rate = _stream_rate(stream)
+        if rate is None:
+            raise VideoDecodeError(path, f"video stream has no frame rate; {EXPECTED_VIDEO}")
+        try:
+            first = next(container.decode(stream), None)
+        except _AV_ERRORS as e:
+            raise VideoDecodeError(
+                path, f"cannot decode the first frame ({e}); {EXPECTED_VIDEO}"
+            ) from e
+        if first is None:
+            raise VideoDecodeError(path, f"video stream has no frames; {EXPECTED_VIDEO}")
+        rotation = _rotation(stream, first)
+        frame_count = stream.frames
+        if frame_count <= 0:
+            frame_count = _count_packets(path)
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None and len(container.streams) == 1:
+            duration = container.duration / av.time_base
+        else:
+            duration = frame_count / float(rate)
+        return VideoInfo(
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            fps=float(rate),
+            frame_count=int(frame_count),
+            duration=duration,
+            codec=stream.codec_context.name,
+            has_audio=bool(container.streams.audio),
+            rotation=rotation,
+            rate=rate,
+        )
+    finally:
+        container.close()
+
+
+def _open_cv2(path: Path, av_error: BaseException) -> cv2.VideoCapture:
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    if not cap.isOpened():
+        cap.release()
+        raise VideoDecodeError(path, f"cannot open ({av_error}); {EXPECTED_VIDEO}") from av_error
+    return cap
+
+
+def _probe_cv2(path: Path, av_error: BaseException) -> VideoInfo:
+    cap = _open_cv2(path, av_error)
+    try:
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        fourcc = int(cap.get(cv2.CAP_PROP_FOURCC))
+        frame_count = 0
+        while cap.grab():  # exact count: CAP_PROP_FRAME_COUNT is an estimate
+            frame_count += 1
+    finally:
+        cap.release()
+    if frame_count == 0 or fps <= 0 or width <= 0:
+        raise VideoDecodeError(path, f"OpenCV decodes no frames; {EXPECTED_VIDEO}")
+    rate = to_rate(fps)
+    codec = "".join(chr((fourcc >> 8 * i) & 0xFF) for i in range(4)).strip("\x00 ").lower()
+    return VideoInfo(
+        width=width,
+        height=height,
+        fps=float(rate),
+        frame_count=frame_count,
+        duration=frame_count / float(rate),
+        codec=codec or "unknown",
+        has_audio=False,  # OpenCV does not see audio
+        rotation=0,
+        rate=rate,
+    )
+
+
+def _ebml_vint(data: bytes, pos: int, keep_marker: bool) -> tuple[int, int]:
+    """Decode an EBML variable-length integer at ``pos``; return (value, next position).
+
+    Returns value -1 for the reserved all-ones "unknown size".
+    """
+    first = data[pos]
+    length = 9 - first.bit_length()  # leading zeros + 1
+    if not 1 <= length <= 8 or pos + length > len(data):
+        raise ValueError("bad EBML variable-length integer")
+    value = int.from_bytes(data[pos : pos + length], "big")
+    if keep_marker:
+        return value, pos + length
+    value &= (1 << (7 * length)) - 1
+    return (-1 if value == (1 << (7 * length)) - 1 else value), pos + length
+
+
+def _check_matroska_size(path: Path, container: Any) -> None:
+    """Raise if a Matroska/WebM file is shorter than its Segment element says.
+
+    Matroska records no frame count, so this is how a cut-off mkv is caught up front.
+    """
+    if not container.format.name.startswith("matroska"):
+        return
+    with path.open("rb") as f:
+        head = f.read(4096)
+    try:
+        ebml_id, pos = _ebml_vint(head, 0, keep_marker=True)
+        size, pos = _ebml_vint(head, pos, keep_marker=False)
+        if ebml_id != 0x1A45DFA3 or size < 0:
+            return
+        segment_id, pos = _ebml_vint(head, pos + size, keep_marker=True)
+        size, pos = _ebml_vint(head, pos, keep_marker=False)
+    except (ValueError, IndexError):
+        return
+    if segment_id != 0x18538067 or size < 0:  # unknown size: live/streamed file
+        return
+    actual = path.stat().st_size
+    if actual < pos + size:
+        raise VideoDecodeError(
+            path,
+            f"file has {actual} bytes but its Matroska segment needs {pos + size}; it is truncated",
+        )
+
+
+def _expected_duration(container: Any, stream: Any) -> float | None:
+    """Seconds the video stream claims to last, when the container records it."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION")  # matroska writes one per stream: HH:MM:SS.nnnnnnnnn
+    if tag:
+        with contextlib.suppress(ValueError):
+            h, m, s = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(s)
+    if container.duration is not None and len(container.streams) == 1:
+        return container.duration / av.time_base
+    return None
+
+
+def _iter_av(path: Path, container: Any, stream: Any) -> Iterator[np.ndarray]:
+    """Decode every frame; raise if the file ends before the container says it should."""
+    stream.thread_type = "AUTO"
+    expected = stream.frames
+    rate = _stream_rate(stream)
+    claimed = _expected_duration(container, stream) if expected <= 0 else None
+    packets = frames = 0
+    last_end = 0.0
+    try:
+        try:
+            for packet in container.demux(stream):
+                if not _is_flush(packet):
+                    packets += 1
+                for frame in packet.decode():
+                    frames += 1
+                    if frame.pts is not None and frame.time_base is not None and rate:
+                        last_end = max(last_end, float(frame.pts * frame.time_base + 1 / rate))
+                    yield np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+        except _AV_ERRORS as e:
+            raise VideoDecodeError(
+                path,
+                f"decoding failed after {frames} frame(s) ({e}); the file is truncated or corrupt",
+            ) from e
+        if frames == 0:
+            raise VideoDecodeError(path, f"no frame could be decoded; {EXPECTED_VIDEO}")
+        if expected > 0 and packets < expected:
+            raise VideoDecodeError(
+                path,
+                f"file ends after {packets} of the {expected} frames its header lists; "
+                "it is truncated",
+            )
+        if claimed is not None and rate and last_end < claimed - 1.5 / float(rate):
+            raise VideoDecodeError(
+                path,
+                f"frames end at {last_end:.3f} s but the file claims {claimed:.3f} s; "
+                "it is truncated",
+            )
+    finally:
+        container.close()
+
+
+def _iter_cv2(path: Path, cap: cv2.VideoCapture) -> Iterator[np.ndarray]:
+    """Decode with OpenCV; raise if it yields fewer frames than it reported."""
+    reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    frames = 0
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                break
+            frames += 1
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    finally:
+        cap.release()
+    if frames == 0 or (reported > 0 and frames < reported):
+        raise VideoDecodeError(
+            path, f"OpenCV decoded {frames} of the {reported} frames the file reports"
+        )
+
+
+def read_frames(path: Path | str, batch_size: int | None = None) -> Iterator[np.ndarray]:
+    """Decode every frame of a video, in order.
+
+    The file is opened (and rejected if unreadable) when this is called, not on the first
+    ``next()``. PyAV is used; OpenCV only if PyAV cannot open the file.
+
+    Args:
+        path: a video file.
+        batch_size: ``None`` to yield single frames; ``n`` to yield stacked batches of up to
+            ``n`` frames (the last may be shorter).
+
+    Yields:
+        frames: (H, W, 3) uint8 RGB, or with ``batch_size`` (B, H, W, 3) uint8 RGB.
+
+    Raises:
+        InputError: the path does not exist.
+        VideoDecodeError: the file is not a video, or (while iterating) decoding fails or the
+            file ends before all frames its header lists were read (truncated file).
+    """
+    path = Path(path)
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size: expected None or an int >= 1, got {batch_size}")
+    _check_video_path(path)
+    try:
+        container, stream = _open_av(path)
+    except VideoDecodeError:
+        raise
+    except _AV_ERRORS as e:
+        cap = _open_cv2(path, e)
+        log.warning("PyAV cannot open %s (%s); decoding with OpenCV", path, e)
+        frames = _iter_cv2(path, cap)
+    else:
+        try:
+            _check_matroska_size(path, container)
+        except BaseException:
+            container.close()
+            raise
+        frames = _iter_av(path, container, stream)
+    if batch_size is None:
+        return frames
+    return (np.stack(batch) for batch in iter_batches(frames, batch_size))
+
+
+def iter_batches(iterator: Iterable[np.ndarray], n: int) -> Iterator[list[np.ndarray]]:
+    """Group items into lists of ``n`` (the last list may be shorter, none is empty)."""
+    if n < 1:
+        raise ValueError(f"n: expected an int >= 1, got {n}")
+    batch: list[np.ndarray] = []
+    for item in iterator:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _AudioCopier:
+    """Copies (no re-encode) the audio packets of one file into an output container."""
+
+    def __init__(self, source: Path, output: Any) -> None:
+        self.source = source
+        self._input = av.open(str(source), mode="r")
+        try:
+            if not self._input.streams.audio:
+                raise ValueError("it has no audio stream")
+            in_stream = self._input.streams.audio[0]
+            name = in_stream.codec_context.name
+            if name not in output.supported_codecs:
+                raise ValueError(f"{output.format.name} cannot hold {name} audio")
+            self._out_stream = output.add_stream_from_template(in_stream, opaque=True)
+            self._packets = (p for p in self._input.demux(in_stream) if not _is_flush(p))
+        except BaseException:
+            self._input.close()
+            raise
+        self._output = output
+        self._pending: Any = None
+        self.copied = 0
+
+    def copy_until(self, seconds: float | None) -> None:
+        """Mux audio packets that start before ``seconds`` (all remaining if None)."""
+        try:
+            while True:
+                if self._pending is None:
+                    self._pending = next(self._packets, None)
+                    if self._pending is None:
+                        return
+                p = self._pending
+                ts = p.pts if p.pts is not None else p.dts
+                if seconds is not None and ts is not None and float(ts * p.time_base) > seconds:
+                    return
+                p.stream = self._out_stream
+                self._output.mux(p)
+                self._pending = None
+                self.copied += 1
+        except _AV_ERRORS as e:
+            log.warning(
+                "audio copy from %s stopped after %d packet(s): %s", self.source, self.copied, e
+            )
+            self._packets = iter(())
+            self._pending = None
+
+    def close(self) -> None:
+        self._input.close()
+
+
+class VideoWriter:
+    """Encode RGB frames to an H.264 file, atomically.
+
+    Frames go to ``.<name>.tmp-<random><suffix>`` beside ``path``; a clean :meth:`close` (or
+    leaving the ``with`` block without an exception) renames it onto ``path`` with
+    ``os.replace``. An exception inside the block, or :meth:`abort`, deletes it, so ``path``
+    is either the complete new video or untouched.
+
+    Colour: frames are converted with the BT.601 matrix, limited range, and the stream is
+    tagged so (``smpte170m``), the same convention :func:`read_frames` decodes untagged
+    video with. When ``pix_fmt`` is ``yuv420p`` and a dimension is odd, ``yuv444p`` is used
+    instead so the size is kept exactly (4:4:4 H.264 does not play in browsers or
+    QuickTime; players such as VLC and ffmpeg decode it).
+
+    Args:
+        path: output file, ``.mp4``, ``.m4v``, ``.mov`` or ``.mkv``. Missing parent folders
+            are created.
+        fps: frame rate; a float is snapped to an exact fraction by :func:`to_rate`.
+        width: frame width in pixels.
+        height: frame height in pixels.
+        crf: libx264/libx265 constant rate factor (0 lossless, 18 visually lossless, 23
+            default).
+        codec: FFmpeg encoder name.
+        pix_fmt: encoder pixel format.
+        audio_from: a file whose first audio stream is copied into the output; if it has
+            none, or copying fails, a warning is logged and the output has no audio.
+        preset: libx264/libx265 speed preset.
+        rotation: display rotation (degrees counter-clockwise) to store, e.g.
+            :attr:`VideoInfo.rotation` of the input so players show it the same way.
+
+    Attributes:
+        frames_written: frames passed to :meth:`write` so far.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        fps: float | Fraction,
+        width: int,
+        height: int,
+        crf: int = 18,
+        codec: str = "libx264",
+        pix_fmt: str = "yuv420p",
+        audio_from: Path | str | None = None,
+        preset: str = "medium",
+        rotation: int = 0,
+    ) -> None:
+        self.path = Path(path)
+        self.rate = to_rate(fps)
+        if width < 1 or height < 1:
+            raise ValueError(f"width, height: expected positive sizes, got {width}x{height}")
+        self.width, self.height = int(width), int(height)
+        fmt = WRITABLE_VIDEO_FORMATS.get(self.path.suffix.lower())
+        if fmt is None:
+            raise OutputError(
+                self.path, f"expected a video suffix in {sorted(WRITABLE_VIDEO_FORMATS)}"
+            )
+        if pix_fmt == "yuv420p" and (width % 2 or height % 2):
+            log.info("%s: odd size %dx%d, encoding yuv444p to keep it", self.path, width, height)
+            pix_fmt = "yuv444p"
+        self.pix_fmt = pix_fmt
+        self.frames_written = 0
+        self._closed = False
+        self._audio: _AudioCopier | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(self.path, f"cannot create the output folder ({e})") from e
+        token = secrets.token_hex(4)
+        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp-{token}{self.path.suffix}")
+        options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
+        try:
+            self._container = av.open(str(self.tmp_path), mode="w", format=fmt, options=options)
+        except _AV_ERRORS as e:
+            self.tmp_path.unlink(missing_ok=True)
+            raise OutputError(self.path, f"cannot create {self.tmp_path.name} ({e})") from e
+        try:
+            self._stream = self._container.add_stream(codec, rate=self.rate)
+            self._stream.width, self._stream.height = self.width, self.height
+            self._stream.pix_fmt = pix_fmt
+            ctx = self._stream.codec_context
+            ctx.colorspace, ctx.color_range = 6, 1  # AVCOL_SPC_SMPTE170M (BT.601), MPEG range
+            ctx.color_primaries, ctx.color_trc = 6, 6  # SMPTE170M
+            if codec in ("libx264", "libx265"):
+                self._stream.options = {"crf": str(crf), "preset": preset}
+            if rotation % 360:
+                self._stream.set_display_rotation(rotation % 360)
+        except _AV_ERRORS as e:
+            self._discard()
+            raise OutputError(self.path, f"cannot set up {codec} {pix_fmt} ({e})") from e
+        except BaseException:
+            self._discard()
+            raise
+        if audio_from is not None:
+            try:
+                self._audio = _AudioCopier(Path(audio_from), self._container)
+            except _AV_ERRORS as e:
+                log.warning(
+                    "%s: writing without audio; cannot copy audio from %s: %s",
+                    self.path,
+                    audio_from,
+                    e,
+                )
+
+    def write(self, frame: np.ndarray) -> None:
+        """Encode one frame.
+
+        Args:
+            frame: (H, W, 3) uint8 RGB with the writer's height and width.
+
+        Raises:
+            ShapeError: the frame is not (height, width, 3).
+            OutputError: the writer is closed or encoding fails.
+        """
+        if self._closed:
+            raise OutputError(self.path, "write() after close(); expected an open VideoWriter")
+        if frame.shape != (self.height, self.width, 3):
+            raise ShapeError("frame", frame.shape, f"({self.height}, {self.width}, 3) RGB")
+        if frame.dtype != np.uint8:
+            raise ValueError(f"frame: expected dtype uint8, got {frame.dtype}")
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf = vf.reformat(format=self.pix_fmt, dst_colorspace="ITU601", dst_color_range="MPEG")
+        vf.pts = self.frames_written
+        vf.time_base = 1 / self.rate
+        try:
+            for packet in self._stream.encode(vf):
+                self._container.mux(packet)
+        except _AV_ERRORS as e:
+            raise OutputError(
+                self.path, f"encoding frame {self.frames_written} failed ({e})"
+            ) from e
+        self.frames_written += 1
+        if self._audio is not None:
+            self._audio.copy_until(float(self.frames_written / self.rate))
+
+    def close(self) -> None:
+        """Flush the encoder, finish the file and move it onto ``path``.
+
+        Raises:
+            OutputError: no frame was written, or finishing/renaming fails; the temporary
+                file is deleted and ``path`` is left as it was.
+        """
+        if self._closed:
+            return
+        if self.frames_written == 0:
+            self._discard()
+            raise OutputError(self.path, "no frames were written; expected at least one")
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            if self._audio is not None:
+                self._audio.copy_until(None)
+                self._audio.close()
+            self._container.close()
+            self.tmp_path.replace(self.path)  # atomic (os.replace)
+        except _AV_ERRORS as e:
+            self._discard()
+            raise OutputError(self.path, f"cannot finish the video ({e})") from e
+        except BaseException:
+            self._discard()
+            raise
+        self._closed = True
+        log.debug("wrote %s: %d frames at %s fps", self.path, self.frames_written, self.rate)
+
+    def abort(self) -> None:
+        """Stop without writing ``path``: the temporary file is deleted."""
+        if not self._closed:
+            self._discard()
+
+    def _discard(self) -> None:
+        self._closed = True
+        if self._audio is not None:
+            with contextlib.suppress(*_AV_ERRORS):
+                self._audio.close()
+        with contextlib.suppress(*_AV_ERRORS):
+            self._container.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_video(
+    path: Path | str,
+    frames: Iterable[np.ndarray],
+    fps: float | Fraction,
+    crf: int = 18,
+    audio_from: Path | str | None = None,
+) -> int:
+    """Encode frames to ``path`` with :class:`VideoWriter` (size taken from the first frame).
+
+    Args:
+        path: output video (.mp4, .m4v, .mov, .mkv).
+        frames: (H, W, 3) uint8 RGB, all the same size.
+        fps: frame rate.
+        crf: x264 quality.
+        audio_from: file whose audio is copied into the output.
+
+    Returns:
+        The number of frames written.
+
+    Raises:
+        OutputError: ``frames`` is empty or the file cannot be written.
+    """
+    it = iter(frames)
+    first = next(it, None)
+    if first is None:
+        raise OutputError(path, "no frames to write; expected at least one")
+    if first.ndim != 3 or first.shape[2] != 3:
+        raise ShapeError("frames[0]", first.shape, "(H, W, 3) RGB")
+    height, width = first.shape[:2]
+    with VideoWriter(path, fps, width, height, crf=crf, audio_from=audio_from) as writer:
+        writer.write(first)
+        for frame in it:
+            writer.write(frame)
+    return writer.frames_written

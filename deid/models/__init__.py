@@ -1,0 +1,47 @@
+"""Identity classifiers: shipped checkpoints, loading and building."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from deid.errors import CheckpointError
+from deid.models.classifier import BoundClassifier, ClassifierMeta, FaceClassifier
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED = ("yaleb-mlp", "celeba-cnn")
+
+
+def shipped_path(name: str) -> Path:
+    """Path of a checkpoint that ships inside the package."""
+    return WEIGHTS_DIR / f"{name}.pt"
+
+
+def load_classifier(name_or_path: str | Path, device: torch.device | str = "cpu") -> FaceClassifier:
+    """Load a shipped classifier by name (``yaleb-mlp``, ``celeba-cnn``) or a checkpoint path."""
+    s = str(name_or_path)
+    if s in SHIPPED:
+        path = shipped_path(s)
+        if not path.is_file():
+            raise CheckpointError(
+                f"shipped checkpoint {s!r} is missing at {path}; reinstall deid or run "
+                f"`deid train {s} -o {path}`"
+            )
+        return FaceClassifier.load(path, device)
+    path = Path(s)
+    if path.suffix in (".pt", ".pth") or path.exists():
+        return FaceClassifier.load(path, device)
+    raise CheckpointError(
+        f"unknown classifier {s!r}; expected one of {list(SHIPPED)} or a checkpoint path (.pt)"
+    )
+
+
+__all__ = [
+    "SHIPPED",
+    "BoundClassifier",
+    "ClassifierMeta",
+    "FaceClassifier",
+    "load_classifier",
+    "shipped_path",
+]

@@ -1,0 +1,218 @@
+"""FaceClassifier: [0, 1] pixels of any size in, identity logits out.
+
+Everything between a face crop and the network lives here, differentiably: channel
+conversion, the alignment warp (or a plain resize), and normalisation. Attacks therefore
+perturb the crop at its native resolution and the perturbation pastes back exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deid.errors import CheckpointError
+from deid.models.nets import build_net
+
+# RGB -> luma, ITU-R BT.601 (what cv2.cvtColor and PIL's "L" use).
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class ClassifierMeta:
+    """Everything needed to rebuild and use a classifier; stored inside its checkpoint.
+
+    Attributes:
+        arch: ``mlp`` or ``resnet``; ``arch_params`` gives its sizes.
+        input_size: (H, W) the network sees.
+        channels: 1 (grayscale) or 3 (RGB).
+        norm: ``{"kind": "per_image"}`` (each image standardised to mean 0, std 1) or
+            ``{"kind": "channel", "mean": [...], "std": [...]}``.
+        class_names: identity names, index = class id.
+        template: the crop convention: where the 5 facial landmarks (eyes, nose, mouth
+            corners; MTCNN order) sit in a training crop, as fractions of (W, H). A detected
+            face is aligned to this by a similarity transform.
+        dataset, split: what it was trained on, and the split spec to rebuild the test set.
+        accuracy: held-out figures measured when it was trained.
+        command: the command line that made it.
+    """
+
+    arch: str
+    arch_params: dict[str, Any]
+    input_size: tuple[int, int]
+    channels: int
+    norm: dict[str, Any]
+    class_names: list[str]
+    template: list[list[float]]
+    dataset: str = ""
+    split: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> ClassifierMeta:
+        d = json.loads(text)
+        d["input_size"] = tuple(d["input_size"])
+        return cls(**d)
+
+
+def to_channels(x: Tensor, channels: int) -> Tensor:
+    """Convert (N, 1|3, H, W) to the wanted number of channels (luma for RGB -> gray)."""
+    if x.shape[1] == channels:
+        return x
+    if channels == 1 and x.shape[1] == 3:
+        w = x.new_tensor(_LUMA).view(1, 3, 1, 1)
+        return (x * w).sum(1, keepdim=True)
+    if channels == 3 and x.shape[1] == 1:
+        return x.expand(-1, 3, -1, -1)
+    raise ValueError(f"cannot convert {x.shape[1]} channels to {channels}")
+
+
+def warp(x: Tensor, theta: Tensor, out_hw: tuple[int, int], max_supersample: int = 4) -> Tensor:
+    """Differentiable affine warp of crops to ``out_hw`` with area-like anti-aliasing.
+
+    Args:
+        x: (N, C, H, W) crops.
+        theta: (N, 2, 3) affine maps from output to input normalised coordinates, as
+            :func:`torch.nn.functional.affine_grid` takes them (align_corners=False).
+        out_hw: output (h, w).
+
+    Returns:
+        (N, C, h, w). Where the crop is larger than the output, ``k x k`` bilinear samples
+        per output pixel are averaged (k = the downscale factor, at most ``max_supersample``),
+        so every input pixel contributes and small perturbations are not aliased away.
+    """
+    h, w = out_hw
+    scale = max(x.shape[-2] / h, x.shape[-1] / w)
+    k = int(min(max_supersample, max(1, math.ceil(scale - 0.25))))
+    grid = F.affine_grid(
+        theta.to(x.dtype), [x.shape[0], x.shape[1], h * k, w * k], align_corners=False
+    )
+    y = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.avg_pool2d(y, k) if k > 1 else y
+
+
+class FaceClassifier(nn.Module):
+    """Identity classifier over [0, 1] pixels.
+
+    Args:
+        net: the network on normalised (N, channels, *input_size) tensors.
+        meta: its :class:`ClassifierMeta`.
+
+    Shape:
+        - x: (N, 1|3, H, W) float in [0, 1], any H, W.
+        - theta (optional): (N, 2, 3) alignment warp (see :func:`warp`); without it the crop
+          is resized to the input size (anti-aliased).
+        - output: (N, K) logits.
+    """
+
+    def __init__(self, net: nn.Module, meta: ClassifierMeta) -> None:
+        super().__init__()
+        self.net = net
+        self.meta = meta
+        if meta.norm["kind"] == "channel":
+            self.register_buffer("mean", torch.tensor(meta.norm["mean"]).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(meta.norm["std"]).view(1, -1, 1, 1))
+        else:
+            self.mean = None
+            self.std = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta.num_classes
+
+    def prepare(self, x: Tensor, theta: Tensor | None = None) -> Tensor:
+        """[0, 1] crops -> the network's normalised input."""
+        x = to_channels(x, self.meta.channels)
+        hw = tuple(self.meta.input_size)
+        if theta is not None:
+            x = warp(x, theta, hw)
+        elif tuple(x.shape[-2:]) != hw:
+            x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
+        if self.mean is not None:
+            return (x - self.mean) / self.std
+        # per-image standardisation: invariant to brightness and contrast (Yale B's lighting)
+        flat = x.flatten(1)
+        mu = flat.mean(1).view(-1, 1, 1, 1)
+        sd = flat.std(1).clamp_min(1e-3).view(-1, 1, 1, 1)
+        return (x - mu) / sd
+
+    def forward(self, x: Tensor, theta: Tensor | None = None) -> Tensor:
+        return self.net(self.prepare(x, theta))
+
+    def bind(self, theta: Tensor) -> BoundClassifier:
+        """This classifier with a fixed per-sample alignment: a plain ``model(x)`` for attacks."""
+        return BoundClassifier(self, theta)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self, path: Path | str) -> None:
+        """Write ``path`` (weights + metadata, ``torch.load(weights_only=True)``-safe) and a
+        human-readable ``path.with_suffix('.json')``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(
+            {"format": "deid-classifier/1", "meta": self.meta.to_json(), "state_dict": state}, tmp
+        )
+        tmp.replace(path)
+        path.with_suffix(".json").write_text(self.meta.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: Path | str, device: torch.device | str = "cpu") -> FaceClassifier:
+        """Load a checkpoint written by :meth:`save` (weights_only: no code is unpickled)."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"classifier checkpoint not found: {path}")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{path}: not a deid classifier checkpoint ({e})") from e
+        if not isinstance(blob, dict) or blob.get("format") != "deid-classifier/1":
+            raise CheckpointError(
+                f"{path}: not a deid classifier checkpoint (format deid-classifier/1)"
+            )
+        meta = ClassifierMeta.from_json(blob["meta"])
+        net = build_net(
+            meta.arch, meta.arch_params, meta.channels, meta.input_size, meta.num_classes
+        )
+        net.load_state_dict(blob["state_dict"])
+        return cls(net, meta).to(device).eval()
+
+
+class BoundClassifier(nn.Module):
+    """A :class:`FaceClassifier` with a fixed alignment ``theta`` (N, 2, 3) per sample."""
+
+    def __init__(self, classifier: FaceClassifier, theta: Tensor) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.theta = theta
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.num_classes
+
+    def select(self, idx: Tensor) -> BoundClassifier:
+        """The same classifier bound to a subset of the alignments (for per-sample early stop)."""
+        return BoundClassifier(self.classifier, self.theta[idx.to(self.theta.device)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[0] != self.theta.shape[0]:
+            raise ValueError(
+                f"bound to {self.theta.shape[0]} alignments, got a batch of {x.shape[0]}"
+            )
+        return self.classifier(x, self.theta)

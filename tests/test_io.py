@@ -1,0 +1,418 @@
+"""Tests of deid.io on tiny generated clips and images (each file a few KB, < 25 frames)."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from deid.errors import InputError, OutputError, ShapeError, VideoDecodeError
+from deid.io import (
+    VideoWriter,
+    check_output,
+    classify_input,
+    iter_batches,
+    list_images,
+    probe_video,
+    read_frames,
+    read_image,
+    to_rate,
+    write_image,
+    write_video,
+)
+
+W, H = 96, 64
+
+
+def moving_frames(n: int, width: int = W, height: int = H) -> list[np.ndarray]:
+    """(H, W, 3) uint8 RGB frames: a gradient with a bright square moving right."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 90)], axis=-1)
+    frames = []
+    for i in range(n):
+        f = base.astype(np.uint8)
+        x = (i * 4) % max(1, width - 16)
+        f[height // 4 : height // 4 + 16, x : x + 16] = (250, 240, 30)
+        frames.append(f)
+    return frames
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name)
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> Path:
+    path = tmp_path / "clip.mp4"
+    write_video(path, moving_frames(12), fps=25)
+    return path
+
+
+@pytest.fixture
+def clip_with_audio(tmp_path: Path) -> Path:
+    """An mp4 with 10 H.264 frames and 0.5 s of a 440 Hz AAC tone, written with PyAV."""
+    path = tmp_path / "with_audio.mp4"
+    rate = 44100
+    with av.open(str(path), mode="w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = "mono"
+        for i, rgb in enumerate(moving_frames(10)):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        t = np.arange(rate // 2) / rate
+        tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+        samples = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+        samples.sample_rate, samples.pts = rate, 0
+        out.mux(audio.encode(samples))
+        out.mux(audio.encode())
+    return path
+
+
+@pytest.fixture
+def cv2_clip(tmp_path: Path) -> Path:
+    """An MPEG-4 part 2 ('mp4v') mp4 written by OpenCV: 15 frames, 25 fps."""
+    path = tmp_path / "cv2.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (W, H))
+    assert writer.isOpened()
+    for rgb in moving_frames(15):
+        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+# --- video -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("fps", "rate"), [(25, Fraction(25)), (29.97, Fraction(30000, 1001))])
+def test_round_trip_keeps_count_size_and_fps(tmp_path: Path, fps: float, rate: Fraction) -> None:
+    src = moving_frames(14)
+    path = tmp_path / "out.mp4"
+    assert write_video(path, src, fps=fps) == 14
+    info = probe_video(path)
+    assert (info.width, info.height, info.frame_count) == (W, H, 14)
+    assert info.rate == rate
+    assert info.fps == pytest.approx(float(rate))
+    assert info.duration == pytest.approx(14 / float(rate), abs=1e-3)
+    assert info.codec == "h264"
+    assert not info.has_audio
+    assert info.rotation == 0
+    frames = list(read_frames(path))
+    assert len(frames) == 14
+    assert all(f.shape == (H, W, 3) and f.dtype == np.uint8 for f in frames)
+    err = np.abs(np.stack(frames).astype(int) - np.stack(src).astype(int)).mean()
+    assert err < 4, f"mean abs error {err:.2f} after a crf 18 round trip"
+    assert leftovers(tmp_path) == []
+
+
+def test_odd_size_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "odd.mp4"
+    write_video(path, moving_frames(6, width=63, height=47), fps=25)
+    info = probe_video(path)
+    assert (info.width, info.height, info.frame_count) == (63, 47, 6)
+    assert all(f.shape == (47, 63, 3) for f in read_frames(path))
+
+
+def test_mkv_round_trip_counts_frames_by_demuxing(tmp_path: Path) -> None:
+    path = tmp_path / "out.mkv"
+    write_video(path, moving_frames(9), fps=25)
+    info = probe_video(path)  # matroska records no frame count
+    assert (info.frame_count, info.rate) == (9, Fraction(25))
+    assert len(list(read_frames(path))) == 9
+
+
+def test_rotation_is_stored_and_probed(tmp_path: Path) -> None:
+    path = tmp_path / "rot.mp4"
+    with VideoWriter(path, 25, W, H, rotation=90) as writer:
+        for f in moving_frames(3):
+            writer.write(f)
+    info = probe_video(path)
+    assert info.rotation == 90
+    assert (info.width, info.height) == (W, H)  # frames stay as stored
+
+
+def test_batches(clip: Path) -> None:
+    batches = list(read_frames(clip, batch_size=5))
+    assert [b.shape for b in batches] == [(5, H, W, 3), (5, H, W, 3), (2, H, W, 3)]
+    assert [len(b) for b in iter_batches(range(7), 3)] == [3, 3, 1]
+    assert list(iter_batches([], 3)) == []
+    with pytest.raises(ValueError, match="expected"):
+        list(iter_batches(range(3), 0))
+
+
+def test_opencv_mp4v_clip(cv2_clip: Path, tmp_path: Path) -> None:
+    info = probe_video(cv2_clip)
+    assert (info.width, info.height, info.frame_count, info.fps) == (W, H, 15, 25.0)
+    assert info.codec == "mpeg4"
+    frames = list(read_frames(cv2_clip))
+    assert len(frames) == 15
+    out = tmp_path / "reencoded.mp4"
+    assert write_video(out, frames, fps=info.rate) == 15
+    assert probe_video(out).frame_count == 15
+
+
+def test_audio_is_copied(clip_with_audio: Path, tmp_path: Path) -> None:
+    assert probe_video(clip_with_audio).has_audio
+    out = tmp_path / "deid.mp4"
+    write_video(out, read_frames(clip_with_audio), fps=25, audio_from=clip_with_audio)
+    info = probe_video(out)
+    assert info.has_audio and info.frame_count == 10
+    with av.open(str(out)) as c:
+        audio = c.streams.audio[0]
+        assert audio.codec_context.name == "aac"
+        assert sum(p.size > 0 for p in c.demux(audio)) > 10
+
+
+def test_audio_from_silent_file_warns(clip: Path, tmp_path: Path, caplog) -> None:
+    out = tmp_path / "out.mp4"
+    with caplog.at_level("WARNING", logger="deid.io.video"):
+        write_video(out, moving_frames(3), fps=25, audio_from=clip)
+    assert "without audio" in caplog.text
+    info = probe_video(out)
+    assert not info.has_audio and info.frame_count == 3
+
+
+def test_text_file_named_mp4(tmp_path: Path) -> None:
+    path = tmp_path / "notes.mp4"
+    path.write_text("these are not frames\n" * 20)
+    with pytest.raises(VideoDecodeError, match=r"expected a video file \(mp4, mov") as e:
+        probe_video(path)
+    assert e.value.path == path and str(path) in str(e.value)
+    with pytest.raises(VideoDecodeError, match="expected a video file"):
+        read_frames(path)  # raises on the call, before iteration
+
+
+def test_image_is_not_a_video(tmp_path: Path) -> None:
+    path = tmp_path / "still.png"
+    Image.fromarray(moving_frames(1)[0]).save(path)
+    with pytest.raises(VideoDecodeError, match="expected a video file"):
+        probe_video(path)
+    with pytest.raises(VideoDecodeError, match="expected a video file"):
+        read_frames(path)
+
+
+def test_missing_video(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found") as e:
+        probe_video(tmp_path / "nope.mp4")
+    assert not isinstance(e.value, VideoDecodeError)
+    with pytest.raises(InputError, match="not found"):
+        read_frames(tmp_path / "nope.mp4")
+
+
+def truncate(src: Path, dst: Path, fraction: float) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.6, 0.75, 0.9])
+def test_truncated_faststart_mp4_raises(clip: Path, tmp_path: Path, fraction: float) -> None:
+    # our writer puts the moov atom first, so the file opens and ends early
+    bad = truncate(clip, tmp_path / "cut.mp4", fraction)
+    with pytest.raises(VideoDecodeError, match=r"truncated|corrupt|expected a video"):
+        list(read_frames(bad))
+
+
+def test_truncated_mp4_with_index_at_end_raises(cv2_clip: Path, tmp_path: Path) -> None:
+    bad = truncate(cv2_clip, tmp_path / "cut.mp4", 0.6)  # OpenCV writes the moov atom last
+    with pytest.raises(VideoDecodeError):
+        probe_video(bad)
+    with pytest.raises(VideoDecodeError):
+        list(read_frames(bad))
+
+
+@pytest.mark.parametrize("fraction", [0.6, 0.97])
+def test_truncated_mkv_raises(tmp_path: Path, fraction: float) -> None:
+    # matroska has no frame count; the Segment size in its header gives the cut away
+    good = tmp_path / "good.mkv"
+    write_video(good, moving_frames(20), fps=25)
+    bad = truncate(good, tmp_path / "cut.mkv", fraction)
+    with pytest.raises(VideoDecodeError, match="truncated"):
+        read_frames(bad)
+    with pytest.raises(VideoDecodeError, match="truncated"):
+        probe_video(bad)
+
+
+def test_writer_exception_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    with pytest.raises(RuntimeError, match="boom"), VideoWriter(out, 25, W, H) as writer:
+        writer.write(moving_frames(1)[0])
+        assert writer.tmp_path.parent == tmp_path
+        assert writer.tmp_path.name.startswith(".out.mp4.tmp-")
+        assert writer.tmp_path.suffix == ".mp4"
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_failure_keeps_previous_output(tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"previous")
+    with (
+        pytest.raises(ShapeError, match=r"expected shape \(64, 96, 3\)"),
+        VideoWriter(out, 25, W, H) as writer,
+    ):
+        writer.write(np.zeros((H + 2, W, 3), np.uint8))
+    assert out.read_bytes() == b"previous"
+    assert leftovers(tmp_path) == []
+
+
+def test_writer_without_frames_raises(tmp_path: Path) -> None:
+    out = tmp_path / "out.mp4"
+    with pytest.raises(OutputError, match="no frames"), VideoWriter(out, 25, W, H):
+        pass
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OutputError, match="expected a video suffix"):
+        VideoWriter(tmp_path / "out.avi", 25, W, H)
+
+
+def test_to_rate() -> None:
+    assert to_rate(25) == Fraction(25)
+    assert to_rate(29.97) == Fraction(30000, 1001)
+    assert to_rate(30000 / 1001) == Fraction(30000, 1001)
+    assert to_rate(23.976) == Fraction(24000, 1001)
+    assert to_rate(12.5) == Fraction(25, 2)
+    with pytest.raises(ValueError, match="positive"):
+        to_rate(0)
+
+
+def test_real_clip_probe() -> None:
+    path = (
+        Path(os.environ.get("DEID_DATA_DIR", "/work/shared/data"))
+        / "scenes/pedestrians_walking_1080p.mp4"
+    )
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    info = probe_video(path)
+    assert (info.width, info.height, info.frame_count) == (1920, 1080, 105)
+    assert info.fps == 25.0
+    assert info.duration == pytest.approx(4.2, abs=0.05)
+
+
+# --- images ----------------------------------------------------------------------------
+
+
+def test_png_round_trip_is_exact(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 51, 3), dtype=np.uint8)
+    path = tmp_path / "sub" / "a.png"
+    write_image(path, rgb)
+    np.testing.assert_array_equal(read_image(path), rgb)
+    assert leftovers(path.parent) == []
+
+
+def test_jpeg_round_trip_is_close(tmp_path: Path) -> None:
+    rgb = moving_frames(1)[0]
+    write_image(tmp_path / "a.JPG", rgb, quality=95)
+    back = read_image(tmp_path / "a.JPG")
+    assert back.shape == rgb.shape
+    assert np.abs(back.astype(int) - rgb.astype(int)).mean() < 3
+
+
+def test_write_image_rejects_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match=r"expected one of .*\.png"):
+        write_image(tmp_path / "a.gif", moving_frames(1)[0])
+    with pytest.raises(ShapeError):
+        write_image(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_image_converts_modes_and_orientation(tmp_path: Path) -> None:
+    Image.new("L", (5, 3), 77).save(tmp_path / "gray.png")
+    Image.new("RGBA", (5, 3), (10, 20, 30, 0)).save(tmp_path / "rgba.png")
+    Image.fromarray(np.full((3, 5), 65535, np.uint16)).save(tmp_path / "deep.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.new("RGB", (5, 3), (200, 0, 0)).save(tmp_path / "rotated.jpg", exif=exif)
+    gray = read_image(tmp_path / "gray.png")
+    assert gray.shape == (3, 5, 3) and gray.dtype == np.uint8 and (gray == 77).all()
+    assert (read_image(tmp_path / "rgba.png") == (10, 20, 30)).all()
+    assert (read_image(tmp_path / "deep.png") == 255).all()
+    assert read_image(tmp_path / "rotated.jpg").shape == (5, 3, 3)
+
+
+def test_read_image_corrupt(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg" * 10)
+    with pytest.raises(InputError, match=r"not a readable image \(expected jpg, png"):
+        read_image(junk)
+    good = tmp_path / "good.jpg"
+    write_image(good, np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(InputError, match="not a readable image"):
+        read_image(cut)
+    with pytest.raises(InputError, match="not found"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_classify_input(tmp_path: Path, clip: Path) -> None:
+    (tmp_path / "a.PNG").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    assert classify_input(clip) == "video"
+    assert classify_input(tmp_path / "a.PNG") == "image"
+    assert classify_input(tmp_path) == "folder"
+    with pytest.raises(InputError, match=r"expected a folder, a video \(.*\.mp4.*\) or an image"):
+        classify_input(tmp_path / "notes.txt")
+    with pytest.raises(InputError, match="does not exist"):
+        classify_input(tmp_path / "missing.mp4")
+
+
+def test_list_images_recursive_sorted(tmp_path: Path) -> None:
+    for rel in [
+        "b.jpg",
+        "a.PNG",
+        "sub/z.webp",
+        "sub/deeper/c.tiff",
+        "sub/notes.txt",
+        ".hidden.jpg",
+        ".cache/x.jpg",
+        "sub/.thumbs/y.png",
+        "clip.mp4",
+    ]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    found = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
+    assert found == ["a.PNG", "b.jpg", "sub/deeper/c.tiff", "sub/z.webp"]
+    with pytest.raises(InputError, match="expected an existing folder"):
+        list_images(tmp_path / "b.jpg")
+
+
+def test_check_output(tmp_path: Path, clip: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"")
+    (tmp_path / "outdir").mkdir()
+    link = tmp_path / "link.mp4"
+    link.symlink_to(clip)
+
+    check_output(clip, tmp_path / "new" / "clip_deid.mp4")
+    check_output(photos, tmp_path / "photos_deid")
+    check_output(photos / "a.jpg", tmp_path / "a_deid.png")
+
+    with pytest.raises(OutputError, match="is the input"):
+        check_output(clip, clip)
+    with pytest.raises(OutputError, match="is the input"):
+        check_output(clip, link)
+    with pytest.raises(OutputError, match="inside the input folder"):
+        check_output(photos, photos / "out")
+    with pytest.raises(OutputError, match="is the input"):
+        check_output(photos, photos)
+    with pytest.raises(OutputError, match="existing folder"):
+        check_output(clip, tmp_path / "outdir")
+    with pytest.raises(OutputError, match="existing file"):
+        check_output(photos, clip)
+    with pytest.raises(OutputError, match=r"expected one of .*\.mp4"):
+        check_output(clip, tmp_path / "out.png")
+    with pytest.raises(OutputError, match=r"expected one of .*\.jpg"):
+        check_output(photos / "a.jpg", tmp_path / "out.mp4")
+    with pytest.raises(InputError):
+        check_output(tmp_path / "missing.mp4", tmp_path / "out.mp4")
