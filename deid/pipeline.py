@@ -138,7 +138,7 @@ def crop(
 
 
 def to_batch(crops: Sequence[FaceCrop], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack crops of different sizes: (B, 3, H, W) float in [0, 1], zero-padded at the bottom
+    """Stack crops of different sizes: (B, 3, H, W) float in [0, 1], edge-padded at the bottom
     and right, and (B, 2, 3) alignments adjusted for the padding."""
     hmax = max(c.pixels.shape[0] for c in crops)
     wmax = max(c.pixels.shape[1] for c in crops)
@@ -146,7 +146,9 @@ def to_batch(crops: Sequence[FaceCrop], device: torch.device) -> tuple[torch.Ten
     thetas = []
     for i, c in enumerate(crops):
         h, w = c.pixels.shape[:2]
-        x[i, :, :h, :w] = torch.from_numpy(c.pixels).permute(2, 0, 1).float().div_(255.0)
+        # edge padding: samples near a frame-clipped border see what a single crop would
+        padded = np.pad(c.pixels, ((0, hmax - h), (0, wmax - w), (0, 0)), mode="edge")
+        x[i] = torch.from_numpy(padded).permute(2, 0, 1).float().div_(255.0)
         # region-normalised n -> padded-normalised (n + 1) * w / W - 1
         a = np.array([[w / wmax, 0, w / wmax - 1], [0, h / hmax, h / hmax - 1], [0, 0, 1]])
         thetas.append((a @ np.vstack([c.theta, [0, 0, 1]]))[:2])

@@ -8,7 +8,6 @@ perturb the crop at its native resolution and the perturbation pastes back exact
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,18 +91,30 @@ def warp(x: Tensor, theta: Tensor, out_hw: tuple[int, int], max_supersample: int
         out_hw: output (h, w).
 
     Returns:
-        (N, C, h, w). Where the crop is larger than the output, ``k x k`` bilinear samples
-        per output pixel are averaged (k = the downscale factor, at most ``max_supersample``),
-        so every input pixel contributes and small perturbations are not aliased away.
+        (N, C, h, w). Where a crop is larger than the output, ``k x k`` bilinear samples per
+        output pixel are averaged (k = that sample's downscale factor, at most
+        ``max_supersample``), so every input pixel contributes and small perturbations are
+        not aliased away. k depends on each sample alone, so padding a batch changes nothing.
     """
     h, w = out_hw
-    scale = max(x.shape[-2] / h, x.shape[-1] / w)
-    k = int(min(max_supersample, max(1, math.ceil(scale - 0.25))))
-    grid = F.affine_grid(
-        theta.to(x.dtype), [x.shape[0], x.shape[1], h * k, w * k], align_corners=False
-    )
-    y = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return F.avg_pool2d(y, k) if k > 1 else y
+    # per-sample scale: input pixels per output pixel (from the area ratio of theta)
+    det = (theta[:, 0, 0] * theta[:, 1, 1] - theta[:, 0, 1] * theta[:, 1, 0]).abs()
+    scale = torch.sqrt(det * x.shape[-2] * x.shape[-1] / (h * w))
+    ks = torch.clamp(torch.ceil(scale - 0.25), 1, max_supersample).long().tolist()
+    out = x.new_empty((x.shape[0], x.shape[1], h, w))
+    for k in sorted(set(ks)):
+        idx = [i for i, v in enumerate(ks) if v == k]
+        sel = torch.tensor(idx, device=x.device)
+        xs, ts = (x, theta) if len(idx) == len(ks) else (x[sel], theta[sel])
+        grid = F.affine_grid(
+            ts.to(x.dtype), [len(idx), x.shape[1], h * k, w * k], align_corners=False
+        )
+        y = F.grid_sample(xs, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        y = F.avg_pool2d(y, k) if k > 1 else y
+        if len(idx) == len(ks):
+            return y
+        out = out.index_copy(0, sel, y)
+    return out
 
 
 class FaceClassifier(nn.Module):
@@ -201,6 +212,7 @@ class BoundClassifier(nn.Module):
         super().__init__()
         self.classifier = classifier
         self.theta = theta
+        self.train(classifier.training)  # a fresh Module says training=True; mirror the wrapped one
 
     @property
     def num_classes(self) -> int:

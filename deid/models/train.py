@@ -49,6 +49,7 @@ class Recipe:
     warmup_epochs: int = 2
     ema: float = 0.0
     aug: dict[str, float] = field(default_factory=dict)
+    resolution: str = "48x42"  # Yale B only: which shared file to read
 
 
 RECIPES: dict[str, Recipe] = {
@@ -63,7 +64,7 @@ RECIPES: dict[str, Recipe] = {
         optimizer="adamw",
         lr=1e-3,
         weight_decay=1e-4,
-        label_smoothing=0.1,
+        label_smoothing=0.3,
         aug={"brightness": 0.4, "gamma": 0.4, "noise": 0.03},
     ),
     "celeba-cnn": Recipe(
@@ -215,7 +216,10 @@ def train_classifier(
         r.epochs = epochs
     seed_everything(seed)
     dev = torch.device(device)
-    ds = load_yaleb(data, split=split) if r.dataset == "yaleb" else load_celeba(data)  # type: ignore[arg-type]
+    if r.dataset == "yaleb":
+        ds = load_yaleb(data, resolution=r.resolution, split=split)  # type: ignore[arg-type]
+    else:
+        ds = load_celeba(data)
     xtr, ytr = ds.tensors("train")
     xte, yte = ds.tensors("test")
     if tuple(xtr.shape[-2:]) != tuple(r.input_size):

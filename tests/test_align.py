@@ -1,0 +1,139 @@
+"""Cropping by the crop convention, differentiable alignment, paste-back and fallback."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from deid.align import face_crop, footprint_mask, obscure, paste_back, similarity
+from deid.models.classifier import warp
+from deid.pipeline import classify, crop, to_batch
+from deid.types import Detections, FaceCrop
+
+TEMPLATE = np.array([[0.37, 0.47], [0.63, 0.47], [0.5, 0.61], [0.40, 0.76], [0.60, 0.76]])
+
+
+def _sim(scale: float, angle_deg: float, tx: float, ty: float) -> np.ndarray:
+    a = np.deg2rad(angle_deg)
+    return np.array(
+        [
+            [scale * np.cos(a), -scale * np.sin(a), tx],
+            [scale * np.sin(a), scale * np.cos(a), ty],
+            [0, 0, 1],
+        ]
+    )
+
+
+def _smooth_frame(h: int = 240, w: int = 320, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def test_similarity_recovers_a_known_transform() -> None:
+    m = _sim(1.7, 23.0, 12.0, -5.0)
+    src = np.random.default_rng(0).uniform(0, 100, (5, 2))
+    dst = (m @ np.c_[src, np.ones(5)].T).T[:, :2]
+    assert np.allclose(similarity(src, dst), m, atol=1e-9)
+
+
+@pytest.mark.parametrize("angle", [0.0, 15.0, -30.0])
+def test_alignment_matches_a_direct_warp(angle: float) -> None:
+    """theta applied to the native crop gives what warping the frame directly gives."""
+    frame = _smooth_frame()
+    out_hw = (64, 64)
+    # frame -> aligned similarity; the landmarks are the template mapped back into the frame
+    m = _sim(64 / 120, angle, 0, 0)
+    m[:2, 2] = np.array([32, 32]) - m[:2, :2] @ np.array([160, 120])
+    lm = (np.linalg.inv(m) @ np.c_[TEMPLATE * 64, np.ones(5)].T).T[:, :2]
+    region, theta, _ = face_crop(frame.shape, lm, TEMPLATE, out_hw)
+    x1, y1, x2, y2 = region
+    crop_t = torch.from_numpy(frame[y1:y2, x1:x2]).permute(2, 0, 1)[None].float() / 255
+    ours = warp(crop_t, torch.from_numpy(theta)[None], out_hw, max_supersample=1)[0]
+    # cv2 works with pixel centres at integers; ours at +0.5
+    shift = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+    m_cv = np.linalg.inv(shift) @ m @ shift
+    ref = cv2.warpAffine(
+        frame, m_cv[:2], (64, 64), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    ref_t = torch.from_numpy(ref).permute(2, 0, 1).float() / 255
+    assert float((ours - ref_t).abs().mean()) < 0.01
+
+
+def test_crop_region_covers_the_aligned_square_and_is_clipped() -> None:
+    frame = _smooth_frame()
+    lm = TEMPLATE * 100 + np.array([-40, -30])  # a face cut by the top-left frame edge
+    region, _, corners = face_crop(frame.shape, lm, TEMPLATE, (64, 64))
+    x1, y1, x2, y2 = region
+    assert x1 == 0 and y1 == 0 and x2 <= frame.shape[1] and y2 <= frame.shape[0]
+    assert corners.shape == (4, 2)
+
+
+def _one_crop(frame: np.ndarray) -> FaceCrop:
+    lm = TEMPLATE * 80 + np.array([100, 60])
+    det = Detections(
+        np.array([[100, 60, 180, 140]], np.float32),
+        np.array([0.99], np.float32),
+        lm[None].astype(np.float32),
+    )
+    from deid.align import crop_faces
+
+    return crop_faces([frame], [det], TEMPLATE, (64, 64))[0]
+
+
+def test_paste_back_writes_only_the_footprint() -> None:
+    frame = _smooth_frame()
+    c = _one_crop(frame)
+    out = frame.copy()
+    paste_back(out, c, np.zeros_like(c.pixels))
+    mask = footprint_mask(c)
+    x1, y1, x2, y2 = c.region
+    assert (out[y1:y2, x1:x2][mask] == 0).all()
+    outside = np.ones(frame.shape[:2], bool)
+    outside[y1:y2, x1:x2] = ~mask
+    assert np.array_equal(out[outside], frame[outside])
+    # pasting the crop's own pixels changes nothing
+    same = frame.copy()
+    paste_back(same, c, c.pixels)
+    assert np.array_equal(same, frame)
+
+
+@pytest.mark.parametrize("mode", ["pixelate", "blur", "black"])
+def test_obscure_destroys_detail_inside_the_footprint(mode: str) -> None:
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    c = _one_crop(frame)
+    out = frame.copy()
+    obscure(out, c, mode)
+    x1, y1, x2, y2 = c.region
+    mask = footprint_mask(c)
+    changed = out[y1:y2, x1:x2][mask].astype(int) - frame[y1:y2, x1:x2][mask]
+    assert np.abs(changed).mean() > 40  # random texture is gone
+    outside = np.ones(frame.shape[:2], bool)
+    outside[y1:y2, x1:x2] = ~mask
+    assert np.array_equal(out[outside], frame[outside])
+    with pytest.raises(ValueError, match="available"):
+        obscure(out, c, "swirl")
+
+
+def test_padded_batches_classify_like_single_crops(tiny) -> None:
+    """to_batch's padding and theta adjustment do not change what the classifier sees."""
+    frame = _smooth_frame(480, 640)
+    dets = []
+    boxes, lms = [], []
+    for k, (s, x, y) in enumerate([(40, 50, 60), (90, 250, 100), (150, 400, 200)]):
+        lm = TEMPLATE * s + np.array([x, y]) + k
+        lms.append(lm)
+        boxes.append([x, y, x + s, y + s])
+    dets = [
+        Detections(np.array(boxes, np.float32), np.ones(3, np.float32), np.array(lms, np.float32))
+    ]
+    crops = crop([frame], dets, tiny)
+    assert len({c.pixels.shape for c in crops}) == 3
+    batched = classify(tiny, crops, torch.device("cpu"), batch_size=8)
+    single = torch.cat([classify(tiny, [c], torch.device("cpu")) for c in crops])
+    assert torch.allclose(batched, single, atol=1e-4)
+    x, theta = to_batch(crops, torch.device("cpu"))
+    assert x.shape[0] == 3 and theta.shape == (3, 2, 3)

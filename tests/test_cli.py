@@ -1,0 +1,145 @@
+"""The command line on bad input: a clear message, a non-zero exit, nothing at the output path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deid.cli import main
+from deid.io import read_image, write_image, write_video
+
+from .conftest import scene
+
+
+@pytest.fixture
+def clip(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(6)]
+    path = tmp_path / "clip.mp4"
+    write_video(path, frames, 10)
+    return path
+
+
+def _fails(capsys: pytest.CaptureFixture[str], args: list[str], code: int, *words: str) -> str:
+    assert main(args) == code
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def _nothing_at(path: Path) -> None:
+    assert not path.exists()
+    leftovers = [p for p in path.parent.iterdir() if p.name.startswith(f".{path.stem}")]
+    assert leftovers == []
+
+
+def test_missing_input(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out.mp4"
+    _fails(capsys, ["run", str(tmp_path / "nope.mp4"), "-o", str(out)], 2, "nope.mp4")
+    _nothing_at(out)
+
+
+def test_text_file_named_mp4(tmp_path: Path, capsys) -> None:
+    fake = tmp_path / "notes.mp4"
+    fake.write_text("this is not a video\n" * 50)
+    out = tmp_path / "out.mp4"
+    _fails(
+        capsys,
+        ["run", str(fake), "-o", str(out), "--classifier", "yaleb-mlp"],
+        2,
+        "expected a video",
+    )
+    _nothing_at(out)
+
+
+def test_truncated_video(tmp_path: Path, clip: Path, capsys) -> None:
+    cut = tmp_path / "cut.mp4"
+    data = clip.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    out = tmp_path / "out.mp4"
+    assert main(["run", str(cut), "-o", str(out), "--classifier", "yaleb-mlp", "--quiet"]) == 2
+    assert "cut.mp4" in capsys.readouterr().err
+    _nothing_at(out)
+
+
+def test_output_equal_to_input(clip: Path, capsys) -> None:
+    before = clip.read_bytes()
+    _fails(capsys, ["run", str(clip), "-o", str(clip)], 2, "is the input", "different output")
+    assert clip.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--classifier", "resnet-9000"], ["unknown classifier", "yaleb-mlp"]),
+        (["--attack", "deepdream"], ["unknown attack", "ifgsm"]),
+        (["--eps", "0"], ["eps", "greater than 0"]),
+        (["--eps", "-0.1"], ["eps", "greater than 0"]),
+        (["--eps", "1.5"], ["eps", "less than or equal to 1"]),
+        (["--target", "nobody"], ["target", "least-likely"]),
+        (["--device", "tpu"], ["device"]),
+    ],
+)
+def test_bad_options(
+    tmp_path: Path, clip: Path, capsys, flags: list[str], words: list[str]
+) -> None:
+    out = tmp_path / "out.mp4"
+    cls = [] if "--classifier" in flags else ["--classifier", "yaleb-mlp"]
+    _fails(capsys, ["run", str(clip), "-o", str(out), "--quiet", *cls, *flags], 2, *words)
+    _nothing_at(out)
+
+
+def test_folder_with_one_corrupt_image(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "in"
+    (src / "a").mkdir(parents=True)
+    face = scene("astronaut_single_face.png")
+    write_image(src / "a" / "astro.png", face)
+    write_image(src / "small.jpg", face[::2, ::2])
+    (src / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    out = tmp_path / "out"
+    err = _fails(
+        capsys,
+        ["run", str(src), "-o", str(out), "--classifier", "yaleb-mlp", "--quiet"],
+        3,
+        "broken.jpg",
+    )
+    assert "1 input(s) failed" in err
+    assert read_image(out / "a" / "astro.png").shape == face.shape
+    assert (out / "small.jpg").is_file()
+    assert not (out / "a" / "broken.jpg").exists()
+    report = json.loads((tmp_path / "out.report.json").read_text())
+    assert [Path(f["file"]).name for f in report["failed_inputs"]] == ["broken.jpg"]
+    assert report["totals"]["frames"] == 3 and report["totals"]["faces"] >= 2
+
+
+def test_unwritable_output_suffix(tmp_path: Path, clip: Path, capsys) -> None:
+    out = tmp_path / "out.txt"
+    _fails(
+        capsys,
+        ["run", str(clip), "-o", str(out), "--classifier", "yaleb-mlp", "--quiet"],
+        2,
+        "expected one of",
+        ".mp4",
+    )
+    _nothing_at(out)
+
+
+def test_eval_classifier_prints_accuracy(capsys, data_dir) -> None:
+    assert main(["eval", "classifier", "yaleb-mlp"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["top1"] >= 0.98 and out["n"] > 300
+
+
+def test_data_prepare_errors(tmp_path: Path, capsys) -> None:
+    _fails(
+        capsys,
+        ["data", "prepare", "yaleb", str(tmp_path / "missing"), "-o", str(tmp_path / "y.npz")],
+        2,
+        "CroppedYale",
+    )
+    shutil.rmtree(tmp_path, ignore_errors=True)

@@ -1,0 +1,153 @@
+"""Pipeline stages alone, and end-to-end runs on real footage and photos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deid.config import load_settings
+from deid.io import VideoWriter, probe_video, read_frames, read_image, write_image
+from deid.pipeline import (
+    Resources,
+    TargetMemory,
+    Timer,
+    new_state,
+    process_frames,
+    report_path,
+    run,
+)
+from deid.types import FaceCrop
+
+from .conftest import SCENES, scene, tiny_classifier
+
+
+def _settings(**attack):
+    return load_settings(
+        overrides={"pipeline": {"device": "cpu"}, "attack": attack}
+        if attack
+        else {"pipeline": {"device": "cpu"}}
+    )
+
+
+@pytest.fixture(scope="module")
+def resources() -> Resources:
+    return Resources.load(_settings())
+
+
+def test_frame_without_faces_passes_through(resources: Resources) -> None:
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    state = new_state(resources.settings)
+    out, records = process_frames([frame, frame], resources, state, Timer())
+    assert records == [] and all(np.array_equal(o, frame) for o in out)
+    assert state.frame_offset == 2
+
+
+def test_target_memory_keeps_a_faces_target() -> None:
+    mem = TargetMemory(iou=0.3)
+
+    def crop_at(x: float) -> FaceCrop:
+        return FaceCrop(
+            0,
+            0,
+            (0, 0, 1, 1),
+            np.zeros((1, 1, 3), np.uint8),
+            np.zeros((2, 3), np.float32),
+            np.array([x, 10, x + 40, 50], np.float32),
+        )
+
+    a = [crop_at(10), crop_at(200)]
+    t1 = mem.assign(a, torch.tensor([5, 6]), torch.tensor([0, 1]))
+    b = [crop_at(14), crop_at(400)]  # the first face moved a little, a new face appeared
+    t2 = mem.assign(b, torch.tensor([7, 8]), torch.tensor([0, 2]))
+    assert int(t2[0]) == int(t1[0]) and b[0].track == a[0].track
+    assert int(t2[1]) == 8 and b[1].track not in (a[0].track, a[1].track)
+
+
+def test_group_photo_end_to_end(tmp_path: Path) -> None:
+    photo = SCENES / "group_friends_stoop.jpg"
+    if not photo.is_file():
+        pytest.skip("shared scenes not found")
+    out = tmp_path / "group.png"
+    report = run(photo, out, _settings(), progress=False, contact_sheet=tmp_path / "sheet.png")
+    img, res = read_image(photo), read_image(out)
+    assert res.shape == img.shape
+    t = report["totals"]
+    assert t["faces"] >= 5
+    # every face is either de-identified on the written file or obscured
+    for f in report["faces_detail"]:
+        assert f["action"] != "attacked" or not f["verified"]["is_original"], f
+    assert t["unprotected_faces"] == 0
+    assert t["attack_success_rate"] >= 0.8
+    # the faces changed, the rest of the picture did not
+    diff = np.abs(res.astype(int) - img).sum(2) > 0
+    assert 0 < diff.mean() < 0.2
+    assert report_path(out).is_file() and (tmp_path / "sheet.png").stat().st_size > 10_000
+    saved = json.loads(report_path(out).read_text())
+    assert saved["totals"] == t and "_theta" not in saved["faces_detail"][0]
+    for k in ("detect", "attack", "verify"):
+        assert k in saved["seconds"]
+
+
+def test_failed_attacks_fail_closed(tmp_path: Path) -> None:
+    face = scene("astronaut_single_face.png")
+    src = tmp_path / "astro.png"
+    write_image(src, face)
+    out = tmp_path / "out.png"
+    # one step of 1/255 cannot reach the least-likely identity
+    report = run(src, out, _settings(eps=1 / 255, alpha=1 / 255, steps=1), progress=False)
+    t = report["totals"]
+    assert t["faces"] == 1 and t["fail_closed"] == 1 and t["attack_succeeded"] == 0
+    f = report["faces_detail"][0]
+    assert f["action"] == "obscured:pixelate" and not f["success"]
+    x1, y1, x2, y2 = f["region"]
+    before = face[y1:y2, x1:x2].astype(int)
+    after = read_image(out)[y1:y2, x1:x2].astype(int)
+    # pixelated: the face's fine detail is gone
+    assert np.abs(np.diff(after, axis=1)).mean() < 0.5 * np.abs(np.diff(before, axis=1)).mean()
+
+
+@pytest.mark.slow
+def test_pedestrian_clip_end_to_end(tmp_path: Path) -> None:
+    clip = SCENES / "pedestrians_walking_1080p.mp4"
+    if not clip.is_file():
+        pytest.skip("shared clip not found")
+    info = probe_video(clip)
+    part = tmp_path / "part.mp4"
+    with VideoWriter(part, info.rate, info.width, info.height, crf=12) as w:
+        for i, f in enumerate(read_frames(clip)):
+            if i >= 10:
+                break
+            w.write(f)
+    out = tmp_path / "out.mp4"
+    report = run(part, out, _settings(), progress=False)
+    o = probe_video(out)
+    assert (
+        o.frame_count == 10 and (o.width, o.height) == (1920, 1080) and abs(o.fps - info.fps) < 1e-6
+    )
+    t = report["totals"]
+    assert t["frames"] == 10 and t["faces"] >= 20
+    assert t["unprotected_faces"] == 0
+    for f in report["faces_detail"]:
+        assert f["action"].startswith(("obscured", "repaired")) or not f["verified"]["is_original"]
+    # the same face keeps its target from frame to frame
+    by_track: dict[int, set[str]] = {}
+    for f in report["faces_detail"]:
+        by_track.setdefault(f["track"], set()).add(f["target"])
+    assert sum(len(v) == 1 for v in by_track.values()) >= 0.8 * len(by_track)
+    assert report["video"]["frames_out"] == report["video"]["frames_in"] == 10
+
+
+def test_tiny_classifier_checkpoint_through_the_pipeline(tmp_path: Path) -> None:
+    """Any checkpoint path works, and its crop convention drives the crops."""
+    ckpt = tmp_path / "tiny.pt"
+    tiny_classifier().save(ckpt)
+    src = tmp_path / "astro.png"
+    write_image(src, scene("astronaut_single_face.png"))
+    s = load_settings(overrides={"pipeline": {"device": "cpu"}, "classifier": {"name": str(ckpt)}})
+    report = run(src, tmp_path / "out.jpg", s, progress=False)
+    assert report["totals"]["faces"] == 1
+    assert report["faces_detail"][0]["pred"].startswith("id")
