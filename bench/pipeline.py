@@ -421,19 +421,19 @@ def markdown(result: dict[str, Any]) -> str:
         f"Start-up (`--help` wall s, included in the whole-command rows): "
         f"deface {_f(s.get('deface'))}, deid {_f(s.get('deid'))}.",
         "",
-        "| clip | tool / config | frames | faces | wall s | frames/s | wall vs deface "
+        "| clip | tool / config | frames | faces | wall s | frames/s | deid/deface fps "
         "| detect f/s | attack f/s | encode f/s | verify f/s |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for clip in result["clips"]:
         rows = [r for r in result["rows"] if r["clip"] == clip]
         base = next(
-            (r["wall_s"] for r in rows if r["tool"] == "deface" and r.get("fps")),
+            (r["fps"] for r in rows if r["tool"] == "deface" and r.get("fps")),
             None,
         )
         for r in rows:
             ratio = (
-                f"{r['wall_s'] / base:.2f}×"
+                f"{r['fps'] / base:.2f}×"
                 if base and r["tool"] == "deid" and r.get("fps")
                 else ("1.00×" if base and r["tool"] == "deface" else "—")
             )
@@ -451,7 +451,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "wall vs deface: deid's wall time / deface's on the same clip (> 1: deid is slower). "
+        "deid/deface fps: deid's frames/s over deface's on the same clip (< 1: deid is slower). "
         "Whole-command rows include process start-up; API rows include model loading but not "
         "imports. Stage f/s = frames / seconds spent in that stage (all frames, not only those "
         "with faces).",
