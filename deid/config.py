@@ -55,6 +55,11 @@ class PipelineConfig(_Strict):
     fallback: Literal["pixelate", "blur", "black"] = "pixelate"
     verify: bool = Field(True, description="re-read the output and re-classify its faces")
     repair: bool = Field(True, description="obscure faces still recognised in the written output")
+    verify_detect: Literal["around", "full"] = Field(
+        "around",
+        description="re-detect around each processed face (fast) or on whole frames (also "
+        "counts faces the first pass missed)",
+    )
     crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor of video output")
     jpeg_quality: int = Field(95, ge=1, le=100)
     track_iou: float = Field(

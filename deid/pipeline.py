@@ -378,6 +378,52 @@ def process_frames(
 # --------------------------------------------------------------------------------------------
 # verification on the written file
 # --------------------------------------------------------------------------------------------
+def detect_around(
+    detector: MTCNNDetector,
+    frames: Sequence[np.ndarray],
+    by_frame: dict[int, list[dict[str, Any]]],
+    context: float = 0.5,
+) -> list[Detections]:
+    """Re-detect faces only in windows around the faces a frame is known to hold.
+
+    Each window is the face's crop region grown by ``context`` of its side on every side;
+    detections are mapped back to frame coordinates and duplicates from overlapping windows
+    (box IoU > 0.5) dropped. Several times cheaper than a full-frame pass on large frames.
+    """
+    windows: list[np.ndarray] = []
+    where: list[tuple[int, int, int]] = []
+    for fi, recs in by_frame.items():
+        fh, fw = frames[fi].shape[:2]
+        for r in recs:
+            x1, y1, x2, y2 = r["region"]
+            m = round(context * max(x2 - x1, y2 - y1))
+            wx1, wy1 = max(0, x1 - m), max(0, y1 - m)
+            wx2, wy2 = min(fw, x2 + m), min(fh, y2 + m)
+            windows.append(frames[fi][wy1:wy2, wx1:wx2])
+            where.append((fi, wx1, wy1))
+    found: dict[int, list[tuple[np.ndarray, float, np.ndarray]]] = defaultdict(list)
+    for (fi, ox, oy), d in zip(where, detector.detect(windows) if windows else [], strict=True):
+        off = np.array([ox, oy], np.float32)
+        for k in range(len(d)):
+            box = d.boxes[k] + np.tile(off, 2)
+            if all(iou(box, b) <= 0.5 for b, _, _ in found[fi]):
+                found[fi].append((box, float(d.scores[k]), d.landmarks[k] + off))
+    out = []
+    for fi in range(len(frames)):
+        faces = found.get(fi, [])
+        if not faces:
+            out.append(Detections.empty())
+            continue
+        out.append(
+            Detections(
+                np.stack([f[0] for f in faces]).astype(np.float32),
+                np.array([f[1] for f in faces], np.float32),
+                np.stack([f[2] for f in faces]).astype(np.float32),
+            )
+        )
+    return out
+
+
 def verify_frames(
     frames: Sequence[np.ndarray],
     records: Sequence[dict[str, Any]],
@@ -386,7 +432,8 @@ def verify_frames(
 ) -> int:
     """Re-classify the written faces (in place: adds ``verified`` to each record).
 
-    Returns the number of faces the re-detection found that match no processed face.
+    Returns the number of faces the re-detection found that match no processed face (always
+    0 with ``pipeline.verify_detect: around``, which only looks near processed faces).
 
     Two readings per face: the *same crop* as at attack time (did the perturbation survive
     encoding?) and a fresh *re-detection* matched by box overlap (what a recogniser running
@@ -396,7 +443,10 @@ def verify_frames(
     by_frame: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_frame[r["frame"] - first_frame].append(r)
-    dets = detect(res.detector, frames)
+    if res.settings.pipeline.verify_detect == "full":
+        dets = detect(res.detector, frames)
+    else:
+        dets = detect_around(res.detector, frames, by_frame)
     crops = crop(frames, dets, res.classifier)
     redet_preds = (
         classify(res.classifier, crops, res.device).argmax(1)

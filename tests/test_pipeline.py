@@ -151,3 +151,19 @@ def test_tiny_classifier_checkpoint_through_the_pipeline(tmp_path: Path) -> None
     report = run(src, tmp_path / "out.jpg", s, progress=False)
     assert report["totals"]["faces"] == 1
     assert report["faces_detail"][0]["pred"].startswith("id")
+
+
+def test_redetection_around_known_faces_matches_full_frames(resources: Resources) -> None:
+    from deid.pipeline import detect, detect_around
+
+    frame = scene("group_friends_stoop.jpg")
+    full = detect(resources.detector, [frame])[0]
+    records = [
+        {"region": [int(b[0]) - 10, int(b[1]) - 10, int(b[2]) + 10, int(b[3]) + 10]}
+        for b in full.boxes
+    ]
+    around = detect_around(resources.detector, [frame], {0: records})[0]
+    assert len(around) == len(full)
+    a = full.boxes[np.argsort(full.boxes[:, 0])]
+    b = around.boxes[np.argsort(around.boxes[:, 0])]
+    assert np.abs(a - b).max() < 8
