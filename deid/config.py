@@ -17,7 +17,6 @@ from deid.attacks.registry import AttackConfig, default_attack
 from deid.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-TargetMode = Literal["least-likely", "nearest", "random"]
 
 
 class _Strict(BaseModel):
