@@ -40,6 +40,7 @@ from deid.io import (
     probe_video,
     read_frames,
     read_image,
+    tmp_beside,
     write_image,
 )
 from deid.models import FaceClassifier, load_classifier
@@ -538,10 +539,6 @@ def _group(records: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]
     return g
 
 
-def _tmp_beside(path: Path, tag: str) -> Path:
-    return path.with_name(f".{path.stem}.{tag}-{time.time_ns() % 10**9}{path.suffix}")
-
-
 def run_video(input: Path, output: Path, res: Resources, progress: bool = True) -> dict[str, Any]:
     """De-identify a video file; returns the report (without writing it)."""
     if output.suffix.lower() not in WRITABLE_VIDEO_FORMATS:
@@ -553,7 +550,7 @@ def run_video(input: Path, output: Path, res: Resources, progress: bool = True) 
     timer, state = Timer(), new_state(res.settings)
     records: list[dict[str, Any]] = []
     frames_with_faces = 0
-    first_pass = _tmp_beside(output, "pass1")
+    first_pass = tmp_beside(output, "pass1")
     try:
         bar = tqdm(
             total=info.frame_count, desc=f"deid {input.name}", unit="frame", disable=not progress
@@ -664,7 +661,7 @@ def process_image(
     with timer("decode"):
         img = read_image(input)
     out, recs = process_frames([img], res, state, timer)
-    tmp = _tmp_beside(output, "pass1")
+    tmp = tmp_beside(output, "pass1")
     try:
         with timer("encode"):
             write_image(tmp, out[0], quality=p.jpeg_quality)

@@ -9,6 +9,7 @@ from deid.io.images import (
     read_image,
     write_image,
 )
+from deid.io.paths import tmp_beside
 from deid.io.video import (
     WRITABLE_VIDEO_FORMATS,
     VideoInfo,
@@ -33,6 +34,7 @@ __all__ = [
     "probe_video",
     "read_frames",
     "read_image",
+    "tmp_beside",
     "to_rate",
     "write_image",
     "write_video",

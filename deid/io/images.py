@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deid.errors import InputError, OutputError, ShapeError
+from deid.io.paths import tmp_beside
 from deid.io.video import WRITABLE_VIDEO_FORMATS
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,6 @@ def read_image(path: Path | str) -> np.ndarray:
         raise InputError(path, f"{_EXPECTED_IMAGE}: {e}") from e
 
 
-def _tmp_beside(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}{path.suffix}")
-
-
 def write_image(path: Path | str, rgb: np.ndarray, quality: int = 95) -> None:
     """Write an RGB image atomically; the format follows the suffix.
 
@@ -122,7 +118,7 @@ def write_image(path: Path | str, rgb: np.ndarray, quality: int = 95) -> None:
     elif fmt == "WEBP":
         options = {"quality": quality, "lossless": quality == 100}
     img = Image.fromarray(np.ascontiguousarray(rgb))
-    tmp = _tmp_beside(path)
+    tmp = tmp_beside(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         img.save(tmp, format=fmt, **options)

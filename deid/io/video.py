@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,6 +20,7 @@ import cv2
 import numpy as np
 
 from deid.errors import InputError, OutputError, ShapeError, VideoDecodeError
+from deid.io.paths import tmp_beside
 
 log = logging.getLogger(__name__)
 
@@ -534,8 +534,7 @@ class VideoWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(self.path, f"cannot create the output folder ({e})") from e
-        token = secrets.token_hex(4)
-        self.tmp_path = self.path.with_name(f".{self.path.name}.tmp-{token}{self.path.suffix}")
+        self.tmp_path = tmp_beside(self.path)
         options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
         try:
             self._container = av.open(str(self.tmp_path), mode="w", format=fmt, options=options)
