@@ -441,9 +441,7 @@ def verify_frames(
     its own detector on the published file would see).
     """
     names = res.classifier.meta.class_names
-    by_frame: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        by_frame[r["frame"] - first_frame].append(r)
+    by_frame = {fi - first_frame: recs for fi, recs in _group(records).items()}
     if res.settings.pipeline.verify_detect == "full":
         dets = detect(res.detector, frames)
     else:
@@ -458,17 +456,7 @@ def verify_frames(
     owners: list[dict[str, Any]] = []
     for fi, recs in by_frame.items():
         for r in recs:
-            x1, y1, x2, y2 = r["region"]
-            same.append(
-                FaceCrop(
-                    frame=fi,
-                    face=0,
-                    region=(x1, y1, x2, y2),
-                    pixels=frames[fi][y1:y2, x1:x2].copy(),
-                    theta=np.asarray(r["_theta"], np.float32),
-                    box=np.asarray(r["box"], np.float32),
-                )
-            )
+            same.append(_record_crop(r, frames[fi], fi))
             owners.append(r)
     same_preds = (
         classify(res.classifier, same, res.device).argmax(1)
@@ -494,6 +482,20 @@ def verify_frames(
     return len(crops) - matched
 
 
+def _record_crop(r: dict[str, Any], frame: np.ndarray, index: int = 0) -> FaceCrop:
+    """The :class:`FaceCrop` a face record was attacked at, cut from ``frame`` (a re-read one)."""
+    x1, y1, x2, y2 = r["region"]
+    return FaceCrop(
+        frame=index,
+        face=0,
+        region=(x1, y1, x2, y2),
+        pixels=frame[y1:y2, x1:x2].copy(),
+        theta=np.asarray(r["_theta"], np.float32),
+        box=np.asarray(r["box"], np.float32),
+        extra={"corners": np.asarray(r["_corners"], np.float32)},
+    )
+
+
 def _needs_repair(r: dict[str, Any]) -> bool:
     return r["action"] == "attacked" and bool(r.get("verified", {}).get("is_original"))
 
@@ -505,16 +507,8 @@ def repair_frames(
     n = 0
     for r in records:
         if _needs_repair(r):
-            c = FaceCrop(
-                frame=0,
-                face=0,
-                region=tuple(r["region"]),
-                pixels=np.zeros((0, 0, 3), np.uint8),
-                theta=np.asarray(r["_theta"], np.float32),
-                box=np.asarray(r["box"], np.float32),
-                extra={"corners": np.asarray(r["_corners"], np.float32)},
-            )
-            obscure(frames[r["frame"] - first_frame], c, res.settings.pipeline.fallback)
+            frame = frames[r["frame"] - first_frame]
+            obscure(frame, _record_crop(r, frame), res.settings.pipeline.fallback)
             r["action"] = f"repaired:{res.settings.pipeline.fallback}"
             n += 1
     return n
@@ -525,11 +519,7 @@ def repair_frames(
 # --------------------------------------------------------------------------------------------
 def report_path(output: Path) -> Path:
     """Where the JSON report of ``output`` goes: ``out.mp4`` -> ``out.report.json``."""
-    return (
-        output.with_name(output.stem + ".report.json")
-        if output.suffix
-        else output.with_name(output.name + ".report.json")
-    )
+    return output.with_name(output.stem + ".report.json")
 
 
 def _group(records: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
