@@ -258,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return COMMANDS[args.command](args)
+        # Subcommands defined in other modules set ``func`` (set_defaults); the core ones are here.
+        handler = getattr(args, "func", None) or COMMANDS[args.command]
+        return handler(args)
     except DeidError as e:
         sys.stderr.write(f"deid: error: {e}\n")
         return e.exit_code
