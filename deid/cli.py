@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_data(sub)
+    __import__("deid.batch").batch.add_parser(sub)
     return parser
 
 
