@@ -25,7 +25,7 @@ FAST = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("name", sorted(FAST))  # the library: test_attack_library.py
 def test_contract(name: str, tiny, faces, device) -> None:
     cls, cfg_cls = ATTACKS[name]
     attack = cls(cfg_cls(**FAST[name]))

@@ -6,7 +6,12 @@ from typing import Union
 
 from deid.attacks.base import Attack, AttackConfigBase
 from deid.attacks.conceal import Conceal, ConcealConfig
+from deid.attacks.cw import CW, CWConfig
+from deid.attacks.fgsm import FGSM, FGSMConfig
 from deid.attacks.ifgsm import IFGSM, IFGSMConfig
+from deid.attacks.illc import ILLC, ILLCConfig
+from deid.attacks.mifgsm import MIFGSM, MIFGSMConfig
+from deid.attacks.pgd import PGD, PGDConfig
 from deid.attacks.realistic import Realistic, RealisticConfig
 from deid.errors import ConfigError
 
@@ -14,13 +19,37 @@ ATTACKS: dict[str, tuple[type, type[AttackConfigBase]]] = {
     "ifgsm": (IFGSM, IFGSMConfig),
     "realistic": (Realistic, RealisticConfig),
     "conceal": (Conceal, ConcealConfig),
+    # the attack library (issue 5)
+    "fgsm": (FGSM, FGSMConfig),
+    "illc": (ILLC, ILLCConfig),
+    "pgd": (PGD, PGDConfig),
+    "mifgsm": (MIFGSM, MIFGSMConfig),
+    "cw": (CW, CWConfig),
 }
 
 # Discriminated on `name` (see deid.config.Settings).
-AttackConfig = Union[IFGSMConfig, RealisticConfig, ConcealConfig]  # noqa: UP007
+AttackConfig = Union[  # noqa: UP007
+    IFGSMConfig,
+    RealisticConfig,
+    ConcealConfig,
+    FGSMConfig,
+    ILLCConfig,
+    PGDConfig,
+    MIFGSMConfig,
+    CWConfig,
+]
 
 # Which target each attack picks when the config does not say.
-DEFAULT_TARGET = {"ifgsm": "least-likely", "realistic": "nearest", "conceal": "least-likely"}
+DEFAULT_TARGET = {
+    "ifgsm": "least-likely",
+    "realistic": "nearest",
+    "conceal": "least-likely",
+    "fgsm": "least-likely",
+    "illc": "least-likely",
+    "pgd": "least-likely",
+    "mifgsm": "least-likely",
+    "cw": "nearest",
+}
 
 
 def default_attack() -> IFGSMConfig:
