@@ -101,6 +101,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--no-realistic", action="store_true")
     a.add_argument("--json", type=Path, help="also write the figures as JSON")
     a.add_argument("--device", default="auto")
+    __import__("deid.evaluate", fromlist=["add_dataset_parser"]).add_dataset_parser(esub)
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from pathlib import Path
@@ -9,9 +10,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from deid.attacks import IFGSM, IFGSMConfig, Realistic, RealisticConfig
-from deid.attacks.base import predict, quantize8
+from deid.attacks.base import perturbation_norms, predict, quantize8
 from deid.data import FaceDataset, load_dataset
 from deid.models import FaceClassifier, load_classifier
 from deid.models.train import evaluate as accuracy
@@ -157,3 +159,357 @@ def format_table(table: dict[str, Any]) -> str:
             f"| {r['mean_steps']:.1f} | {ps} |"
         )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# deid eval dataset: one attack on held-out faces, everything measured
+# --------------------------------------------------------------------------------------------
+DETECT_MARGIN = 0.25  # the face crop is placed in a frame this much wider on every side
+N_EXAMPLES = 8  # faces kept (as PNG) for the contact sheet
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) [0, 1] -> (N, H, W, 3) uint8 (grayscale repeated)."""
+    a = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return np.repeat(a, 3, axis=3) if a.shape[3] == 1 else a
+
+
+def detection_frames(x: torch.Tensor, margin: float = DETECT_MARGIN) -> list[np.ndarray]:
+    """Each face crop placed in a mid-grey frame ``margin`` of its longer side wider on every
+    side (a dataset crop is cut tight; a detector needs some context around the face)."""
+    out = []
+    for img in _to_uint8(x):
+        p = round(margin * max(img.shape[:2]))
+        out.append(np.pad(img, ((p, p), (p, p), (0, 0)), constant_values=128))
+    return out
+
+
+def detected(detector: Any, x: torch.Tensor, batch: int = 64) -> np.ndarray:
+    """(N,) bool: MTCNN finds a face in each crop placed in a frame (:func:`detection_frames`)."""
+    frames = detection_frames(x)
+    found = []
+    for i in range(0, len(frames), batch):
+        found += [len(d) > 0 for d in detector.detect(frames[i : i + batch])]
+    return np.asarray(found, bool)
+
+
+def ssim(x: torch.Tensor, x_adv: torch.Tensor) -> np.ndarray:
+    """(N,) structural similarity (scikit-image, Gaussian-free 7x7 windows) of [0, 1] crops."""
+    from skimage.metrics import structural_similarity
+
+    a = x.permute(0, 2, 3, 1).cpu().double().numpy()
+    b = x_adv.permute(0, 2, 3, 1).cpu().double().numpy()
+    return np.array(
+        [
+            structural_similarity(p[..., 0], q[..., 0], data_range=1.0)
+            if p.shape[2] == 1
+            else structural_similarity(p, q, data_range=1.0, channel_axis=2)
+            for p, q in zip(a, b, strict=True)
+        ]
+    )
+
+
+def sparse_confusion(rows: np.ndarray, cols: np.ndarray) -> list[list[int]]:
+    """``[[row, col, count], ...]`` of the nonzero cells of a confusion matrix."""
+    pairs, counts = np.unique(np.stack([rows, cols], 1), axis=0, return_counts=True)
+    return [[int(r), int(c), int(k)] for (r, c), k in zip(pairs, counts, strict=True)]
+
+
+def _png_b64(img: np.ndarray) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _summary(v: np.ndarray) -> dict[str, float | None]:
+    v = np.asarray(v, float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return {"mean": None, "median": None, "min": None, "max": None}
+    return {
+        "mean": round(float(v.mean()), 5),
+        "median": round(float(np.median(v)), 5),
+        "min": round(float(v.min()), 5),
+        "max": round(float(v.max()), 5),
+    }
+
+
+def _rounded(v: np.ndarray, nd: int = 5) -> list[float | None]:
+    return [round(float(a), nd) if np.isfinite(a) else None for a in np.asarray(v, float)]
+
+
+def dataset_eval(
+    classifier: str | Path,
+    attack: str = "ifgsm",
+    eps_list: list[float] | None = None,
+    n: int = 200,
+    target: str | None = None,
+    steps: int | None = None,
+    data: Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    detect: bool = True,
+    examples: int = N_EXAMPLES,
+    batch_size: int = 100,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Attack ``n`` held-out faces of the classifier's dataset and measure the result.
+
+    For each eps (one row; attacks without an L-inf budget give one row with ``eps=None``):
+    targeted success and original-identity recognition after rounding to 8-bit pixels;
+    L0/L1/L2/L-inf of the perturbation, PSNR and SSIM of the crops; whether MTCNN still
+    finds the face (each crop placed in a frame with a margin; compared with the clean
+    crop); the confusion of true identities with the predictions after de-identification.
+    Per-sample values and ``examples`` faces (base64 PNG) are kept for ``deid report``.
+
+    Args:
+        classifier: ``yaleb-mlp``, ``celeba-cnn`` or a checkpoint path.
+        attack: a name in :data:`deid.attacks.ATTACKS`.
+        eps_list: L-inf budgets (I-FGSM: required budget, default 4, 8 and 16 / 255;
+            realistic: optional cap; conceal has none and refuses eps).
+        target: ``least-likely``, ``nearest``, ``random`` or a class id (default: the attack's).
+        steps: override the attack's iteration count.
+
+    Raises:
+        ConfigError: unknown attack, eps for an attack without one, a bad target.
+    """
+    from deid.attacks import ATTACKS, DEFAULT_TARGET, attack_config
+    from deid.errors import ConfigError
+    from deid.pipeline import resolve_device
+
+    if attack not in ATTACKS:
+        raise ConfigError(f"unknown attack {attack!r}; available: {sorted(ATTACKS)}")
+    has_eps = "eps" in ATTACKS[attack][1].model_fields
+    if eps_list and not has_eps:
+        raise ConfigError(f"attack {attack!r} has no eps (it is unbounded); leave --eps out")
+    if not eps_list:
+        eps_list = [4 / 255, 8 / 255, 16 / 255] if attack == "ifgsm" else []
+    budgets: list[float | None] = list(eps_list) if eps_list else [None]
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    model = load_classifier(classifier, dev)
+    names = model.meta.class_names
+    ds = dataset_of(model, data)
+    x, y = sample_test(ds, n, seed)
+    x = x.to(dev)
+    labels = y.numpy()
+    logits = predict(model, x)
+    probs = torch.softmax(logits.float(), 1).cpu()
+    pred0 = probs.argmax(1).numpy()
+    mode: str | int = target or DEFAULT_TARGET[attack]
+    if isinstance(mode, str) and mode.isdigit():
+        mode = int(mode)
+    t = choose_targets(logits, mode, torch.Generator().manual_seed(seed)).to(dev)  # type: ignore[arg-type]
+    targets = t.cpu().numpy()
+    detector = None
+    det_clean = None
+    if detect:
+        from deid.detect import MTCNNDetector
+
+        detector = MTCNNDetector(min_face_size=20, device=dev)
+        det_clean = detected(detector, x)
+    ex_idx = np.unique(np.linspace(0, len(x) - 1, min(examples, len(x))).round().astype(int))
+    clean_u8 = _to_uint8(x[torch.as_tensor(ex_idx, device=dev)])
+    rows: list[dict[str, Any]] = []
+    for eps in tqdm(budgets, desc=f"eval {attack}", unit="eps", disable=not progress):
+        params: dict[str, Any] = {}
+        if eps is not None:
+            params["eps"] = eps
+            if attack == "ifgsm":
+                params["alpha"] = min(2 / 255, eps)
+        if steps is not None:
+            params["steps"] = steps
+        cfg = attack_config(attack, **params)
+        atk = ATTACKS[attack][0](cfg)
+        t0 = time.perf_counter()
+        advs, step_counts = [], []
+        for i in range(0, len(x), batch_size):
+            r = atk(model, x[i : i + batch_size], t[i : i + batch_size])
+            advs.append(quantize8(r.images.detach()))
+            step_counts.append(r.steps.cpu())
+        adv = torch.cat(advs)
+        seconds = time.perf_counter() - t0
+        p_adv = torch.softmax(predict(model, adv).float(), 1).cpu()
+        pred1 = p_adv.argmax(1).numpy()
+        norms = {k: v.cpu().numpy() for k, v in perturbation_norms(x, adv).items()}
+        ps = psnr(x, adv).cpu().numpy()
+        ss = ssim(x, adv)
+        success = pred1 == targets
+        original = pred1 == labels
+        row: dict[str, Any] = {
+            "eps": eps,
+            "eps_255": round(eps * 255, 2) if eps is not None else None,
+            "config": cfg.model_dump(mode="json"),
+            "n": len(x),
+            "success": round(float(success.mean()), 4),
+            "original_recognised": round(float(original.mean()), 4),
+            # of the faces the classifier recognised before, the share it still recognises
+            "original_kept": round(float(original[pred0 == labels].mean()), 4)
+            if (pred0 == labels).any()
+            else None,
+            "mean_steps": round(float(torch.cat(step_counts).float().mean()), 2),
+            "seconds": round(seconds, 2),
+            "norms": {k: _summary(v) for k, v in norms.items()},
+            "l0_fraction": _summary(norms["l0"] / x[0].numel()),
+            "psnr": _summary(ps),
+            "ssim": _summary(ss),
+            "confusion_after": sparse_confusion(labels, pred1),
+            "per_sample": {
+                "pred": pred1.tolist(),
+                "conf": _rounded(p_adv.max(1).values.numpy(), 4),
+                "success": success.tolist(),
+                **{k: _rounded(v) for k, v in norms.items()},
+                "psnr": _rounded(ps, 3),
+                "ssim": _rounded(ss, 4),
+            },
+            "examples": [_png_b64(a) for a in _to_uint8(adv[torch.as_tensor(ex_idx)])],
+        }
+        if detector is not None and det_clean is not None:
+            det_adv = detected(detector, adv)
+            row["detected"] = round(float(det_adv.mean()), 4)
+            # of the faces MTCNN found before de-identification, the share it still finds
+            row["detection_kept"] = (
+                round(float(det_adv[det_clean].mean()), 4) if det_clean.any() else None
+            )
+            row["per_sample"]["detected"] = det_adv.tolist()
+        rows.append(row)
+    from deid import __version__
+
+    return {
+        "kind": "eval-dataset",
+        "deid_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "classifier": str(classifier),
+        "dataset": ds.name,
+        "split": ds.split,
+        "class_names": list(names),
+        "attack": attack,
+        "target_mode": mode,
+        "n": len(x),
+        "seed": seed,
+        "device": str(dev),
+        "detect_margin": DETECT_MARGIN if detect else None,
+        "clean": {
+            "top1": round(float((pred0 == labels).mean()), 4),
+            "mean_conf": round(float(probs.max(1).values.mean()), 4),
+            "detected": round(float(det_clean.mean()), 4) if det_clean is not None else None,
+            "confusion": sparse_confusion(labels, pred0),
+        },
+        "per_sample": {
+            "index": [int(i) for i in np.asarray(ds.test)[_sample_index(len(ds.test), n, seed)]],
+            "label": labels.tolist(),
+            "pred": pred0.tolist(),
+            "conf": _rounded(probs.max(1).values.numpy(), 4),
+            "target": targets.tolist(),
+            **({"detected": det_clean.tolist()} if det_clean is not None else {}),
+        },
+        "examples": {
+            "samples": ex_idx.tolist(),
+            "clean": [_png_b64(a) for a in clean_u8],
+        },
+        "rows": rows,
+    }
+
+
+def _sample_index(total: int, n: int, seed: int) -> np.ndarray:
+    """The positions :func:`sample_test` draws (same seed, same order)."""
+    return np.sort(np.random.default_rng(seed).permutation(total)[: min(n, total)])
+
+
+def format_dataset_eval(rep: dict[str, Any]) -> str:
+    """Markdown table of :func:`dataset_eval`'s rows."""
+    c = rep["clean"]
+    det = f", MTCNN finds {100 * c['detected']:.1f}%" if c.get("detected") is not None else ""
+    lines = [
+        f"{rep['attack']} ({rep['target_mode']}) vs {rep['classifier']} on {rep['dataset']} "
+        f"held-out, n={rep['n']}; clean top-1 {100 * c['top1']:.1f}%{det}; after 8-bit rounding",
+        "",
+        "| eps | success | original recognised | mean L2 | mean Linf (/255) | mean L0 (%) "
+        "| PSNR (dB) | SSIM | MTCNN kept | seconds |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+
+    def f(v: float | None, fmt: str, scale: float = 1.0) -> str:
+        return "-" if v is None else format(v * scale, fmt)
+
+    for r in rep["rows"]:
+        eps = f"{r['eps_255']:g}/255" if r["eps"] is not None else "-"
+        lines.append(
+            f"| {eps} | {f(r['success'], '.1%')} | {f(r['original_recognised'], '.1%')} "
+            f"| {f(r['norms']['l2']['mean'], '.3f')} | {f(r['norms']['linf']['mean'], '.1f', 255)} "
+            f"| {f(r['l0_fraction']['mean'], '.1f', 100)} | {f(r['psnr']['mean'], '.1f')} "
+            f"| {f(r['ssim']['mean'], '.3f')} | {f(r.get('detection_kept'), '.1%')} "
+            f"| {r['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def add_dataset_parser(esub: argparse._SubParsersAction) -> None:
+    """``deid eval dataset``."""
+    p = esub.add_parser(
+        "dataset",
+        help="attack held-out faces: success, recognition, norms, PSNR/SSIM, detection",
+        description="Attack N held-out faces of the classifier's dataset (Yale B or CelebA) "
+        "and measure targeted success, original-identity recognition, L0/L1/L2/Linf, PSNR "
+        "and SSIM, whether MTCNN still finds the face, and the identity confusion; one row "
+        "per eps. Render the JSON with `deid report`.",
+    )
+    p.add_argument("--classifier", default="celeba-cnn", help="yaleb-mlp, celeba-cnn or a path")
+    p.add_argument("--attack", default="ifgsm", help="ifgsm, realistic, conceal, ...")
+    p.add_argument(
+        "--eps",
+        help="comma-separated L-inf budgets, e.g. 4/255,8/255,16/255 "
+        "(I-FGSM default; the realistic attack's optional cap; conceal has none)",
+    )
+    p.add_argument("-n", type=int, default=200, help="held-out faces (seeded sample)")
+    p.add_argument("--target", help="least-likely, nearest, random or a class id")
+    p.add_argument("--steps", type=int, help="attack iterations (default: the attack's)")
+    p.add_argument("--data", type=Path, help="dataset npz (default: under DEID_DATA_DIR)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-detect", action="store_true", help="skip the MTCNN utility check")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=Path, help="write the report here (input of `deid report`)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval_dataset)
+
+
+def cmd_eval_dataset(args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from deid.cli import _eps
+    from deid.errors import ConfigError
+
+    try:
+        eps = [_eps(e.strip()) for e in args.eps.split(",") if e.strip()] if args.eps else []
+    except argparse.ArgumentTypeError as e:
+        raise ConfigError(f"--eps: {e}") from None
+    if args.n < 1:
+        raise ConfigError(f"-n: expected at least 1 face, got {args.n}")
+    rep = dataset_eval(
+        args.classifier,
+        args.attack,
+        eps,
+        n=args.n,
+        target=args.target,
+        steps=args.steps,
+        data=args.data,
+        device=args.device,
+        seed=args.seed,
+        detect=not args.no_detect,
+        progress=not args.quiet,
+    )
+    sys.stdout.write(format_dataset_eval(rep) + "\n")
+    if args.json:
+        from deid.io import tmp_beside
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_beside(args.json)
+        tmp.write_text(json.dumps(rep, allow_nan=False) + "\n")
+        tmp.replace(args.json)
+    return 0
