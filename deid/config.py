@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from deid.attacks.registry import AttackConfig, default_attack
 from deid.errors import ConfigError
@@ -32,6 +40,18 @@ class DetectorConfig(_Strict):
     max_side: int | None = Field(
         None, ge=160, description="detect on a copy downscaled to this side"
     )
+    tile: int | None = Field(
+        None,
+        ge=160,
+        description="frames larger than this are detected in overlapping full-resolution "
+        "windows of at most this side (plus one pass downscaled to it); null: no tiling",
+    )
+    tile_overlap: int = Field(
+        128,
+        ge=0,
+        le=2048,
+        description="px shared by neighbouring tiles (faces up to this size lie whole in one)",
+    )
     batch_frames: int = Field(8, ge=1, le=256, description="frames per detection batch")
 
     @field_validator("thresholds")
@@ -40,6 +60,14 @@ class DetectorConfig(_Strict):
         if not all(0.0 < t < 1.0 for t in v):
             raise ValueError(f"each threshold must be in (0, 1), got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> DetectorConfig:
+        if self.tile is not None and self.tile_overlap >= self.tile:
+            raise ValueError(
+                f"tile_overlap ({self.tile_overlap}) must be smaller than tile ({self.tile})"
+            )
+        return self
 
 
 class ClassifierConfig(_Strict):
@@ -61,8 +89,12 @@ class PipelineConfig(_Strict):
     )
     crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor of video output")
     jpeg_quality: int = Field(95, ge=1, le=100)
-    track_iou: float = Field(
-        0.3, gt=0.0, le=1.0, description="box overlap that keeps a face's target"
+    chunk_frames: int = Field(
+        240,
+        ge=1,
+        le=100_000,
+        description="frames per video chunk (a service task; also the unit of `deid run`, so "
+        "both give the same bytes)",
     )
     seed: int = 0
     device: str = "auto"
@@ -78,6 +110,72 @@ class PipelineConfig(_Strict):
         raise ValueError(f"device must be one of 'auto', 'cpu', 'cuda', 'cuda:N'; got {v!r}")
 
 
+class TrackingConfig(_Strict):
+    """How faces are linked across video frames (see :mod:`deid.tracking`)."""
+
+    iou: float = Field(0.3, gt=0.0, le=1.0, description="box overlap that links a detection")
+    max_gap: int = Field(
+        5, ge=0, le=300, description="frames a missed face stays protected at its predicted box"
+    )
+    extend: int = Field(
+        2, ge=0, le=60, description="frames covered before a track's first / after its last"
+    )
+    margin: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="a fail-closed face is obscured over its box grown by this share per side",
+    )
+
+
+class ServiceConfig(_Strict):
+    """The job service (``deid worker``, ``deid serve``, ``deid submit``): broker, storage, limits.
+
+    ``DEID_BROKER_URL`` and ``DEID_STORAGE_ROOTS`` (comma- or ``os.pathsep``-separated) are
+    accepted as short forms of ``DEID_SERVICE__BROKER_URL`` / ``DEID_SERVICE__STORAGE_ROOTS``.
+    """
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str | None = Field(None, description="None: the broker's Redis")
+    storage_roots: list[Path] = Field(
+        default_factory=list, description="job inputs and outputs must lie under one of these"
+    )
+    shard_files: int = Field(16, ge=1, le=100_000, description="files per dataset shard")
+    job_ttl: int = Field(7 * 86400, ge=60, description="seconds a job's state stays in Redis")
+    token: SecretStr | None = Field(None, description="bearer token the HTTP API requires")
+    max_deliveries: int = Field(
+        3, ge=1, le=100, description="deliveries of a chunk before its job fails (poison chunk)"
+    )
+    soft_time_limit: int = Field(1800, ge=1, description="seconds; the chunk fails cleanly")
+    time_limit: int = Field(2100, ge=1, description="seconds; the worker process is killed")
+    visibility_timeout: int = Field(
+        7200, ge=1, description="seconds before an unacknowledged chunk goes to another worker"
+    )
+    restore_interval: int = Field(
+        10, ge=1, description="seconds between sweeps that redeliver a dead worker's chunks"
+    )
+    max_memory_per_child: int = Field(
+        12_000_000, ge=100_000, description="KiB of resident memory before a worker is replaced"
+    )
+
+    @field_validator("storage_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [p for p in v.replace(",", os.pathsep).split(os.pathsep) if p.strip()]
+        return v
+
+    @model_validator(mode="after")
+    def _limits(self) -> ServiceConfig:
+        if not self.soft_time_limit < self.time_limit < self.visibility_timeout:
+            raise ValueError(
+                "expected soft_time_limit < time_limit < visibility_timeout (a chunk must end "
+                f"before it is redelivered), got {self.soft_time_limit}, {self.time_limit}, "
+                f"{self.visibility_timeout}"
+            )
+        return self
+
+
 class Settings(_Strict):
     """All of deid's settings. Build with :func:`load_settings`."""
 
@@ -87,6 +185,15 @@ class Settings(_Strict):
         default_factory=default_attack
     )
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+
+# Environment variables that name one setting directly (read as strings, not YAML).
+ENV_ALIASES = {
+    "DEID_BROKER_URL": ("service", "broker_url"),
+    "DEID_STORAGE_ROOTS": ("service", "storage_roots"),
+}
 
 
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -97,7 +204,11 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     sections = set(Settings.model_fields)
-    for key, value in (os.environ if environ is None else environ).items():
+    env = os.environ if environ is None else environ
+    for key, field in ENV_ALIASES.items():  # short forms; DEID_SECTION__FIELD wins over them
+        if env.get(key, "").strip():
+            out.setdefault(field[0], {})[field[1]] = env[key].strip()
+    for key, value in env.items():
         if not key.startswith("DEID_") or "__" not in key:
             continue
         section, _, rest = key[5:].lower().partition("__")

@@ -31,14 +31,9 @@ from deid.detect import MTCNNDetector
 from deid.errors import ConfigError, DeidError, InputError, OutputError, PartialFailure
 from deid.io import (
     IMAGE_EXTS,
-    WRITABLE_VIDEO_FORMATS,
-    VideoWriter,
     check_output,
     classify_input,
-    iter_batches,
     list_images,
-    probe_video,
-    read_frames,
     read_image,
     tmp_beside,
     write_image,
@@ -299,7 +294,7 @@ class StreamState:
 
 def new_state(settings: Settings) -> StreamState:
     return StreamState(
-        TargetMemory(settings.pipeline.track_iou),
+        TargetMemory(settings.tracking.iou),
         torch.Generator().manual_seed(settings.pipeline.seed),
     )
 
@@ -529,120 +524,6 @@ def _group(records: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]
     return g
 
 
-def run_video(input: Path, output: Path, res: Resources, progress: bool = True) -> dict[str, Any]:
-    """De-identify a video file; returns the report (without writing it)."""
-    if output.suffix.lower() not in WRITABLE_VIDEO_FORMATS:
-        raise OutputError(
-            output, f"expected a video output ({', '.join(sorted(WRITABLE_VIDEO_FORMATS))})"
-        )
-    info = probe_video(input)
-    p = res.settings.pipeline
-    timer, state = Timer(), new_state(res.settings)
-    records: list[dict[str, Any]] = []
-    frames_with_faces = 0
-    first_pass = tmp_beside(output, "pass1")
-    try:
-        bar = tqdm(
-            total=info.frame_count, desc=f"deid {input.name}", unit="frame", disable=not progress
-        )
-        audio = input if info.has_audio else None
-        with VideoWriter(
-            first_pass,
-            info.rate,
-            info.width,
-            info.height,
-            crf=p.crf,
-            audio_from=audio,
-            rotation=info.rotation,
-        ) as writer:
-            frames_iter = read_frames(input)
-            while True:
-                with timer("decode"):
-                    batch = [
-                        f
-                        for _, f in zip(
-                            range(res.settings.detector.batch_frames), frames_iter, strict=False
-                        )
-                    ]
-                if not batch:
-                    break
-                out, recs = process_frames(batch, res, state, timer)
-                frames_with_faces += len({r["frame"] for r in recs})
-                records.extend(recs)
-                with timer("encode"):
-                    for f in out:
-                        writer.write(f)
-                bar.update(len(batch))
-        bar.close()
-        n_frames = state.frame_offset
-        unmatched = 0
-        repaired = 0
-        if p.verify:
-            grouped = _group(records)
-            with timer("verify"):
-                for start, batch in _enumerate_batches(
-                    read_frames(first_pass), res.settings.detector.batch_frames
-                ):
-                    recs = [
-                        r for fi in range(start, start + len(batch)) for r in grouped.get(fi, [])
-                    ]
-                    if recs:
-                        unmatched += verify_frames(batch, recs, res, start)
-            if p.repair and any(_needs_repair(r) for r in records):
-                with (
-                    timer("repair"),
-                    VideoWriter(
-                        output,
-                        info.rate,
-                        info.width,
-                        info.height,
-                        crf=p.crf,
-                        audio_from=audio,
-                        rotation=info.rotation,
-                    ) as w2,
-                ):
-                    for start, batch in _enumerate_batches(read_frames(first_pass), 32):
-                        for k, f in enumerate(batch):
-                            f = f.copy()
-                            repaired += repair_frames(
-                                [f], grouped.get(start + k, []), res, start + k
-                            )
-                            w2.write(f)
-        if output.exists() and repaired:
-            first_pass.unlink()
-        else:
-            first_pass.replace(output)
-    finally:
-        first_pass.unlink(missing_ok=True)
-    out_info = probe_video(output)
-    report = _report(
-        "video", input, output, res, records, n_frames, frames_with_faces, timer, state
-    )
-    report["video"] = {
-        "fps_in": info.fps,
-        "fps_out": out_info.fps,
-        "frames_in": info.frame_count,
-        "frames_out": out_info.frame_count,
-        "width": info.width,
-        "height": info.height,
-        "audio_in": info.has_audio,
-        "audio_out": out_info.has_audio,
-        "crf": p.crf,
-    }
-    report["totals"]["repaired"] = repaired
-    report["totals"]["unprocessed_redetections"] = unmatched
-    return report
-
-
-def _enumerate_batches(
-    frames: Iterator[np.ndarray], n: int
-) -> Iterator[tuple[int, list[np.ndarray]]]:
-    start = 0
-    for batch in iter_batches(frames, n):
-        yield start, batch
-        start += len(batch)
-
-
 def process_image(
     input: Path, output: Path, res: Resources, state: StreamState, timer: Timer
 ) -> list[dict[str, Any]]:
@@ -788,11 +669,14 @@ def run(
     check_output(input, output)
     res = resources or Resources.load(settings)
     t0 = time.perf_counter()
-    report = (
-        run_video(input, output, res, progress)
-        if kind == "video"
-        else run_images(input, output, res, progress)
-    )
+    if kind == "video":
+        from deid.job import run_video  # the job's steps, in-process
+
+        thumbs: list[dict[str, Any]] = []
+        report = run_video(input, output, res, progress=progress, thumbnails=thumbs)
+        report["_thumbnails"] = thumbs
+    else:
+        report = run_images(input, output, res, progress)
     report["seconds"]["total"] = round(time.perf_counter() - t0, 3)
     frames = report["totals"]["frames"]
     report["fps"] = (

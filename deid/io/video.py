@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -495,6 +495,11 @@ class VideoWriter:
         preset: libx264/libx265 speed preset.
         rotation: display rotation (degrees counter-clockwise) to store, e.g.
             :attr:`VideoInfo.rotation` of the input so players show it the same way.
+        time_base: with it, :meth:`write` takes each frame's ``pts`` in this time base (keep
+            an input's timestamps, variable frame rate included); without it frames are
+            spaced ``1 / fps`` apart.
+        threads: encoder threads (``0``: FFmpeg's choice). Fix it where outputs must be
+            byte-for-byte reproducible across machines (x264's output depends on it).
 
     Attributes:
         frames_written: frames passed to :meth:`write` so far.
@@ -512,9 +517,13 @@ class VideoWriter:
         audio_from: Path | str | None = None,
         preset: str = "medium",
         rotation: int = 0,
+        time_base: Fraction | None = None,
+        threads: int = 0,
     ) -> None:
         self.path = Path(path)
         self.rate = to_rate(fps)
+        self.time_base = Fraction(time_base) if time_base is not None else None
+        self._last_pts: int | None = None
         if width < 1 or height < 1:
             raise ValueError(f"width, height: expected positive sizes, got {width}x{height}")
         self.width, self.height = int(width), int(height)
@@ -548,6 +557,11 @@ class VideoWriter:
             ctx = self._stream.codec_context
             ctx.colorspace, ctx.color_range = 6, 1  # AVCOL_SPC_SMPTE170M (BT.601), MPEG range
             ctx.color_primaries, ctx.color_trc = 6, 6  # SMPTE170M
+            if self.time_base is not None:
+                self._stream.time_base = self.time_base
+                ctx.time_base = self.time_base
+            if threads:
+                ctx.thread_count = threads
             if codec in ("libx264", "libx265"):
                 self._stream.options = {"crf": str(crf), "preset": preset}
             if rotation % 360:
@@ -569,11 +583,13 @@ class VideoWriter:
                     e,
                 )
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame: np.ndarray, pts: int | None = None) -> None:
         """Encode one frame.
 
         Args:
             frame: (H, W, 3) uint8 RGB with the writer's height and width.
+            pts: presentation timestamp in ``time_base`` units (only with ``time_base``;
+                increasing).
 
         Raises:
             ShapeError: the frame is not (height, width, 3).
@@ -587,8 +603,17 @@ class VideoWriter:
             raise ValueError(f"frame: expected dtype uint8, got {frame.dtype}")
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         vf = vf.reformat(format=self.pix_fmt, dst_colorspace="ITU601", dst_color_range="MPEG")
-        vf.pts = self.frames_written
-        vf.time_base = 1 / self.rate
+        if self.time_base is None:
+            vf.pts, vf.time_base = self.frames_written, 1 / self.rate
+            end = float(self.frames_written + 1) / float(self.rate)
+        else:
+            if pts is None or (self._last_pts is not None and pts <= self._last_pts):
+                raise ValueError(
+                    f"pts: expected an increasing timestamp after {self._last_pts}, got {pts}"
+                )
+            vf.pts, vf.time_base = int(pts), self.time_base
+            self._last_pts = int(pts)
+            end = float(pts * self.time_base) + 1 / float(self.rate)
         try:
             for packet in self._stream.encode(vf):
                 self._container.mux(packet)
@@ -598,7 +623,7 @@ class VideoWriter:
             ) from e
         self.frames_written += 1
         if self._audio is not None:
-            self._audio.copy_until(float(self.frames_written / self.rate))
+            self._audio.copy_until(end)
 
     def close(self) -> None:
         """Flush the encoder, finish the file and move it onto ``path``.
@@ -692,3 +717,158 @@ def write_video(
         for frame in it:
             writer.write(frame)
     return writer.frames_written
+
+
+@dataclass(frozen=True)
+class FrameTable:
+    """Presentation timestamps of every frame of a video, read from its packets (no decoding).
+
+    Attributes:
+        time_base: unit of ``pts``, seconds.
+        pts: one int per frame, in presentation order; empty when the container gives no
+            timestamps (then frames are found by counting, see :func:`read_range`).
+    """
+
+    time_base: Fraction
+    pts: list[int]
+
+
+def frame_table(path: Path | str) -> FrameTable:
+    """The :class:`FrameTable` of ``path``'s video stream (timestamps kept exactly, VFR too).
+
+    Raises:
+        InputError, VideoDecodeError: as :func:`probe_video`.
+    """
+    path = Path(path)
+    _check_video_path(path)
+    container, stream = _open_av(path)
+    try:
+        pts: list[int] = []
+        for packet in container.demux(stream):
+            if _is_flush(packet):
+                continue
+            if packet.pts is None:
+                return FrameTable(Fraction(stream.time_base), [])
+            pts.append(int(packet.pts))
+        return FrameTable(Fraction(stream.time_base), sorted(pts))
+    except _AV_ERRORS as e:
+        raise VideoDecodeError(path, f"cannot read its packets ({e})") from e
+    finally:
+        container.close()
+
+
+def read_range(
+    path: Path | str, start: int, stop: int, table: FrameTable | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode frames ``start .. stop-1`` (presentation order) of a video.
+
+    With a :class:`FrameTable` that has timestamps, seeks to the keyframe before ``start``
+    and decodes from there (cost independent of ``start``); otherwise decodes from the
+    beginning and counts.
+
+    Yields:
+        (pts, frame): the frame's timestamp in the table's time base (its index without
+        timestamps) and the (H, W, 3) uint8 RGB frame.
+
+    Raises:
+        VideoDecodeError: fewer frames than asked for could be decoded.
+    """
+    path = Path(path)
+    if not 0 <= start <= stop:
+        raise ValueError(f"frame range: expected 0 <= start <= stop, got {start}..{stop}")
+    if start == stop:
+        return
+    if table is None or not table.pts:
+        seen = 0
+        for i, frame in enumerate(read_frames(path)):
+            if i >= stop:
+                break
+            seen = i + 1
+            if i >= start:
+                yield i, frame
+        if seen < stop:
+            raise VideoDecodeError(path, f"ends at frame {seen}; expected {stop}")
+        return
+    wanted = table.pts[start:stop]
+    want = set(wanted)
+    container, stream = _open_av(path)
+    stream.thread_type = "AUTO"
+    got = 0
+    try:
+        if start > 0:
+            container.seek(wanted[0], stream=stream, backward=True, any_frame=False)
+        for packet in container.demux(stream):
+            for frame in packet.decode():
+                if frame.pts is None or frame.pts not in want:
+                    continue
+                yield int(frame.pts), np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+                got += 1
+                if got == len(wanted):
+                    return
+    except _AV_ERRORS as e:
+        raise VideoDecodeError(path, f"decoding frames {start}..{stop} failed ({e})") from e
+    finally:
+        container.close()
+    raise VideoDecodeError(path, f"decoded {got} of frames {start}..{stop - 1}; it is corrupt")
+
+
+def concat_videos(
+    parts: Sequence[Path],
+    output: Path | str,
+    audio_from: Path | str | None = None,
+    rotation: int = 0,
+) -> int:
+    """Join H.264 segments (same codec settings, increasing timestamps) into one file without
+    re-encoding, with the audio of ``audio_from`` copied in; written atomically.
+
+    Returns:
+        The number of video packets (frames) written.
+
+    Raises:
+        OutputError: no parts, a part cannot be read, or the output cannot be written.
+    """
+    output = Path(output)
+    if not parts:
+        raise OutputError(output, "no segments to join; expected at least one")
+    fmt = WRITABLE_VIDEO_FORMATS.get(output.suffix.lower())
+    if fmt is None:
+        raise OutputError(output, f"expected a video suffix in {sorted(WRITABLE_VIDEO_FORMATS)}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_beside(output)
+    options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
+    audio: _AudioCopier | None = None
+    n = 0
+    try:
+        with av.open(str(tmp), mode="w", format=fmt, options=options) as out:
+            first = av.open(str(parts[0]))
+            try:
+                vs = out.add_stream_from_template(first.streams.video[0])
+            finally:
+                first.close()
+            if rotation % 360:
+                vs.set_display_rotation(rotation % 360)
+            if audio_from is not None:
+                try:
+                    audio = _AudioCopier(Path(audio_from), out)
+                except _AV_ERRORS as e:
+                    log.warning("%s: joined without audio (%s)", output, e)
+            for part in parts:
+                with av.open(str(part)) as src:
+                    stream = src.streams.video[0]
+                    for packet in src.demux(stream):
+                        if _is_flush(packet):
+                            continue
+                        if audio is not None and packet.pts is not None:
+                            audio.copy_until(float(packet.pts * packet.time_base))
+                        packet.stream = vs
+                        out.mux(packet)
+                        n += 1
+            if audio is not None:
+                audio.copy_until(None)
+                audio.close()
+        tmp.replace(output)
+    except _AV_ERRORS as e:
+        raise OutputError(output, f"cannot join {len(parts)} segment(s) ({e})") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return n
