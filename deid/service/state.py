@@ -1,0 +1,277 @@
+"""Job state in Redis: one hash per job, with a TTL, that outlives any client.
+
+Keys (``deid:`` prefix): ``job:<id>`` (hash: state, stage, paths, counters, error, report),
+``job:<id>:done:<stage>`` (set of finished chunk indices), ``job:<id>:deliveries`` (hash:
+deliveries per chunk), ``job:<id>:running`` (hash: which worker holds which chunk),
+``job:<id>:errors`` (list), ``job:<id>:flag:<name>`` (once-only transitions) and ``jobs``
+(sorted set of job ids by creation time). Every write refreshes the TTL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from deid.errors import DeidError
+
+TERMINAL = ("SUCCESS", "FAILED", "CANCELLED")
+JSON_FIELDS = ("spec", "report")
+INT_FIELDS = (
+    "frames_total",
+    "frames_analysed",
+    "frames_done",
+    "chunks_total",
+    "chunks_analysed",
+    "chunks_done",
+)
+
+# Set fields only while the job exists and is not finished: -1 lost, 0 finished, 1 set.
+_UPDATE = """
+local s = redis.call('HGET', KEYS[1], 'state')
+if not s then return -1 end
+if s == 'SUCCESS' or s == 'FAILED' or s == 'CANCELLED' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
+
+class JobNotFound(DeidError):
+    """No job with this id in Redis: never submitted, expired, or the broker lost its data."""
+
+    exit_code = 4
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"job {job_id} not found in Redis: unknown id, expired after the job TTL, or the "
+            "broker lost its data (restarted without persistence)"
+        )
+
+
+class BrokerUnavailable(DeidError):
+    """Redis cannot be reached."""
+
+    exit_code = 5
+
+
+def connect(url: str) -> redis.Redis:
+    """A Redis client that rides out a short broker restart (retries for about 15 s)."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), 12),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+class JobStore:
+    """Reads and writes job state in Redis.
+
+    Args:
+        url: Redis URL (the broker's).
+        ttl: seconds a job's keys live after their last write.
+    """
+
+    def __init__(self, url: str, ttl: int = 7 * 86400, prefix: str = "deid") -> None:
+        self.url = url
+        self.ttl = ttl
+        self.prefix = prefix
+        self.r = connect(url)
+        self._update = self.r.register_script(_UPDATE)
+
+    # keys ---------------------------------------------------------------------------------
+    def key(self, job_id: str, *parts: str) -> str:
+        return ":".join((self.prefix, "job", job_id, *parts))
+
+    def _touch(self, pipe: Any, job_id: str, *keys: str) -> None:
+        for k in keys:
+            pipe.expire(k, self.ttl)
+
+    # jobs ---------------------------------------------------------------------------------
+    def ping(self) -> bool:
+        try:
+            return bool(connect_fast(self.url).ping())
+        except redis.RedisError:
+            return False
+
+    def create(self, job_id: str, fields: dict[str, Any]) -> None:
+        now = time.time()
+        data = {"id": job_id, "state": "PENDING", "created": now, "updated": now, **fields}
+        k = self.key(job_id)
+        with self._guard():
+            pipe = self.r.pipeline()
+            pipe.hset(k, mapping={f: _enc(v) for f, v in data.items()})
+            pipe.expire(k, self.ttl)
+            pipe.zadd(f"{self.prefix}:jobs", {job_id: now})
+            pipe.zremrangebyscore(f"{self.prefix}:jobs", 0, now - self.ttl)
+            pipe.execute()
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        """The job's fields (JSON and counters decoded), ``errors`` and ``running`` added.
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        with self._guard():
+            pipe = self.r.pipeline()
+            pipe.hgetall(self.key(job_id))
+            pipe.lrange(self.key(job_id, "errors"), 0, -1)
+            pipe.hgetall(self.key(job_id, "running"))
+            raw, errors, running = pipe.execute()
+        if not raw:
+            raise JobNotFound(job_id)
+        out: dict[str, Any] = dict(raw)
+        for f in JSON_FIELDS:
+            out[f] = json.loads(out[f]) if out.get(f) else None
+        for f in INT_FIELDS:
+            if f in out:
+                out[f] = int(out[f])
+        for f in ("created", "updated"):
+            if f in out:
+                out[f] = float(out[f])
+        out["errors"] = errors
+        out["running"] = running
+        return out
+
+    def state(self, job_id: str) -> str | None:
+        with self._guard():
+            return self.r.hget(self.key(job_id), "state")  # type: ignore[return-value]
+
+    def update(self, job_id: str, **fields: Any) -> int:
+        """Set fields of a running job. Returns 1, 0 (job already finished) or -1 (lost)."""
+        fields["updated"] = time.time()
+        args: list[Any] = [self.ttl]
+        for f, v in fields.items():
+            args += [f, _enc(v)]
+        with self._guard():
+            return int(self._update(keys=[self.key(job_id)], args=args))
+
+    def finish(self, job_id: str, state: str, **fields: Any) -> bool:
+        """Move a job to a final state, unless it is in one already. Returns whether it moved."""
+        assert state in TERMINAL, state
+        return self.update(job_id, state=state, stage=state.lower(), **fields) == 1
+
+    def incr(self, job_id: str, **counts: int) -> None:
+        with self._guard():
+            pipe = self.r.pipeline()
+            for f, n in counts.items():
+                pipe.hincrby(self.key(job_id), f, n)
+            pipe.expire(self.key(job_id), self.ttl)
+            pipe.execute()
+
+    def add_error(self, job_id: str, message: str) -> None:
+        k = self.key(job_id, "errors")
+        with self._guard():
+            pipe = self.r.pipeline()
+            pipe.rpush(k, message)
+            pipe.ltrim(k, -100, -1)
+            pipe.expire(k, self.ttl)
+            pipe.execute()
+
+    def list(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The most recent jobs, newest first (jobs whose state expired are dropped)."""
+        with self._guard():
+            ids = self.r.zrevrange(f"{self.prefix}:jobs", 0, limit - 1)
+        out = []
+        for job_id in ids:
+            try:
+                out.append(self.get(job_id))
+            except JobNotFound:
+                with self._guard():
+                    self.r.zrem(f"{self.prefix}:jobs", job_id)
+        return out
+
+    # chunks -------------------------------------------------------------------------------
+    def delivery(self, job_id: str, stage: str, index: int) -> int:
+        """Count one more delivery of a chunk; returns the count (1 the first time)."""
+        k = self.key(job_id, "deliveries")
+        with self._guard():
+            pipe = self.r.pipeline()
+            pipe.hincrby(k, f"{stage}:{index}", 1)
+            pipe.expire(k, self.ttl)
+            return int(pipe.execute()[0])
+
+    def mark_done(self, job_id: str, stage: str, index: int) -> tuple[bool, int]:
+        """Record a finished chunk. Returns (first time, number of chunks of the stage done)."""
+        k = self.key(job_id, "done", stage)
+        with self._guard():
+            pipe = self.r.pipeline()
+            pipe.sadd(k, index)
+            pipe.scard(k)
+            pipe.expire(k, self.ttl)
+            added, count, _ = pipe.execute()
+        return bool(added), int(count)
+
+    def once(self, job_id: str, name: str) -> bool:
+        """True the first time it is called for ``name`` (a transition that must happen once)."""
+        with self._guard():
+            return bool(self.r.set(self.key(job_id, "flag", name), 1, nx=True, ex=self.ttl))
+
+    def set_running(self, job_id: str, what: str, who: str) -> None:
+        k = self.key(job_id, "running")
+        with self._guard():
+            pipe = self.r.pipeline()
+            pipe.hset(k, what, who)
+            pipe.expire(k, self.ttl)
+            pipe.execute()
+
+    def clear_running(self, job_id: str, what: str) -> None:
+        with self._guard():
+            self.r.hdel(self.key(job_id, "running"), what)
+
+    def flush(self) -> None:
+        """Delete every deid key of this database (tests)."""
+        with self._guard():
+            for k in self.r.scan_iter(f"{self.prefix}:*"):
+                self.r.delete(k)
+
+    # errors -------------------------------------------------------------------------------
+    def _guard(self) -> _Guard:
+        return _Guard(self.url)
+
+
+class _Guard:
+    """Turns Redis connection errors into :class:`BrokerUnavailable` with the URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+            raise BrokerUnavailable(f"cannot reach Redis at {_safe(self.url)}: {exc}") from exc
+        return False
+
+
+def connect_fast(url: str) -> redis.Redis:
+    """A client that fails at once (health checks)."""
+    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+
+
+def _safe(url: str) -> str:
+    """The URL without a password."""
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _enc(v: Any) -> str | int | float:
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    if isinstance(v, bool):
+        return int(v)
+    if v is None:
+        return ""
+    return v  # type: ignore[no-any-return]

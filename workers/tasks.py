@@ -1,0 +1,242 @@
+"""Celery tasks: thin shells over :class:`deid.service.jobs.Engine` (the logic lives in deid).
+
+One task per step (``deid.split``, ``deid.analyse``, ``deid.plan``, ``deid.render``,
+``deid.assemble``, ``deid.shard``, ``deid.collect``); each takes the job spec (JSON) and a
+chunk index. Models load once per worker process, after the fork (``worker_process_init``),
+and are cached per distinct job settings, so CUDA is never initialised in a parent process.
+
+Test hook: the environment variable ``DEID_FAULT`` (e.g. ``render:1=exit``,
+``analyse:*=sleep:2``) makes the named step crash its worker process (``os._exit``) or sleep
+before it starts. It exists for the fault tests; leave it unset in production.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+from celery import signals
+from celery.exceptions import SoftTimeLimitExceeded
+
+from deid.config import load_settings
+from deid.service.jobs import Engine, JobSpec
+from deid.service.state import JobStore
+from workers.celery_app import app
+
+log = logging.getLogger(__name__)
+
+# Settings a worker imposes on every job it runs (``deid worker --device/--threads``).
+WORKER_DEVICE_ENV = "DEID_WORKER_DEVICE"
+WORKER_THREADS_ENV = "DEID_WORKER_THREADS"
+FAULT_ENV = "DEID_FAULT"
+MAX_CACHED_RESOURCES = 2
+
+_resources: OrderedDict[str, Any] = OrderedDict()
+_engine: Engine | None = None
+_pool = ""
+
+
+# --------------------------------------------------------------------------------------------
+# per-process state
+# --------------------------------------------------------------------------------------------
+def worker_settings(data: dict[str, Any]) -> dict[str, Any]:
+    """A job's settings with the worker's device and thread count imposed."""
+    data = json.loads(json.dumps(data))
+    pipe = data.setdefault("pipeline", {})
+    if os.environ.get(WORKER_DEVICE_ENV):
+        pipe["device"] = os.environ[WORKER_DEVICE_ENV]
+    if os.environ.get(WORKER_THREADS_ENV):
+        pipe["threads"] = int(os.environ[WORKER_THREADS_ENV])
+    return data
+
+
+def resources_for(settings: dict[str, Any]) -> Any:
+    """Models for these settings, loaded once per process (a small LRU of settings)."""
+    from deid.config import Settings
+    from deid.pipeline import Resources
+
+    data = worker_settings(settings)
+    key = json.dumps(data, sort_keys=True)
+    if key in _resources:
+        _resources.move_to_end(key)
+        return _resources[key]
+    t = time.perf_counter()
+    res = Resources.load(Settings.model_validate(data))
+    log.info(
+        "loaded models for %s on %s in %.1f s",
+        data["classifier"]["name"],
+        res.device,
+        time.perf_counter() - t,
+    )
+    _resources[key] = res
+    while len(_resources) > MAX_CACHED_RESOURCES:
+        _resources.popitem(last=False)
+    return res
+
+
+def engine() -> Engine:
+    global _engine
+    if _engine is None:
+        _engine = Engine(
+            JobStore(app.conf.broker_url, int(app.conf.deid_job_ttl)),
+            dispatch,
+            lambda spec: resources_for(spec.settings),
+        )
+    return _engine
+
+
+def dispatch(stage: str, spec: JobSpec, index: int) -> None:
+    app.send_task(f"deid.{stage}", args=[spec.model_dump(mode="json"), index])
+
+
+@signals.worker_init.connect
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    global _pool
+    _pool = str(getattr(sender, "pool_cls", "") or "")
+
+
+@signals.worker_process_init.connect
+def _on_process_init(**_: Any) -> None:
+    """After the fork (or in the solo worker itself): load the default models once."""
+    global _engine
+    _engine = None
+    _resources.clear()
+    if os.environ.get("DEID_WORKER_PRELOAD", "1") != "1":
+        return
+    try:
+        from deid.service.jobs import job_settings
+
+        resources_for(job_settings(load_settings()))
+    except Exception:  # a job names its own settings; a failed warm-up is not fatal
+        log.warning("could not preload the default models", exc_info=True)
+
+
+@signals.task_postrun.connect
+def _memory_cap(**_: Any) -> None:
+    """Solo pool: Celery's worker_max_memory_per_child only acts on prefork children, so a
+    solo worker over the cap shuts down warmly after its task (a supervisor restarts it)."""
+    if "solo" not in _pool.lower():
+        return
+    cap = app.conf.worker_max_memory_per_child
+    if cap and _rss_kib() > cap:
+        log.warning("resident memory %d KiB > %d KiB: worker shuts down", _rss_kib(), cap)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _rss_kib() -> int:
+    try:
+        with open("/proc/self/statm") as f:  # noqa: PTH123
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+# --------------------------------------------------------------------------------------------
+# limits and faults
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def time_limits(soft: int, hard: int, what: str) -> Iterator[None]:
+    """Soft and hard time limits that also hold in the solo pool (Celery's own need prefork).
+
+    Soft: ``SoftTimeLimitExceeded`` is raised in the task (the job fails with that reason).
+    Hard: the worker process exits; the chunk is delivered again, and counted.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_soft(signum: int, frame: Any) -> None:
+        raise SoftTimeLimitExceeded(f"{what} ran past the soft time limit of {soft} s")
+
+    def on_hard() -> None:
+        log.error("%s ran past the hard time limit of %d s: exiting", what, hard)
+        os._exit(70)
+
+    old = signal.signal(signal.SIGALRM, on_soft)
+    signal.setitimer(signal.ITIMER_REAL, soft)
+    killer = threading.Timer(hard, on_hard)
+    killer.daemon = True
+    killer.start()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        killer.cancel()
+
+
+def _fault(stage: str, index: int) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        where, _, action = item.partition("=")
+        st, _, idx = where.partition(":")
+        if st == stage and idx in ("*", str(index)):
+            if action == "exit":
+                log.error("DEID_FAULT: %s:%d exits its worker", stage, index)
+                os._exit(13)
+            if action.startswith("sleep:"):
+                time.sleep(float(action[6:]))
+
+
+def _run(stage: str, spec: dict[str, Any], index: int) -> str:
+    job = JobSpec.model_validate(spec)
+    what = f"job {job.id} {stage} {index}"
+    with time_limits(job.soft_time_limit, job.time_limit, what):
+        _fault(stage, index)
+        t = time.perf_counter()
+        out = engine().run(stage, job, index)
+    log.info("%s: %s in %.2f s", what, out, time.perf_counter() - t)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# tasks
+# --------------------------------------------------------------------------------------------
+@app.task(name="deid.split")
+def split(spec: dict[str, Any], index: int = 0) -> str:
+    """Probe the input and cut it into chunks (or a folder into shards)."""
+    return _run("split", spec, index)
+
+
+@app.task(name="deid.analyse")
+def analyse(spec: dict[str, Any], index: int) -> str:
+    """Detect and classify one chunk's faces."""
+    return _run("analyse", spec, index)
+
+
+@app.task(name="deid.plan")
+def plan(spec: dict[str, Any], index: int = 0) -> str:
+    """Track faces over the whole video; one target per track."""
+    return _run("plan", spec, index)
+
+
+@app.task(name="deid.render")
+def render(spec: dict[str, Any], index: int) -> str:
+    """Attack, paste, encode and verify one chunk."""
+    return _run("render", spec, index)
+
+
+@app.task(name="deid.assemble")
+def assemble(spec: dict[str, Any], index: int = 0) -> str:
+    """Join the chunks with the input's audio; the job's report."""
+    return _run("assemble", spec, index)
+
+
+@app.task(name="deid.shard")
+def shard(spec: dict[str, Any], index: int) -> str:
+    """De-identify one shard of a dataset job's files."""
+    return _run("shard", spec, index)
+
+
+@app.task(name="deid.collect")
+def collect(spec: dict[str, Any], index: int = 0) -> str:
+    """Merge a dataset job's shards into its manifest and report."""
+    return _run("collect", spec, index)
