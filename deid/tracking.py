@@ -77,7 +77,7 @@ def associate(
     boxes_per_frame: Sequence[np.ndarray],
     iou_threshold: float = 0.3,
     max_gap: int = 5,
-    max_centre_distance: float = 0.6,
+    max_centre_distance: float = 1.0,
 ) -> list[list[int]]:
     """Track ids for every detection of every frame.
 

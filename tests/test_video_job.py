@@ -1,0 +1,217 @@
+"""Video jobs end to end on real faces: chunks, tracking across chunk boundaries, timestamps
+(variable frame rate), audio, fail-closed gaps, and that the job's steps give the bytes
+``deid run`` gives."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from deid import job
+from deid.config import load_settings
+from deid.errors import DeidError
+from deid.io import frame_table, probe_video, read_frames, write_image
+from deid.pipeline import Resources, run
+
+from .conftest import SCENES, scene
+
+W, H = 480, 320
+N = 14
+TB = Fraction(1, 1000)
+# variable frame rate: 40-80 ms between frames
+PTS = [0, 40, 100, 140, 220, 260, 300, 380, 420, 460, 540, 580, 620, 700]
+
+
+def _settings(**pipeline):
+    return load_settings(
+        overrides={
+            "pipeline": {"device": "cpu", "chunk_frames": 4, **pipeline},
+            "attack": {"name": "ifgsm", "steps": 10},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def resources() -> Resources:
+    return Resources.load(_settings())
+
+
+def face_frames(blur: set[int] = frozenset()) -> list[np.ndarray]:
+    """The astronaut's face (about 90 px) gliding right over a grey background."""
+    face = cv2.resize(scene("astronaut_single_face.png"), (200, 200), interpolation=cv2.INTER_AREA)
+    frames = []
+    for i in range(N):
+        f = np.full((H, W, 3), 120, np.uint8)
+        x = 20 + 12 * i
+        f[60:260, x : x + 200] = face
+        if i in blur:  # the detector misses this frame's face; the face is still there
+            f[60:260, x : x + 200] = cv2.GaussianBlur(face, (0, 0), 6)
+        frames.append(f)
+    return frames
+
+
+def write_clip(path: Path, frames: list[np.ndarray], audio: bool = True) -> Path:
+    """An mp4 with VFR H.264 video (PTS, ms) and, optionally, 0.8 s of a 440 Hz AAC tone."""
+    rate = 44100
+    with av.open(str(path), mode="w") as out:
+        video = out.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        video.time_base = TB
+        video.codec_context.time_base = TB
+        video.options = {"crf": "12"}
+        a = None
+        if audio:
+            a = out.add_stream("aac", rate=rate)
+            a.layout = "mono"
+        for pts, rgb in zip(PTS, frames, strict=True):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = pts, TB
+            out.mux(video.encode(frame))
+        out.mux(video.encode())
+        if a is not None:
+            t = np.arange(int(rate * 0.8)) / rate
+            tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
+            samples = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+            samples.sample_rate, samples.pts = rate, 0
+            out.mux(a.encode(samples))
+            out.mux(a.encode())
+    return path
+
+
+def audio_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
+
+
+def test_chunked_video_keeps_timestamps_audio_and_one_target(
+    tmp_path: Path, resources: Resources
+) -> None:
+    src = write_clip(tmp_path / "in.mp4", face_frames(blur={6}))
+    out = tmp_path / "out.mp4"
+    report = run(src, out, resources.settings, progress=False, resources=resources)
+
+    # timestamps (VFR), frame count, size, duration and audio are the input's
+    tin, tout = frame_table(src), frame_table(out)
+    assert [float(p * tin.time_base) for p in tin.pts] == pytest.approx(
+        [float(p * tout.time_base) for p in tout.pts], abs=1e-3
+    )
+    i, o = probe_video(src), probe_video(out)
+    assert (o.frame_count, o.width, o.height) == (N, W, H)
+    assert abs(o.duration - i.duration) <= 0.08
+    assert o.has_audio and audio_packets(out) == audio_packets(src)
+    v = report["video"]
+    assert v["chunks"] == 4 and v["frames_in"] == v["frames_out"] == N
+
+    # one track through every chunk boundary, one target, every frame covered
+    t = report["totals"]
+    assert t["tracks"] == 1 and report["tracks"][0]["first"] == 0
+    assert report["tracks"][0]["last"] == N - 1
+    assert t["target_changes_within_tracks"] == 0
+    assert len({f["target"] for f in report["faces_detail"]}) == 1
+    assert report["coverage"]["faces"] == [1] * N
+    assert report["coverage"]["protected"] == [1] * N
+    assert t["frames_with_unprotected_face"] == 0 and t["unprotected_faces"] == 0
+
+    # the frame where MTCNN missed the face is filled in, and its face was changed
+    kinds = {f["frame"]: f["kind"] for f in report["faces_detail"]}
+    assert kinds[6] == "interpolated" and kinds[5] == kinds[7] == "detected"
+    frames_in, frames_out = list(read_frames(src)), list(read_frames(out))
+    x1, y1, x2, y2 = next(f["region"] for f in report["faces_detail"] if f["frame"] == 6)
+    diff = np.abs(frames_out[6][y1:y2, x1:x2].astype(int) - frames_in[6][y1:y2, x1:x2])
+    assert diff.mean() > 2.0
+
+    # the report on disk is the returned one; no work files are left behind
+    saved = json.loads((tmp_path / "out.report.json").read_text())
+    assert saved["totals"] == t and "coverage" in saved and "tracks" in saved
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4", "out.report.json"]
+
+
+def test_job_steps_in_any_order_give_the_bytes_of_deid_run(
+    tmp_path: Path, resources: Resources
+) -> None:
+    """What the service does (chunks on different workers, in any order) equals `deid run`."""
+    src = write_clip(tmp_path / "in.mp4", face_frames(), audio=False)
+    single = tmp_path / "single.mp4"
+    run(src, single, resources.settings, progress=False, resources=resources)
+
+    layout = job.split(src, 4)
+    chunks = job.chunks_of(layout)
+    analyses = [job.analyse(src, layout, c, resources) for c in reversed(chunks)]
+    plan = job.plan(layout, json.loads(json.dumps(analyses)), resources)
+    parts = {c.index: tmp_path / f"part{c.index}.mp4" for c in chunks}
+    reports = [
+        job.render(src, layout, plan, c, resources, parts[c.index]) for c in reversed(chunks)
+    ]
+    for c in chunks:
+        assert job.chunk_ok(parts[c.index], c)
+    out = tmp_path / "distributed.mp4"
+    job.assemble(src, layout, [parts[c.index] for c in reversed(chunks)], out, reports, resources)
+    assert out.read_bytes() == single.read_bytes()
+
+
+def test_chunk_ok_rejects_missing_or_damaged_segments(tmp_path: Path, resources: Resources) -> None:
+    src = write_clip(
+        tmp_path / "in.mp4", face_frames()[:4] + [np.zeros((H, W, 3), np.uint8)] * 10, audio=False
+    )
+    layout = job.split(src, 4)
+    c = job.chunks_of(layout)[0]
+    plan = job.plan(
+        layout, [job.analyse(src, layout, k, resources) for k in job.chunks_of(layout)], resources
+    )
+    seg = tmp_path / "seg.mp4"
+    assert not job.chunk_ok(seg, c)
+    report = job.render(src, layout, plan, c, resources, seg)
+    assert job.chunk_ok(seg, c) and report["chunk"] == c.to_dict()
+    assert not job.chunk_ok(seg, job.chunks_of(layout)[1])  # another chunk's segment
+    seg.write_bytes(seg.read_bytes()[: seg.stat().st_size // 2])
+    assert not job.chunk_ok(seg, c)
+    # frames without faces plan nothing (the track's end extends 2 frames into them)
+    assert all(fr == [] for fr in plan["frames"][6:]) and plan["frames"][3]
+
+
+def test_failed_input_leaves_nothing_at_the_output(tmp_path: Path, resources: Resources) -> None:
+    src = write_clip(tmp_path / "in.mp4", face_frames(), audio=False)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(src.read_bytes()[: src.stat().st_size * 2 // 3])
+    out = tmp_path / "out" / "x.mp4"
+    with pytest.raises(DeidError, match=r"cannot open|truncated|corrupt"):
+        run(broken, out, resources.settings, progress=False, resources=resources)
+    assert not out.exists()
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_pedestrian_clip_with_audio(tmp_path: Path, resources: Resources) -> None:
+    """The real drone-like clip: 25 frames with its audio, chunks of 10."""
+    clip = SCENES / "pedestrians_walking_1080p.mp4"
+    if not clip.is_file():
+        pytest.skip("shared clip not found")
+    from deid.io import VideoWriter
+
+    info = probe_video(clip)
+    part = tmp_path / "part.mp4"
+    with VideoWriter(part, info.rate, info.width, info.height, crf=12, audio_from=clip) as w:
+        for k, f in enumerate(read_frames(clip)):
+            if k >= 25:
+                break
+            w.write(f)
+    out = tmp_path / "out.mp4"
+    s = load_settings(overrides={"pipeline": {"device": "cpu", "chunk_frames": 10}})
+    report = run(part, out, s, progress=False)
+    o = probe_video(out)
+    assert (o.frame_count, o.width, o.height) == (25, 1920, 1080)
+    assert abs(o.fps - info.fps) < 1e-6 and o.has_audio
+    assert audio_packets(out) == audio_packets(part)
+    t = report["totals"]
+    assert t["faces"] >= 50 and t["tracks"] >= 2
+    assert t["frames_with_unprotected_face"] == 0 and t["unprotected_faces"] == 0
+    assert t["target_changes_within_tracks"] == 0
+    for f in report["faces_detail"]:
+        assert f["action"] != "attacked" or not f["verified"]["is_original"]
+    write_image(tmp_path / "last.png", list(read_frames(out))[-1])
