@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_data(sub)
     __import__("deid.batch").batch.add_parser(sub)
+    __import__("deid.report.html", fromlist=["add_parser"]).add_parser(sub)
     __import__("deid.service.cli").service.cli.add_parser(sub)
     return parser
 

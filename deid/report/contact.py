@@ -22,8 +22,12 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def _thumb(rgb: np.ndarray) -> Image.Image:
+    """The crop scaled to fit the cell (small drone faces are enlarged, so they can be seen)."""
     img = Image.fromarray(rgb)
-    img.thumbnail((CELL, CELL), Image.Resampling.LANCZOS)
+    if img.width and img.height:
+        k = CELL / max(img.width, img.height)
+        size = (max(1, round(img.width * k)), max(1, round(img.height * k)))
+        img = img.resize(size, Image.Resampling.LANCZOS if k < 1 else Image.Resampling.BICUBIC)
     canvas = Image.new("RGB", (CELL, CELL), (24, 24, 24))
     canvas.paste(img, ((CELL - img.width) // 2, (CELL - img.height) // 2))
     return canvas
@@ -88,12 +92,119 @@ def contact_sheet(
             draw.text((x + CELL + PAD, y + CELL + 3), f"{f['action']}", fill=colour, font=f_small)
             draw.text(
                 (x + CELL + PAD, y + CELL + 17),
-                "attack failed: fail closed",
+                "recognised in the file"
+                if str(f["action"]).startswith("repaired")
+                else "attack failed: fail closed",
                 fill=(110, 110, 110),
                 font=f_small,
             )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
+    sheet.save(tmp)
+    tmp.replace(path)
+    return path
+
+
+def _decode_png(b64: str) -> np.ndarray:
+    import base64
+    import io
+
+    with Image.open(io.BytesIO(base64.b64decode(b64))) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _upscale(rgb: np.ndarray, cell: int) -> Image.Image:
+    """Integer nearest-neighbour upscale (pixels and perturbations stay crisp), centred."""
+    img = Image.fromarray(rgb)
+    k = max(1, cell // max(img.width, img.height))
+    img = img.resize((img.width * k, img.height * k), Image.Resampling.NEAREST)
+    if max(img.size) > cell:
+        img.thumbnail((cell, cell), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (cell, cell), (24, 24, 24))
+    canvas.paste(img, ((cell - img.width) // 2, (cell - img.height) // 2))
+    return canvas
+
+
+def eval_sheet(rep: dict[str, Any], path: Path | str, cell: int = 128) -> Path:
+    """Contact sheet of a ``deid eval dataset`` report: one column per example face; the
+    first row is the clean crop (true identity, what the classifier sees and how sure it
+    is), each further row the de-identified crop at one eps (what it sees now, PSNR, SSIM).
+    Frame colour: green = the attack's target, red = still the true identity, orange =
+    someone else."""
+    path = Path(path)
+    ex = rep["examples"]
+    names = rep["class_names"]
+    ps = rep["per_sample"]
+    rows = rep["rows"]
+    f_small, f_head = _font(12), _font(14)
+    text_h, head, left = 36, 34, 92
+    col_w, row_h = cell + 2 * PAD, cell + text_h + PAD
+    W = left + col_w * len(ex["samples"]) + PAD
+    H = head + row_h * (1 + len(rows)) + 22
+    sheet = Image.new("RGB", (W, H), (250, 250, 250))
+    draw = ImageDraw.Draw(sheet)
+    title = (
+        f"{rep['attack']} ({rep['target_mode']}) vs {rep['classifier']}, {rep['dataset']} held-out"
+    )
+    draw.text((PAD, 8), title, fill=(20, 20, 20), font=_font(16))
+    heads = ["clean"] + [
+        f"eps\n{r['eps_255']:g}/255" if r.get("eps") is not None else "de-\nidentified"
+        for r in rows
+    ]
+    for k, h in enumerate(heads):
+        draw.multiline_text(
+            (PAD, head + k * row_h + cell // 2 - 16), h, fill=(60, 60, 60), font=f_head
+        )
+    colours = {"target": (20, 140, 60), "self": (200, 60, 20), "other": (220, 140, 0)}
+    for i, s in enumerate(ex["samples"]):
+        x = left + i * col_w
+        label, pred0 = ps["label"][s], ps["pred"][s]
+        y = head
+        sheet.paste(_upscale(_decode_png(ex["clean"][i]), cell), (x, y))
+        right = pred0 == label
+        draw.text((x, y + cell + 3), f"id {names[label]}", fill=(30, 30, 30), font=f_small)
+        draw.text(
+            (x, y + cell + 18),
+            f"sees {names[pred0]} {ps['conf'][s]:.2f}" + ("" if right else " (wrong)"),
+            fill=(30, 30, 30) if right else (120, 120, 120),
+            font=f_small,
+        )
+        for k, r in enumerate(rows, start=1):
+            y = head + k * row_h
+            q = r["per_sample"]
+            pred = q["pred"][s]
+            if pred == label:
+                kind = "self"
+            elif pred == ps["target"][s]:
+                kind = "target"
+            else:
+                kind = "other"
+            colour = colours[kind]
+            sheet.paste(_upscale(_decode_png(r["examples"][i]), cell), (x, y))
+            draw.rectangle([x - 2, y - 2, x + cell + 1, y + cell + 1], outline=colour, width=3)
+            draw.text(
+                (x, y + cell + 3), f"-> {names[pred]} {q['conf'][s]:.2f}", fill=colour, font=f_small
+            )
+            p, ss = q["psnr"][s], q["ssim"][s]
+            quality = f"{p:.1f} dB" if p is not None else "identical"
+            draw.text(
+                (x, y + cell + 18),
+                f"{quality}  SSIM {ss:.2f}" if ss is not None else quality,
+                fill=(110, 110, 110),
+                font=f_small,
+            )
+    legend = [
+        ("frame:", (60, 60, 60)),
+        ("the attack's target", colours["target"]),
+        ("still the true identity", colours["self"]),
+        ("someone else", colours["other"]),
+    ]
+    x = PAD
+    for text, colour in legend:
+        draw.text((x, H - 20), text, fill=colour, font=f_small)
+        x += int(draw.textlength(text, font=f_small)) + 14
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
     sheet.save(tmp)
     tmp.replace(path)
     return path

@@ -1,0 +1,512 @@
+"""``deid report REPORT.json -o DIR``: an HTML page with PNG figures beside it.
+
+Two kinds of report are understood:
+
+* a ``deid eval dataset`` JSON (``"kind": "eval-dataset"``): the figures table, a contact
+  sheet (example faces before and after at every eps), success vs eps, norm histograms and
+  the identity confusion;
+* a ``deid run`` report (``out.report.json``): totals, a contact sheet rebuilt from the
+  input and output files (when they can still be read), the per-frame coverage, the track
+  table, failed inputs and the first faces. Tracking fields (``tracks``, per-frame coverage)
+  are rendered when present; without them both are derived from ``faces_detail``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deid.errors import DeidError, InputError
+
+log = logging.getLogger(__name__)
+
+CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto;
+       max-width: 1280px; padding: 0 1rem; color: #222; }
+h1 { font-size: 1.5rem; margin-bottom: .2rem; } h2 { font-size: 1.15rem; margin-top: 2rem;
+     border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
+.meta { color: #666; font-size: .9rem; }
+table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0; }
+th, td { border: 1px solid #ddd; padding: .25rem .55rem; text-align: right; }
+th { background: #f4f4f4; } td.l, th.l { text-align: left; }
+tr.bad td { background: #fff1ec; }
+img { max-width: 100%; border: 1px solid #eee; margin: .4rem 0; }
+.note { color: #777; font-style: italic; }
+.kpi { display: inline-block; margin: .3rem 1.2rem .3rem 0; }
+.kpi b { display: block; font-size: 1.3rem; }
+"""
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v))
+
+
+def _fmt(v: Any, kind: str = "") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if kind == "%":
+        return f"{100 * v:.1f}%"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(a) for a in v)
+    return str(v)
+
+
+def _table(
+    rows: list[dict[str, Any]],
+    columns: list[tuple[str, str, str]],
+    bad: Any = None,
+    limit: int | None = None,
+) -> str:
+    """HTML table; ``columns`` are (key, header, format); ``bad(row)`` highlights a row."""
+    head = "".join(f"<th class='{'l' if f == 'l' else ''}'>{_e(h)}</th>" for _, h, f in columns)
+    body = []
+    for r in rows[:limit] if limit else rows:
+        cls = " class='bad'" if bad and bad(r) else ""
+        cells = "".join(
+            f"<td class='{'l' if f == 'l' else ''}'>{_e(_fmt(r.get(k), f))}</td>"
+            for k, _, f in columns
+        )
+        body.append(f"<tr{cls}>{cells}</tr>")
+    more = ""
+    if limit and len(rows) > limit:
+        more = f"<p class='note'>first {limit} of {len(rows)} rows</p>"
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+    )
+
+
+def _img(name: str, alt: str) -> str:
+    return f"<img src='{_e(name)}' alt='{_e(alt)}'>"
+
+
+def _write(path: Path, text: str) -> None:
+    from deid.io import tmp_beside
+
+    tmp = tmp_beside(path)
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _scaled(v: float | None, k: float) -> float | None:
+    return None if v is None else v * k
+
+
+# --------------------------------------------------------------------------------------------
+# eval dataset
+# --------------------------------------------------------------------------------------------
+def render_eval(rep: dict[str, Any], out: Path) -> Path:
+    from deid.report import plots
+    from deid.report.contact import eval_sheet
+
+    eval_sheet(rep, out / "contact.png")
+    plots.success_vs_eps(rep, out / "success_vs_eps.png")
+    plots.norm_histograms(rep, out / "norms.png")
+    plots.confusion(rep, out / "confusion.png")
+    c = rep["clean"]
+    rows = []
+    for r in rep["rows"]:
+        rows.append(
+            {
+                "eps": f"{r['eps_255']:g}/255" if r.get("eps") is not None else "-",
+                "success": r["success"],
+                "original_recognised": r["original_recognised"],
+                "original_kept": r.get("original_kept"),
+                "l0": r["l0_fraction"]["mean"],
+                "l1": r["norms"]["l1"]["mean"],
+                "l2": r["norms"]["l2"]["mean"],
+                "linf": None
+                if r["norms"]["linf"]["mean"] is None
+                else r["norms"]["linf"]["mean"] * 255,
+                "psnr": r["psnr"]["mean"],
+                "psnr_min": r["psnr"]["min"],
+                "ssim": r["ssim"]["mean"],
+                "detected": r.get("detected"),
+                "detection_kept": r.get("detection_kept"),
+                "steps": r["mean_steps"],
+                "seconds": r["seconds"],
+            }
+        )
+    columns = [
+        ("eps", "eps", "l"),
+        ("success", "targeted success", "%"),
+        ("original_recognised", "true id recognised", "%"),
+        ("original_kept", "of those recognised before", "%"),
+        ("l0", "L0 (share)", "%"),
+        ("l1", "mean L1", ""),
+        ("l2", "mean L2", ""),
+        ("linf", "mean Linf (/255)", ""),
+        ("psnr", "mean PSNR (dB)", ""),
+        ("psnr_min", "min PSNR", ""),
+        ("ssim", "mean SSIM", ""),
+        ("detected", "MTCNN finds", "%"),
+        ("detection_kept", "MTCNN still finds", "%"),
+        ("steps", "mean steps", ""),
+        ("seconds", "seconds", ""),
+    ]
+    title = f"deid eval: {rep['attack']} vs {rep['classifier']} on {rep['dataset']}"
+    det = (
+        f"<span class='kpi'>MTCNN finds (clean)<b>{_fmt(c.get('detected'), '%')}</b></span>"
+        if c.get("detected") is not None
+        else ""
+    )
+    body = f"""
+<h1>{_e(title)}</h1>
+<p class='meta'>{_e(rep["n"])} held-out faces (seed {_e(rep["seed"])}), target
+{_e(rep["target_mode"])}, device {_e(rep["device"])}, deid {_e(rep["deid_version"])},
+{_e(rep["created"])}. Success and recognition are measured after rounding to 8-bit pixels;
+norms are in [0, 1] pixel units; detection runs MTCNN on each crop placed in a mid-grey frame
+with a {_e(rep.get("detect_margin"))} margin.</p>
+<span class='kpi'>clean top-1<b>{_fmt(c["top1"], "%")}</b></span>
+<span class='kpi'>clean mean confidence<b>{_fmt(c["mean_conf"])}</b></span>{det}
+<h2>Figures</h2>
+{_table(rows, columns)}
+<h2>Faces before and after</h2>
+{_img("contact.png", "contact sheet")}
+<h2>Success vs eps</h2>
+{_img("success_vs_eps.png", "success vs eps")}
+<h2>Perturbation norms and quality</h2>
+{_img("norms.png", "norm histograms")}
+<h2>Identity confusion</h2>
+{_img("confusion.png", "confusion")}
+"""
+    index = out / "index.html"
+    _write(index, _page(title, body))
+    return index
+
+
+# --------------------------------------------------------------------------------------------
+# run reports
+# --------------------------------------------------------------------------------------------
+def _locate(path: str, report_dir: Path) -> Path | None:
+    p = Path(path)
+    for cand in (p, report_dir / p, report_dir / p.name):
+        if cand.exists():
+            return cand
+    return None
+
+
+def _pick_faces(faces: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """Up to ``k`` faces spread over tracks and time: each track's middle face first."""
+    by_track: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for f in faces:
+        by_track[(f.get("file"), f.get("track", -1))].append(f)
+    picked = [v[len(v) // 2] for v in by_track.values()]
+    if len(picked) < k:
+        seen = {id(f) for f in picked}
+        rest = [f for f in faces if id(f) not in seen]
+        step = max(1, len(rest) // max(1, k - len(picked)))
+        picked += rest[::step][: k - len(picked)]
+    picked = picked[:k]
+    return sorted(picked, key=lambda f: (str(f.get("file", "")), f["frame"]))
+
+
+def _crop(img: np.ndarray, region: list[int]) -> np.ndarray:
+    x1, y1, x2, y2 = region
+    return img[y1:y2, x1:x2].copy()
+
+
+def rebuild_thumbnails(rep: dict[str, Any], report_dir: Path, k: int = 16) -> list[dict[str, Any]]:
+    """Faces before (from the input) and after (from the output) for a run report's contact
+    sheet. Raises :class:`InputError` when the input or output cannot be read any more."""
+    from deid.io import read_frames, read_image
+
+    faces = [f for f in rep.get("faces_detail", []) if f.get("region")]
+    if not faces:
+        return []
+    picked = _pick_faces(faces, k)
+    src = _locate(rep["input"], report_dir)
+    dst = _locate(rep["output"], report_dir)
+    if src is None or dst is None:
+        missing = rep["input"] if src is None else rep["output"]
+        raise InputError(missing, "not found; the contact sheet needs the run's input and output")
+    out = []
+    if rep["kind"] == "video":
+        wanted = {f["frame"] for f in picked}
+        last = max(wanted)
+        before: dict[int, np.ndarray] = {}
+        after: dict[int, np.ndarray] = {}
+        for store, path in ((before, src), (after, dst)):
+            for i, frame in enumerate(read_frames(path)):
+                if i in wanted:
+                    store[i] = frame
+                if i >= last:
+                    break
+        for f in picked:
+            if f["frame"] in before and f["frame"] in after:
+                b, a = before[f["frame"]], after[f["frame"]]
+                out.append({**f, "before": _crop(b, f["region"]), "after": _crop(a, f["region"])})
+        return out
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for f in picked:
+        if rep["kind"] == "folder":
+            fin = Path(f["file"])
+            fin = fin if fin.exists() else src / fin.name
+            try:
+                fout = dst / fin.relative_to(src)
+            except ValueError:
+                fout = dst / fin.name
+        else:
+            fin, fout = src, dst
+        key = str(fin)
+        if key not in cache:
+            cache[key] = (read_image(fin), read_image(fout))
+        b, a = cache[key]
+        out.append({**f, "before": _crop(b, f["region"]), "after": _crop(a, f["region"])})
+    return out
+
+
+def _category(action: str) -> str:
+    if action == "attacked":
+        return "de-identified"
+    if action.startswith("repaired"):
+        return "repaired"
+    return "obscured"
+
+
+def _per_frame_from_report(rep: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Per-frame coverage rows the pipeline wrote (``coverage``/``per_frame``), if any."""
+    for key in ("per_frame", "coverage", "frames_detail"):
+        v = rep.get(key)
+        if isinstance(v, dict):
+            v = v.get("per_frame") or v.get("frames")
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            return v
+    return None
+
+
+def coverage_series(rep: dict[str, Any]) -> tuple[list[int], dict[str, list[float]], list[str]]:
+    """(frames, named per-frame series, which of them are stacked) for the coverage plot."""
+    n = int(rep.get("totals", {}).get("frames") or 0)
+    faces = rep.get("faces_detail", [])
+    if faces:
+        n = max(n, max(f["frame"] for f in faces) + 1)
+    frames = list(range(n))
+    series: dict[str, list[float]] = {}
+    cats = ["de-identified", "obscured", "repaired"]
+    counts = {c: [0.0] * n for c in cats}
+    for f in faces:
+        counts[_category(str(f.get("action", "")))][f["frame"]] += 1
+    stacked = [c for c in cats if any(counts[c])]
+    series.update({c: counts[c] for c in stacked})
+    kinds = {f.get("kind") for f in faces} - {None, "detected"}
+    for kind in sorted(kinds):
+        series[f"{kind} (not detected)"] = [0.0] * n
+        for f in faces:
+            if f.get("kind") == kind:
+                series[f"{kind} (not detected)"][f["frame"]] += 1
+    rows = _per_frame_from_report(rep)
+    if rows:
+        keys = [
+            k
+            for k, v in rows[0].items()
+            if k != "frame" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        for k in keys:
+            vals = [0.0] * n
+            for i, r in enumerate(rows):
+                fi = int(r.get("frame", i))
+                if 0 <= fi < n and isinstance(r.get(k), (int, float)):
+                    vals[fi] = float(r[k])
+            series[k] = vals
+    return frames, series, stacked
+
+
+def track_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's ``tracks`` when present, else per-track summaries from ``faces_detail``."""
+    tracks = rep.get("tracks")
+    if isinstance(tracks, list) and tracks and isinstance(tracks[0], dict):
+        return tracks
+    by: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for f in rep.get("faces_detail", []):
+        by[f.get("track", -1)].append(f)
+    rows = []
+    for tid, fs in sorted(by.items(), key=lambda kv: (kv[0] is None, kv[0])):
+        targets = sorted({str(f.get("target")) for f in fs})
+        rows.append(
+            {
+                "id": tid,
+                "first": min(f["frame"] for f in fs),
+                "last": max(f["frame"] for f in fs),
+                "faces": len(fs),
+                "de-identified": sum(f.get("action") == "attacked" for f in fs),
+                "obscured": sum(f.get("action") != "attacked" for f in fs),
+                "pred": sorted({str(f.get("pred")) for f in fs}),
+                "target": targets,
+                "target_changes": len(targets) - 1,
+            }
+        )
+    return rows
+
+
+def render_run(rep: dict[str, Any], out: Path, report_dir: Path) -> Path:
+    from deid.report import plots
+    from deid.report.contact import contact_sheet
+
+    t = rep.get("totals", {})
+    title = f"deid run: {Path(rep.get('input', '?')).name}"
+    sheet = ""
+    try:
+        thumbs = rebuild_thumbnails(rep, report_dir)
+        contact_sheet(
+            thumbs,
+            out / "contact.png",
+            title=f"{Path(rep['input']).name}: {rep.get('attack', {}).get('name', '')}, "
+            f"{rep.get('classifier', {}).get('name', '')}",
+        )
+        sheet = _img("contact.png", "contact sheet")
+    except (DeidError, OSError, ValueError) as e:
+        sheet = f"<p class='note'>no contact sheet: {_e(e)}</p>"
+    coverage = ""
+    frames, series, stacked = coverage_series(rep)
+    if frames and series:
+        plots.coverage(
+            frames,
+            series,
+            out / "coverage.png",
+            title=f"faces per frame ({t.get('frames', len(frames))} frames, "
+            f"{t.get('faces', '?')} faces)",
+            stacked=stacked,
+        )
+        coverage = _img("coverage.png", "per-frame coverage")
+    else:
+        coverage = "<p class='note'>no faces</p>"
+    tracks = track_rows(rep)
+    track_cols = (
+        [(k, k, "l" if k in ("pred", "target") else "") for k in tracks[0]] if tracks else []
+    )
+    totals = [{"what": k, "value": v} for k, v in t.items()]
+    video = rep.get("video") or {}
+    seconds = rep.get("seconds", {})
+    failed = rep.get("failed_inputs") or []
+    face_cols = [
+        ("frame", "frame", ""),
+        ("track", "track", ""),
+        ("pred", "identity", "l"),
+        ("pred_conf", "conf", ""),
+        ("target", "target", "l"),
+        ("final", "sees now", "l"),
+        ("final_conf", "conf", ""),
+        ("action", "action", "l"),
+        ("steps", "steps", ""),
+        ("linf", "Linf", ""),
+        ("psnr", "PSNR (dB)", ""),
+    ]
+    kpis = "".join(
+        f"<span class='kpi'>{_e(label)}<b>{_e(_fmt(t.get(key), f))}</b></span>"
+        for key, label, f in [
+            ("frames", "frames", ""),
+            ("faces", "faces", ""),
+            ("attack_success_rate", "attack success", "%"),
+            ("verified_target_rate", "verified as target", "%"),
+            ("verified_original_rate", "verified as original", "%"),
+            ("unprotected_faces", "unprotected faces", ""),
+        ]
+        if key in t
+    )
+    body = f"""
+<h1>{_e(title)}</h1>
+<p class='meta'>{_e(rep.get("kind"))} {_e(rep.get("input"))} &rarr; {_e(rep.get("output"))};
+classifier {_e(rep.get("classifier", {}).get("name"))}, attack
+{_e(rep.get("attack", {}).get("name"))} (target {_e(rep.get("target_mode"))}), device
+{_e(rep.get("device"))}, deid {_e(rep.get("deid_version"))}.</p>
+{kpis}
+<h2>Faces before and after</h2>
+{sheet}
+<h2>Per-frame coverage</h2>
+{coverage}
+<h2>Tracks</h2>
+{
+        _table(tracks, track_cols, bad=lambda r: (r.get("target_changes") or 0) > 0, limit=500)
+        if tracks
+        else "<p class='note'>no tracks</p>"
+    }
+<h2>Totals</h2>
+{_table(totals, [("what", "", "l"), ("value", "", "")])}
+{"<h2>Video</h2>" + _table([video], [(k, k, "") for k in video]) if video else ""}
+<h2>Seconds per stage</h2>
+{_table([seconds], [(k, k, "") for k in seconds]) if seconds else ""}
+{
+        "<h2>Failed inputs</h2>" + _table(failed, [("file", "file", "l"), ("error", "error", "l")])
+        if failed
+        else ""
+    }
+<h2>Faces</h2>
+{
+        _table(
+            rep.get("faces_detail", []),
+            face_cols,
+            bad=lambda r: r.get("action") != "attacked",
+            limit=300,
+        )
+    }
+"""
+    index = out / "index.html"
+    _write(index, _page(title, body))
+    return index
+
+
+# --------------------------------------------------------------------------------------------
+# entry points
+# --------------------------------------------------------------------------------------------
+def render(report: Path | str, out_dir: Path | str) -> Path:
+    """Render a ``deid eval dataset`` JSON or a ``deid run`` report into ``out_dir``
+    (``index.html`` and its PNGs); returns the HTML path.
+
+    Raises:
+        InputError: the file is missing, not JSON, or neither kind of report.
+    """
+    report, out = Path(report), Path(out_dir)
+    if not report.is_file():
+        raise InputError(report, "not found; expected a deid eval dataset or deid run JSON report")
+    try:
+        rep = json.loads(report.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(report, f"not a JSON report ({e})") from None
+    if not isinstance(rep, dict):
+        raise InputError(report, "expected a JSON object (a deid eval dataset or run report)")
+    out.mkdir(parents=True, exist_ok=True)
+    if rep.get("kind") == "eval-dataset":
+        return render_eval(rep, out)
+    if "totals" in rep and "faces_detail" in rep:
+        return render_run(rep, out, report.parent)
+    raise InputError(
+        report,
+        "neither a `deid eval dataset` report (kind: eval-dataset) nor a `deid run` report "
+        "(totals, faces_detail)",
+    )
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``deid report REPORT.json -o DIR``."""
+    p = sub.add_parser(
+        "report",
+        help="render a deid eval dataset or deid run JSON report as HTML with PNG figures",
+    )
+    p.add_argument(
+        "report", type=Path, help="REPORT.json (deid eval dataset --json, or out.report.json)"
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for index.html + PNGs")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import sys
+
+    index = render(args.report, args.output)
+    sys.stdout.write(f"{index}\n")
+    return 0
