@@ -58,7 +58,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from deid.models.train import RECIPES
+    from deid.models.train import RECIPES, add_training_flags
 
     p = sub.add_parser("train", help="train an identity classifier")
     p.add_argument("preset", choices=sorted(RECIPES))
@@ -82,6 +82,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_training_flags(p)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -102,6 +103,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--json", type=Path, help="also write the figures as JSON")
     a.add_argument("--device", default="auto")
     __import__("deid.evaluate", fromlist=["add_dataset_parser"]).add_dataset_parser(esub)
+    __import__("deid.robustness", fromlist=["add_parser"]).add_parser(esub)
+    __import__("deid.transfer", fromlist=["add_parser"]).add_parser(esub)
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -193,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from deid.models.train import train_classifier
+    from deid.models.train import train_classifier, training_options
     from deid.pipeline import resolve_device
 
     if args.threads:
@@ -208,6 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=str(resolve_device(args.device)),
         split=args.split,
         command=command,
+        **training_options(args),
     )
     sys.stdout.write(json.dumps({k: v for k, v in metrics.items() if k != "split"}) + "\n")
     return 0

@@ -1,12 +1,27 @@
 """Training of the identity classifiers (``deid train``).
 
-Two presets, each a complete recipe: ``yaleb-mlp`` (the seed's MLP on grayscale Extended
-Yale B) and ``celeba-cnn`` (a small ResNet on RGB CelebA identities). Augmentation runs
-batched on tensors, so a CPU keeps up.
+Presets, each a complete recipe: ``yaleb-mlp`` (the seed's MLP on grayscale Extended
+Yale B), ``yaleb-cnn`` (a small ResNet on the same data: a second architecture for the
+transferability tables) and ``celeba-cnn`` (a small ResNet on RGB CelebA identities).
+Augmentation runs batched on tensors, so a CPU keeps up.
+
+Adversarial training (the seed's defence), on top of any preset:
+
+- ``goodfellow`` (Goodfellow et al. 2014, https://arxiv.org/abs/1412.6572):
+  ``J'(theta, x, y) = c J(theta, x, y) + (1 - c) J(theta, x + eps sign(grad_x J(theta, x, y)), y)``;
+- ``kurakin`` (Kurakin et al. 2016, "Adversarial Machine Learning at Scale",
+  https://arxiv.org/abs/1611.01236, algorithm 1): ``k`` of the ``m`` examples of each
+  minibatch are replaced by adversarial ones made with the current network (one-step
+  least-likely class or FGSM), and the loss is
+  ``1 / ((m - k) + lambda k) (sum_clean L + lambda sum_adv L)``.
+
+Adversarial examples are made in the classifier's input space, [0, 1] pixels (the
+normalisation lives inside :class:`~deid.models.classifier.FaceClassifier`), and clipped to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -14,9 +29,10 @@ import random
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,6 +41,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from deid.data import FaceDataset, load_celeba, load_yaleb
+from deid.errors import ConfigError
 from deid.models.classifier import ClassifierMeta, FaceClassifier
 from deid.models.nets import build_net
 
@@ -67,6 +84,20 @@ RECIPES: dict[str, Recipe] = {
         label_smoothing=0.3,
         aug={"brightness": 0.4, "gamma": 0.4, "noise": 0.03},
     ),
+    "yaleb-cnn": Recipe(
+        dataset="yaleb",
+        arch="resnet",
+        arch_params={"widths": [16, 32, 64], "blocks": [1, 1, 1], "dropout": 0.2, "stem_stride": 2},
+        input_size=(48, 42),
+        norm="per_image",
+        epochs=30,
+        batch_size=64,
+        optimizer="adamw",
+        lr=2e-3,
+        weight_decay=5e-4,
+        label_smoothing=0.1,
+        aug={"brightness": 0.4, "gamma": 0.4, "noise": 0.03, "shift": 0.04},
+    ),
     "celeba-cnn": Recipe(
         dataset="celeba",
         arch="resnet",
@@ -100,6 +131,186 @@ RECIPES: dict[str, Recipe] = {
         },
     ),
 }
+
+
+@dataclass(frozen=True)
+class Adversarial:
+    """Adversarial-training settings (recorded in the checkpoint's ``training.adversarial``).
+
+    Attributes:
+        mode: ``goodfellow`` (the seed's adversarial objective J') or ``kurakin`` (Kurakin et
+            al.'s minibatch algorithm).
+        eps: L-inf size of the one-step perturbation, in [0, 1] pixel units (e.g. 8/255).
+        c: goodfellow: weight of the clean loss; ``1 - c`` weighs the adversarial one.
+        k: kurakin: adversarial examples per minibatch of m (``None``: m // 2, the paper's
+            choice; capped at m).
+        lam: kurakin: lambda, the weight of the adversarial examples in the loss (the paper
+            uses 0.3).
+        method: how the adversarial examples are made: ``fgsm`` (ascent on the true label's
+            cross-entropy) or ``step-ll`` (one step of descent towards the least-likely class,
+            the paper's choice). Goodfellow's J' is defined with ``fgsm``.
+    """
+
+    mode: Literal["goodfellow", "kurakin"]
+    eps: float = 8 / 255
+    c: float = 0.5
+    k: int | None = None
+    lam: float = 0.3
+    method: Literal["fgsm", "step-ll"] = "fgsm"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("goodfellow", "kurakin"):
+            raise ConfigError(
+                f"adversarial mode {self.mode!r} unknown; expected 'goodfellow' or 'kurakin'"
+            )
+        if not 0.0 < self.eps <= 1.0:
+            raise ConfigError(f"adversarial eps must be in (0, 1] (e.g. 8/255), got {self.eps}")
+        if not 0.0 <= self.c <= 1.0:
+            raise ConfigError(f"goodfellow c must be in [0, 1], got {self.c}")
+        if self.k is not None and self.k < 0:
+            raise ConfigError(f"kurakin k must be >= 0 (adversarial per batch), got {self.k}")
+        if self.lam < 0.0:
+            raise ConfigError(f"kurakin lambda must be >= 0, got {self.lam}")
+        if self.method not in ("fgsm", "step-ll"):
+            raise ConfigError(f"adversarial method {self.method!r}; expected 'fgsm' or 'step-ll'")
+        if self.mode == "goodfellow" and self.method != "fgsm":
+            raise ConfigError("goodfellow's J' is defined with FGSM; use --adv-method fgsm")
+
+    def describe(self) -> dict[str, Any]:
+        d = asdict(self)
+        if self.mode == "goodfellow":
+            d.pop("k"), d.pop("lam")
+        else:
+            d.pop("c")
+        d["eps_255"] = round(self.eps * 255, 3)
+        return d
+
+
+@contextlib.contextmanager
+def _frozen_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm's running statistics, no dropout) and no weight gradients while
+    adversarial examples are made; the training state is restored afterwards."""
+    was_training = model.training
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+        model.train(was_training)
+
+
+def one_step_adversarial(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, method: str = "fgsm"
+) -> Tensor:
+    """One-step adversarial examples made with the current network, in [0, 1] pixel space.
+
+    ``fgsm``: ``x + eps sign(grad_x CE(f(x), y))`` (Goodfellow et al.); ``step-ll``:
+    ``x - eps sign(grad_x CE(f(x), y_LL))`` with ``y_LL = argmin_y p(y|x)`` (Kurakin et al.).
+    The plain cross-entropy is used (label smoothing would turn the gradient of a confident
+    sample around). The network runs in eval mode with frozen weights for this.
+
+    Args:
+        model: a classifier over [0, 1] pixels (e.g. :class:`FaceClassifier`).
+        x: (N, C, H, W) float in [0, 1].
+        y: (N,) int64 true labels.
+
+    Returns:
+        (N, C, H, W) detached, clipped to [0, 1], within ``eps`` of ``x`` in L-inf.
+    """
+    if len(x) == 0:
+        return x.detach()
+    with _frozen_eval(model):
+        xa = x.detach().clone().requires_grad_(True)
+        logits = model(xa)
+        if method == "step-ll":
+            target = logits.detach().argmin(1)
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits, target, reduction="sum"), xa)
+            step = -eps * grad.sign()
+        else:
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), xa)
+            step = eps * grad.sign()
+    return (x.detach() + step).clamp(0.0, 1.0)
+
+
+def goodfellow_loss(
+    model: nn.Module, x: Tensor, y: Tensor, c: float, eps: float, label_smoothing: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """The seed's adversarial objective ``c J(x, y) + (1 - c) J(x + eps sign(grad_x J), y)``.
+
+    Returns the loss (a scalar with a graph to the weights) and the clean logits.
+    """
+    logits = model(x)
+    clean = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    if c >= 1.0:
+        return clean, logits
+    x_adv = one_step_adversarial(model, x, y, eps, "fgsm")
+    adv = F.cross_entropy(model(x_adv), y, label_smoothing=label_smoothing)
+    return c * clean + (1.0 - c) * adv, logits
+
+
+def kurakin_loss(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    k: int,
+    lam: float,
+    eps: float,
+    method: str = "step-ll",
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Kurakin et al.'s minibatch loss: the first ``k`` of the ``m`` examples are replaced by
+    adversarial ones (made with the current network), and
+    ``loss = (sum_clean L + lam sum_adv L) / ((m - k) + lam k)``.
+
+    Returns the loss and the logits of the mixed minibatch B' (adversarial first).
+    """
+    m = len(x)
+    k = max(0, min(int(k), m))
+    if k:
+        x = torch.cat([one_step_adversarial(model, x[:k], y[:k], eps, method), x[k:]])
+    logits = model(x)
+    per = F.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
+    denom = (m - k) + lam * k
+    if denom <= 0:
+        raise ConfigError("kurakin: (m - k) + lambda k must be > 0 (lambda 0 with k = m)")
+    return (per[k:].sum() + lam * per[:k].sum()) / denom, logits
+
+
+def training_loss(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    label_smoothing: float = 0.0,
+    adversarial: Adversarial | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One minibatch's loss (clean, goodfellow or kurakin) and the logits it saw."""
+    if adversarial is None:
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+    a = adversarial
+    if a.mode == "goodfellow":
+        return goodfellow_loss(model, x, y, a.c, a.eps, label_smoothing)
+    k = len(x) // 2 if a.k is None else a.k
+    return kurakin_loss(model, x, y, k, a.lam, a.eps, a.method, label_smoothing)
+
+
+def subset_indices(labels: np.ndarray, part: int, parts: int, seed: int = 0) -> np.ndarray:
+    """Positions (into ``labels``) of part ``part`` of ``parts`` disjoint, per-identity
+    stratified subsets: every identity's images are shuffled (seeded) and dealt round-robin,
+    so each part holds about 1/parts of each identity (the seed's "cross training-set"
+    transferability case)."""
+    if not (parts >= 1 and 0 <= part < parts):
+        raise ConfigError(f"subset must be I/N with 0 <= I < N, got {part}/{parts}")
+    rng = np.random.default_rng(seed)
+    keep = []
+    for k in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == k))
+        keep.append(idx[part::parts])
+    return np.sort(np.concatenate(keep))
 
 
 def seed_everything(seed: int) -> None:
@@ -185,6 +396,34 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch: int = 256) -> dict[s
     return {"top1": top1 / len(x), "top5": top5 / len(x), "n": len(x)}
 
 
+def accuracy_under_attack(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, batch: int = 256
+) -> dict[str, Any]:
+    """Held-out top-1 under untargeted FGSM (one step of eps) and I-FGSM (10 steps of
+    max(eps/4, 1/255)) at ``eps``, the adversarial images rounded to 8 bits."""
+    from deid.attacks.registry import attack_config, build_attack
+
+    alpha = max(eps / 4, 1 / 255)
+    attacks = {
+        "fgsm": build_attack(attack_config("ifgsm", eps=eps, alpha=eps, steps=1, targeted=False)),
+        "ifgsm": build_attack(
+            attack_config("ifgsm", eps=eps, alpha=alpha, steps=10, targeted=False)
+        ),
+    }
+    model.eval()
+    dev = next(model.parameters()).device
+    out: dict[str, Any] = {"eps": eps, "eps_255": round(eps * 255, 3), "ifgsm_steps": 10}
+    for name, atk in attacks.items():
+        right = 0
+        for i in range(0, len(x), batch):
+            xb, yb = x[i : i + batch].to(dev), y[i : i + batch].to(dev)
+            adv = torch.round(atk(model, xb, yb).images * 255) / 255
+            with torch.no_grad():
+                right += int((model(adv).argmax(1) == yb).sum())
+        out[name] = right / max(1, len(x))
+    return out
+
+
 def _template(ds: FaceDataset, n: int = 200, seed: int = 0) -> list[list[float]]:
     """The crop convention: mean MTCNN landmarks on the training crops, as fractions of (W, H)."""
     from deid.align import estimate_template
@@ -204,8 +443,17 @@ def train_classifier(
     split: str = "random",
     command: str | None = None,
     progress: bool = True,
+    adversarial: Adversarial | None = None,
+    subset: tuple[int, int] | None = None,
 ) -> tuple[FaceClassifier, dict[str, Any]]:
     """Train a preset, evaluate on the held-out split, save the checkpoint to ``out``.
+
+    Args:
+        adversarial: adversarial training (see :class:`Adversarial`); ``None``: clean.
+            With it, the held-out accuracy under one-step FGSM and 10-step I-FGSM at the
+            training eps is measured and recorded too (``accuracy["under_attack"]``).
+        subset: ``(i, n)``: train on part i of n disjoint, per-identity stratified parts of
+            the training split (the held-out split stays the same).
 
     Returns the classifier (eval mode) and its held-out metrics.
     """
@@ -222,6 +470,9 @@ def train_classifier(
         ds = load_celeba(data)
     xtr, ytr = ds.tensors("train")
     xte, yte = ds.tensors("test")
+    if subset is not None:
+        keep = subset_indices(ytr.numpy(), subset[0], subset[1])
+        xtr, ytr = xtr[keep], ytr[keep]
     if tuple(xtr.shape[-2:]) != tuple(r.input_size):
         xtr = F.interpolate(
             xtr, size=r.input_size, mode="bilinear", antialias=True, align_corners=False
@@ -259,6 +510,8 @@ def train_classifier(
             "aug": r.aug,
             "n_train": len(xtr),
             "torch": torch.__version__,
+            **({"subset": f"{subset[0]}/{subset[1]}"} if subset is not None else {}),
+            **({"adversarial": adversarial.describe()} if adversarial is not None else {}),
         },
     )
     net = build_net(r.arch, r.arch_params, ds.channels, r.input_size, ds.num_classes)
@@ -296,8 +549,7 @@ def train_classifier(
             yb = ytr[idx].to(dev)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=r.label_smoothing)
+            loss, logits = training_loss(model, xb, yb, r.label_smoothing, adversarial)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -313,7 +565,7 @@ def train_classifier(
                         else:
                             pe.copy_(pm)
             run_loss += loss.item() * len(idx)
-            run_acc += float((logits.argmax(1) == yb).sum())
+            run_acc += float((logits.detach().argmax(1) == yb).sum())
         bar.set_postfix(loss=f"{run_loss / len(xtr):.3f}", train_acc=f"{run_acc / len(xtr):.3f}")
     final = ema if ema is not None else model
     final.eval()
@@ -321,6 +573,8 @@ def train_classifier(
     metrics["train_seconds"] = round(time.time() - t0, 1)
     if ema is not None:
         metrics["raw_top1"] = evaluate(model, xte, yte)["top1"]
+    if adversarial is not None:
+        metrics["under_attack"] = accuracy_under_attack(final, xte, yte, adversarial.eps)
     final.meta.accuracy = {**metrics, "split": ds.split}
     final.cpu().save(out)
     log.info(
@@ -332,3 +586,68 @@ def train_classifier(
         out,
     )
     return final, metrics
+
+
+def _fraction(text: str) -> float:
+    """``0.031`` or ``8/255``."""
+    import argparse
+
+    try:
+        if "/" in text:
+            a, b = text.split("/", 1)
+            return float(a) / float(b)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(
+            f"expected a number such as 0.031 or 8/255, got {text!r}"
+        ) from None
+
+
+def _subset(text: str) -> tuple[int, int]:
+    import argparse
+
+    try:
+        i, n = (int(v) for v in text.split("/", 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/2, got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return i, n
+
+
+def add_training_flags(p: Any) -> None:
+    """``deid train``'s adversarial-training and subset flags (an argparse parser)."""
+    g = p.add_argument_group("adversarial training")
+    g.add_argument(
+        "--adversarial",
+        choices=["goodfellow", "kurakin"],
+        help="goodfellow: J' = c J(x) + (1-c) J(x + eps sign(grad J)); "
+        "kurakin: k adversarial of m per minibatch, loss weighted by lambda",
+    )
+    g.add_argument("--eps", type=_fraction, default=8 / 255, help="L-inf step, e.g. 8/255")
+    g.add_argument("--c", type=float, default=0.5, help="goodfellow: weight of the clean loss")
+    g.add_argument("--k", type=int, help="kurakin: adversarial examples per batch (default m/2)")
+    g.add_argument(
+        "--lambda", dest="lam", type=float, default=0.3, help="kurakin: adversarial weight"
+    )
+    g.add_argument(
+        "--adv-method",
+        choices=["fgsm", "step-ll"],
+        help="kurakin: one-step least-likely (default) or FGSM; goodfellow: fgsm",
+    )
+    p.add_argument(
+        "--subset",
+        type=_subset,
+        help="I/N: train on part I of N disjoint per-identity parts of the training split",
+    )
+
+
+def training_options(args: Any) -> dict[str, Any]:
+    """``train_classifier`` keyword arguments from :func:`add_training_flags`' flags."""
+    adv = None
+    if getattr(args, "adversarial", None):
+        method = args.adv_method or ("fgsm" if args.adversarial == "goodfellow" else "step-ll")
+        adv = Adversarial(
+            mode=args.adversarial, eps=args.eps, c=args.c, k=args.k, lam=args.lam, method=method
+        )
+    return {"adversarial": adv, "subset": getattr(args, "subset", None)}
