@@ -188,7 +188,7 @@ def test_failed_input_leaves_nothing_at_the_output(tmp_path: Path, resources: Re
 
 @pytest.mark.slow
 def test_pedestrian_clip_with_audio(tmp_path: Path, resources: Resources) -> None:
-    """The real drone-like clip: 25 frames with its audio, chunks of 10."""
+    """The real drone-like clip: 16 frames with its audio, chunks of 6."""
     clip = SCENES / "pedestrians_walking_1080p.mp4"
     if not clip.is_file():
         pytest.skip("shared clip not found")
@@ -198,18 +198,18 @@ def test_pedestrian_clip_with_audio(tmp_path: Path, resources: Resources) -> Non
     part = tmp_path / "part.mp4"
     with VideoWriter(part, info.rate, info.width, info.height, crf=12, audio_from=clip) as w:
         for k, f in enumerate(read_frames(clip)):
-            if k >= 25:
+            if k >= 16:
                 break
             w.write(f)
     out = tmp_path / "out.mp4"
-    s = load_settings(overrides={"pipeline": {"device": "cpu", "chunk_frames": 10}})
+    s = load_settings(overrides={"pipeline": {"device": "cpu", "chunk_frames": 6}})
     report = run(part, out, s, progress=False)
     o = probe_video(out)
-    assert (o.frame_count, o.width, o.height) == (25, 1920, 1080)
+    assert (o.frame_count, o.width, o.height) == (16, 1920, 1080)
     assert abs(o.fps - info.fps) < 1e-6 and o.has_audio
     assert audio_packets(out) == audio_packets(part)
     t = report["totals"]
-    assert t["faces"] >= 50 and t["tracks"] >= 2
+    assert t["faces"] >= 32 and t["tracks"] >= 2
     assert t["frames_with_unprotected_face"] == 0 and t["unprotected_faces"] == 0
     assert t["target_changes_within_tracks"] == 0
     for f in report["faces_detail"]:
