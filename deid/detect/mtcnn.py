@@ -1,16 +1,62 @@
-"""Adapter over facenet-pytorch's MTCNN (its P/R/O-Net weights ship in the wheel)."""
+"""Adapter over facenet-pytorch's MTCNN (its P/R/O-Net weights ship in the wheel).
+
+Large frames (4K drone footage) can be detected three ways:
+
+* at full resolution (the default): every face from ``min_face_size`` up is found, at the
+  cost of MTCNN's image pyramid over the whole frame;
+* on a copy downscaled to ``max_side`` (cheap, but a face shrinks with the frame, so faces
+  smaller than ``min_face_size * side / max_side`` are lost);
+* tile by tile (``tile``): overlapping full-resolution windows of at most ``tile`` px, plus
+  one *overview* pass over the frame downscaled to ``tile`` px for faces too large for a
+  window. Boxes and landmarks are mapped back to frame pixels, detections cut by an inner
+  tile edge are dropped (the face lies whole in a neighbouring tile or in the overview) and
+  duplicates are merged by non-maximum suppression.
+
+Whichever way faces are found, crops and attacks use the full-resolution frame.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torchvision.ops import nms
 
 from deid.types import Detections
 
+if TYPE_CHECKING:
+    from deid.config import DetectorConfig
+
 log = logging.getLogger(__name__)
+
+# (boxes (K, 4), probs (K,), landmarks (K, 5, 2)) float32 in the coordinates of one image
+_Raw = tuple[np.ndarray, np.ndarray, np.ndarray]
+# px: a window detection whose box comes this close to an inner window edge may be cut
+_EDGE = 2.0
+
+
+def tile_grid(length: int, tile: int, overlap: int) -> tuple[list[int], int]:
+    """Start offsets and size of the windows covering ``length`` px along one axis.
+
+    Windows are as few as a maximum size of ``tile`` allows with neighbours overlapping by at
+    least ``overlap`` px, all of one size (so they batch), spread evenly, the last ending at
+    ``length``. Any interval of at most ``overlap`` px lies whole inside one window.
+
+    Example:
+        >>> tile_grid(3840, 1280, 128)
+        ([0, 928, 1856, 2784], 1056)
+        >>> tile_grid(600, 1280, 128)
+        ([0], 600)
+    """
+    if length <= tile:
+        return [0], length
+    n = math.ceil((length - overlap) / (tile - overlap))
+    size = math.ceil((length + (n - 1) * overlap) / n)
+    return [round(i * (length - size) / (n - 1)) for i in range(n)], size
 
 
 class MTCNNDetector:
@@ -23,6 +69,15 @@ class MTCNNDetector:
         device: torch device.
         max_side: frames whose longer side exceeds this are detected on a downscaled copy
             and the boxes scaled back (``None``: always full resolution).
+        factor: MTCNN's image-pyramid scale step.
+        tile: frames whose longer side exceeds this are detected in overlapping
+            full-resolution windows of at most ``tile`` px plus one overview pass on a copy
+            downscaled to ``tile`` px (``None``: no tiling). Takes precedence over
+            ``max_side`` for such frames.
+        tile_overlap: overlap of neighbouring windows in px; faces up to this size are
+            always whole in some window, larger ones are left to the overview pass.
+        tile_batch: windows per MTCNN call (bounds memory).
+        nms_iou: box IoU above which two detections of a tiled frame are the same face.
 
     Example:
         >>> det = MTCNNDetector(min_face_size=20)
@@ -39,12 +94,24 @@ class MTCNNDetector:
         device: torch.device | str = "cpu",
         max_side: int | None = None,
         factor: float = 0.709,
+        tile: int | None = None,
+        tile_overlap: int = 128,
+        tile_batch: int = 4,
+        nms_iou: float = 0.4,
     ) -> None:
         from facenet_pytorch import MTCNN
 
+        if tile is not None and not 0 <= tile_overlap < tile:
+            raise ValueError(
+                f"tile_overlap: expected 0 <= overlap < tile ({tile}), got {tile_overlap}"
+            )
         self.min_face_size = int(min_face_size)
         self.min_score = float(min_score)
         self.max_side = max_side
+        self.tile = tile
+        self.tile_overlap = int(tile_overlap)
+        self.tile_batch = max(1, int(tile_batch))
+        self.nms_iou = float(nms_iou)
         self.device = torch.device(device)
         self._mtcnn = MTCNN(
             min_face_size=self.min_face_size,
@@ -56,10 +123,37 @@ class MTCNNDetector:
             device=self.device,
         )
 
+    @classmethod
+    def from_config(cls, cfg: DetectorConfig, device: torch.device | str = "cpu") -> MTCNNDetector:
+        """The detector a :class:`deid.config.DetectorConfig` describes."""
+        return cls(
+            cfg.min_face_size,
+            cfg.thresholds,
+            cfg.min_score,
+            device,
+            max_side=cfg.max_side,
+            tile=cfg.tile,
+            tile_overlap=cfg.tile_overlap,
+        )
+
+    def mode(self, shape: Sequence[int]) -> str:
+        """How a frame of ``shape`` (H, W, ...) is detected: full, downscaled or tiled."""
+        side = max(shape[:2])
+        if self.tile and side > self.tile:
+            return "tiled"
+        if self.max_side and side > self.max_side:
+            return "downscaled"
+        return "full"
+
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         """Detect faces in RGB uint8 frames (H, W, 3).
 
-        Frames of the same size go through MTCNN as one batch.
+        Frames of the same size go through MTCNN as one batch (tiled frames: their windows,
+        ``tile_batch`` at a time).
+
+        Raises:
+            ValueError: a frame is not (H, W, 3) uint8 (grayscale frames are converted by
+                :func:`deid.align.as_rgb` first).
         """
         out: list[Detections | None] = [None] * len(frames)
         groups: dict[tuple[int, ...], list[int]] = {}
@@ -70,28 +164,133 @@ class MTCNNDetector:
                 )
             groups.setdefault(f.shape, []).append(i)
         for shape, idx in groups.items():
-            scale = 1.0
-            batch = np.stack([frames[i] for i in idx])
-            if self.max_side and max(shape[:2]) > self.max_side:
-                import cv2
-
-                scale = self.max_side / max(shape[:2])
-                size = (round(shape[1] * scale), round(shape[0] * scale))
-                batch = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in batch])
-            with torch.inference_mode():
-                boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
-            for j, i in enumerate(idx):
-                out[i] = self._normalise(boxes[j], probs[j], points[j], 1.0 / scale)
+            batch = [frames[i] for i in idx]
+            mode = self.mode(shape)
+            if mode == "tiled":
+                dets = self._detect_tiled(batch)
+            elif mode == "downscaled":
+                dets = [self._finish(r) for r in self._detect_scaled(batch, self.max_side or 0)]
+            else:
+                dets = [self._finish(r) for r in self._run(batch)]
+            for i, d in zip(idx, dets, strict=True):
+                out[i] = d
         return [d if d is not None else Detections.empty() for d in out]
 
-    def _normalise(
-        self, boxes: object, probs: object, points: object, inv_scale: float
-    ) -> Detections:
-        # facenet-pytorch returns None for no face and object arrays under NumPy 2
-        if boxes is None or len(boxes) == 0:  # type: ignore[arg-type]
-            return Detections.empty()
-        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * inv_scale
-        p = np.asarray(probs, dtype=np.float32).reshape(-1)
-        lm = np.asarray(points, dtype=np.float32).reshape(-1, 5, 2) * inv_scale
-        keep = p >= self.min_score
-        return Detections(b[keep], p[keep], lm[keep])
+    def overview_side(self, h: int, w: int) -> int:
+        """Longer side of a tiled frame's overview copy: small enough to be cheap, large
+        enough that a face of half ``tile_overlap`` (and larger) still shows at
+        ``min_face_size`` in it; at most ``tile``."""
+        side = max(h, w)
+        tile = min(int(self.tile or side), side)
+        if self.tile_overlap == 0:
+            return tile
+        return min(tile, math.ceil(side * self.min_face_size / (0.5 * self.tile_overlap)))
+
+    # -- internals -------------------------------------------------------------------------
+    def _run(self, images: Sequence[np.ndarray]) -> list[_Raw]:
+        """MTCNN on same-size images, unfiltered, as float32 arrays."""
+        with torch.inference_mode():
+            boxes, probs, points = self._mtcnn.detect(np.stack(images), landmarks=True)
+        return [_as_arrays(b, p, lm) for b, p, lm in zip(boxes, probs, points, strict=True)]
+
+    def _detect_scaled(self, images: Sequence[np.ndarray], side: int) -> list[_Raw]:
+        """MTCNN on copies whose longer side is ``side``; coordinates in the originals."""
+        import cv2
+
+        h, w = images[0].shape[:2]
+        scale = side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in images]
+        sx, sy = w / size[0], h / size[1]
+        return [(b * [sx, sy, sx, sy], p, lm * [sx, sy]) for b, p, lm in self._run(small)]
+
+    def _detect_tiled(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        h, w = frames[0].shape[:2]
+        tile = int(self.tile or max(h, w))
+        xs, tw = tile_grid(w, tile, self.tile_overlap)
+        ys, th = tile_grid(h, tile, self.tile_overlap)
+        windows = [(x, y) for y in ys for x in xs]
+        whole: list[list[_Raw]] = [[] for _ in frames]
+        cut: list[list[_Raw]] = [[] for _ in frames]
+        jobs = [(fi, x, y) for fi in range(len(frames)) for x, y in windows]
+        for s in range(0, len(jobs), self.tile_batch):
+            chunk = jobs[s : s + self.tile_batch]
+            crops = [frames[fi][y : y + th, x : x + tw] for fi, x, y in chunk]
+            for (fi, x, y), (b, p, lm) in zip(chunk, self._run(crops), strict=True):
+                # a box reaching an inner window edge may be a face cut by the window: the
+                # face lies whole in the neighbouring window (if <= overlap) or shows in the
+                # overview; such boxes are only used when nothing else covers them
+                edge = np.zeros(len(b), bool)
+                if x > 0:
+                    edge |= b[:, 0] < _EDGE
+                if x + tw < w:
+                    edge |= b[:, 2] > tw - _EDGE
+                if y > 0:
+                    edge |= b[:, 1] < _EDGE
+                if y + th < h:
+                    edge |= b[:, 3] > th - _EDGE
+                off = np.array([x, y], np.float32)
+                moved = (b + np.tile(off, 2), p, lm + off)
+                whole[fi].append(_select(moved, ~edge))
+                cut[fi].append(_select(moved, edge))
+        overview = self._detect_scaled(frames, self.overview_side(h, w))
+        out = []
+        for fi in range(len(frames)):
+            kept = self._merge(_concat([*whole[fi], overview[fi]]))
+            rest = self._merge(_concat(cut[fi]))
+            if len(rest[0]) and len(kept[0]):
+                inter = _intersection(rest[0], kept[0])
+                area = np.prod(np.clip(rest[0][:, 2:] - rest[0][:, :2], 1e-6, None), axis=1)
+                rest = _select(rest, (inter / area[:, None]).max(1) < 0.3)
+            out.append(self._finish(self._merge(_concat([kept, rest]))))
+        return out
+
+    def _merge(self, raw: _Raw) -> _Raw:
+        """Confident detections only, duplicates (box IoU > ``nms_iou``) merged."""
+        raw = _select(raw, raw[1] >= self.min_score)
+        if len(raw[0]) < 2:
+            return raw
+        keep = nms(torch.from_numpy(raw[0]), torch.from_numpy(raw[1]), self.nms_iou).numpy()
+        return _select(raw, np.sort(keep))
+
+    def _finish(self, raw: _Raw) -> Detections:
+        b, p, lm = _select(raw, raw[1] >= self.min_score)
+        return Detections(b, p, lm)
+
+
+def _as_arrays(boxes: object, probs: object, points: object) -> _Raw:
+    # facenet-pytorch returns None for no face and object arrays under NumPy 2
+    if boxes is None or len(boxes) == 0:  # type: ignore[arg-type]
+        return (
+            np.zeros((0, 4), np.float32),
+            np.zeros((0,), np.float32),
+            np.zeros((0, 5, 2), np.float32),
+        )
+    return (
+        np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        np.asarray(probs, dtype=np.float32).reshape(-1),
+        np.asarray(points, dtype=np.float32).reshape(-1, 5, 2),
+    )
+
+
+def _concat(parts: Sequence[_Raw]) -> _Raw:
+    return (
+        np.concatenate([q[0] for q in parts]).astype(np.float32),
+        np.concatenate([q[1] for q in parts]).astype(np.float32),
+        np.concatenate([q[2] for q in parts]).astype(np.float32),
+    )
+
+
+def _select(raw: _Raw, keep: np.ndarray) -> _Raw:
+    return (
+        np.ascontiguousarray(raw[0][keep], np.float32),
+        np.ascontiguousarray(raw[1][keep], np.float32),
+        np.ascontiguousarray(raw[2][keep], np.float32),
+    )
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) intersection areas of x1, y1, x2, y2 boxes."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    return np.prod(np.clip(rb - lt, 0, None), axis=2)
