@@ -93,7 +93,10 @@ def _json(x: Any) -> Any:
     return json.loads(json.dumps(x))
 
 
-def _table(layout: dict[str, Any]) -> FrameTable:
+def _table(layout: dict[str, Any]) -> FrameTable | None:
+    """The frame table to seek with (None: decode from the start and count)."""
+    if not layout.get("seekable", True):
+        return None
     return FrameTable(Fraction(layout["time_base"]), list(layout["pts"]))
 
 
@@ -116,7 +119,10 @@ def split(input: Path | str, chunk_frames: int) -> dict[str, Any]:
     input = Path(input)
     info = probe_video(input)
     table = frame_table(input)
-    n = len(table.pts) or info.frame_count
+    seekable = bool(table.pts)
+    n = len(table.pts) if seekable else info.frame_count
+    if not seekable:  # no timestamps in the container: frames are counted, spaced 1 / fps
+        table = FrameTable(1 / info.rate, list(range(n)))
     chunks = [
         Chunk(i, s, min(s + chunk_frames, n)) for i, s in enumerate(range(0, n, chunk_frames))
     ]
@@ -130,6 +136,7 @@ def split(input: Path | str, chunk_frames: int) -> dict[str, Any]:
             "duration": info.duration,
             "time_base": str(table.time_base),
             "pts": table.pts,
+            "seekable": seekable,
             "frames": n,
             "rotation": info.rotation,
             "has_audio": info.has_audio,
@@ -301,22 +308,22 @@ def _writer(path: Path, layout: dict[str, Any], crf: int) -> VideoWriter:
         layout["width"],
         layout["height"],
         crf=crf,
-        time_base=Fraction(layout["time_base"]) if layout["pts"] else None,
+        time_base=Fraction(layout["time_base"]),
         threads=SEGMENT_THREADS,
     )
 
 
 def _indexed(
     input: Path, layout: dict[str, Any], chunk: Chunk
-) -> Iterator[tuple[int, int | None, np.ndarray]]:
+) -> Iterator[tuple[int, int, np.ndarray]]:
     """(frame index, pts or None, frame) of the chunk's frames."""
-    has_pts = bool(layout["pts"])
-    for i, (pts, frame) in enumerate(read_range(input, chunk.start, chunk.stop, _table(layout))):
-        yield chunk.start + i, (pts if has_pts else None), frame
+    pts = layout["pts"]
+    for i, (_, frame) in enumerate(read_range(input, chunk.start, chunk.stop, _table(layout))):
+        yield chunk.start + i, pts[chunk.start + i], frame
 
 
 def _attack_batch(
-    batch: Sequence[tuple[int, int | None, np.ndarray]],
+    batch: Sequence[tuple[int, int, np.ndarray]],
     plan: dict[str, Any],
     res: Resources,
     records: list[dict[str, Any]],

@@ -741,7 +741,10 @@ def frame_table(path: Path | str) -> FrameTable:
     """
     path = Path(path)
     _check_video_path(path)
-    container, stream = _open_av(path)
+    try:
+        container, stream = _open_av(path)
+    except _AV_ERRORS:  # OpenCV may still read it (see read_frames): frames are counted
+        return FrameTable(Fraction(1), [])
     try:
         pts: list[int] = []
         for packet in container.demux(stream):
