@@ -416,3 +416,44 @@ def test_check_output(tmp_path: Path, clip: Path) -> None:
         check_output(photos / "a.jpg", tmp_path / "out.mp4")
     with pytest.raises(InputError):
         check_output(tmp_path / "missing.mp4", tmp_path / "out.mp4")
+
+
+def test_read_range_seeks_to_exactly_the_asked_frames(tmp_path: Path) -> None:
+    """Seeking by the frame table gives the same frames as decoding from the start (B-frames,
+    a keyframe every 5 frames, variable frame rate)."""
+    from deid.io import concat_videos, frame_table, read_range
+
+    path = tmp_path / "vfr.mp4"
+    tb = Fraction(1, 1000)
+    pts = np.cumsum([0, 40, 60, 40, 80, 40, 40, 60, 40, 40, 80, 40, 60, 40, 40, 40, 60, 40])
+    frames = moving_frames(len(pts))
+    for i, f in enumerate(frames):
+        f[0:8, 0:8] = i * 12  # a per-frame mark
+    with VideoWriter(path, 25, W, H, crf=10, time_base=tb) as w:
+        w._stream.codec_context.gop_size = 5
+        for p, f in zip(pts, frames, strict=True):
+            w.write(f, pts=int(p))
+    table = frame_table(path)
+    assert len(table.pts) == len(pts)
+    assert [float(p * table.time_base) for p in table.pts] == pytest.approx(pts / 1000)
+    everything = list(read_frames(path))
+    for start, stop in [(0, 3), (7, 12), (11, 18), (17, 18)]:
+        got = list(read_range(path, start, stop, table))
+        assert [p for p, _ in got] == table.pts[start:stop]
+        for k, (_, f) in enumerate(got):
+            assert np.array_equal(f, everything[start + k])
+    with pytest.raises(VideoDecodeError):
+        list(read_range(path, 10, 19, table))
+    # segments with the input's timestamps join back into the same timeline
+    parts = []
+    for k, (a, b) in enumerate([(0, 7), (7, 18)]):
+        part = tmp_path / f"p{k}.mp4"
+        with VideoWriter(part, 25, W, H, crf=10, time_base=table.time_base) as w:
+            for p, f in read_range(path, a, b, table):
+                w.write(f, pts=p)
+        parts.append(part)
+    joined = tmp_path / "joined.mp4"
+    assert concat_videos(parts, joined) == len(pts)
+    t2 = frame_table(joined)
+    assert [float(p * t2.time_base) for p in t2.pts] == pytest.approx(pts / 1000)
+    assert leftovers(tmp_path) == []

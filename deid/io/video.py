@@ -792,6 +792,10 @@ def read_range(
         if seen < stop:
             raise VideoDecodeError(path, f"ends at frame {seen}; expected {stop}")
         return
+    if stop > len(table.pts):
+        raise VideoDecodeError(
+            path, f"has {len(table.pts)} frames; frames {start}..{stop - 1} asked"
+        )
     wanted = table.pts[start:stop]
     want = set(wanted)
     container, stream = _open_av(path)
