@@ -52,6 +52,12 @@ class DetectorConfig(_Strict):
         le=2048,
         description="px shared by neighbouring tiles (faces up to this size lie whole in one)",
     )
+    edge_pad: int = Field(
+        32,
+        ge=0,
+        le=512,
+        description="px of mirror padding before detection: finds faces cut by the frame edge",
+    )
     batch_frames: int = Field(8, ge=1, le=256, description="frames per detection batch")
 
     @field_validator("thresholds")
@@ -187,6 +193,19 @@ class Settings(_Strict):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _pipeline_attacks_are_targeted(self) -> Settings:
+        # The pipeline passes each face's *target* identity; an untargeted attack would read it
+        # as the true class and count a face as protected whenever it is not classified as its
+        # target, i.e. fail open.
+        if not self.attack.targeted:
+            raise ValueError(
+                f"attack.targeted: the pipeline steers each face to a target identity, so "
+                f"{self.attack.name!r} must run with targeted: true (untargeted attacks, vat "
+                f"among them, are for the library and `deid eval`)"
+            )
+        return self
 
 
 # Environment variables that name one setting directly (read as strings, not YAML).

@@ -61,6 +61,8 @@ class AttackResult:
         steps: (N,) int64 gradient steps (or model queries) each sample used.
         logits: (N, K) the model's logits on ``images`` (as returned, after quantisation).
         norms: per-sample L0, L1, L2 and Linf of ``images - original``, each (N,).
+        queries: (N,) int64 model queries each sample used, for black-box attacks (those
+            that only see a :class:`deid.attacks.query.QueryModel`); None otherwise.
     """
 
     images: Tensor
@@ -68,6 +70,7 @@ class AttackResult:
     steps: Tensor
     logits: Tensor
     norms: dict[str, Tensor]
+    queries: Tensor | None = None
 
     @property
     def success_rate(self) -> float:

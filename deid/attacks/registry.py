@@ -7,12 +7,21 @@ from typing import Union
 from deid.attacks.base import Attack, AttackConfigBase
 from deid.attacks.conceal import Conceal, ConcealConfig
 from deid.attacks.cw import CW, CWConfig
+from deid.attacks.deepfool import DeepFool, DeepFoolConfig
+from deid.attacks.ead import EAD, EADConfig
+from deid.attacks.feature import FeatureAdversary, FeatureAdversaryConfig
 from deid.attacks.fgsm import FGSM, FGSMConfig
 from deid.attacks.ifgsm import IFGSM, IFGSMConfig
 from deid.attacks.illc import ILLC, ILLCConfig
+from deid.attacks.jsma import JSMA, JSMAConfig
+from deid.attacks.lbfgs import LBFGS, LBFGSConfig
 from deid.attacks.mifgsm import MIFGSM, MIFGSMConfig
+from deid.attacks.onepixel import OnePixel, OnePixelConfig
 from deid.attacks.pgd import PGD, PGDConfig
 from deid.attacks.realistic import Realistic, RealisticConfig
+from deid.attacks.spsa import SPSA, SPSAConfig
+from deid.attacks.universal import Universal, UniversalConfig
+from deid.attacks.vat import VAT, VATConfig
 from deid.errors import ConfigError
 
 ATTACKS: dict[str, tuple[type, type[AttackConfigBase]]] = {
@@ -25,6 +34,15 @@ ATTACKS: dict[str, tuple[type, type[AttackConfigBase]]] = {
     "pgd": (PGD, PGDConfig),
     "mifgsm": (MIFGSM, MIFGSMConfig),
     "cw": (CW, CWConfig),
+    "lbfgs": (LBFGS, LBFGSConfig),
+    "deepfool": (DeepFool, DeepFoolConfig),
+    "jsma": (JSMA, JSMAConfig),
+    "spsa": (SPSA, SPSAConfig),
+    "feature": (FeatureAdversary, FeatureAdversaryConfig),
+    "ead": (EAD, EADConfig),
+    "vat": (VAT, VATConfig),
+    "onepixel": (OnePixel, OnePixelConfig),
+    "universal": (Universal, UniversalConfig),
 }
 
 # Discriminated on `name` (see deid.config.Settings).
@@ -37,6 +55,15 @@ AttackConfig = Union[  # noqa: UP007
     PGDConfig,
     MIFGSMConfig,
     CWConfig,
+    LBFGSConfig,
+    DeepFoolConfig,
+    JSMAConfig,
+    SPSAConfig,
+    FeatureAdversaryConfig,
+    EADConfig,
+    VATConfig,
+    OnePixelConfig,
+    UniversalConfig,
 ]
 
 # Which target each attack picks when the config does not say.
@@ -49,6 +76,15 @@ DEFAULT_TARGET = {
     "pgd": "least-likely",
     "mifgsm": "least-likely",
     "cw": "nearest",
+    "lbfgs": "nearest",
+    "deepfool": "nearest",
+    "jsma": "nearest",
+    "spsa": "least-likely",
+    "feature": "least-likely",
+    "ead": "nearest",
+    "vat": "nearest",
+    "onepixel": "nearest",
+    "universal": "nearest",
 }
 
 

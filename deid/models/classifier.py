@@ -165,6 +165,17 @@ class FaceClassifier(nn.Module):
     def forward(self, x: Tensor, theta: Tensor | None = None) -> Tensor:
         return self.net(self.prepare(x, theta))
 
+    def embed(self, x: Tensor, theta: Tensor | None = None) -> Tensor:
+        """(N, D) the network's internal representation before the class layer (Feature
+        Adversaries match it). Needs a net with a ``features(x)`` method (MLP, ResNet)."""
+        features = getattr(self.net, "features", None)
+        if not callable(features):
+            raise TypeError(
+                f"{type(self.net).__name__} has no features(x) method: expected a network "
+                "that exposes its embedding (deid.models.nets.MLP or ResNet)"
+            )
+        return features(self.prepare(x, theta))
+
     def bind(self, theta: Tensor) -> BoundClassifier:
         """This classifier with a fixed per-sample alignment: a plain ``model(x)`` for attacks."""
         return BoundClassifier(self, theta)
@@ -228,3 +239,7 @@ class BoundClassifier(nn.Module):
                 f"bound to {self.theta.shape[0]} alignments, got a batch of {x.shape[0]}"
             )
         return self.classifier(x, self.theta)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """(N, D) the embedding under the bound alignments (see :meth:`FaceClassifier.embed`)."""
+        return self.classifier.embed(x, self.theta)

@@ -37,6 +37,10 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def features(self, x: Tensor) -> Tensor:
+        """(N, hidden[-1]) the last hidden layer: the embedding the classes are read from."""
+        return self.net[:-1](x)
+
 
 class _Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
@@ -96,6 +100,10 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.stages(self.stem(x)))
+
+    def features(self, x: Tensor) -> Tensor:
+        """(N, widths[-1]) the pooled features: the embedding the classes are read from."""
+        return self.head[:-1](self.stages(self.stem(x)))
 
 
 def build_net(
