@@ -292,6 +292,22 @@ def is_done(src: Path, dst: Path, row: dict[str, Any] | None) -> bool:
 # --------------------------------------------------------------------------------------------
 # the batch
 # --------------------------------------------------------------------------------------------
+def check_dirs(input_dir: Path, output_dir: Path) -> None:
+    """Refuse a missing input folder and an output that is a file, the input or inside it.
+
+    Raises:
+        InputError, OutputError: naming what was expected.
+    """
+    if not input_dir.is_dir():
+        raise InputError(input_dir, "expected an existing folder of images and videos")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError(output_dir, "is an existing file; expected a folder")
+    if output_dir.resolve().is_relative_to(input_dir.resolve()):
+        raise OutputError(
+            output_dir, f"is inside the input folder {input_dir}; expected a folder outside it"
+        )
+
+
 def run_batch(
     input_dir: Path | str,
     output_dir: Path | str,
@@ -318,11 +334,8 @@ def run_batch(
     from tqdm.auto import tqdm
 
     src_root, dst_root = Path(input_dir), Path(output_dir)
+    check_dirs(src_root, dst_root)
     files = list_media(src_root)
-    if dst_root.exists() and not dst_root.is_dir():
-        raise OutputError(dst_root, "is an existing file; expected a folder")
-    if dst_root.resolve().is_relative_to(src_root.resolve()):
-        raise OutputError(dst_root, f"is inside the input folder {src_root}; expected outside")
     dst_root.mkdir(parents=True, exist_ok=True)
     manifest = dst_root / MANIFEST
     previous = read_manifest(manifest)
@@ -406,8 +419,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         overrides["attack"] = {"name": args.attack}
     if args.device:
         overrides["pipeline"] = {"device": args.device}
-    if not args.input.is_dir():
-        raise InputError(args.input, "expected an existing folder of images and videos")
+    check_dirs(args.input, args.output)  # before the models load
     settings = load_settings(args.config, overrides)
     res = Resources.load(settings)
     summary = run_batch(args.input, args.output, res, progress=not args.quiet, force=args.force)

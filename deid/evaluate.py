@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deid import __version__
 from deid.attacks import IFGSM, IFGSMConfig, Realistic, RealisticConfig
 from deid.attacks.base import perturbation_norms, predict, quantize8
 from deid.data import FaceDataset, load_dataset
@@ -44,8 +45,13 @@ def classifier_accuracy(checkpoint: str | Path, data: Path | None = None) -> dic
 def sample_test(ds: FaceDataset, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` held-out faces drawn at random (seeded) from the test split."""
     x, y = ds.tensors("test")
-    idx = np.sort(np.random.default_rng(seed).permutation(len(x))[: min(n, len(x))])
+    idx = _sample_index(len(x), n, seed)
     return x[idx], y[idx]
+
+
+def _sample_index(total: int, n: int, seed: int) -> np.ndarray:
+    """Sorted positions of ``n`` of ``total`` held-out images, drawn at random (seeded)."""
+    return np.sort(np.random.default_rng(seed).permutation(total)[: min(n, total)])
 
 
 def psnr(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
@@ -378,8 +384,6 @@ def dataset_eval(
             )
             row["per_sample"]["detected"] = det_adv.tolist()
         rows.append(row)
-    from deid import __version__
-
     return {
         "kind": "eval-dataset",
         "deid_version": __version__,
@@ -414,11 +418,6 @@ def dataset_eval(
         },
         "rows": rows,
     }
-
-
-def _sample_index(total: int, n: int, seed: int) -> np.ndarray:
-    """The positions :func:`sample_test` draws (same seed, same order)."""
-    return np.sort(np.random.default_rng(seed).permutation(total)[: min(n, total)])
 
 
 def format_dataset_eval(rep: dict[str, Any]) -> str:
