@@ -225,7 +225,11 @@ def crop_faces(
                     theta=theta,
                     box=det.boxes[k].copy(),
                     score=float(det.scores[k]),
-                    extra={"corners": corners, "aligned_by": "box" if by_box else "landmarks"},
+                    extra={
+                        "corners": corners,
+                        "aligned_by": "box" if by_box else "landmarks",
+                        "landmarks": lm,
+                    },
                 )
             )
     return crops

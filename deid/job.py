@@ -183,7 +183,9 @@ def analyse(
                 {
                     "box": [round(float(v), 2) for v in d.boxes[c.face]],
                     "score": round(float(d.scores[c.face]), 4),
-                    "landmarks": np.round(d.landmarks[c.face].astype(np.float64), 2).tolist(),
+                    # the landmarks the crop was aligned with (box-based when MTCNN's are
+                    # unusable, e.g. on profiles)
+                    "landmarks": np.round(np.asarray(c.extra["landmarks"], np.float64), 2).tolist(),
                     "logits": [round(float(v), 4) for v in lg],
                 }
             )
