@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from celery import signals
-from celery.exceptions import SoftTimeLimitExceeded
 
 from deid.config import load_settings
+from deid.errors import DeidError
 from deid.service.jobs import Engine, JobSpec
 from deid.service.state import JobStore
 from workers.celery_app import app
@@ -40,6 +40,12 @@ FAULT_ENV = "DEID_FAULT"
 MAX_CACHED_RESOURCES = 2
 
 _resources: OrderedDict[str, Any] = OrderedDict()
+
+
+class ChunkTimeLimit(DeidError):
+    """A step ran past ``service.soft_time_limit``; its job fails with this reason."""
+
+
 _engine: Engine | None = None
 _pool = ""
 
@@ -89,6 +95,7 @@ def engine() -> Engine:
             JobStore(app.conf.broker_url, int(app.conf.deid_job_ttl)),
             dispatch,
             lambda spec: resources_for(spec.settings),
+            before_step=_fault if os.environ.get(FAULT_ENV) else None,
         )
     return _engine
 
@@ -146,7 +153,7 @@ def _rss_kib() -> int:
 def time_limits(soft: int, hard: int, what: str) -> Iterator[None]:
     """Soft and hard time limits that also hold in the solo pool (Celery's own need prefork).
 
-    Soft: ``SoftTimeLimitExceeded`` is raised in the task (the job fails with that reason).
+    Soft: :class:`ChunkTimeLimit` is raised in the task (the job fails with that reason).
     Hard: the worker process exits; the chunk is delivered again, and counted.
     """
     if threading.current_thread() is not threading.main_thread():
@@ -154,7 +161,7 @@ def time_limits(soft: int, hard: int, what: str) -> Iterator[None]:
         return
 
     def on_soft(signum: int, frame: Any) -> None:
-        raise SoftTimeLimitExceeded(f"{what} ran past the soft time limit of {soft} s")
+        raise ChunkTimeLimit(f"ran past the soft time limit of {soft} s (service.soft_time_limit)")
 
     def on_hard() -> None:
         log.error("%s ran past the hard time limit of %d s: exiting", what, hard)
@@ -190,7 +197,6 @@ def _run(stage: str, spec: dict[str, Any], index: int) -> str:
     job = JobSpec.model_validate(spec)
     what = f"job {job.id} {stage} {index}"
     with time_limits(job.soft_time_limit, job.time_limit, what):
-        _fault(stage, index)
         t = time.perf_counter()
         out = engine().run(stage, job, index)
     log.info("%s: %s in %.2f s", what, out, time.perf_counter() - t)

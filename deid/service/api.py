@@ -110,7 +110,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     settings = settings or load_settings()
     client = Client(settings)
-    token = settings.service.token.get_secret_value() if settings.service.token else None
+    # an empty token (DEID_SERVICE__TOKEN= in a compose file) means no token
+    token = (settings.service.token.get_secret_value() if settings.service.token else "") or None
     bearer = HTTPBearer(auto_error=False, description="service.token, if one is set")
 
     def auth(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008

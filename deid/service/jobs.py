@@ -222,12 +222,21 @@ class Engine:
         dispatch: ``dispatch(stage, spec, index)`` queues a task.
         resources: ``resources(spec)`` -> :class:`deid.pipeline.Resources` for the job's
             settings (a worker caches them per process).
+        before_step: called with ``(stage, index)`` once a delivery is counted, before the
+            step runs (the workers' fault injection for tests).
     """
 
-    def __init__(self, store: JobStore, dispatch: Dispatch, resources: ResourcesFor) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        dispatch: Dispatch,
+        resources: ResourcesFor,
+        before_step: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.store = store
         self.dispatch = dispatch
         self.resources = resources
+        self.before_step = before_step  # fault injection in tests (after counting a delivery)
         self.who = f"{socket.gethostname()}:{os.getpid()}"
 
     # entry point ---------------------------------------------------------------------------
@@ -247,6 +256,7 @@ class Engine:
             return "skipped"
         n = self.store.delivery(spec.id, stage, index)
         if n > spec.max_deliveries:
+            self.store.clear_running(spec.id, what)  # left by the delivery that died
             self.fail(
                 spec,
                 f"{self._describe(stage, spec, index)} was delivered {n} times without "
@@ -256,6 +266,8 @@ class Engine:
             return "failed"
         self.store.set_running(spec.id, what, f"{self.who}:{time.time():.3f}")
         try:
+            if self.before_step is not None:
+                self.before_step(stage, index)
             getattr(self, f"_{stage}")(spec, index, redelivered=n > 1)
             return "done"
         except JobCancelled:
@@ -510,5 +522,7 @@ def _remove_partial_output(spec: JobSpec) -> None:
 
 
 def _message(e: BaseException) -> str:
+    if type(e).__name__ == "SoftTimeLimitExceeded":  # Celery's own (prefork pool)
+        return "ran past the soft time limit (service.soft_time_limit)"
     text = str(e) or type(e).__name__
     return text if isinstance(e, DeidError) else f"{type(e).__name__}: {text}"

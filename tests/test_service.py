@@ -1,0 +1,500 @@
+"""The job service end to end: real Redis (database 11), real `deid worker` processes, real
+MTCNN and classifier, real videos. Python client, CLI and HTTP on the same jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from deid.errors import ConfigError, InputError
+from deid.service.storage import PathPolicyError, check_path
+from tests.service_support import (
+    DB,
+    JOB_OVERRIDES,
+    REPO,
+    WorkerPool,
+    decoded,
+    face_clip,
+    flush,
+    redis_available,
+    redis_url,
+    wait_for,
+    worker_env,
+)
+
+URL = redis_url(DB)
+needs_redis = pytest.mark.skipif(not redis_available(), reason="no Redis at 127.0.0.1:6379")
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------------------------
+def service_settings(url: str, root: Path, **service: Any) -> Any:
+    from deid.config import load_settings
+
+    svc = {
+        "broker_url": url,
+        "storage_roots": [str(root)],
+        "soft_time_limit": 20,
+        "time_limit": 25,
+        "visibility_timeout": 30,
+        "restore_interval": 1,
+        **service,
+    }
+    return load_settings(overrides={**JOB_OVERRIDES, "service": svc})
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("storage")
+
+
+@pytest.fixture(scope="module")
+def settings(root: Path) -> Any:
+    return service_settings(URL, root)
+
+
+@pytest.fixture(scope="module")
+def redis_db() -> Any:
+    if not redis_available():
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    flush(URL)
+    yield URL
+    flush(URL)
+
+
+@pytest.fixture(scope="module")
+def pool(redis_db: str, root: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    p = WorkerPool(redis_db, root, tmp_path_factory.mktemp("logs"))
+    p.start(2)
+    yield p
+    p.stop()
+
+
+@pytest.fixture(scope="module")
+def client(redis_db: str, settings: Any) -> Any:
+    from deid.client import Client
+
+    return Client(settings)
+
+
+@pytest.fixture(scope="module")
+def clip(root: Path) -> Path:
+    return face_clip(root / "in" / "clip.mp4", frames=12)
+
+
+@pytest.fixture(scope="module")
+def reference(clip: Path, settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The same job run in one process (deid.job.run_video, as `deid run` does)."""
+    from deid import job
+    from deid.pipeline import Resources
+
+    out = tmp_path_factory.mktemp("ref") / "ref.mp4"
+    report = job.run_video(clip, out, Resources.load(settings), progress=False)
+    return out, report
+
+
+def _no_leftovers(folder: Path) -> list[Path]:
+    """Hidden temporary files or job folders left in ``folder``."""
+    return [p for p in folder.rglob(".*") if p.name != "."]
+
+
+# --------------------------------------------------------------------------------------------
+# storage policy and settings (no Redis)
+# --------------------------------------------------------------------------------------------
+def test_path_policy(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "a").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.mp4").write_bytes(b"x")
+    (root / "a" / "v.mp4").write_bytes(b"x")
+    (root / "out").symlink_to(outside)
+    (root / "inner").symlink_to(root / "a")
+    assert check_path(root / "a" / "v.mp4", [root]) == (root / "a" / "v.mp4").resolve()
+    assert check_path(root / "a" / "new.mp4", [root]).name == "new.mp4"  # need not exist
+    assert check_path(root / "inner" / "v.mp4", [root]) == (root / "a" / "v.mp4").resolve()
+    cases = {
+        root / "a" / ".." / ".." / "outside" / "secret.mp4": "'..'",
+        outside / "secret.mp4": "outside the storage roots",
+        root / "out" / "secret.mp4": "symlink",
+        root: "not the root",
+        Path("relative/v.mp4"): "absolute",
+    }
+    for path, words in cases.items():
+        with pytest.raises(PathPolicyError, match=words):
+            check_path(path, [root])
+    with pytest.raises(PathPolicyError, match="DEID_STORAGE_ROOTS"):
+        check_path(root / "a" / "v.mp4", [])
+
+
+def test_service_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deid.config import load_settings
+
+    monkeypatch.setenv("DEID_BROKER_URL", "redis://example:6380/3")
+    monkeypatch.setenv("DEID_STORAGE_ROOTS", f"/data/a,/data/b{os.pathsep}/data/c")
+    monkeypatch.setenv("DEID_SERVICE__MAX_DELIVERIES", "5")
+    s = load_settings()
+    assert s.service.broker_url == "redis://example:6380/3"
+    assert s.service.storage_roots == [Path("/data/a"), Path("/data/b"), Path("/data/c")]
+    assert s.service.max_deliveries == 5
+    # the long form wins over the short one
+    monkeypatch.setenv("DEID_SERVICE__BROKER_URL", "redis://other:6379/0")
+    assert load_settings().service.broker_url == "redis://other:6379/0"
+    # a chunk may not be redelivered while it is still allowed to run
+    with pytest.raises(ConfigError, match="visibility_timeout"):
+        load_settings(overrides={"service": {"time_limit": 100, "visibility_timeout": 50}})
+    # the token never shows in a dump (reports carry the settings)
+    s = load_settings(overrides={"service": {"token": "hunter2"}})
+    assert "hunter2" not in json.dumps(s.model_dump(mode="json"))
+
+
+def test_celery_config_is_safe() -> None:
+    from deid.config import ServiceConfig
+    from workers.celery_app import celery_config
+
+    c = celery_config(ServiceConfig())
+    assert c["task_serializer"] == "json" and c["accept_content"] == ["json"]
+    assert c["task_acks_late"] and c["task_reject_on_worker_lost"]
+    assert c["worker_prefetch_multiplier"] == 1
+    assert c["task_soft_time_limit"] < c["task_time_limit"]
+    assert c["broker_transport_options"]["visibility_timeout"] > c["task_time_limit"]
+    assert c["worker_max_memory_per_child"] > 0
+    assert c["broker_url"] == "redis://127.0.0.1:6379/0"
+
+
+# --------------------------------------------------------------------------------------------
+# video jobs
+# --------------------------------------------------------------------------------------------
+@needs_redis
+@pytest.mark.slow
+def test_video_job_equals_single_process_and_keeps_targets_across_chunks(
+    pool: WorkerPool, client: Any, clip: Path, root: Path, reference: Any
+) -> None:
+    out = root / "out" / "clip.mp4"
+    job_id = client.submit(clip, out)
+    report = client.wait(job_id, timeout=120)
+    st = client.status(job_id)
+    assert st["state"] == "SUCCESS" and st["progress"] == 1.0
+    assert (st["frames_done"], st["frames_total"], st["chunks_done"], st["chunks_total"]) == (
+        12,
+        12,
+        3,
+        3,
+    )
+    # frame for frame the single-process result (same settings, same seed)
+    ref_out, ref_report = reference
+    got, want = decoded(out), decoded(ref_out)
+    assert got.shape == want.shape == (12, 128, 192, 3)
+    assert np.array_equal(got, want)
+    assert report["totals"] == ref_report["totals"]
+    # the face crosses both chunk boundaries (frames 3|4 and 7|8): one track, one target,
+    # protected in every frame
+    assert report["totals"]["tracks"] == 1
+    assert report["totals"]["target_changes_within_tracks"] == 0
+    assert report["totals"]["unprotected_faces"] == 0
+    assert report["coverage"]["faces"] == [1] * 12 and report["coverage"]["protected"] == [1] * 12
+    faces = sorted(report["faces_detail"], key=lambda f: f["frame"])
+    assert [f["frame"] for f in faces] == list(range(12))
+    assert len({f["target"] for f in faces}) == 1 and len({f["track"] for f in faces}) == 1
+    assert all(f["target"] != f["pred"] for f in faces)
+    # merged report beside the output, work folder gone, nothing temporary left
+    assert json.loads(out.with_name("clip.report.json").read_text())["job"]["id"] == job_id
+    assert report["video"]["chunks"] == 3
+    assert not _no_leftovers(root / "out")
+
+
+@needs_redis
+@pytest.mark.slow
+def test_cli_submit_status_wait_jobs(
+    pool: WorkerPool,
+    clip: Path,
+    root: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = worker_env(URL, root, {"DEID_ATTACK__STEPS": "5", "DEID_PIPELINE__CHUNK_FRAMES": "6"})
+    out = root / "cli" / "clip.mp4"
+    cmd = [sys.executable, "-m", "deid.cli"]
+    r = subprocess.run(
+        [*cmd, "submit", str(clip), "-o", str(out), "--no-verify"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip().splitlines()[-1]
+    assert len(job_id) == 32
+    r = subprocess.run(
+        [*cmd, "wait", job_id], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"{job_id} SUCCESS" in r.stdout and "100%" in r.stderr  # the progress bar
+    assert len(decoded(out)) == 12
+    # the other commands in-process (the same main() as the `deid` command)
+    from deid.cli import main
+
+    for k, v in env.items():
+        if k.startswith("DEID_"):
+            monkeypatch.setenv(k, v)
+    assert main(["status", job_id]) == 0
+    text = capsys.readouterr().out
+    assert "SUCCESS" in text and "12/12 frames done" in text
+    assert "chunks 2/2" in text  # DEID_PIPELINE__CHUNK_FRAMES=6 of the submitting shell
+    assert main(["jobs", "--json"]) == 0
+    assert job_id in {j["id"] for j in json.loads(capsys.readouterr().out)}
+    assert main(["status", "0" * 32]) == 4
+    assert "not found" in capsys.readouterr().err
+
+
+@needs_redis
+@pytest.mark.slow
+def test_http_api(pool: WorkerPool, client: Any, clip: Path, root: Path, settings: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from deid.service.api import create_app
+
+    http = TestClient(create_app(settings))
+    schema = http.get("/openapi.json").json()
+    assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/report", "/health"} <= set(schema["paths"])
+    health = http.get("/health")
+    assert health.status_code == 200, health.text
+    assert health.json()["broker"] and {"w0@deid-test", "w1@deid-test"} <= set(
+        health.json()["workers"]
+    )
+    out = root / "http" / "clip.mp4"
+    r = http.post(
+        "/jobs",
+        json={"input": str(clip), "output": str(out), "settings": {"pipeline": {"verify": False}}},
+    )
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    assert r.json()["state"] in ("PENDING", "SPLITTING", "ANALYSING")
+    st = wait_for(
+        lambda: (s := http.get(f"/jobs/{job_id}").json())["state"] in ("SUCCESS", "FAILED") and s,
+        120,
+        "HTTP job",
+        poll=0.3,
+    )
+    assert st["state"] == "SUCCESS", st
+    rep = http.get(f"/jobs/{job_id}/report")
+    assert rep.status_code == 200 and rep.json()["totals"]["frames"] == 12
+    assert rep.json()["settings"]["pipeline"]["verify"] is False
+    # cancelling a finished job leaves it as it is
+    assert http.delete(f"/jobs/{job_id}").json()["state"] == "SUCCESS"
+    assert job_id in {j["id"] for j in http.get("/jobs").json()}
+    assert http.get("/jobs/" + "0" * 32).status_code == 404
+    # with a token, every route but /health needs it
+    from pydantic import SecretStr
+
+    locked = settings.model_copy(
+        update={"service": settings.service.model_copy(update={"token": SecretStr("s3cret")})}
+    )
+    http2 = TestClient(create_app(locked))
+    assert http2.get(f"/jobs/{job_id}").status_code == 401
+    assert http2.get(f"/jobs/{job_id}", headers={"Authorization": "Bearer nope"}).status_code == 401
+    ok = http2.get(f"/jobs/{job_id}", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200 and ok.json()["state"] == "SUCCESS"
+    assert http2.get("/health").status_code == 200
+
+
+@needs_redis
+@pytest.mark.slow
+def test_dataset_job_shards_files(
+    pool: WorkerPool, client: Any, root: Path, tmp_path: Path
+) -> None:
+    import cv2
+
+    from deid.io import read_image, write_image
+    from tests.conftest import SCENES
+
+    src = root / "dataset"
+    (src / "sub").mkdir(parents=True, exist_ok=True)
+    astro = cv2.resize(read_image(SCENES / "astronaut_single_face.png"), (160, 160))
+    write_image(src / "a.png", astro)
+    write_image(src / "sub" / "b.jpg", astro[:, ::-1].copy())
+    write_image(src / "c.png", np.full((64, 64, 3), 128, np.uint8))
+    (src / "sub" / "broken.jpg").write_text("not an image")
+    out = root / "dataset-out"
+    sets = client.settings.model_copy(
+        update={"service": client.settings.service.model_copy(update={"shard_files": 2})}
+    )
+    from deid.client import Client
+
+    c2 = Client(sets)
+    job_id = c2.submit(src, out)
+    report = c2.wait(job_id, timeout=120)
+    st = c2.status(job_id)
+    assert st["unit"] == "file" and st["chunks_total"] == 2 and st["frames_done"] == 4
+    t = report["totals"]
+    assert (t["files"], t["done"], t["failed"]) == (4, 3, 1)
+    assert t["faces"] >= 2
+    assert [f["file"] for f in report["failed_inputs"]] == [str(src / "sub" / "broken.jpg")]
+    assert any("broken.jpg" in e for e in st["errors"])
+    for rel in ("a.png", "sub/b.jpg", "c.png", "manifest.csv"):
+        assert (out / rel).is_file(), rel
+    assert not (out / "sub" / "broken.jpg").exists()
+    assert not np.array_equal(read_image(out / "a.png"), astro)  # the face was changed
+    assert not _no_leftovers(out)
+
+
+# --------------------------------------------------------------------------------------------
+# bad inputs: Python, CLI and HTTP
+# --------------------------------------------------------------------------------------------
+def _bad_inputs(root: Path, clip: Path, outside: Path) -> dict[str, tuple[Any, ...]]:
+    """name -> (input, output, overrides, error type, HTTP status, words in the message)."""
+    (root / "bad").mkdir(exist_ok=True)
+    text = root / "bad" / "notes.mp4"
+    text.write_text("this is not a video\n")
+    truncated = root / "bad" / "truncated.mp4"
+    data = clip.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    (outside / "v.mp4").write_bytes(data)
+    link = root / "bad" / "escape"
+    if not link.exists():
+        link.symlink_to(outside)
+    out = root / "bad" / "out.mp4"
+    from deid.errors import VideoDecodeError
+
+    return {
+        "missing file": (root / "bad" / "nope.mp4", out, {}, InputError, 400, "not found"),
+        "text named .mp4": (text, out, {}, VideoDecodeError, 400, "expected a video"),
+        "truncated video": (truncated, out, {}, VideoDecodeError, 400, "expected a video"),
+        "outside roots": (outside / "v.mp4", out, {}, PathPolicyError, 403, "outside"),
+        "dot-dot": (root / "bad" / ".." / ".." / "v.mp4", out, {}, PathPolicyError, 403, ".."),
+        "symlink out": (link / "v.mp4", out, {}, PathPolicyError, 403, "symlink"),
+        "output outside": (clip, outside / "o.mp4", {}, PathPolicyError, 403, "outside"),
+        "unknown attack": (
+            clip,
+            out,
+            {"attack": {"name": "nope"}},
+            ConfigError,
+            422,
+            "ifgsm",
+        ),
+        "invalid eps": (clip, out, {"attack": {"eps": 3.0}}, ConfigError, 422, "attack.ifgsm.eps"),
+    }
+
+
+@needs_redis
+def test_bad_inputs_are_refused_at_submission(
+    redis_db: str,
+    client: Any,
+    clip: Path,
+    root: Path,
+    settings: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from deid.cli import main
+    from deid.config import load_settings
+    from deid.service.api import create_app
+
+    http = TestClient(create_app(settings))
+    monkeypatch.setenv("DEID_BROKER_URL", URL)
+    monkeypatch.setenv("DEID_STORAGE_ROOTS", str(root))
+    before = len(client.jobs(1000))
+    for name, (inp, out, over, err, code, words) in _bad_inputs(root, clip, tmp_path).items():
+        # Python
+        with pytest.raises(err, match=words.replace(".", r"\.")):
+            job_settings = load_settings(overrides={**JOB_OVERRIDES, **over}) if over else None
+            client.submit(inp, out, settings=job_settings)
+        # HTTP
+        r = http.post("/jobs", json={"input": str(inp), "output": str(out), "settings": over})
+        assert r.status_code == code, (name, r.text)
+        assert words in r.json()["detail"], (name, r.json())
+        # CLI (the same main() as the `deid` command)
+        argv = ["submit", str(inp), "-o", str(out)]
+        if "attack" in over and "name" in over["attack"]:
+            argv += ["--attack", over["attack"]["name"]]
+        if "attack" in over and "eps" in over["attack"]:
+            argv += ["--eps", str(over["attack"]["eps"])]
+        assert main(argv) == 2, name
+        msg = capsys.readouterr().err
+        assert msg.startswith("deid: error:") and (words in msg or "unknown attack" in msg), (
+            name,
+            msg,
+        )
+    assert len(client.jobs(1000)) == before  # nothing was queued
+    assert not (root / "bad" / "out.mp4").exists()
+
+
+@needs_redis
+@pytest.mark.slow
+def test_a_video_unreadable_at_run_time_fails_its_job_with_the_reason(
+    pool: WorkerPool, client: Any, clip: Path, root: Path
+) -> None:
+    from deid.client import JobFailed
+    from deid.service.jobs import new_job
+
+    src = root / "later" / "v.mp4"
+    src.parent.mkdir(exist_ok=True)
+    shutil.copy(clip, src)
+    spec = new_job(src, root / "later" / "out.mp4", client.settings, client.settings.service)
+    src.write_text("replaced by a text file after submission\n")
+    job_id = client.enqueue(spec)
+    with pytest.raises(JobFailed, match=r"split: .*v\.mp4.*expected a video"):
+        client.wait(job_id, timeout=60)
+    st = client.status(job_id)
+    assert st["state"] == "FAILED" and "expected a video" in st["error"] and st["errors"]
+    assert not (root / "later" / "out.mp4").exists()
+    assert not _no_leftovers(root / "later")
+
+
+# --------------------------------------------------------------------------------------------
+# deployment files
+# --------------------------------------------------------------------------------------------
+def _compose_command() -> list[str] | None:
+    """``docker compose`` (v2 plugin), else Debian's ``docker-compose`` (v1.29), else None."""
+    docker = shutil.which("docker")
+    if (
+        docker
+        and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
+    ):
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def test_docker_compose_file_validates() -> None:
+    compose = _compose_command()
+    if compose is None:
+        pytest.skip("no docker compose client")
+    base = [*compose, "-f", str(REPO / "docker-compose.yml")]
+    r = subprocess.run([*base, "config", "-q"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(
+        [*base, "--profile", "monitoring", "config", "--services"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert set(r.stdout.split()) == {"redis", "worker", "api", "flower"}, r.stderr
+
+
+def test_worker_and_compose_defaults_agree() -> None:
+    """The compose file runs the documented commands (parsed as YAML; no engine needed)."""
+    import yaml
+
+    doc = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    s = doc["services"]
+    assert "noeviction" in " ".join(map(str, s["redis"]["command"]))
+    assert "--save" in s["redis"]["command"]
+    assert s["worker"]["command"][:2] == ["deid", "worker"]
+    devices = s["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert "container_name" not in s["worker"]  # --scale worker=N needs unnamed containers
+    assert s["api"]["command"][:2] == ["deid", "serve"]
+    assert s["flower"]["profiles"] == ["monitoring"]
