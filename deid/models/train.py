@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import logging
 import math
 import random
@@ -147,8 +149,11 @@ class Adversarial:
         lam: kurakin: lambda, the weight of the adversarial examples in the loss (the paper
             uses 0.3).
         method: how the adversarial examples are made: ``fgsm`` (ascent on the true label's
-            cross-entropy) or ``step-ll`` (one step of descent towards the least-likely class,
-            the paper's choice). Goodfellow's J' is defined with ``fgsm``.
+            cross-entropy) or ``step-ll`` (descent towards the least-likely class, the
+            paper's choice). Goodfellow's J' is defined with ``fgsm``.
+        steps: kurakin: sign steps per adversarial example: 1 is the paper's one-step method;
+            more make iterative ones (I-FGSM / iter. l.l., steps of ``max(eps/4, 1/255)``
+            projected onto the eps-ball), at ``steps`` times the cost.
     """
 
     mode: Literal["goodfellow", "kurakin"]
@@ -157,6 +162,7 @@ class Adversarial:
     k: int | None = None
     lam: float = 0.3
     method: Literal["fgsm", "step-ll"] = "fgsm"
+    steps: int = 1
 
     def __post_init__(self) -> None:
         if self.mode not in ("goodfellow", "kurakin"):
@@ -175,11 +181,15 @@ class Adversarial:
             raise ConfigError(f"adversarial method {self.method!r}; expected 'fgsm' or 'step-ll'")
         if self.mode == "goodfellow" and self.method != "fgsm":
             raise ConfigError("goodfellow's J' is defined with FGSM; use --adv-method fgsm")
+        if self.steps < 1 or (self.mode == "goodfellow" and self.steps != 1):
+            raise ConfigError(
+                f"adversarial steps must be >= 1 (goodfellow: 1, its FGSM step), got {self.steps}"
+            )
 
     def describe(self) -> dict[str, Any]:
         d = asdict(self)
         if self.mode == "goodfellow":
-            d.pop("k"), d.pop("lam")
+            d.pop("k"), d.pop("lam"), d.pop("steps")
         else:
             d.pop("c")
         d["eps_255"] = round(self.eps * 255, 3)
@@ -204,12 +214,14 @@ def _frozen_eval(model: nn.Module) -> Iterator[None]:
 
 
 def one_step_adversarial(
-    model: nn.Module, x: Tensor, y: Tensor, eps: float, method: str = "fgsm"
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, method: str = "fgsm", steps: int = 1
 ) -> Tensor:
-    """One-step adversarial examples made with the current network, in [0, 1] pixel space.
+    """Adversarial examples made with the current network, in [0, 1] pixel space.
 
     ``fgsm``: ``x + eps sign(grad_x CE(f(x), y))`` (Goodfellow et al.); ``step-ll``:
     ``x - eps sign(grad_x CE(f(x), y_LL))`` with ``y_LL = argmin_y p(y|x)`` (Kurakin et al.).
+    With ``steps > 1``, that many steps of ``max(eps/4, 1/255)``, each projected onto the
+    eps-ball and [0, 1] (I-FGSM, or the iterative least-likely class method).
     The plain cross-entropy is used (label smoothing would turn the gradient of a confident
     sample around). The network runs in eval mode with frozen weights for this.
 
@@ -223,17 +235,21 @@ def one_step_adversarial(
     """
     if len(x) == 0:
         return x.detach()
-    with _frozen_eval(model):
-        xa = x.detach().clone().requires_grad_(True)
-        logits = model(xa)
-        if method == "step-ll":
-            target = logits.detach().argmin(1)
+    x0 = x.detach()
+    alpha = eps if steps == 1 else max(eps / 4, 1 / 255)
+    xa = x0
+    target = y
+    with _frozen_eval(model), torch.enable_grad():
+        for i in range(steps):
+            xa = xa.clone().requires_grad_(True)
+            logits = model(xa)
+            if method == "step-ll" and i == 0:
+                target = logits.detach().argmin(1)
             (grad,) = torch.autograd.grad(F.cross_entropy(logits, target, reduction="sum"), xa)
-            step = -eps * grad.sign()
-        else:
-            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), xa)
-            step = eps * grad.sign()
-    return (x.detach() + step).clamp(0.0, 1.0)
+            sign = -1.0 if method == "step-ll" else 1.0
+            xa = xa.detach() + sign * alpha * grad.sign()
+            xa = torch.min(torch.max(xa, x0 - eps), x0 + eps).clamp(0.0, 1.0)
+    return xa
 
 
 def goodfellow_loss(
@@ -261,6 +277,7 @@ def kurakin_loss(
     eps: float,
     method: str = "step-ll",
     label_smoothing: float = 0.0,
+    steps: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """Kurakin et al.'s minibatch loss: the first ``k`` of the ``m`` examples are replaced by
     adversarial ones (made with the current network), and
@@ -271,7 +288,7 @@ def kurakin_loss(
     m = len(x)
     k = max(0, min(int(k), m))
     if k:
-        x = torch.cat([one_step_adversarial(model, x[:k], y[:k], eps, method), x[k:]])
+        x = torch.cat([one_step_adversarial(model, x[:k], y[:k], eps, method, steps), x[k:]])
     logits = model(x)
     per = F.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
     denom = (m - k) + lam * k
@@ -295,7 +312,7 @@ def training_loss(
     if a.mode == "goodfellow":
         return goodfellow_loss(model, x, y, a.c, a.eps, label_smoothing)
     k = len(x) // 2 if a.k is None else a.k
-    return kurakin_loss(model, x, y, k, a.lam, a.eps, a.method, label_smoothing)
+    return kurakin_loss(model, x, y, k, a.lam, a.eps, a.method, label_smoothing, a.steps)
 
 
 def subset_indices(labels: np.ndarray, part: int, parts: int, seed: int = 0) -> np.ndarray:
@@ -425,12 +442,39 @@ def accuracy_under_attack(
 
 
 def _template(ds: FaceDataset, n: int = 200, seed: int = 0) -> list[list[float]]:
-    """The crop convention: mean MTCNN landmarks on the training crops, as fractions of (W, H)."""
+    """The crop convention: mean MTCNN landmarks on the training crops, as fractions of (W, H).
+
+    MTCNN on 200 crops takes 10-30 s on a CPU and the result depends only on the crops, so it
+    is cached by their content (in memory, and as JSON under the data cache folder).
+    """
     from deid.align import estimate_template
+    from deid.data.datasets import cache_dir
+    from deid.detect import MTCNNDetector
 
     rng = np.random.default_rng(seed)
     idx = rng.choice(ds.train, size=min(n, len(ds.train)), replace=False)
-    return estimate_template(ds.images[idx]).tolist()
+    crops = np.ascontiguousarray(ds.images[idx])
+    key = hashlib.sha1(crops.tobytes() + str(crops.shape).encode()).hexdigest()[:20]
+    cached = cache_dir() / "templates" / f"{key}.json"
+    if key not in _TEMPLATES:
+        with contextlib.suppress(OSError, ValueError):
+            _TEMPLATES[key] = json.loads(cached.read_text())
+    if key in _TEMPLATES:
+        # Building MTCNN's networks draws from torch's RNG before the classifier is
+        # initialised; build them on a cache hit too, so a recipe gives the same weights.
+        MTCNNDetector(min_face_size=40, min_score=0.8)
+        return _TEMPLATES[key]
+    template = estimate_template(crops).tolist()
+    _TEMPLATES[key] = template
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(template))
+    except OSError as e:  # a read-only home only makes the next run slower
+        log.warning("could not cache the crop template at %s: %s", cached, e)
+    return template
+
+
+_TEMPLATES: dict[str, list[list[float]]] = {}
 
 
 def train_classifier(
@@ -635,6 +679,12 @@ def add_training_flags(p: Any) -> None:
         choices=["fgsm", "step-ll"],
         help="kurakin: one-step least-likely (default) or FGSM; goodfellow: fgsm",
     )
+    g.add_argument(
+        "--adv-steps",
+        type=int,
+        default=1,
+        help="kurakin: steps per adversarial example (1: one-step; more: iterative)",
+    )
     p.add_argument(
         "--subset",
         type=_subset,
@@ -648,6 +698,12 @@ def training_options(args: Any) -> dict[str, Any]:
     if getattr(args, "adversarial", None):
         method = args.adv_method or ("fgsm" if args.adversarial == "goodfellow" else "step-ll")
         adv = Adversarial(
-            mode=args.adversarial, eps=args.eps, c=args.c, k=args.k, lam=args.lam, method=method
+            mode=args.adversarial,
+            eps=args.eps,
+            c=args.c,
+            k=args.k,
+            lam=args.lam,
+            method=method,
+            steps=args.adv_steps,
         )
     return {"adversarial": adv, "subset": getattr(args, "subset", None)}
