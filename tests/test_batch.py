@@ -17,6 +17,9 @@ from deid.io import probe_video, read_frames, read_image, write_video
 from deid.pipeline import Resources
 from tests.conftest import SCENES, scene
 
+# The batch's bookkeeping does not depend on the classifier: the small Yale B MLP keeps the
+# attacks (and so the test) quick.
+FAST = {"classifier": {"name": "yaleb-mlp"}, "pipeline": {"device": "cpu"}}
 GOOD = ["a.jpg", "sub/b.png", "sub/deeper/c.jpg", "sub/clip.mp4"]
 BAD = ["broken.jpg", "sub/text.jpg"]
 
@@ -53,7 +56,7 @@ def make_tree(root: Path, video: bool = True) -> Path:
 
 @pytest.fixture(scope="module")
 def res(data_dir: Path) -> Resources:
-    return Resources.load(load_settings(None, {"pipeline": {"device": "cpu"}}))
+    return Resources.load(load_settings(None, FAST))
 
 
 def manifest(out: Path) -> dict[str, dict[str, str]]:
@@ -149,7 +152,8 @@ def test_cli_exit_codes(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFi
     src.mkdir()
     _small("astronaut_single_face.png", 160).save(src / "ok.png")
     (src / "fake.jpg").write_text("not an image")
-    args = ["batch", str(src), "-o", str(tmp_path / "out"), "--device", "cpu", "--quiet"]
+    out = str(tmp_path / "out")
+    args = ["batch", str(src), "-o", out, "--classifier", "yaleb-mlp", "--device", "cpu", "--quiet"]
     assert main(args) == 3  # PartialFailure: the good file is written, the bad one reported
     err = capsys.readouterr().err
     assert "1 input(s) failed" in err and "fake.jpg" in err

@@ -145,7 +145,10 @@ def test_report_html_from_run(tmp_path: Path, data_dir: Path) -> None:
     img.thumbnail((360, 360))
     img.save(src, quality=92)
     out = tmp_path / "out" / "group.jpg"
-    run(src, out, load_settings(None, {"pipeline": {"device": "cpu"}}), progress=False)
+    settings = load_settings(
+        None, {"classifier": {"name": "yaleb-mlp"}, "pipeline": {"device": "cpu"}}
+    )
+    run(src, out, settings, progress=False)
     index = render(report_path(out), tmp_path / "html")
     _pngs_ok(tmp_path / "html", ["contact.png", "coverage.png"], 3000)
     text = index.read_text()
