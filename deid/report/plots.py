@@ -132,12 +132,16 @@ def success_vs_eps(rep: dict[str, Any], path: Path) -> Path:
         r = rows[0]
         labels = [s[0].replace(" the face", "").replace(" identity", "") for s in series]
         vals = [_pct(r.get(s[1])) for s in series]
-        bars = ax1.bar(labels, vals, color=[s[2] for s in series])
+        bars = ax1.bar(labels, vals, color=[s[2] for s in series], width=0.6)
         ax1.bar_label(bars, fmt="%.0f%%", fontsize=8)
         ax1.tick_params(axis="x", labelsize=8)
-        ax2.bar(["PSNR (dB)"], [r["psnr"]["mean"] or 0], color=PALETTE[0])
-        ax2.set_ylabel("PSNR (dB)")
-        ax2.set_title(f"mean SSIM {r['ssim']['mean']:.3f}")
+        v = np.array([np.nan if a is None else a for a in r["per_sample"]["psnr"]], float)
+        ax2.hist(v[np.isfinite(v)], bins=20, color=PALETTE[0], alpha=0.8)
+        ax2.set_xlabel("PSNR (dB)")
+        ax2.set_ylabel("faces")
+        ax2.set_title(
+            f"PSNR per face: mean {r['psnr']['mean']:.1f} dB, mean SSIM {r['ssim']['mean']:.3f}"
+        )
     ax1.set_ylim(-3, 108)
     ax1.set_ylabel("% of faces")
     ax1.set_title("protection")
