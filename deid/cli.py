@@ -102,6 +102,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--no-realistic", action="store_true")
     a.add_argument("--json", type=Path, help="also write the figures as JSON")
     a.add_argument("--device", default="auto")
+    __import__("deid.survival", fromlist=["add_parser"]).add_parser(esub)
     __import__("deid.evaluate", fromlist=["add_dataset_parser"]).add_dataset_parser(esub)
     __import__("deid.robustness", fromlist=["add_parser"]).add_parser(esub)
     __import__("deid.transfer", fromlist=["add_parser"]).add_parser(esub)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -15,6 +16,7 @@ from deid.attacks.base import (
     check_images,
     perturbation_norms,
 )
+from deid.attacks.eot import EOTConfig
 from deid.attacks.ifgsm import IFGSM, IFGSMConfig
 
 
@@ -24,8 +26,21 @@ class ConcealConfig(AttackConfigBase):
     name: Literal["conceal"] = "conceal"
     alpha: Budget = Field(4 / 255, gt=0.0, le=1.0)
     steps: int = Field(30, ge=1, le=10_000)
-    noise: Literal["uniform", "gaussian"] = "uniform"
+    margin: float = Field(
+        2.0, ge=0.0, description="logit margin by which the target must win (robustness)"
+    )
+    noise: Literal["uniform", "gaussian", "smooth"] = Field(
+        "smooth",
+        description="start: uniform or Gaussian pixel noise, or smooth (uniform noise on a "
+        "grid of cell x cell pixels, upsampled bilinearly: survives codecs better)",
+    )
+    cell: int = Field(8, ge=2, le=64, description="grid cell of the smooth noise (pixels)")
     seed: int = 0
+    eot: EOTConfig = Field(
+        default_factory=lambda: EOTConfig(enabled=True),
+        description="Expectation over Transformation (see deid.attacks.eot); on by default: "
+        "with it and the smooth start, concealment survives H.264 at crf 28",
+    )
 
 
 class Conceal:
@@ -33,8 +48,10 @@ class Conceal:
     is sure is the target identity, hiding the face from people and the classifier alike.
 
     ``x_0`` is drawn at random (the seed's "random input": uniform, or Gaussian around
-    0.5), then targeted I-FGSM steps ``x_{N+1} = clip_[0,1](x_N - alpha sign(grad J(x_N,
-    y_target)))`` run without an eps-ball. Norm: none (unbounded). Targeted. White-box.
+    0.5, or smooth noise, which video codecs keep better), then targeted I-FGSM steps
+    ``x_{N+1} = clip_[0,1](x_N - alpha sign(grad J(x_N, y_target)))`` run without an
+    eps-ball (with EOT by default, see :mod:`deid.attacks.eot`). Norm: none (unbounded).
+    Targeted. White-box.
 
     Shape:
         - images: (N, C, H, W) float in [0, 1] (only their shape, device and dtype are used,
@@ -51,6 +68,10 @@ class Conceal:
         g = torch.Generator().manual_seed(cfg.seed)
         if cfg.noise == "uniform":
             x0 = torch.rand(images.shape, generator=g)
+        elif cfg.noise == "smooth":
+            n, c, h, w = images.shape
+            coarse = torch.rand((n, c, -(-h // cfg.cell) + 1, -(-w // cfg.cell) + 1), generator=g)
+            x0 = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
         else:
             x0 = (0.5 + 0.25 * torch.randn(images.shape, generator=g)).clamp(0, 1)
         x0 = x0.to(images.device, images.dtype)
@@ -64,6 +85,7 @@ class Conceal:
                 targeted=cfg.targeted,
                 margin=cfg.margin,
                 quantize=cfg.quantize,
+                eot=cfg.eot,
             )
         )
         r = inner(model, x0, targets)

@@ -21,6 +21,7 @@ from deid.attacks.base import (
     project,
     select,
 )
+from deid.attacks.eot import EOTConfig, Transforms
 
 
 class IFGSMConfig(AttackConfigBase):
@@ -33,6 +34,10 @@ class IFGSMConfig(AttackConfigBase):
     early_stop: bool = Field(True, description="stop each sample as soon as it succeeds")
     random_start: bool = Field(
         False, description="start from a uniform point in the eps-ball (PGD)"
+    )
+    eot: EOTConfig = Field(
+        default_factory=EOTConfig,
+        description="Expectation over Transformation: survive codecs, rescaling, blur, noise",
     )
 
 
@@ -58,6 +63,14 @@ class IFGSM:
     ``quantize`` every iterate is rounded to the 8-bit grid, so success holds for the
     written pixels (for 8-bit inputs and steps that are multiples of 1/255 this changes
     nothing).
+
+    With ``eot.enabled`` (:mod:`deid.attacks.eot`), each step's loss is summed over
+    ``eot.samples`` copies of the iterate (the first untransformed, the others passed
+    through random JPEG/H.264-like quantisation, rescaling, blur, shifts and noise), and a
+    sample stops early only when the untransformed copy succeeds (by ``margin``) *and* at
+    least ``eot.robust`` of all copies are classified as the target, so it does not stop at
+    the fragile decision boundary. ``success`` and ``logits`` always describe the returned
+    pixels themselves. Without EOT the iterates are exactly the textbook ones above.
 
     Args:
         cfg: :class:`IFGSMConfig`.
@@ -99,11 +112,18 @@ class IFGSM:
         success = torch.zeros(n, dtype=torch.bool, device=x.device)
         logits_out: Tensor | None = None
         active = torch.arange(n, device=x.device)
+        eot = Transforms(cfg.eot) if cfg.eot.enabled else None
         with attack_mode(model):
             for step in range(cfg.steps + 1):
                 xa = x_adv[active].requires_grad_(step < cfg.steps)
+                copies = eot is not None and step < cfg.steps
                 with torch.set_grad_enabled(step < cfg.steps):
-                    logits = select(model, active)(xa)
+                    if copies:
+                        reps = cfg.eot.samples
+                        all_logits = select(model, active.repeat(reps))(eot.expand(xa))
+                        logits = all_logits[: len(active)]
+                    else:
+                        logits = select(model, active)(xa)
                 if logits_out is None:
                     logits_out = logits.new_zeros((n, logits.shape[1]))
                 ok = is_success(logits.detach(), y[active], cfg.targeted, cfg.margin)
@@ -111,10 +131,24 @@ class IFGSM:
                 success[active] = ok
                 if step == cfg.steps:
                     break
-                keep = ~ok if cfg.early_stop else torch.ones_like(ok)
+                done = ok
+                if copies:
+                    per_copy = is_success(
+                        all_logits.detach(), y[active].repeat(reps), cfg.targeted, cfg.margin
+                    ).view(reps, -1)
+                    done = ok & (per_copy.float().mean(0) >= cfg.eot.robust - 1e-6)
+                keep = ~done if cfg.early_stop else torch.ones_like(ok)
                 if not bool(keep.any()):
                     break
-                loss = F.cross_entropy(logits[keep], y[active][keep], reduction="sum")
+                if copies:
+                    k = all_logits.shape[1]
+                    loss = F.cross_entropy(
+                        all_logits.view(reps, -1, k)[:, keep].reshape(-1, k),
+                        y[active][keep].repeat(reps),
+                        reduction="sum",
+                    )
+                else:
+                    loss = F.cross_entropy(logits[keep], y[active][keep], reduction="sum")
                 (grad,) = torch.autograd.grad(loss, xa)
                 idx = active[keep]
                 step_x = x_adv[idx] + sign * cfg.alpha * grad[keep].sign()

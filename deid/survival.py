@@ -1,0 +1,379 @@
+"""Does the de-identification survive encoding? (``deid eval survival``)
+
+Held-out faces are attacked the way the pipeline attacks them (each crop at its own
+resolution, one target per face, the attack of the loaded config with EOT on or off), pasted
+into 1280x720 frames at realistic, unaligned positions, written with deid's own writers
+(H.264 through :class:`deid.io.VideoWriter` at each crf; JPEG through
+:func:`deid.io.write_image`), decoded again, and the same crops are re-classified.
+
+A face appears in ``frames`` consecutive frames, moving by a fraction of a pixel each frame
+and attacked afresh in each (as in a video, where every frame's crop differs a little), so
+the encoder sees independent perturbations in its predicted (P/B) frames, not only in the
+intra frame. Reported per output: targeted success (the classifier's top class is the
+target), original-identity recognition (its top class is the clean face's), and the PSNR
+of the adversarial crops before encoding (the attack's cost) and after decoding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deid.attacks import ATTACKS, DEFAULT_TARGET, attack_config, build_attack
+from deid.attacks.base import AttackConfigBase, predict
+from deid.attacks.eot import translate
+from deid.config import _deep_merge
+from deid.errors import ConfigError
+from deid.evaluate import dataset_of, psnr, sample_test
+from deid.io import read_frames, read_image, write_image, write_video
+from deid.models import FaceClassifier, load_classifier
+from deid.targets import choose_targets
+
+log = logging.getLogger(__name__)
+
+FRAME_HW = (720, 1280)
+
+
+def layout(
+    n: int, face_hw: tuple[int, int], frame_hw: tuple[int, int], seed: int, align: int = 1
+) -> list[tuple[int, int, int]]:
+    """(scene, y, x) top-left corner of each face: a grid with a random jitter per cell.
+
+    Args:
+        n: number of faces.
+        face_hw: (h, w) of a face crop.
+        frame_hw: (H, W) of a frame.
+        seed: jitter seed.
+        align: snap corners to multiples of this (1: anywhere; 16: on H.264's macroblocks).
+    """
+    fh, fw = face_hw
+    pitch_y, pitch_x = fh + 24, fw + 24
+    rows, cols = (frame_hw[0] - 8) // pitch_y, (frame_hw[1] - 8) // pitch_x
+    if rows < 1 or cols < 1:
+        raise ConfigError(f"faces of {fh}x{fw} px do not fit a {frame_hw[1]}x{frame_hw[0]} frame")
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        scene, cell = divmod(i, rows * cols)
+        r, c = divmod(cell, cols)
+        y = 4 + r * pitch_y + int(rng.integers(0, 20))
+        x = 4 + c * pitch_x + int(rng.integers(0, 20))
+        out.append((scene, y // align * align, x // align * align))
+    return out
+
+
+def background(frame_hw: tuple[int, int], seed: int) -> np.ndarray:
+    """A textured, smooth backdrop (H, W, 3) uint8: what surrounds faces in aerial footage
+    matters to the encoder's rate control, so it is not flat."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = frame_hw
+    coarse = rng.uniform(40, 200, size=(h // 40 + 1, w // 40 + 1, 3)).astype(np.float32)
+    img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    img += rng.normal(0, 6, size=img.shape).astype(np.float32)
+    img = cv2.GaussianBlur(img, (0, 0), 1.0)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _with_eot(cfg: AttackConfigBase, on: bool) -> AttackConfigBase:
+    eot = getattr(cfg, "eot", None)
+    if eot is None:
+        if on:
+            raise ConfigError(f"attack {getattr(cfg, 'name', '?')!r} has no eot setting")
+        return cfg
+    return cfg.model_copy(update={"eot": eot.model_copy(update={"enabled": on})})
+
+
+def base_attack(attack: str, config: str | Path | None = None) -> AttackConfigBase:
+    """The attack config of ``config`` (default: configs/default.yaml) when it is ``attack``,
+    else that attack's defaults."""
+    from deid.config import load_settings
+
+    s = load_settings(config)
+    if s.attack.name == attack:
+        return s.attack
+    return attack_config(attack)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(N, 3, h, w) [0, 1] -> (N, h, w, 3) uint8."""
+    return (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _from_uint8(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def survival_table(
+    classifier: str | Path = "celeba-cnn",
+    n: int = 200,
+    crfs: list[int] | None = None,
+    jpeg: list[int] | None = None,
+    eot: list[bool] | None = None,
+    attack: str = "ifgsm",
+    config: str | Path | None = None,
+    data: Path | None = None,
+    frames: int = 2,
+    align: int = 1,
+    device: str = "cpu",
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Targeted success after H.264 and JPEG round trips, with and without EOT.
+
+    Args:
+        classifier: shipped name or checkpoint path.
+        n: held-out faces (seeded sample).
+        crfs: H.264 crf values to encode at.
+        jpeg: JPEG qualities (4:4:4, as deid writes image folders).
+        eot: EOT settings to compare (``[False, True]``).
+        attack: ``ifgsm`` or ``conceal``; the config's attack settings are used when it names
+            this attack.
+        config: YAML config (default configs/default.yaml).
+        data: dataset file (default: the shared one).
+        frames: frames each face appears in (attacked afresh in each).
+        align: snap face corners to multiples of this many pixels.
+        device: torch device.
+        seed: sample, layout and jitter seed.
+        overrides: attack config fields to set (e.g. ``{"steps": 40}``).
+
+    Returns:
+        A dict with the settings and one row per (eot, output).
+    """
+    from deid.pipeline import resolve_device
+
+    if attack not in ATTACKS:
+        raise ConfigError(f"unknown attack {attack!r}; available: {sorted(ATTACKS)}")
+    crfs = [18, 23, 28] if crfs is None else crfs
+    jpeg = [90] if jpeg is None else jpeg
+    eot = [False, True] if eot is None else eot
+    dev = resolve_device(device)
+    model: FaceClassifier = load_classifier(classifier, dev)
+    ds = dataset_of(model, data)
+    x, y = sample_test(ds, n, seed)
+    if x.shape[1] == 1:  # frames are RGB; the classifier takes luma itself
+        x = x.expand(-1, 3, -1, -1).contiguous()
+    n = len(x)
+    fh, fw = x.shape[-2:]
+    clean_logits = predict(model, x.to(dev)).cpu()
+    pred = clean_logits.argmax(1)
+    mode = base_attack(attack, config).target or DEFAULT_TARGET[attack]
+    t = choose_targets(clean_logits, mode, torch.Generator().manual_seed(seed))  # type: ignore[arg-type]
+    # the face in frame k, shifted by k * (0.35, 0.55) px (sub-pixel motion)
+    xs = [x] + [
+        translate(x, 0.35 * k, 0.55 * k).mul(255).round().div(255) for k in range(1, frames)
+    ]
+    places = layout(n, (fh, fw), FRAME_HW, seed, align)
+    scenes = max(p[0] for p in places) + 1
+    bg = background(FRAME_HW, seed)
+    rows: list[dict[str, Any]] = []
+    settings: dict[str, Any] = {}
+    for on in eot:
+        cfg = _with_eot(base_attack(attack, config), on)
+        if overrides:
+            cfg = cfg.model_validate(_deep_merge(cfg.model_dump(), overrides))
+        settings["eot_on" if on else "eot_off"] = cfg.model_dump(mode="json")
+        att = build_attack(cfg)
+        advs, secs, steps = [], 0.0, []
+        for k in range(frames):
+            t0 = time.perf_counter()
+            out = []
+            for i in range(0, n, cfg.batch_size):
+                r = att(
+                    model, xs[k][i : i + cfg.batch_size].to(dev), t[i : i + cfg.batch_size].to(dev)
+                )
+                out.append(r.images.cpu())
+                steps.append(r.steps.cpu())
+            secs += time.perf_counter() - t0
+            advs.append(torch.cat(out))
+        adv8 = [_from_uint8(_to_uint8(a)) for a in advs]
+        video = []
+        for s in range(scenes):
+            for k in range(frames):
+                f = bg.copy()
+                for i, (sc, py, px) in enumerate(places):
+                    if sc == s:
+                        f[py : py + fh, px : px + fw] = _to_uint8(adv8[k][i : i + 1])[0]
+                video.append(f)
+
+        common = {
+            "attack_s_per_face": round(secs / (n * frames), 4),
+            "mean_steps": round(float(torch.cat(steps).float().mean()), 2),
+        }
+
+        results: list[tuple[str, list[torch.Tensor], float]] = [("lossless", adv8, 0.0)]
+        with tempfile.TemporaryDirectory(prefix="deid-survival-") as tmp:
+            for crf in crfs:
+                t0 = time.perf_counter()
+                path = Path(tmp) / f"crf{crf}.mp4"
+                write_video(path, video, fps=25, crf=crf)
+                decoded = list(read_frames(path))
+                got = _crops(decoded, places, frames, (fh, fw))
+                results.append((f"h264 crf {crf}", got, time.perf_counter() - t0))
+            for q in jpeg:
+                t0 = time.perf_counter()
+                decoded = []
+                for j, f in enumerate(video):
+                    p = Path(tmp) / f"{j}.jpg"
+                    write_image(p, f, quality=q)
+                    decoded.append(read_image(p))
+                got = _crops(decoded, places, frames, (fh, fw))
+                results.append((f"jpeg q{q}", got, time.perf_counter() - t0))
+        for output, got, sec in results:
+            row = _score(model, dev, xs, adv8, got, t, pred)
+            rows.append({"eot": on, "output": output, **row, **common, "codec_s": round(sec, 2)})
+        log.info("eot %s done: %.1f s attack", "on" if on else "off", secs)
+    return {
+        "classifier": str(classifier),
+        "dataset": ds.name,
+        "attack": attack,
+        "n": n,
+        "frames": frames,
+        "align": align,
+        "frame_size": [FRAME_HW[1], FRAME_HW[0]],
+        "clean_top1": round(float((pred == y).float().mean()), 4),
+        "device": str(dev),
+        "torch_threads": torch.get_num_threads(),
+        "configs": settings,
+        "rows": rows,
+    }
+
+
+def _crops(
+    decoded: list[np.ndarray],
+    places: list[tuple[int, int, int]],
+    frames: int,
+    hw: tuple[int, int],
+) -> list[torch.Tensor]:
+    """The faces cut back out of decoded frames: one (N, 3, h, w) tensor per frame index."""
+    fh, fw = hw
+    return [
+        _from_uint8(
+            np.stack([decoded[sc * frames + k][y : y + fh, x : x + fw] for sc, y, x in places])
+        )
+        for k in range(frames)
+    ]
+
+
+def _score(
+    model: FaceClassifier,
+    dev: torch.device,
+    xs: list[torch.Tensor],
+    adv8: list[torch.Tensor],
+    got: list[torch.Tensor],
+    t: torch.Tensor,
+    pred: torch.Tensor,
+) -> dict[str, Any]:
+    """Targeted success and original-identity rate of ``got`` (per frame index), and PSNRs."""
+    preds = torch.cat([predict(model, g.to(dev)).argmax(1).cpu() for g in got])
+    reps = len(got)
+    return {
+        "faces": len(preds),
+        "target_rate": round(float((preds == t.repeat(reps)).float().mean()), 4),
+        "original_rate": round(float((preds == pred.repeat(reps)).float().mean()), 4),
+        "psnr_attack": _mean(torch.cat([psnr(a, b) for a, b in zip(xs, adv8, strict=True)])),
+        "psnr_output": _mean(torch.cat([psnr(a, b) for a, b in zip(xs, got, strict=True)])),
+    }
+
+
+def _mean(v: torch.Tensor) -> float | None:
+    v = v[torch.isfinite(v)]
+    return round(float(v.mean()), 2) if len(v) else None
+
+
+def format_survival(table: dict[str, Any]) -> str:
+    """Markdown table of :func:`survival_table`'s rows."""
+    lines = [
+        f"{table['classifier']}, {table['attack']}, {table['n']} held-out faces x "
+        f"{table['frames']} frames in {table['frame_size'][0]}x{table['frame_size'][1]} "
+        f"frames (clean top-1 {table['clean_top1']:.3f})",
+        "",
+        "| EOT | output | target after decoding | original identity | PSNR attack (dB) "
+        "| PSNR output (dB) | attack s/face |",
+        "|---|---|--:|--:|--:|--:|--:|",
+    ]
+    for r in table["rows"]:
+        pa = "-" if r["psnr_attack"] is None else f"{r['psnr_attack']:.1f}"
+        po = "-" if r["psnr_output"] is None else f"{r['psnr_output']:.1f}"
+        lines.append(
+            f"| {'on' if r['eot'] else 'off'} | {r['output']} | {100 * r['target_rate']:.1f}% "
+            f"| {100 * r['original_rate']:.1f}% | {pa} | {po} | {r['attack_s_per_face']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# command line: deid eval survival
+# --------------------------------------------------------------------------------------------
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers such as 18,23,28; got {text!r}"
+        ) from None
+
+
+def _onoff(text: str) -> list[bool]:
+    vals = [v.strip().lower() for v in text.split(",") if v.strip()]
+    if not vals or any(v not in ("on", "off") for v in vals):
+        raise argparse.ArgumentTypeError(f"expected on, off or on,off; got {text!r}")
+    return [v == "on" for v in vals]
+
+
+def add_parser(esub: argparse._SubParsersAction) -> None:
+    """Register ``deid eval survival``."""
+    p = esub.add_parser(
+        "survival", help="targeted success after H.264/JPEG encoding, with and without EOT"
+    )
+    p.add_argument("--classifier", default="celeba-cnn", help="yaleb-mlp, celeba-cnn or a path")
+    p.add_argument("-n", type=int, default=200, help="held-out faces")
+    p.add_argument(
+        "--crf", type=_ints, default=[18, 23, 28], help="H.264 crf values, e.g. 18,23,28"
+    )
+    p.add_argument("--jpeg", type=_ints, default=[90], help="JPEG qualities (empty: none)")
+    p.add_argument("--eot", type=_onoff, default=[False, True], help="on, off or on,off")
+    p.add_argument("--attack", default="ifgsm", choices=["ifgsm", "conceal"])
+    p.add_argument("--config", help="YAML config whose attack settings are used")
+    p.add_argument("--steps", type=int, help="override the attack's steps")
+    p.add_argument("--frames", type=int, default=2, help="frames each face appears in")
+    p.add_argument("--align", type=int, default=1, help="snap face corners to multiples of N px")
+    p.add_argument("--data", type=Path)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the figures as JSON")
+    p.set_defaults(func=cmd_survival)
+
+
+def cmd_survival(args: argparse.Namespace) -> int:
+    if args.n < 1 or args.frames < 1 or args.align < 1:
+        raise ConfigError("-n, --frames and --align: expected integers >= 1")
+    table = survival_table(
+        args.classifier,
+        n=args.n,
+        crfs=args.crf,
+        jpeg=args.jpeg,
+        eot=args.eot,
+        attack=args.attack,
+        config=args.config,
+        data=args.data,
+        frames=args.frames,
+        align=args.align,
+        device=args.device,
+        seed=args.seed,
+        overrides={"steps": args.steps} if args.steps else None,
+    )
+    sys.stdout.write(format_survival(table) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=1) + "\n")
+    return 0
