@@ -152,10 +152,10 @@ class ServiceConfig(_Strict):
     max_deliveries: int = Field(
         3, ge=1, le=100, description="deliveries of a chunk before its job fails (poison chunk)"
     )
-    soft_time_limit: int = Field(1800, ge=1, description="seconds; the chunk fails cleanly")
-    time_limit: int = Field(2100, ge=1, description="seconds; the worker process is killed")
+    soft_time_limit: int = Field(900, ge=1, description="seconds; the chunk fails cleanly")
+    time_limit: int = Field(1000, ge=1, description="seconds; the worker process is killed")
     visibility_timeout: int = Field(
-        7200, ge=1, description="seconds before an unacknowledged chunk goes to another worker"
+        1200, ge=1, description="seconds before an unacknowledged chunk goes to another worker"
     )
     restore_interval: int = Field(
         10, ge=1, description="seconds between sweeps that redeliver a dead worker's chunks"
