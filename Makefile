@@ -29,8 +29,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check deid tests bench
-	$(BIN)/ruff format --check deid tests bench
+	$(BIN)/ruff check deid workers tests bench
+	$(BIN)/ruff format --check deid workers tests bench
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
