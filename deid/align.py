@@ -50,6 +50,16 @@ def is_gray(pixels: np.ndarray) -> bool:
     )
 
 
+def gray_like(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> its luma (ITU-R BT.601, as the classifiers use) in 3 equal channels.
+
+    The last step for a face of a grey frame: whatever colour an attack put into it goes.
+    """
+    luma = np.asarray(pixels, np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = np.clip(np.round(luma), 0, 255).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity transform (Umeyama) taking ``src`` points onto ``dst``.
 
@@ -171,15 +181,17 @@ def checked_landmarks(
     template: np.ndarray,
     out_hw: tuple[int, int],
     min_iou: float = 0.3,
+    min_cover: float = 0.85,
 ) -> tuple[np.ndarray, bool]:
     """The landmarks to align a face with: the detector's, or :func:`box_landmarks`.
 
     MTCNN's landmarks are unreliable on profiles and on faces cut by the frame edge (they
-    may collapse onto a line or be extrapolated outside the frame). The detector's
-    landmarks are kept when they are finite and the aligned square they give overlaps the
-    square that a frontal face filling the box would give (IoU >= ``min_iou``); otherwise
-    the face is aligned as a frontal face filling its box, so the crop, the perturbation
-    and a fallback that obscures the face still sit on the detected face.
+    may collapse onto a line, bunch up on one side or be extrapolated outside the frame).
+    The detector's landmarks are kept when they are finite and the aligned square they give
+    overlaps the square that a frontal face filling the box would give (IoU >= ``min_iou``)
+    and covers at least ``min_cover`` as much of the box's visible part as that square
+    does; otherwise the face is aligned as a frontal face filling its box, so the crop, the
+    perturbation and a fallback that obscures the face still cover the detected face.
 
     Returns:
         (5, 2) float32 landmarks and whether they were placed from the box.
@@ -192,7 +204,12 @@ def checked_landmarks(
             _, _, expected = face_crop(frame_shape, by_box, template, out_hw)
         except np.linalg.LinAlgError:
             return by_box, True
-        if np.isfinite(corners).all() and square_iou(corners, expected) >= min_iou:
+        if (
+            np.isfinite(corners).all()
+            and square_iou(corners, expected) >= min_iou
+            and box_coverage(corners, box, frame_shape)
+            >= min_cover * box_coverage(expected, box, frame_shape)
+        ):
             return lm, False
     return by_box, True
 

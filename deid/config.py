@@ -53,7 +53,7 @@ class DetectorConfig(_Strict):
         description="px shared by neighbouring tiles (faces up to this size lie whole in one)",
     )
     edge_pad: int = Field(
-        32,
+        0,
         ge=0,
         le=512,
         description="px of mirror padding before detection: finds faces cut by the frame edge",

@@ -22,6 +22,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 import torch
 from torchvision.ops import nms
@@ -78,6 +79,9 @@ class MTCNNDetector:
             always whole in some window, larger ones are left to the overview pass.
         tile_batch: windows per MTCNN call (bounds memory).
         nms_iou: box IoU above which two detections of a tiled frame are the same face.
+        edge_pad: px of mirror padding around each frame before detection, so that faces
+            cut by the frame edge (up to about two thirds outside) are still found; mirror
+            images of faces near the edge are dropped again (0: no padding).
 
     Example:
         >>> det = MTCNNDetector(min_face_size=20)
@@ -98,6 +102,7 @@ class MTCNNDetector:
         tile_overlap: int = 128,
         tile_batch: int = 4,
         nms_iou: float = 0.4,
+        edge_pad: int = 0,
     ) -> None:
         from facenet_pytorch import MTCNN
 
@@ -112,6 +117,7 @@ class MTCNNDetector:
         self.tile_overlap = int(tile_overlap)
         self.tile_batch = max(1, int(tile_batch))
         self.nms_iou = float(nms_iou)
+        self.edge_pad = max(0, int(edge_pad))
         self.device = torch.device(device)
         self._mtcnn = MTCNN(
             min_face_size=self.min_face_size,
@@ -134,6 +140,7 @@ class MTCNNDetector:
             max_side=cfg.max_side,
             tile=cfg.tile,
             tile_overlap=cfg.tile_overlap,
+            edge_pad=cfg.edge_pad,
         )
 
     def mode(self, shape: Sequence[int]) -> str:
@@ -145,11 +152,17 @@ class MTCNNDetector:
             return "downscaled"
         return "full"
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+    def detect(self, frames: Sequence[np.ndarray], edge_pad: int | None = None) -> list[Detections]:
         """Detect faces in RGB uint8 frames (H, W, 3).
 
         Frames of the same size go through MTCNN as one batch (tiled frames: their windows,
         ``tile_batch`` at a time).
+
+        Args:
+            frames: (H, W, 3) uint8 RGB.
+            edge_pad: mirror padding in px for this call (``None``: the detector's
+                ``edge_pad``); at most 1/8 of a frame's shorter side. Windows cut out of a
+                frame around known faces need none.
 
         Raises:
             ValueError: a frame is not (H, W, 3) uint8 (grayscale frames are converted by
@@ -165,15 +178,20 @@ class MTCNNDetector:
             groups.setdefault(f.shape, []).append(i)
         for shape, idx in groups.items():
             batch = [frames[i] for i in idx]
+            pad = min(self.edge_pad if edge_pad is None else edge_pad, min(shape[:2]) // 8)
+            if pad:
+                batch = [
+                    cv2.copyMakeBorder(f, pad, pad, pad, pad, cv2.BORDER_REFLECT) for f in batch
+                ]
             mode = self.mode(shape)
             if mode == "tiled":
-                dets = self._detect_tiled(batch)
+                raws = self._detect_tiled(batch)
             elif mode == "downscaled":
-                dets = [self._finish(r) for r in self._detect_scaled(batch, self.max_side or 0)]
+                raws = self._detect_scaled(batch, self.max_side or 0)
             else:
-                dets = [self._finish(r) for r in self._run(batch)]
-            for i, d in zip(idx, dets, strict=True):
-                out[i] = d
+                raws = self._run(batch)
+            for i, raw in zip(idx, raws, strict=True):
+                out[i] = self._finish(self._unpad(raw, shape, pad) if pad else raw)
         return [d if d is not None else Detections.empty() for d in out]
 
     def overview_side(self, h: int, w: int) -> int:
@@ -187,6 +205,33 @@ class MTCNNDetector:
         return min(tile, math.ceil(side * self.min_face_size / (0.5 * self.tile_overlap)))
 
     # -- internals -------------------------------------------------------------------------
+    def _unpad(self, raw: _Raw, shape: tuple[int, ...], pad: int) -> _Raw:
+        """Detections on a reflection-padded frame -> frame coordinates.
+
+        The padding mirrors the frame's edges, so a face cut by the edge shows whole (its
+        visible part and its mirror image) and MTCNN finds it; but a face near the edge also
+        shows a second time, mirrored, in the padding. Detections mostly (> 75 %) in the
+        padding are such mirror images and are dropped; of overlapping ones the one most
+        inside the frame is kept (its box covers the visible face). Where two mirrored
+        edges meet, a corner can look like a small face: detections showing less than half
+        of ``min_face_size`` inside the frame, across or down, are dropped too.
+        """
+        off = np.array([pad, pad], np.float32)
+        b, p, lm = raw
+        b = b - np.tile(off, 2)
+        h, w = shape[:2]
+        area = np.prod(np.clip(b[:, 2:] - b[:, :2], 1e-6, None), axis=1)
+        inside = _intersection(b, np.array([[0, 0, w, h]], np.float32))[:, 0] / area
+        vis = np.minimum(b[:, 2:], [w, h]) - np.maximum(b[:, :2], 0)
+        keep = (inside >= 0.25) & (vis.min(1) >= 0.5 * self.min_face_size) & (p >= self.min_score)
+        b, p, lm, inside = b[keep], p[keep], lm[keep] - off, inside[keep]
+        if len(b) > 1:
+            rank = np.minimum(inside, 0.9) + 0.01 * p  # inside first, then confidence
+            order = nms(torch.from_numpy(b), torch.from_numpy(rank.astype(np.float32)), 0.3)
+            keep_idx = np.sort(order.numpy())
+            b, p, lm = b[keep_idx], p[keep_idx], lm[keep_idx]
+        return b, p, lm
+
     def _run(self, images: Sequence[np.ndarray]) -> list[_Raw]:
         """MTCNN on same-size images, unfiltered, as float32 arrays."""
         with torch.inference_mode():
@@ -195,8 +240,6 @@ class MTCNNDetector:
 
     def _detect_scaled(self, images: Sequence[np.ndarray], side: int) -> list[_Raw]:
         """MTCNN on copies whose longer side is ``side``; coordinates in the originals."""
-        import cv2
-
         h, w = images[0].shape[:2]
         scale = side / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -204,7 +247,7 @@ class MTCNNDetector:
         sx, sy = w / size[0], h / size[1]
         return [(b * [sx, sy, sx, sy], p, lm * [sx, sy]) for b, p, lm in self._run(small)]
 
-    def _detect_tiled(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+    def _detect_tiled(self, frames: Sequence[np.ndarray]) -> list[_Raw]:
         h, w = frames[0].shape[:2]
         tile = int(self.tile or max(h, w))
         xs, tw = tile_grid(w, tile, self.tile_overlap)
@@ -242,7 +285,7 @@ class MTCNNDetector:
                 inter = _intersection(rest[0], kept[0])
                 area = np.prod(np.clip(rest[0][:, 2:] - rest[0][:, :2], 1e-6, None), axis=1)
                 rest = _select(rest, (inter / area[:, None]).max(1) < 0.3)
-            out.append(self._finish(self._merge(_concat([kept, rest]))))
+            out.append(self._merge(_concat([kept, rest])))
         return out
 
     def _merge(self, raw: _Raw) -> _Raw:
