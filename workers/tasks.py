@@ -21,14 +21,16 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from celery import signals
 
 from deid.config import load_settings
 from deid.errors import DeidError
-from deid.service.jobs import Engine, JobSpec
+from deid.service.jobs import Engine, JobCancelled, JobSpec
 from deid.service.state import JobStore
+from deid.service.storage import remove_tree
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -180,6 +182,45 @@ def time_limits(soft: int, hard: int, what: str) -> Iterator[None]:
         killer.cancel()
 
 
+@contextlib.contextmanager
+def cancel_watch(job_id: str, interval: float = 1.0) -> Iterator[None]:
+    """Stop a running step within about ``interval`` seconds of its job being cancelled (or
+    failed by another chunk, or lost): a thread polls the job's state and interrupts the
+    task with :class:`JobCancelled` (SIGUSR2 to the main thread; temporary files are removed
+    by the steps' own cleanup)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    done = threading.Event()
+    main = threading.main_thread().ident
+    store = JobStore(app.conf.broker_url, int(app.conf.deid_job_ttl))
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if not done.is_set():
+            raise JobCancelled(job_id)
+
+    def watch() -> None:
+        while not done.wait(interval):
+            try:
+                state = store.state(job_id)
+            except DeidError:  # broker unreachable: the step's own writes will tell
+                continue
+            if state in (None, "FAILED", "CANCELLED"):
+                log.info("job %s is %s: interrupting its running step", job_id, state or "gone")
+                signal.pthread_kill(main, signal.SIGUSR2)  # type: ignore[arg-type]
+                return
+
+    old = signal.signal(signal.SIGUSR2, on_signal)
+    watcher = threading.Thread(target=watch, name=f"cancel-watch-{job_id[:8]}", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        signal.signal(signal.SIGUSR2, old)
+
+
 def _fault(stage: str, index: int) -> None:
     spec = os.environ.get(FAULT_ENV, "")
     for item in filter(None, (s.strip() for s in spec.split(","))):
@@ -196,9 +237,13 @@ def _fault(stage: str, index: int) -> None:
 def _run(stage: str, spec: dict[str, Any], index: int) -> str:
     job = JobSpec.model_validate(spec)
     what = f"job {job.id} {stage} {index}"
-    with time_limits(job.soft_time_limit, job.time_limit, what):
-        t = time.perf_counter()
-        out = engine().run(stage, job, index)
+    t = time.perf_counter()
+    try:
+        with time_limits(job.soft_time_limit, job.time_limit, what), cancel_watch(job.id):
+            out = engine().run(stage, job, index)
+    except JobCancelled:  # interrupted outside the step itself (in its bookkeeping)
+        remove_tree(Path(job.workdir))
+        out = "skipped"
     log.info("%s: %s in %.2f s", what, out, time.perf_counter() - t)
     return out
 
