@@ -183,9 +183,12 @@ def test_run_report_tracking_fields_rendered_when_present(tmp_path: Path) -> Non
     assert series["obscured"] == [0, 1, 0] and stacked == ["de-identified", "obscured"]
     # with them: the pipeline's own per-track summaries and per-frame coverage
     rep["tracks"] = [{"id": 7, "first": 0, "last": 2, "detected": 2, "interpolated": 1}]
-    rep["coverage"] = [{"frame": i, "protected": 1, "unprotected": 0} for i in range(3)]
+    rep["coverage"] = [{"frame": i, "protected": 1, "faces": 2} for i in range(3)]  # rows
     assert track_rows(rep) == rep["tracks"]
     assert coverage_series(rep)[1]["protected"] == [1.0, 1.0, 1.0]
+    rep["coverage"] = {"faces": [1, 2, 0], "protected": [1, 1, 0]}  # columns
+    series = coverage_series(rep)[1]
+    assert series["faces"] == [1.0, 2.0, 0.0] and series["unprotected"] == [0.0, 1.0, 0.0]
     path = tmp_path / "run.report.json"
     path.write_text(json.dumps(rep))
     text = render(path, tmp_path / "html").read_text()

@@ -73,7 +73,8 @@ def contact_sheet(
         draw.text(
             (x, y + CELL + 3), f"{f['pred']} {f['pred_conf']:.2f}", fill=(30, 30, 30), font=f_small
         )
-        draw.text((x, y + CELL + 17), f"frame {f['frame']}", fill=(110, 110, 110), font=f_small)
+        where = Path(f["file"]).name if f.get("file") else f"frame {f['frame']}"
+        draw.text((x, y + CELL + 17), where[:22], fill=(110, 110, 110), font=f_small)
         if ok:
             psnr = f"{f['psnr']:.1f} dB" if f.get("psnr") else ""
             draw.text(

@@ -278,15 +278,36 @@ def _category(action: str) -> str:
     return "obscured"
 
 
-def _per_frame_from_report(rep: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """Per-frame coverage rows the pipeline wrote (``coverage``/``per_frame``), if any."""
-    for key in ("per_frame", "coverage", "frames_detail"):
+def _per_frame_from_report(rep: dict[str, Any]) -> dict[str, list[float]]:
+    """Per-frame series the pipeline wrote: ``coverage`` as columns (``{"faces": [...],
+    "protected": [...]}``) or as rows (``[{"frame": 0, "faces": 3, ...}, ...]``)."""
+    out: dict[str, list[float]] = {}
+    for key in ("coverage", "per_frame"):
         v = rep.get(key)
         if isinstance(v, dict):
-            v = v.get("per_frame") or v.get("frames")
-        if isinstance(v, list) and v and isinstance(v[0], dict):
-            return v
-    return None
+            for name, col in v.items():
+                if isinstance(col, list) and all(
+                    isinstance(a, (int, float)) and not isinstance(a, bool) for a in col
+                ):
+                    out[name] = [float(a) for a in col]
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            names = [
+                k
+                for k, a in v[0].items()
+                if k != "frame" and isinstance(a, (int, float)) and not isinstance(a, bool)
+            ]
+            n = max(int(r.get("frame", i)) for i, r in enumerate(v)) + 1
+            for name in names:
+                col = [0.0] * n
+                for i, r in enumerate(v):
+                    if isinstance(r.get(name), (int, float)):
+                        col[int(r.get("frame", i))] = float(r[name])
+                out[name] = col
+        if out:
+            break
+    if "faces" in out and "protected" in out and len(out["faces"]) == len(out["protected"]):
+        out["unprotected"] = [f - p for f, p in zip(out["faces"], out["protected"], strict=True)]
+    return out
 
 
 def coverage_series(rep: dict[str, Any]) -> tuple[list[int], dict[str, list[float]], list[str]]:
@@ -309,20 +330,8 @@ def coverage_series(rep: dict[str, Any]) -> tuple[list[int], dict[str, list[floa
         for f in faces:
             if f.get("kind") == kind:
                 series[f"{kind} (not detected)"][f["frame"]] += 1
-    rows = _per_frame_from_report(rep)
-    if rows:
-        keys = [
-            k
-            for k, v in rows[0].items()
-            if k != "frame" and isinstance(v, (int, float)) and not isinstance(v, bool)
-        ]
-        for k in keys:
-            vals = [0.0] * n
-            for i, r in enumerate(rows):
-                fi = int(r.get("frame", i))
-                if 0 <= fi < n and isinstance(r.get(k), (int, float)):
-                    vals[fi] = float(r[k])
-            series[k] = vals
+    for name, col in _per_frame_from_report(rep).items():
+        series[name] = (col + [0.0] * n)[:n]
     return frames, series, stacked
 
 
@@ -351,6 +360,12 @@ def track_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _track_flicker(r: dict[str, Any]) -> bool:
+    """A track whose target identity changed (the report's own field, or its targets)."""
+    used = r.get("targets_used")
+    return (r.get("target_changes") or 0) > 0 or (isinstance(used, list) and len(used) > 1)
 
 
 def render_run(rep: dict[str, Any], out: Path, report_dir: Path) -> Path:
@@ -431,7 +446,7 @@ classifier {_e(rep.get("classifier", {}).get("name"))}, attack
 {coverage}
 <h2>Tracks</h2>
 {
-        _table(tracks, track_cols, bad=lambda r: (r.get("target_changes") or 0) > 0, limit=500)
+        _table(tracks, track_cols, bad=_track_flicker, limit=500)
         if tracks
         else "<p class='note'>no tracks</p>"
     }

@@ -274,12 +274,16 @@ def coverage(
                 label=s,
             )
             base = top
+    lines = {  # the pipeline's coverage columns get fixed styles
+        "faces": {"color": "#222222", "lw": 1.0},
+        "protected": {"color": GOOD, "lw": 1.4, "ls": "--"},
+        "unprotected": {"color": "#C00000", "lw": 2.2},
+    }
     for i, (name, ys) in enumerate(series.items()):
         if name in stacked:
             continue
-        ax.stairs(
-            np.asarray(ys, float), edges, lw=1.6, color=PALETTE[(i + 3) % len(PALETTE)], label=name
-        )
+        style = lines.get(name, {"color": PALETTE[(i + 3) % len(PALETTE)], "lw": 1.6})
+        ax.stairs(np.asarray(ys, float), edges, label=name, **style)
     ax.set_xlabel("frame")
     ax.set_ylabel("faces")
     ax.set_xlim(edges[0], edges[-1])
