@@ -255,39 +255,55 @@ def coverage(
     title: str,
     stacked: Sequence[str] = (),
 ) -> Path:
-    """Per-frame counts: ``stacked`` series as stacked areas, the others as lines."""
-    fig, ax = _subplots(1, 1, figsize=(10, 3.2))
+    """Per-frame counts. Top: ``stacked`` series as stacked areas (what happened to each
+    face) with the ``faces``/``protected`` totals as lines; bottom: everything else (faces
+    the tracker filled in where the detector missed them, unprotected faces), on its own
+    scale so that small counts and zeros can be read."""
+    top_names = [n for n in series if n in stacked or n in ("faces", "protected")]
+    low_names = [n for n in series if n not in top_names]
     x = np.asarray(frames)
     edges = np.arange(len(x) + 1) - 0.5 + (x[0] if len(x) else 0)
-    if stacked:
-        colours = {"de-identified": GOOD, "obscured": BAD, "repaired": PALETTE[1]}
-        base = np.zeros(len(x))
-        for i, s in enumerate(stacked):
-            top = base + np.asarray(series[s], float)
-            ax.stairs(
-                top,
-                edges,
-                baseline=base,
-                fill=True,
-                color=colours.get(s, PALETTE[i]),
-                alpha=0.8,
-                label=s,
-            )
-            base = top
-    lines = {  # the pipeline's coverage columns get fixed styles
+    fig = Figure(figsize=(10, 4.2 if low_names else 3.2), layout="constrained")
+    if low_names:
+        ax, low = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.4])
+    else:
+        ax, low = fig.subplots(1, 1), None
+    colours = {"de-identified": GOOD, "obscured": BAD, "repaired": PALETTE[1]}
+    base = np.zeros(len(x))
+    for i, name in enumerate(stacked):
+        top = base + np.asarray(series[name], float)
+        colour = colours.get(name, PALETTE[i])
+        ax.stairs(top, edges, baseline=base, fill=True, color=colour, alpha=0.8, label=name)
+        base = top
+    styles = {  # the pipeline's coverage columns and the tracker's fills get fixed styles
         "faces": {"color": "#222222", "lw": 1.0},
-        "protected": {"color": GOOD, "lw": 1.4, "ls": "--"},
-        "unprotected": {"color": "#C00000", "lw": 2.2},
+        "protected": {"color": "#005A32", "lw": 1.2, "ls": "--"},
+        "unprotected": {"color": "#C00000", "lw": 2.4},
+        "interpolated (not detected)": {"color": PALETTE[0], "lw": 1.6},
+        "extrapolated (not detected)": {"color": PALETTE[3], "lw": 1.6},
     }
-    for i, (name, ys) in enumerate(series.items()):
-        if name in stacked:
-            continue
-        style = lines.get(name, {"color": PALETTE[(i + 3) % len(PALETTE)], "lw": 1.6})
-        ax.stairs(np.asarray(ys, float), edges, label=name, **style)
-    ax.set_xlabel("frame")
+    for i, name in enumerate(n for n in top_names if n not in stacked):
+        style = styles.get(name, {"color": PALETTE[(i + 4) % len(PALETTE)], "lw": 1.4})
+        ax.stairs(np.asarray(series[name], float), edges, label=name, **style)
     ax.set_ylabel("faces")
     ax.set_xlim(edges[0], edges[-1])
     ax.set_ylim(bottom=0)
     ax.set_title(title)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    if low is not None:
+        peak = 1.0
+        for i, name in enumerate(low_names):
+            ys = np.asarray(series[name], float)
+            peak = max(peak, float(ys.max()) if len(ys) else 0.0)
+            style = styles.get(name, {"color": PALETTE[(i + 5) % len(PALETTE)], "lw": 1.4})
+            label = name
+            if name == "unprotected":
+                label = f"unprotected ({int((ys > 0).sum())} frames)"
+            low.stairs(ys, edges, label=label, **style)
+        low.set_ylim(-0.15 * peak, peak * 1.25)
+        low.set_ylabel("faces")
+        low.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+        low.set_xlabel("frame")
+    else:
+        ax.set_xlabel("frame")
     return _save(fig, path)
