@@ -263,6 +263,7 @@ def dataset_eval(
     examples: int = N_EXAMPLES,
     batch_size: int = 100,
     progress: bool = False,
+    attack_params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Attack ``n`` held-out faces of the classifier's dataset and measure the result.
 
@@ -280,6 +281,9 @@ def dataset_eval(
             realistic: optional cap; conceal has none and refuses eps).
         target: ``least-likely``, ``nearest``, ``random`` or a class id (default: the attack's).
         steps: override the attack's iteration count.
+        attack_params: the attack's other settings (e.g. ``margin``, ``eot`` of a YAML
+            config); without them the attack class's defaults (plain I-FGSM: 20 steps of
+            2/255). ``eps`` and ``steps`` given above win.
 
     Raises:
         ConfigError: unknown attack, eps for an attack without one, a bad target.
@@ -307,7 +311,7 @@ def dataset_eval(
     logits = predict(model, x)
     probs = torch.softmax(logits.float(), 1).cpu()
     pred0 = probs.argmax(1).numpy()
-    mode: str | int = target or DEFAULT_TARGET[attack]
+    mode: str | int = target or (attack_params or {}).get("target") or DEFAULT_TARGET[attack]
     if isinstance(mode, str) and mode.isdigit():
         mode = int(mode)
     t = choose_targets(logits, mode, torch.Generator().manual_seed(seed)).to(dev)  # type: ignore[arg-type]
@@ -323,11 +327,11 @@ def dataset_eval(
     clean_u8 = _to_uint8(x[torch.as_tensor(ex_idx, device=dev)])
     rows: list[dict[str, Any]] = []
     for eps in tqdm(budgets, desc=f"eval {attack}", unit="eps", disable=not progress):
-        params: dict[str, Any] = {}
+        params: dict[str, Any] = {k: v for k, v in (attack_params or {}).items() if k != "name"}
         if eps is not None:
             params["eps"] = eps
             if attack == "ifgsm":
-                params["alpha"] = min(2 / 255, eps)
+                params["alpha"] = min(params.get("alpha", 2 / 255), eps)
         if steps is not None:
             params["steps"] = steps
         cfg = attack_config(attack, **params)
@@ -458,8 +462,15 @@ def add_dataset_parser(esub: argparse._SubParsersAction) -> None:
         "and SSIM, whether MTCNN still finds the face, and the identity confusion; one row "
         "per eps. Render the JSON with `deid report`.",
     )
-    p.add_argument("--classifier", default="celeba-cnn", help="yaleb-mlp, celeba-cnn or a path")
-    p.add_argument("--attack", default="ifgsm", help="ifgsm, realistic, conceal, ...")
+    p.add_argument(
+        "--classifier", help="yaleb-mlp, celeba-cnn or a path (default: the config's, celeba-cnn)"
+    )
+    p.add_argument("--attack", help="ifgsm, realistic, conceal, ... (default: the config's, ifgsm)")
+    p.add_argument(
+        "--config",
+        help="take the attack's settings (margin, EOT, ...) and the classifier from this YAML "
+        "or configs/ name; without it the attack class's defaults",
+    )
     p.add_argument(
         "--eps",
         help="comma-separated L-inf budgets, e.g. 4/255,8/255,16/255 "
@@ -490,9 +501,19 @@ def cmd_eval_dataset(args: argparse.Namespace) -> int:
         raise ConfigError(f"--eps: {e}") from None
     if args.n < 1:
         raise ConfigError(f"-n: expected at least 1 face, got {args.n}")
+    classifier, attack, params = args.classifier or "celeba-cnn", args.attack or "ifgsm", None
+    if args.config:
+        from deid.config import load_settings
+
+        settings = load_settings(
+            args.config, {"attack": {"name": args.attack}} if args.attack else {}
+        )
+        classifier = args.classifier or settings.classifier.name
+        attack = settings.attack.name  # type: ignore[union-attr]
+        params = settings.attack.model_dump()
     rep = dataset_eval(
-        args.classifier,
-        args.attack,
+        classifier,
+        attack,
         eps,
         n=args.n,
         target=args.target,
@@ -502,6 +523,7 @@ def cmd_eval_dataset(args: argparse.Namespace) -> int:
         seed=args.seed,
         detect=not args.no_detect,
         progress=not args.quiet,
+        attack_params=params,
     )
     sys.stdout.write(format_dataset_eval(rep) + "\n")
     if args.json:

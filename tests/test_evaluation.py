@@ -128,6 +128,16 @@ def test_eval_and_report_cli(tmp_path: Path, data_dir: Path) -> None:
     assert [r["eps_255"] for r in rep["rows"]] == [4, 16]
     assert main(["report", str(out), "-o", str(tmp_path / "html")]) == 0
     _pngs_ok(tmp_path / "html", ["contact.png", "success_vs_eps.png", "norms.png"], 4000)
+    # attack settings from a YAML config (here: 3 steps, a logit margin)
+    cfg = tmp_path / "fast.yaml"
+    cfg.write_text("classifier: {name: yaleb-mlp}\nattack: {name: ifgsm, steps: 3, margin: 0.5}\n")
+    out2 = tmp_path / "r" / "cfg.json"
+    args2 = ["eval", "dataset", "--config", str(cfg), "-n", "2", "--eps", "16/255", "--no-detect"]
+    assert main([*args2, "--json", str(out2), "--device", "cpu", "--quiet"]) == 0
+    rep2 = json.loads(out2.read_text())
+    assert rep2["classifier"] == "yaleb-mlp"
+    assert rep2["rows"][0]["config"]["steps"] == 3 and rep2["rows"][0]["config"]["margin"] == 0.5
+    assert rep2["rows"][0]["mean_steps"] <= 3
     assert main(["eval", "dataset", "--attack", "conceal", "--eps", "8/255", "-n", "2"]) == 2
     assert main(["eval", "dataset", "--eps", "eight", "-n", "2"]) == 2
     assert main(["report", str(tmp_path / "missing.json"), "-o", str(tmp_path / "x")]) == 2
