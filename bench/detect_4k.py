@@ -4,7 +4,7 @@ Run from the repository root with the project's virtualenv::
 
     .venv/bin/python bench/detect_4k.py [--threads 1] [--repeat 2]
 
-The frame is the one ``tests/test_hard_frames.py`` builds: the first frame of
+The frame is built by ``tests/test_hard_frames.py``'s helper: the first frame of
 ``$DEID_DATA_DIR/scenes/pedestrians_walking_1080p.mp4`` upscaled to 3840x2160 with 40
 held-out CelebA faces planted in its upper part, 5 each of face widths 20, 24, 28, 32, 40,
 48, 64 and 80 px. Each configuration of :class:`deid.detect.MTCNNDetector` (min face 20 px)

@@ -41,10 +41,10 @@ class DetectorConfig(_Strict):
         None, ge=160, description="detect on a copy downscaled to this side"
     )
     tile: int | None = Field(
-        None,
+        2048,
         ge=160,
-        description="frames larger than this are detected in overlapping full-resolution "
-        "windows of at most this side (plus one pass downscaled to it); null: no tiling",
+        description="frames larger than this (4K) are detected in overlapping full-resolution "
+        "windows of at most this side, plus one small overview pass; null: no tiling",
     )
     tile_overlap: int = Field(
         128,
