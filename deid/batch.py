@@ -344,13 +344,27 @@ def run_batch(
     faces = 0
     last_flush = time.monotonic()
     bar = tqdm(files, desc=f"deid batch {src_root.name}", unit="file", disable=not progress)
+    # output path -> the input that writes it: an input of the same name first (clip.mp4 wins
+    # over clip.avi, whose output would be clip.mp4), else the first in order
+    owner: dict[str, str] = {}
+    for src in sorted(files, key=lambda p: output_path(p) != p):
+        rel = src.relative_to(src_root)
+        owner.setdefault(output_path(rel).as_posix(), rel.as_posix())
     for src in bar:
         rel = src.relative_to(src_root)
         key = rel.as_posix()
         out_rel = output_path(rel)
         dst = dst_root / out_rel
         prev = previous.get(key)
-        if not force and is_done(src, dst, prev):
+        first = owner[out_rel.as_posix()]
+        if first != key:  # clip.avi and clip.mp4 would both write clip.mp4
+            row = _empty_row(src, dst)
+            row.update(
+                status="failed",
+                error=f"its output {out_rel.as_posix()} is already written for {first}; "
+                "expected one input per output path (rename one of them)",
+            )
+        elif not force and is_done(src, dst, prev):
             row = {**prev, "status": "skipped", "seconds": 0.0}  # type: ignore[dict-item]
         else:
             row = process_file(src, dst, res)

@@ -21,7 +21,7 @@ from tests.conftest import SCENES, scene
 # attacks (and so the test) quick.
 FAST = {"classifier": {"name": "yaleb-mlp"}, "pipeline": {"device": "cpu"}}
 GOOD = ["a.jpg", "sub/b.png", "sub/deeper/c.jpg", "sub/clip.mp4"]
-BAD = ["broken.jpg", "sub/text.jpg"]
+BAD = ["broken.jpg", "sub/text.jpg", "sub/cut.mp4", "sub/clip.avi"]
 
 
 def _small(name: str, side: int) -> Image.Image:
@@ -51,6 +51,9 @@ def make_tree(root: Path, video: bool = True) -> Path:
             if len(frames) == 3:
                 break
         write_video(root / "sub" / "clip.mp4", frames, 25)
+        data = (root / "sub" / "clip.mp4").read_bytes()
+        (root / "sub" / "cut.mp4").write_bytes(data[: len(data) // 3])  # truncated video
+        (root / "sub" / "clip.avi").write_bytes(data)  # its output would be clip.mp4 too
     return root
 
 
@@ -74,7 +77,7 @@ def test_batch_tree_manifest_and_resume(tmp_path: Path, res: Resources) -> None:
     src = make_tree(tmp_path / "in")
     out = tmp_path / "out"
     s = run_batch(src, out, res, progress=False)
-    assert (s["files"], s["done"], s["failed"], s["skipped"]) == (6, 4, 2, 0)
+    assert (s["files"], s["done"], s["failed"], s["skipped"]) == (8, 4, 4, 0)
     rows = manifest(out)
     assert sorted(rows) == sorted(GOOD + BAD)
     for p in GOOD:
@@ -96,7 +99,10 @@ def test_batch_tree_manifest_and_resume(tmp_path: Path, res: Resources) -> None:
     assert "not a readable image" in rows["broken.jpg"]["error"]
     assert rows["sub/text.jpg"]["status"] == "failed"
     assert "not a readable image" in rows["sub/text.jpg"]["error"]
+    assert "cannot decode" in rows["sub/cut.mp4"]["error"]
+    assert "already written for sub/clip.mp4" in rows["sub/clip.avi"]["error"]
     assert not (out / "broken.jpg").exists() and not (out / "sub/text.jpg").exists()
+    assert not (out / "sub/cut.mp4").exists()
     assert sorted(p for p, _ in s["failures"]) == sorted(BAD)
     # ignored files, and no temporary files left behind
     assert not (out / "notes.txt").exists() and not (out / ".hidden.jpg").exists()
@@ -105,7 +111,7 @@ def test_batch_tree_manifest_and_resume(tmp_path: Path, res: Resources) -> None:
     # rerun: done files are verified and skipped, not rewritten; failures are retried
     before = mtimes(out)
     s2 = run_batch(src, out, res, progress=False)
-    assert (s2["done"], s2["skipped"], s2["failed"]) == (0, 4, 2)
+    assert (s2["done"], s2["skipped"], s2["failed"]) == (0, 4, 4)
     rows2 = manifest(out)
     assert all(rows2[p]["status"] == "skipped" for p in GOOD)
     assert all(rows2[p]["faces"] == rows[p]["faces"] for p in GOOD)
