@@ -2,7 +2,7 @@
 
 Run from the repository root with the project's virtualenv, Redis at 127.0.0.1:6379::
 
-    .venv/bin/python bench/service.py [--frames 24] [--chunk-frames 3] [--size 640x360]
+    .venv/bin/python bench/service.py [--frames 24] [--chunk-frames 3] [--size 960x540]
 
 It cuts the first N frames of ``$DEID_DATA_DIR/scenes/pedestrians_walking_1080p.mp4``,
 downscaled, into ``bench/out/service/``, then for 1 and for 2 workers: starts that many
@@ -160,7 +160,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--chunk-frames", type=int, default=3)
-    ap.add_argument("--size", default="640x360", help="WxH of the clip")
+    ap.add_argument("--size", default="960x540", help="WxH of the clip")
     ap.add_argument("--steps", type=int, default=5, help="I-FGSM steps")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = ap.parse_args()

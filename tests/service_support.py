@@ -77,6 +77,27 @@ def face_clip(path: Path, frames: int = 12, size: tuple[int, int] = (128, 192)) 
     return path
 
 
+def reference_output(clip: Path, settings: Any, cache: Path) -> tuple[Path, dict[str, Any]]:
+    """The single-process result (deid.job.run_video, what `deid run` does) for a clip and a
+    job's settings, computed once per test session (both service test modules use it)."""
+    import hashlib
+    import json
+
+    from deid import job
+    from deid.pipeline import Resources
+    from deid.service.jobs import job_settings
+
+    key = hashlib.sha256(
+        clip.read_bytes() + json.dumps(job_settings(settings), sort_keys=True).encode()
+    ).hexdigest()[:16]
+    out = cache / f"ref-{key}.mp4"
+    rep = out.with_suffix(".json")
+    if not (out.is_file() and rep.is_file()):
+        report = job.run_video(clip, out, Resources.load(settings), progress=False)
+        rep.write_text(json.dumps(report))
+    return out, json.loads(rep.read_text())
+
+
 def decoded(path: Path) -> np.ndarray:
     from deid.io import read_frames
 
@@ -172,7 +193,7 @@ class WorkerPool:
                 p.send_signal(signal.SIGQUIT)  # cold shutdown: the tests are over
         for p in self.procs.values():
             try:
-                p.wait(timeout=10)
+                p.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()

@@ -26,6 +26,7 @@ from tests.service_support import (
     flush,
     redis_available,
     redis_url,
+    reference_output,
     wait_for,
     worker_env,
 )
@@ -94,12 +95,7 @@ def clip(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def reference(clip: Path, settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The same job run in one process (deid.job.run_video, as `deid run` does)."""
-    from deid import job
-    from deid.pipeline import Resources
-
-    out = tmp_path_factory.mktemp("ref") / "ref.mp4"
-    report = job.run_video(clip, out, Resources.load(settings), progress=False)
-    return out, report
+    return reference_output(clip, settings, tmp_path_factory.getbasetemp())
 
 
 def _no_leftovers(folder: Path) -> list[Path]:
@@ -224,20 +220,16 @@ def test_cli_submit_status_wait_jobs(
     out = root / "cli" / "clip.mp4"
     cmd = [sys.executable, "-m", "deid.cli"]
     r = subprocess.run(
-        [*cmd, "submit", str(clip), "-o", str(out), "--no-verify"],
+        [*cmd, "submit", str(clip), "-o", str(out), "--no-verify", "--wait"],
         env=env,
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,
     )
     assert r.returncode == 0, r.stderr
-    job_id = r.stdout.strip().splitlines()[-1]
+    job_id = r.stdout.strip().splitlines()[0]  # the id first, then the result line
     assert len(job_id) == 32
-    r = subprocess.run(
-        [*cmd, "wait", job_id], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert r.returncode == 0, r.stderr
     assert f"{job_id} SUCCESS" in r.stdout and "100%" in r.stderr  # the progress bar
     assert len(decoded(out)) == 12
     # the other commands in-process (the same main() as the `deid` command)
