@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from deid import __version__
-from deid.align import crop_faces, obscure, paste_back
+from deid.align import crop_faces, gray_like, is_gray, obscure, paste_back
 from deid.attacks import DEFAULT_TARGET, AttackResult, build_attack
 from deid.attacks.base import Attack
 from deid.config import Settings
@@ -73,7 +74,7 @@ class Resources:
             torch.set_num_threads(settings.pipeline.threads)
         device = resolve_device(settings.pipeline.device)
         d = settings.detector
-        detector = MTCNNDetector(d.min_face_size, d.thresholds, d.min_score, device, d.max_side)
+        detector = MTCNNDetector.from_config(d, device)
         classifier = load_classifier(settings.classifier.name, device)
         attack = build_attack(settings.attack)
         mode = resolve_target(
@@ -238,6 +239,27 @@ class FaceOutcome:
     psnr: float
 
 
+class GreyInput(nn.Module):
+    """The classifier seeing only the luma of its input, for faces of grey frames: the
+    gradient's sign is then the same in the three channels, so sign steps stay grey."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("w", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x * self.w.to(x)).sum(1, keepdim=True).expand(-1, 3, -1, -1))
+
+    def select(self, idx: torch.Tensor) -> GreyInput:
+        sel = getattr(self.model, "select", None)
+        return GreyInput(sel(idx)) if callable(sel) else self
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    return (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def attack_faces(
     attack: Attack,
     classifier: FaceClassifier,
@@ -247,34 +269,51 @@ def attack_faces(
     device: torch.device,
     batch_size: int,
 ) -> list[FaceOutcome]:
-    """Stage: attack every crop (faces of several frames in one batch) at native resolution."""
+    """Stage: attack every crop (faces of several frames in one batch) at native resolution.
+
+    Faces of grey frames (three equal channels) are attacked through :class:`GreyInput` and
+    made exactly grey afterwards (coloured noise on a grey frame would give the attack away);
+    one that is no longer its target once grey counts as failed, so it is obscured.
+    """
     outcomes: list[FaceOutcome | None] = [None] * len(crops)
-    for idx in _chunks(crops, batch_size):
-        x, theta = to_batch([crops[i] for i in idx], device)
-        t = targets[idx].to(device)
-        r: AttackResult = attack(classifier.bind(theta), x, t)
-        probs = torch.softmax(r.logits.float(), 1).cpu()
-        adv = (
-            (r.images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        )
-        for j, i in enumerate(idx):
-            h, w = crops[i].pixels.shape[:2]
-            px = adv[j, :h, :w]
-            mse = (
-                float(np.mean((px.astype(np.float32) - crops[i].pixels.astype(np.float32)) ** 2))
-                / 255.0**2
-            )
-            outcomes[i] = FaceOutcome(
-                pixels=px,
-                success=bool(r.success[j]),
-                steps=int(r.steps[j]),
-                pred=int(preds[i]),
-                target=int(targets[i]),
-                final=int(probs[j].argmax()),
-                final_conf=float(probs[j].max()),
-                norms={k: float(v[j]) for k, v in r.norms.items()},
-                psnr=float("inf") if mse == 0 else 10 * math.log10(1.0 / mse),
-            )
+    grey = [is_gray(c.pixels) for c in crops]
+    for g in (False, True):
+        members = [i for i in range(len(crops)) if grey[i] == g]
+        for sub in _chunks([crops[i] for i in members], batch_size) if members else ():
+            idx = [members[k] for k in sub]
+            x, theta = to_batch([crops[i] for i in idx], device)
+            t = targets[idx].to(device)
+            model = classifier.bind(theta)
+            r: AttackResult = attack(GreyInput(model) if g else model, x, t)
+            adv, success, logits = _to_uint8(r.images), r.success.cpu(), r.logits
+            if g:
+                adv = np.stack([gray_like(a) for a in adv])
+                with torch.no_grad():
+                    logits = model(
+                        torch.from_numpy(adv).permute(0, 3, 1, 2).float().div(255).to(device)
+                    )
+                success = success & (logits.argmax(1) == t).cpu()
+            probs = torch.softmax(logits.float(), 1).cpu()
+            for j, i in enumerate(idx):
+                h, w = crops[i].pixels.shape[:2]
+                px = adv[j, :h, :w]
+                mse = (
+                    float(
+                        np.mean((px.astype(np.float32) - crops[i].pixels.astype(np.float32)) ** 2)
+                    )
+                    / 255.0**2
+                )
+                outcomes[i] = FaceOutcome(
+                    pixels=px,
+                    success=bool(success[j]),
+                    steps=int(r.steps[j]),
+                    pred=int(preds[i]),
+                    target=int(targets[i]),
+                    final=int(probs[j].argmax()),
+                    final_conf=float(probs[j].max()),
+                    norms={k: float(v[j]) for k, v in r.norms.items()},
+                    psnr=float("inf") if mse == 0 else 10 * math.log10(1.0 / mse),
+                )
     return [o for o in outcomes if o is not None]
 
 
@@ -398,7 +437,9 @@ def detect_around(
             windows.append(frames[fi][wy1:wy2, wx1:wx2])
             where.append((fi, wx1, wy1))
     found: dict[int, list[tuple[np.ndarray, float, np.ndarray]]] = defaultdict(list)
-    for (fi, ox, oy), d in zip(where, detector.detect(windows) if windows else [], strict=True):
+    for (fi, ox, oy), d in zip(
+        where, detector.detect(windows, edge_pad=0) if windows else [], strict=True
+    ):
         off = np.array([ox, oy], np.float32)
         for k in range(len(d)):
             box = d.boxes[k] + np.tile(off, 2)
