@@ -290,7 +290,6 @@ class Engine:
         if self.store.finish(spec.id, "FAILED", error=reason):
             log.error("job %s failed: %s", spec.id, reason)
         remove_tree(Path(spec.workdir))
-        _remove_partial_output(spec)
 
     # helpers -------------------------------------------------------------------------------
     def _describe(self, stage: str, spec: JobSpec, index: int) -> str:
@@ -402,13 +401,15 @@ class Engine:
         report = job.assemble(
             Path(spec.input), layout, parts, output, reports, res, the_plan, analyses
         )
-        report["job"] = {"id": spec.id, "chunks": n}
-        write_json(report_path(output), report)
-        if not self.store.finish(spec.id, "SUCCESS", report=report):
-            # cancelled while joining: the output must not stay
-            output.unlink(missing_ok=True)
+        try:
+            report["job"] = {"id": spec.id, "chunks": n}
+            write_json(report_path(output), report)
+            if not self.store.finish(spec.id, "SUCCESS", report=report):
+                raise JobCancelled(spec.id)  # cancelled while joining: the output must not stay
+        except BaseException:
+            output.unlink(missing_ok=True)  # this job's output, just renamed into place
             report_path(output).unlink(missing_ok=True)
-            raise JobCancelled(spec.id)
+            raise
         remove_tree(Path(spec.workdir))
 
     # dataset -------------------------------------------------------------------------------
@@ -499,26 +500,6 @@ def _json_ok(path: Path) -> bool:
         return True
     except (OSError, ValueError):
         return False
-
-
-def _remove_partial_output(spec: JobSpec) -> None:
-    """A video job's output is renamed into place only when whole; nothing to remove but a
-    stray report of a job that was cancelled while assembling."""
-    if spec.kind == "video":
-        from deid.pipeline import report_path
-
-        out = Path(spec.output)
-        if out.exists() and not report_path(out).exists():
-            return
-        # report written but job failed/cancelled afterwards: both go
-        if report_path(out).exists():
-            try:
-                job_of = read_json(report_path(out)).get("job", {}).get("id")
-            except (OSError, ValueError):
-                job_of = None
-            if job_of == spec.id:
-                out.unlink(missing_ok=True)
-                report_path(out).unlink(missing_ok=True)
 
 
 def _message(e: BaseException) -> str:
