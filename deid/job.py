@@ -23,7 +23,7 @@ import math
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -153,9 +153,13 @@ def _frames(input: Path, layout: dict[str, Any], chunk: Chunk) -> list[tuple[int
 # 2. analyse
 # --------------------------------------------------------------------------------------------
 def analyse(
-    input: Path | str, layout: dict[str, Any], chunk: Chunk, res: Resources
+    input: Path | str,
+    layout: dict[str, Any],
+    chunk: Chunk,
+    res: Resources,
+    on_frames: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Detect and classify the faces of one chunk.
+    """Detect and classify the faces of one chunk (``on_frames(n)`` after each batch).
 
     Returns:
         ``{"chunk": index, "start": first frame, "faces": [[face, ...] per frame],
@@ -190,6 +194,8 @@ def analyse(
                 }
             )
         faces.extend(per_frame)
+        if on_frames is not None:
+            on_frames(len(batch))
     return _json(
         {
             "chunk": chunk.index,
@@ -411,8 +417,10 @@ def render(
     out: Path | str,
     thumbnails: list[dict[str, Any]] | None = None,
     max_thumbnails: int = 24,
+    on_frames: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Attack, paste, encode, verify and repair one chunk; the segment lands at ``out``.
+    """Attack, paste, encode, verify and repair one chunk; the segment lands at ``out``
+    (``on_frames(n)`` after each batch is encoded).
 
     ``out`` (an H.264 segment, ``.mp4`` or ``.mkv``) and its report ``out.json`` are written
     atomically, report first, so :func:`chunk_ok` never sees a half-done chunk. Faces whose
@@ -450,6 +458,8 @@ def render(
                             _thumbs(
                                 thumbnails, max_thumbnails, by_frame.get(fi, []), frame, composed
                             )
+                if on_frames is not None:
+                    on_frames(len(batch))
         repaired = 0
         if p.verify and records:
             with timer("verify"):
@@ -722,15 +732,17 @@ def run_video(
         )
         analyses = []
         for c in chunks:
-            analyses.append(analyse(input, layout, c, res))
-            bar.update(c.frames)
+            analyses.append(analyse(input, layout, c, res, on_frames=bar.update))
         the_plan = plan(layout, analyses, res)
         parts, reports = [], []
         for c in chunks:
             part = work / f"{c.index:05d}{segment_suffix(output)}"
-            reports.append(_json(render(input, layout, the_plan, c, res, part, thumbnails)))
+            reports.append(
+                _json(
+                    render(input, layout, the_plan, c, res, part, thumbnails, on_frames=bar.update)
+                )
+            )
             parts.append(part)
-            bar.update(c.frames)
         bar.close()
         return assemble(input, layout, parts, output, reports, res, the_plan, analyses)
     finally:
