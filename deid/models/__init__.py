@@ -10,7 +10,7 @@ from deid.errors import CheckpointError
 from deid.models.classifier import BoundClassifier, ClassifierMeta, FaceClassifier
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-SHIPPED = ("yaleb-mlp", "celeba-cnn")
+SHIPPED = ("yaleb-mlp", "celeba-cnn", "yaleb-mlp-adv")
 
 
 def shipped_path(name: str) -> Path:
@@ -19,7 +19,8 @@ def shipped_path(name: str) -> Path:
 
 
 def load_classifier(name_or_path: str | Path, device: torch.device | str = "cpu") -> FaceClassifier:
-    """Load a shipped classifier by name (``yaleb-mlp``, ``celeba-cnn``) or a checkpoint path."""
+    """Load a shipped classifier by name (``yaleb-mlp``, ``celeba-cnn``, ``yaleb-mlp-adv``: the
+    MLP adversarially trained) or a checkpoint path."""
     s = str(name_or_path)
     if s in SHIPPED:
         path = shipped_path(s)
