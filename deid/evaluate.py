@@ -336,6 +336,7 @@ def dataset_eval(
             params["steps"] = steps
         cfg = attack_config(attack, **params)
         atk = ATTACKS[attack][0](cfg)
+        used_eps = getattr(cfg, "eps", None)
         t0 = time.perf_counter()
         advs, step_counts = [], []
         for i in range(0, len(x), batch_size):
@@ -352,8 +353,9 @@ def dataset_eval(
         success = pred1 == targets
         original = pred1 == labels
         row: dict[str, Any] = {
-            "eps": eps,
-            "eps_255": round(eps * 255, 2) if eps is not None else None,
+            # the budget the attack ran with (its own default when none was given)
+            "eps": used_eps,
+            "eps_255": round(used_eps * 255, 2) if used_eps is not None else None,
             "config": cfg.model_dump(mode="json"),
             "n": len(x),
             "success": round(float(success.mean()), 4),

@@ -86,11 +86,15 @@ def test_eval_dataset_yaleb(yaleb: dict[str, Any]) -> None:
     assert yaleb["rows"][0]["success"] >= 0.85
 
 
-def test_eval_dataset_unbounded_attack_and_errors(data_dir: Path) -> None:
-    rep = dataset_eval("yaleb-mlp", "conceal", None, n=4, device="cpu", detect=False, examples=2)
+def test_eval_dataset_unbounded_attack_and_errors(data_dir: Path, tmp_path: Path) -> None:
+    rep = dataset_eval("yaleb-mlp", "conceal", None, n=4, device="cpu", detect=False, examples=4)
     (row,) = rep["rows"]
     assert row["eps"] is None and "detected" not in row and rep["clean"]["detected"] is None
     assert row["norms"]["linf"]["mean"] > 16 / 255  # concealment is not bounded
+    path = tmp_path / "conceal.json"
+    path.write_text(json.dumps(rep, allow_nan=False))
+    assert "src='success_vs_eps.png'" in render(path, tmp_path / "html").read_text()
+    _pngs_ok(tmp_path / "html", ["contact.png", "success_vs_eps.png"], 3000)
     with pytest.raises(ConfigError, match="has no eps"):
         dataset_eval("yaleb-mlp", "conceal", [8 / 255], n=2, device="cpu")
     with pytest.raises(ConfigError, match="unknown attack"):

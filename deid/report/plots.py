@@ -80,6 +80,8 @@ def success_vs_eps(rep: dict[str, Any], path: Path) -> Path:
         ("MTCNN still finds the face", "detection_kept", PALETTE[0], "^"),
     ]
     bounded = [r for r in rows if r.get("eps") is not None]
+    if len(bounded) < 2:  # a single row (one eps, or an unbounded attack): bars
+        bounded = []
     if bounded:
         x = np.array([r["eps_255"] for r in bounded])
         clean = rep.get("clean", {})
@@ -128,11 +130,12 @@ def success_vs_eps(rep: dict[str, Any], path: Path) -> Path:
         ax2.legend(
             h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8
         )
-    else:  # one unbounded row: bars
+    else:  # one row: bars
         r = rows[0]
-        labels = [s[0].replace(" the face", "").replace(" identity", "") for s in series]
-        vals = [_pct(r.get(s[1])) for s in series]
-        bars = ax1.bar(labels, vals, color=[s[2] for s in series], width=0.6)
+        shown = [s for s in series if r.get(s[1]) is not None]  # no detection: no bar
+        labels = [s[0].replace(" the face", "").replace(" identity", "") for s in shown]
+        vals = [_pct(r.get(s[1])) for s in shown]
+        bars = ax1.bar(labels, vals, color=[s[2] for s in shown], width=0.6)
         ax1.bar_label(bars, fmt="%.0f%%", fontsize=8)
         ax1.tick_params(axis="x", labelsize=8)
         v = np.array([np.nan if a is None else a for a in r["per_sample"]["psnr"]], float)
@@ -144,7 +147,7 @@ def success_vs_eps(rep: dict[str, Any], path: Path) -> Path:
         )
     ax1.set_ylim(-3, 108)
     ax1.set_ylabel("% of faces")
-    ax1.set_title("protection")
+    ax1.set_title("protection" if bounded else f"protection ({eps_label(rows[0])})")
     ax2.set_title("image quality" if bounded else ax2.get_title())
     if bounded:
         ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8)
