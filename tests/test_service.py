@@ -190,6 +190,7 @@ def test_video_job_equals_single_process_and_keeps_targets_across_chunks(
     got, want = decoded(out), decoded(ref_out)
     assert got.shape == want.shape == (12, 128, 192, 3)
     assert np.array_equal(got, want)
+    assert out.read_bytes() == ref_out.read_bytes()  # same segments, joined the same way
     assert report["totals"] == ref_report["totals"]
     # the face crosses both chunk boundaries (frames 3|4 and 7|8): one track, one target,
     # protected in every frame
