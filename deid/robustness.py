@@ -136,6 +136,7 @@ def robustness_table(
         eps (None for the unbounded ones), accuracy on the 8-bit-rounded adversarial images,
         the number of faces, and the mean L2/L-inf of the perturbations that fooled it.
     """
+    from deid.attacks.base import predict
     from deid.attacks.registry import attack_config, build_attack
     from deid.evaluate import dataset_of, sample_test
     from deid.models import load_classifier
@@ -152,15 +153,17 @@ def robustness_table(
         x, y = sample_test(ds, n, seed)
         x, y = x.to(dev), y.to(dev)
         label = checkpoint_label(ck)
-        from deid.attacks.base import predict
-
         clean_pred = predict(model, x).argmax(1)
         clean = float((clean_pred == y).float().mean())
-        adv_meta = model.meta.training.get("adversarial")
         info.append(
-            {"checkpoint": str(ck), "label": label, "dataset": ds.name, "n": len(x),
-             "adversarial": adv_meta}
-        )  # fmt: skip
+            {
+                "checkpoint": str(ck),
+                "label": label,
+                "dataset": ds.name,
+                "n": len(x),
+                "adversarial": model.meta.training.get("adversarial"),
+            }
+        )
         rows.append(_row(label, "clean", None, clean, len(x), None, None, 0.0, {}))
         log.info("%s: clean top-1 %.3f on %d held-out %s faces", label, clean, len(x), ds.name)
         for a in attacks:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import json
 import logging
 import math
 import random
@@ -444,34 +443,23 @@ def accuracy_under_attack(
 def _template(ds: FaceDataset, n: int = 200, seed: int = 0) -> list[list[float]]:
     """The crop convention: mean MTCNN landmarks on the training crops, as fractions of (W, H).
 
-    MTCNN on 200 crops takes 10-30 s on a CPU and the result depends only on the crops, so it
-    is cached by their content (in memory, and as JSON under the data cache folder).
+    MTCNN on 200 crops takes 10-30 s on a CPU, so the result is kept for the process, keyed
+    by the crops' content (several trainings on one dataset, e.g. its subsets, pay once).
     """
     from deid.align import estimate_template
-    from deid.data.datasets import cache_dir
     from deid.detect import MTCNNDetector
 
     rng = np.random.default_rng(seed)
     idx = rng.choice(ds.train, size=min(n, len(ds.train)), replace=False)
     crops = np.ascontiguousarray(ds.images[idx])
-    key = hashlib.sha1(crops.tobytes() + str(crops.shape).encode()).hexdigest()[:20]
-    cached = cache_dir() / "templates" / f"{key}.json"
-    if key not in _TEMPLATES:
-        with contextlib.suppress(OSError, ValueError):
-            _TEMPLATES[key] = json.loads(cached.read_text())
+    key = hashlib.sha1(crops.tobytes() + str(crops.shape).encode()).hexdigest()
     if key in _TEMPLATES:
         # Building MTCNN's networks draws from torch's RNG before the classifier is
         # initialised; build them on a cache hit too, so a recipe gives the same weights.
         MTCNNDetector(min_face_size=40, min_score=0.8)
         return _TEMPLATES[key]
-    template = estimate_template(crops).tolist()
-    _TEMPLATES[key] = template
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_text(json.dumps(template))
-    except OSError as e:  # a read-only home only makes the next run slower
-        log.warning("could not cache the crop template at %s: %s", cached, e)
-    return template
+    _TEMPLATES[key] = estimate_template(crops).tolist()
+    return _TEMPLATES[key]
 
 
 _TEMPLATES: dict[str, list[list[float]]] = {}
