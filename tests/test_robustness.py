@@ -216,6 +216,13 @@ def test_deid_train_adversarial_records_its_settings(tmp_path: Path, data_dir: P
     assert 0.0 <= ua["ifgsm"] <= ua["fgsm"] + 0.05 and ua["eps_255"] == 4.0
 
 
+def test_adversarial_flags_without_a_mode_are_refused(tmp_path: Path, capsys) -> None:
+    argv = ["train", "yaleb-mlp", "--eps", "4/255", "--k", "8", "-o", str(tmp_path / "m.pt")]
+    assert main(argv) == 2
+    assert "--eps, --k only apply with --adversarial" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+
+
 # -- reports from the command line --------------------------------------------------------------
 
 

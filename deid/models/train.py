@@ -683,6 +683,20 @@ def add_training_flags(p: Any) -> None:
 def training_options(args: Any) -> dict[str, Any]:
     """``train_classifier`` keyword arguments from :func:`add_training_flags`' flags."""
     adv = None
+    changed = [
+        flag
+        for flag, value, default in [
+            ("--eps", args.eps, 8 / 255),
+            ("--c", args.c, 0.5),
+            ("--k", args.k, None),
+            ("--lambda", args.lam, 0.3),
+            ("--adv-method", args.adv_method, None),
+            ("--adv-steps", args.adv_steps, 1),
+        ]
+        if value != default
+    ]
+    if changed and not getattr(args, "adversarial", None):
+        raise ConfigError(f"{', '.join(changed)} only apply with --adversarial goodfellow|kurakin")
     if getattr(args, "adversarial", None):
         method = args.adv_method or ("fgsm" if args.adversarial == "goodfellow" else "step-ll")
         adv = Adversarial(
