@@ -42,7 +42,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "--config", help="YAML file or a name in configs/ (default: configs/default.yaml)"
     )
     p.add_argument("--classifier", help="yaleb-mlp, celeba-cnn, or a checkpoint path")
-    p.add_argument("--attack", help="ifgsm, realistic or conceal")
+    p.add_argument(
+        "--attack",
+        help="ifgsm (default), realistic, conceal, or a library attack run targeted: fgsm, "
+        "illc, pgd, mifgsm, cw, lbfgs, deepfool, jsma, spsa, feature, ead, onepixel, universal",
+    )
     p.add_argument("--target", help="least-likely, nearest, random, or a class id / name")
     p.add_argument("--eps", type=_eps, help="L-inf bound, e.g. 0.063 or 16/255")
     p.add_argument("--steps", type=int, help="attack iterations")

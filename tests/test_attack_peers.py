@@ -376,3 +376,21 @@ def test_jsma_art(small) -> None:
     ours = _deid("jsma", model, x, lab, targeted=True, theta=1.0, gamma=0.1, candidates=1024)
     jsma = art_evasion.SaliencyMapMethod(_art(model, x), theta=1.0, gamma=0.1, verbose=False)
     _close(model, x, lab, True, ours.images, _art_run(jsma, x, lab), "l0", one_sided=True)
+
+
+@pytest.mark.slow
+@BOTH
+def test_onepixel_torchattacks(small, targeted) -> None:
+    """torchattacks runs SciPy's DE (best1bin, F in [0.5, 1], no crossover, population
+    popsize // (2 + C) * (2 + C) per pixel): deid's ``strategy="best1"`` with that population."""
+    import numpy as np
+
+    model, x, y = small
+    lab = (y + 1) % 4 if targeted else y
+    ours = _deid(
+        "onepixel", model, x, lab, targeted=targeted, pixels=1, steps=10, popsize=10,
+        strategy="best1",
+    )  # fmt: skip
+    np.random.seed(0)
+    peer = _ta(torchattacks.OnePixel(model, pixels=1, steps=10, popsize=10), x, lab, targeted)
+    _close(model, x, lab, targeted, ours.images, peer, "l0")

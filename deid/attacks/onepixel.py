@@ -26,7 +26,12 @@ class OnePixelConfig(AttackConfigBase):
     pixels: int = Field(1, ge=1, le=1000, description="pixels changed")
     steps: int = Field(75, ge=1, le=100_000, description="DE generations")
     popsize: int = Field(100, ge=4, le=100_000, description="candidates per image")
-    mutation: float = Field(0.5, gt=0.0, le=2.0, description="DE's F")
+    mutation: float = Field(0.5, gt=0.0, le=2.0, description="DE's F (rand1)")
+    strategy: Literal["rand1", "best1"] = Field(
+        "rand1",
+        description="rand1: c = a + F (b - d), the paper's; best1: c = best + F (b - d) with F "
+        "drawn from U(0.5, 1) each generation (SciPy's default, which torchattacks uses)",
+    )
     max_batch: int = Field(1024, ge=1, le=1_000_000, description="images per query call")
     early_stop: bool = Field(True, description="stop an image once its best candidate succeeds")
     seed: int | None = Field(0, description="the search's seed (None: a fresh one)")
@@ -38,7 +43,9 @@ class OnePixel:
     A candidate is (row, column, value per channel) per pixel; its fitness is the true
     class's probability (untargeted, minimised) or ``1 - p_target`` (targeted). Each
     generation makes ``c = a + F * (b - d)`` from three random members (DE/rand/1, F = 0.5,
-    no crossover, as in the paper) and keeps whichever of candidate and child is fitter. An
+    no crossover, as in the paper; ``strategy="best1"``: ``c = best + F (b - d)``, F drawn in
+    [0.5, 1] per generation, SciPy's default), draws genes that leave their range again at
+    random, and keeps whichever of candidate and child is fitter. An
     image stops once its best candidate succeeds (``early_stop``); the returned image is its
     best candidate (also when the attack fails, as torchattacks returns it).
 
@@ -132,8 +139,17 @@ class OnePixel:
             r = r + (r >= arange_p[None, :, None]).long()
             pa = pop[active]
             pick = torch.arange(m, device=dev)[:, None]
-            child = pa[pick, r[..., 0]] + cfg.mutation * (pa[pick, r[..., 1]] - pa[pick, r[..., 2]])
-            child = torch.minimum(child.clamp_min(0), hi)
+            if cfg.strategy == "rand1":
+                base, f = pa[pick, r[..., 0]], cfg.mutation
+            else:
+                base = pa[torch.arange(m, device=dev), fit[active].argmin(1)][:, None]
+                f = 0.5 + 0.5 * float(torch.rand((), generator=gen, device=dev))
+            child = base + f * (pa[pick, r[..., 1]] - pa[pick, r[..., 2]])
+            # out-of-range genes are drawn again uniformly (as SciPy's DE does), not clipped:
+            # clipping would pile colours up at 0 and 1
+            out = (child < 0) | (child > hi)
+            redraw = torch.rand(child.shape, generator=gen, device=dev, dtype=child.dtype) * hi
+            child = torch.where(out, redraw, child)
             rws = active.repeat_interleave(p)
             f_new, l_new = self._fitness(query, x0, y, rws, child.flatten(0, 1))
             f_new, l_new = f_new.view(m, p), l_new.view(m, p, -1)
