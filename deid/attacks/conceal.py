@@ -26,9 +26,6 @@ class ConcealConfig(AttackConfigBase):
     name: Literal["conceal"] = "conceal"
     alpha: Budget = Field(4 / 255, gt=0.0, le=1.0)
     steps: int = Field(30, ge=1, le=10_000)
-    margin: float = Field(
-        2.0, ge=0.0, description="logit margin by which the target must win (robustness)"
-    )
     noise: Literal["uniform", "gaussian", "smooth"] = Field(
         "smooth",
         description="start: uniform or Gaussian pixel noise, or smooth (uniform noise on a "

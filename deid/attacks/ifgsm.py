@@ -67,9 +67,9 @@ class IFGSM:
     With ``eot.enabled`` (:mod:`deid.attacks.eot`), each step's loss is summed over
     ``eot.samples`` copies of the iterate (the first untransformed, the others passed
     through random JPEG/H.264-like quantisation, rescaling, blur, shifts and noise), and a
-    sample stops early only when the untransformed copy succeeds (by ``margin``) *and* at
-    least ``eot.robust`` of all copies are classified as the target, so it does not stop at
-    the fragile decision boundary. ``success`` and ``logits`` always describe the returned
+    sample stops early only when the untransformed copy wins by ``eot.margin`` *and* at
+    least ``eot.robust`` of all copies do, so it does not stop at the fragile decision
+    boundary. ``success`` (by ``margin``) and ``logits`` always describe the returned
     pixels themselves. Without EOT the iterates are exactly the textbook ones above.
 
     Args:
@@ -133,10 +133,12 @@ class IFGSM:
                     break
                 done = ok
                 if copies:
+                    m = max(cfg.margin, cfg.eot.margin)
                     per_copy = is_success(
-                        all_logits.detach(), y[active].repeat(reps), cfg.targeted, cfg.margin
+                        all_logits.detach(), y[active].repeat(reps), cfg.targeted, m
                     ).view(reps, -1)
-                    done = ok & (per_copy.float().mean(0) >= cfg.eot.robust - 1e-6)
+                    # copy 0 is the image itself: it must win by the margin too
+                    done = per_copy[0] & (per_copy.float().mean(0) >= cfg.eot.robust - 1e-6)
                 keep = ~done if cfg.early_stop else torch.ones_like(ok)
                 if not bool(keep.any()):
                     break

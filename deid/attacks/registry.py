@@ -89,7 +89,8 @@ DEFAULT_TARGET = {
 
 
 def default_attack() -> IFGSMConfig:
-    return IFGSMConfig()
+    # as configs/default.yaml: with EOT, so faces stay de-identified after H.264 encoding
+    return IFGSMConfig(eot={"enabled": True})
 
 
 def attack_config(name: str, **params: object) -> AttackConfigBase:
