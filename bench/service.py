@@ -9,7 +9,10 @@ downscaled, into ``bench/out/service/``, then for 1 and for 2 workers: starts th
 ``deid worker`` processes (solo pool, ``OMP_NUM_THREADS=1``, each pinned to its own CPU core
 with ``taskset`` when it exists), waits until they answer, submits the job and times it from
 submission to SUCCESS (split, every chunk, plan and assembly; model loading is done before,
-in the workers' start-up). Prints the frames/s of each run and their ratio (goal: >= 1.8).
+in the workers' start-up). Prints the frames/s of each run and their ratio (goal: >= 1.8),
+and, before and after, the machine's own scaling at that moment: two single-thread torch
+loops pinned to two cores against one (the best 2 workers could do while other processes
+share the cores).
 Uses Redis database 13 (flushed before and after).
 """
 
@@ -119,6 +122,38 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
+CONTROL = """
+import time, torch
+torch.set_num_threads(1)
+x, w = torch.randn(64, 256, 256), torch.randn(256, 256)
+t, n = time.perf_counter(), 0
+while time.perf_counter() - t < {seconds}:
+    (x @ w).relu_()
+    n += 1
+print(n / (time.perf_counter() - t))
+"""
+
+
+def control(seconds: float = 6.0) -> float:
+    """The machine's own scaling right now: 2 single-thread torch loops, each pinned to a
+    core, against 1 (what 2 workers could gain at best while other load shares the cores)."""
+    taskset = shutil.which("taskset")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def start(core: int) -> subprocess.Popen[str]:
+        cmd = [sys.executable, "-c", CONTROL.format(seconds=seconds)]
+        if taskset:
+            cmd = [taskset, "-c", str(core), *cmd]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+
+    def rates(procs: list[subprocess.Popen[str]]) -> float:
+        return sum(float(p.communicate()[0]) for p in procs)
+
+    one = rates([start(0)])
+    two = rates([start(0), start(1)])
+    return two / one
+
+
 def run(n: int, clip: Path, args: argparse.Namespace) -> dict[str, Any]:
     import redis
 
@@ -176,6 +211,8 @@ def main() -> int:
     load_before = os.getloadavg()
     say(f"clip: {args.frames} frames {w}x{h}, chunks of {args.chunk_frames}; load {load_before}")
     rows = []
+    controls = [control()]
+    say(f"machine scaling before (2 pinned torch loops / 1): {controls[0]:.2f}x")
     try:
         for n in (1, 2):
             say(f"{n} worker(s) ...")
@@ -183,6 +220,7 @@ def main() -> int:
             say(f"{n} worker(s): {rows[-1]}")
     finally:
         redis.Redis.from_url(URL).flushdb()
+    controls.append(control())
     load_after = os.getloadavg()
     ratio = rows[1]["fps"] / rows[0]["fps"]
     print(f"| workers | frames | chunks | seconds | frames/s | ({w}x{h}, {args.steps} steps) |")
@@ -192,12 +230,24 @@ def main() -> int:
     same = (OUT / "out-1.mp4").read_bytes() == (OUT / "out-2.mp4").read_bytes()
     print(f"\n2 workers / 1 worker: {ratio:.2f}x (goal >= 1.8x); outputs identical: {same}")
     print(
+        "machine scaling (2 single-thread torch loops pinned to 2 cores / 1 loop): "
+        f"{controls[0]:.2f}x before, {controls[1]:.2f}x after"
+    )
+    print(
         f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
         f"cores {os.cpu_count()}; taskset {'yes' if shutil.which('taskset') else 'no'}"
     )
     if args.json:
         args.json.write_text(
-            json.dumps({"runs": rows, "ratio": ratio, "load": [load_before, load_after]}) + "\n"
+            json.dumps(
+                {
+                    "runs": rows,
+                    "ratio": ratio,
+                    "machine_scaling": controls,
+                    "load": [load_before, load_after],
+                }
+            )
+            + "\n"
         )
     return 0
 
