@@ -26,6 +26,9 @@ class JSMAConfig(AttackConfigBase):
     name: Literal["jsma"] = "jsma"
     theta: float = Field(1.0, ge=-1.0, le=1.0, description="change per chosen feature")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="largest share of features changed")
+    max_iter: int = Field(
+        1000, ge=1, le=10_000_000, description="at most this many pairs, whatever gamma allows"
+    )
     candidates: int = Field(
         256,
         ge=2,
@@ -42,8 +45,9 @@ class JSMA:
     unused features maximising ``alpha * |beta|`` with ``alpha = sum_{p,q} J_t > 0`` and
     ``beta = sum_{p,q} sum_{j != t} J_j < 0`` (for ``theta > 0``; signs flip for
     ``theta < 0``), adds ``theta`` to both and clips to [0, 1]; it stops when the target wins
-    or ``ceil(gamma * n / 2)`` pairs are used. Untargeted (``targeted=False``, y the true
-    class): the roles are "all other classes" (alpha) against y (beta). Features at 0.99+
+    or ``ceil(gamma * n / 2)`` pairs (at most ``max_iter``) are used. Untargeted
+    (``targeted=False``, y the true class): the roles are "all other classes" (alpha)
+    against y (beta). Features at 0.99+
     (``theta > 0``) or 0.01- (``theta < 0``) are not used, as in the reference code. The
     pair search is exact while the image has at most ``candidates`` features, and otherwise
     runs among the ``candidates`` best single features (a pair search over every pair of a
@@ -80,7 +84,7 @@ class JSMA:
         n = len(x0)
         d = x0[0].numel() if n else 0
         increasing = cfg.theta > 0
-        max_iters = math.ceil(d * cfg.gamma / 2.0)
+        max_iters = min(math.ceil(d * cfg.gamma / 2.0), cfg.max_iter)
         xa = x0.clone().flatten(1)
         domain = (xa < 0.99) if increasing else (xa > 0.01)
         steps = torch.zeros(n, dtype=torch.long, device=x0.device)

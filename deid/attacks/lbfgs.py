@@ -22,6 +22,10 @@ from deid.attacks.base import (
     select,
 )
 
+# Above this many variables, L-BFGS-B's workspace ((2m + 5) n doubles) and per-iteration cost
+# grow too large (big pipeline crops): a projected Adam in torch takes over.
+MAX_LBFGSB_VARS = 2_000_000
+
 
 def minimize_box(
     fun: Callable[[Tensor], Tensor], x0: Tensor, lo: Tensor, hi: Tensor, maxiter: int
@@ -30,8 +34,12 @@ def minimize_box(
 
     ``fun`` maps an (N, ...) tensor to (N,) per-sample objectives (the samples are
     independent, so one joint problem solves them all); gradients come from autograd.
+    Beyond :data:`MAX_LBFGSB_VARS` variables, ``2 * maxiter`` steps of Adam projected onto
+    the box (step a tenth of the box's mean width) replace L-BFGS-B.
     Returns the minimiser, like ``x0``.
     """
+    if x0.numel() > MAX_LBFGSB_VARS:
+        return _projected_adam(fun, x0, lo, hi, 2 * maxiter)
     from scipy.optimize import minimize
 
     shape, dtype, device = x0.shape, x0.dtype, x0.device
@@ -54,6 +62,22 @@ def minimize_box(
         options={"maxiter": maxiter},
     )
     return torch.from_numpy(res.x).to(device, dtype).view(shape)
+
+
+def _projected_adam(
+    fun: Callable[[Tensor], Tensor], x0: Tensor, lo: Tensor, hi: Tensor, steps: int
+) -> Tensor:
+    lr = max(1e-3, 0.1 * float((hi - lo).mean()))
+    x = x0.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    for _ in range(steps):
+        loss = fun(x).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            x.copy_(torch.maximum(torch.minimum(x, hi), lo))
+    return x.detach()
 
 
 class LBFGSConfig(AttackConfigBase):
