@@ -10,22 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deid.argtypes import fraction
 from deid.errors import DeidError
 
 log = logging.getLogger("deid")
 
 
-def _eps(text: str) -> float:
-    """``0.063`` or ``16/255``."""
-    try:
-        if "/" in text:
-            a, b = text.split("/", 1)
-            return float(a) / float(b)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(
-            f"expected a number such as 0.063 or 16/255, got {text!r}"
-        ) from None
+_eps = fraction  # the name the other parsers import
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from deid.argtypes import fraction
 from deid.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,9 @@ LABELS = {
 def parse_fraction(text: str) -> float:
     """``0.031`` or ``8/255`` -> float."""
     try:
-        if "/" in text:
-            a, b = text.split("/", 1)
-            return float(a) / float(b)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"expected a number such as 0.031 or 8/255, got {text!r}") from None
+        return fraction(text)
+    except argparse.ArgumentTypeError as e:
+        raise ConfigError(str(e)) from None
 
 
 def checkpoint_label(name: str | Path) -> str:

@@ -21,7 +21,6 @@ normalisation lives inside :class:`~deid.models.classifier.FaceClassifier`), and
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import logging
@@ -30,7 +29,6 @@ import random
 import shlex
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from deid.argtypes import fraction
+from deid.attacks.base import attack_mode
 from deid.data import FaceDataset, load_celeba, load_yaleb
 from deid.errors import ConfigError
 from deid.models.classifier import ClassifierMeta, FaceClassifier
@@ -195,23 +195,6 @@ class Adversarial:
         return d
 
 
-@contextlib.contextmanager
-def _frozen_eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode (BatchNorm's running statistics, no dropout) and no weight gradients while
-    adversarial examples are made; the training state is restored afterwards."""
-    was_training = model.training
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-        model.train(was_training)
-
-
 def one_step_adversarial(
     model: nn.Module, x: Tensor, y: Tensor, eps: float, method: str = "fgsm", steps: int = 1
 ) -> Tensor:
@@ -238,7 +221,7 @@ def one_step_adversarial(
     alpha = eps if steps == 1 else max(eps / 4, 1 / 255)
     xa = x0
     target = y
-    with _frozen_eval(model), torch.enable_grad():
+    with attack_mode(model), torch.enable_grad():
         for i in range(steps):
             xa = xa.clone().requires_grad_(True)
             logits = model(xa)
@@ -620,21 +603,6 @@ def train_classifier(
     return final, metrics
 
 
-def _fraction(text: str) -> float:
-    """``0.031`` or ``8/255``."""
-    import argparse
-
-    try:
-        if "/" in text:
-            a, b = text.split("/", 1)
-            return float(a) / float(b)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(
-            f"expected a number such as 0.031 or 8/255, got {text!r}"
-        ) from None
-
-
 def _subset(text: str) -> tuple[int, int]:
     import argparse
 
@@ -656,7 +624,7 @@ def add_training_flags(p: Any) -> None:
         help="goodfellow: J' = c J(x) + (1-c) J(x + eps sign(grad J)); "
         "kurakin: k adversarial of m per minibatch, loss weighted by lambda",
     )
-    g.add_argument("--eps", type=_fraction, default=8 / 255, help="L-inf step, e.g. 8/255")
+    g.add_argument("--eps", type=fraction, default=8 / 255, help="L-inf step, e.g. 8/255")
     g.add_argument("--c", type=float, default=0.5, help="goodfellow: weight of the clean loss")
     g.add_argument("--k", type=int, help="kurakin: adversarial examples per batch (default m/2)")
     g.add_argument(
