@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deid import __version__
 from deid.align import face_crop, obscure, paste_back
 from deid.errors import OutputError
 from deid.io import (
@@ -56,6 +55,8 @@ from deid.pipeline import (
     classify,
     crop,
     detect,
+    rate,
+    report_header,
     verify_frames,
 )
 from deid.tracking import plan_tracks
@@ -639,8 +640,8 @@ def job_report(
         "mean_psnr": round(float(np.mean(psnrs)), 2) if psnrs else None,
         "mean_linf": round(float(np.mean([f["linf"] for f in attacked])), 5) if attacked else None,
         "verified_faces": len(verified),
-        "verified_target_rate": _rate(verified, "is_target"),
-        "verified_original_rate": _rate(verified, "is_original"),
+        "verified_target_rate": rate(verified, "is_target"),
+        "verified_original_rate": rate(verified, "is_original"),
         "deidentified_on_output_rate": deid_rate,
         "repaired": sum(r["repaired"] for r in reports),
         "unprotected_faces": sum(not _protected_final(f) for f in faces),
@@ -648,21 +649,8 @@ def job_report(
         - 0,
         "target_changes_within_tracks": sum(max(0, len(t["targets_used"]) - 1) for t in tracks),
     }
-    cls = res.classifier.meta
     return {
-        "deid_version": __version__,
-        "kind": "video",
-        "input": str(input),
-        "output": str(output),
-        "device": str(res.device),
-        "classifier": {
-            "name": res.settings.classifier.name,
-            "dataset": cls.dataset,
-            "accuracy": cls.accuracy.get("top1"),
-        },
-        "attack": res.settings.attack.model_dump(),
-        "target_mode": res.target_mode,
-        "settings": res.settings.model_dump(mode="json"),
+        **report_header("video", input, output, res),
         "totals": totals,
         "video": {
             "fps_in": layout["fps"],
@@ -688,10 +676,6 @@ def job_report(
 
 def _protected_final(f: dict[str, Any]) -> bool:
     return _protected(f) if f["action"] == "attacked" else True
-
-
-def _rate(rows: list[dict[str, Any]], key: str) -> float | None:
-    return round(sum(bool(r["verified"][key]) for r in rows) / len(rows), 4) if rows else None
 
 
 # --------------------------------------------------------------------------------------------

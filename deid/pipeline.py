@@ -657,14 +657,25 @@ def _report(
         "mean_psnr": round(float(np.mean(psnrs)), 2) if psnrs else None,
         "mean_linf": round(float(np.mean([r["linf"] for r in attacked])), 5) if attacked else None,
         "verified_faces": len(verified),
-        "verified_target_rate": _rate(verified, "is_target"),
-        "verified_original_rate": _rate(verified, "is_original"),
+        "verified_target_rate": rate(verified, "is_target"),
+        "verified_original_rate": rate(verified, "is_original"),
         "unprotected_faces": sum(
             1
             for r in faces
             if r["action"] == "attacked" and r.get("verified", {}).get("is_original")
         ),
     }
+    return {
+        **report_header(kind, input, output, res),
+        "totals": totals,
+        "seconds": {k: round(v, 3) for k, v in timer.seconds.items()},
+        "faces_detail": faces,
+        "_thumbnails": state.thumbnails,
+    }
+
+
+def report_header(kind: str, input: Path, output: Path, res: Resources) -> dict[str, Any]:
+    """The fields every report starts with: what ran, on what, with which settings."""
     cls = res.classifier.meta
     return {
         "deid_version": __version__,
@@ -680,14 +691,10 @@ def _report(
         "attack": res.settings.attack.model_dump(),
         "target_mode": res.target_mode,
         "settings": res.settings.model_dump(mode="json"),
-        "totals": totals,
-        "seconds": {k: round(v, 3) for k, v in timer.seconds.items()},
-        "faces_detail": faces,
-        "_thumbnails": state.thumbnails,
     }
 
 
-def _rate(rows: list[dict[str, Any]], key: str) -> float | None:
+def rate(rows: list[dict[str, Any]], key: str) -> float | None:
     return round(sum(bool(r["verified"][key]) for r in rows) / len(rows), 4) if rows else None
 
 
