@@ -15,7 +15,7 @@ log = logging.getLogger("deid")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the service's subcommands on ``deid``'s subparsers."""
-    from deid.cli import _eps
+    from deid.argtypes import fraction
 
     p = sub.add_parser("submit", help="queue a job on the service; prints its id")
     p.add_argument("input", type=Path, help="video file or folder of images (under a root)")
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", help="yaleb-mlp, celeba-cnn, or a checkpoint path")
     p.add_argument("--attack", help="ifgsm, realistic or conceal")
     p.add_argument("--target", help="least-likely, nearest, random, or a class id / name")
-    p.add_argument("--eps", type=_eps, help="L-inf bound, e.g. 0.063 or 16/255")
+    p.add_argument("--eps", type=fraction, help="L-inf bound, e.g. 0.063 or 16/255")
     p.add_argument("--steps", type=int, help="attack iterations")
     p.add_argument("--fallback", help="pixelate, blur or black")
     p.add_argument("--no-verify", action="store_true", help="skip verifying the written output")
