@@ -305,7 +305,10 @@ def test_cw_torchattacks(net, faces, targeted) -> None:
 def test_cw_art(net) -> None:
     x, _ = synthetic_faces(n_per_class=1, seed=7)
     lab = _labels(net, x, True)
-    ours = _deid("cw", net, x, lab, targeted=True, c_init=1.0, binary_steps=3, steps=50, lr=0.01)
+    ours = _deid(
+        "cw", net, x, lab, targeted=True, c_init=1.0, binary_steps=3, steps=50, lr=0.01,
+        abort_early=False,  # ART runs every step
+    )  # fmt: skip
     cw = art_evasion.CarliniL2Method(
         _art(net, x), confidence=0.0, targeted=True, learning_rate=0.01, binary_search_steps=3,
         max_iter=50, initial_const=1.0, batch_size=len(x), verbose=False,
