@@ -66,7 +66,8 @@ class DeepFool:
         >>> torch.manual_seed(0) and None
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
         >>> x = torch.rand(2, 3, 8, 8)
-        >>> r = DeepFool(DeepFoolConfig(targeted=False, quantize=False))(model, x, model(x).argmax(1))
+        >>> cfg = DeepFoolConfig(targeted=False, quantize=False)
+        >>> r = DeepFool(cfg)(model, x, model(x).argmax(1))
         >>> r.success.tolist()
         [True, True]
     """
