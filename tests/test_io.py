@@ -457,3 +457,26 @@ def test_read_range_seeks_to_exactly_the_asked_frames(tmp_path: Path) -> None:
     t2 = frame_table(joined)
     assert [float(p * t2.time_base) for p in t2.pts] == pytest.approx(pts / 1000)
     assert leftovers(tmp_path) == []
+
+
+def test_frame_table_refuses_a_truncated_avi(tmp_path: Path) -> None:
+    """An AVI cut short still opens and its header still lists every frame: the frame table
+    (what a video job is planned from) must refuse it rather than plan a shorter video."""
+    from deid.io import frame_table
+
+    path = tmp_path / "clip.avi"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mjpeg", rate=10)
+        s.width, s.height, s.pix_fmt = W, H, "yuvj420p"
+        for i, rgb in enumerate(moving_frames(20)):
+            f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuvj420p")
+            f.pts = i
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    assert len(frame_table(path).pts) == 20
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size * 6 // 10])
+    with pytest.raises(VideoDecodeError, match="truncated"):
+        frame_table(cut)

@@ -753,6 +753,12 @@ def frame_table(path: Path | str) -> FrameTable:
             if packet.pts is None:
                 return FrameTable(Fraction(stream.time_base), [])
             pts.append(int(packet.pts))
+        if stream.frames > 0 and len(pts) < stream.frames:
+            raise VideoDecodeError(
+                path,
+                f"file ends after {len(pts)} of the {stream.frames} frames its header lists; "
+                "it is truncated",
+            )
         return FrameTable(Fraction(stream.time_base), sorted(pts))
     except _AV_ERRORS as e:
         raise VideoDecodeError(path, f"cannot read its packets ({e})") from e
