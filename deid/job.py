@@ -55,7 +55,7 @@ from deid.pipeline import (
     classify,
     crop,
     detect,
-    rate,
+    face_totals,
     report_header,
     verify_frames,
 )
@@ -595,10 +595,7 @@ def job_report(
     faces = [f for r in reports for f in r["faces"]]
     cov_faces = [n for r in reports for n in r["coverage"]["faces"]]
     cov_prot = [n for r in reports for n in r["coverage"]["protected"]]
-    attacked = [f for f in faces if f["success"]]
     verified = [f for f in faces if "verified" in f]
-    psnrs = [f["psnr"] for f in attacked if f["psnr"] is not None]
-    detected = [f for f in faces if f["kind"] == "detected"]
     seconds: dict[str, float] = defaultdict(float)
     for r in [*analyses, *reports]:
         for k, v in r.get("seconds", {}).items():
@@ -629,24 +626,17 @@ def job_report(
         "frames": layout["frames"],
         "frames_with_faces": sum(n > 0 for n in cov_faces),
         "frames_without_faces": sum(n == 0 for n in cov_faces),
-        "faces": len(faces),
-        "faces_detected": len(detected),
+        **face_totals(faces),
+        "faces_detected": sum(f["kind"] == "detected" for f in faces),
         "faces_interpolated": sum(f["kind"] == "interpolated" for f in faces),
         "faces_extrapolated": sum(f["kind"] == "extrapolated" for f in faces),
         "tracks": len(tracks),
-        "attack_succeeded": len(attacked),
-        "fail_closed": len(faces) - len(attacked),
-        "attack_success_rate": round(len(attacked) / len(faces), 4) if faces else None,
-        "mean_psnr": round(float(np.mean(psnrs)), 2) if psnrs else None,
-        "mean_linf": round(float(np.mean([f["linf"] for f in attacked])), 5) if attacked else None,
-        "verified_faces": len(verified),
-        "verified_target_rate": rate(verified, "is_target"),
-        "verified_original_rate": rate(verified, "is_original"),
         "deidentified_on_output_rate": deid_rate,
         "repaired": sum(r["repaired"] for r in reports),
-        "unprotected_faces": sum(not _protected_final(f) for f in faces),
-        "frames_with_unprotected_face": sum(p < n for p, n in zip(cov_prot, cov_faces, strict=True))
-        - 0,
+        "unprotected_faces": sum(not _protected(f) for f in faces),
+        "frames_with_unprotected_face": sum(
+            p < n for p, n in zip(cov_prot, cov_faces, strict=True)
+        ),
         "target_changes_within_tracks": sum(max(0, len(t["targets_used"]) - 1) for t in tracks),
     }
     return {
@@ -672,10 +662,6 @@ def job_report(
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "faces_detail": faces,
     }
-
-
-def _protected_final(f: dict[str, Any]) -> bool:
-    return _protected(f) if f["action"] == "attacked" else True
 
 
 # --------------------------------------------------------------------------------------------

@@ -643,22 +643,11 @@ def _report(
     state: StreamState,
 ) -> dict[str, Any]:
     faces = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
-    attacked = [r for r in faces if r["success"]]
-    verified = [r for r in faces if "verified" in r]
-    psnrs = [r["psnr"] for r in attacked if r["psnr"] is not None]
     totals = {
         "frames": n_frames,
         "frames_with_faces": frames_with_faces,
         "frames_without_faces": n_frames - frames_with_faces,
-        "faces": len(faces),
-        "attack_succeeded": len(attacked),
-        "fail_closed": len(faces) - len(attacked),
-        "attack_success_rate": round(len(attacked) / len(faces), 4) if faces else None,
-        "mean_psnr": round(float(np.mean(psnrs)), 2) if psnrs else None,
-        "mean_linf": round(float(np.mean([r["linf"] for r in attacked])), 5) if attacked else None,
-        "verified_faces": len(verified),
-        "verified_target_rate": rate(verified, "is_target"),
-        "verified_original_rate": rate(verified, "is_original"),
+        **face_totals(faces),
         "unprotected_faces": sum(
             1
             for r in faces
@@ -691,6 +680,24 @@ def report_header(kind: str, input: Path, output: Path, res: Resources) -> dict[
         "attack": res.settings.attack.model_dump(),
         "target_mode": res.target_mode,
         "settings": res.settings.model_dump(mode="json"),
+    }
+
+
+def face_totals(faces: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and rates over face records that every report gives (image and video)."""
+    attacked = [r for r in faces if r["success"]]
+    verified = [r for r in faces if "verified" in r]
+    psnrs = [r["psnr"] for r in attacked if r["psnr"] is not None]
+    return {
+        "faces": len(faces),
+        "attack_succeeded": len(attacked),
+        "fail_closed": len(faces) - len(attacked),
+        "attack_success_rate": round(len(attacked) / len(faces), 4) if faces else None,
+        "mean_psnr": round(float(np.mean(psnrs)), 2) if psnrs else None,
+        "mean_linf": round(float(np.mean([r["linf"] for r in attacked])), 5) if attacked else None,
+        "verified_faces": len(verified),
+        "verified_target_rate": rate(verified, "is_target"),
+        "verified_original_rate": rate(verified, "is_original"),
     }
 
 
