@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def fraction(text: str) -> float:
@@ -20,3 +25,27 @@ def fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected a number such as 0.063 or 16/255, got {text!r}"
         ) from None
+
+
+def add_report_flags(p: argparse.ArgumentParser) -> None:
+    """The flags every ``deid eval`` report command shares: data, seed, device, threads and
+    the output folder."""
+    p.add_argument("--data", type=Path, help="dataset npz (default: the checkpoints' own)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for the report")
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (torch's CPU threads) when it was given."""
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def print_report(paths: dict[str, Path]) -> None:
+    """Print a written report's Markdown table and log where its files went."""
+    sys.stdout.write(paths["md"].read_text())
+    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))

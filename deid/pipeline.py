@@ -238,6 +238,21 @@ class FaceOutcome:
     norms: dict[str, float]
     psnr: float
 
+    def record(self, names: Sequence[str], fallback: str) -> dict[str, Any]:
+        """The report fields of this outcome (``names``: the classifier's class names;
+        ``fallback``: how a failed face is obscured)."""
+        return {
+            "target": names[self.target],
+            "success": self.success,
+            "action": "attacked" if self.success else f"obscured:{fallback}",
+            "steps": self.steps,
+            "final": names[self.final],
+            "final_conf": round(self.final_conf, 4),
+            "l2": round(self.norms["l2"], 5),
+            "linf": round(self.norms["linf"], 5),
+            "psnr": round(self.psnr, 2) if math.isfinite(self.psnr) else None,
+        }
+
 
 class GreyInput(nn.Module):
     """The classifier seeing only the luma of its input, for faces of grey frames: the
@@ -388,15 +403,7 @@ def process_frames(
                 "track": c.track,
                 "pred": names[o.pred],
                 "pred_conf": round(float(probs[i, o.pred]), 4),
-                "target": names[o.target],
-                "success": o.success,
-                "action": "attacked" if o.success else f"obscured:{res.settings.pipeline.fallback}",
-                "steps": o.steps,
-                "final": names[o.final],
-                "final_conf": round(o.final_conf, 4),
-                "l2": round(o.norms["l2"], 5),
-                "linf": round(o.norms["linf"], 5),
-                "psnr": round(o.psnr, 2) if math.isfinite(o.psnr) else None,
+                **o.record(names, res.settings.pipeline.fallback),
                 "_theta": c.theta.tolist(),
                 "_corners": c.extra["corners"].tolist(),
             }

@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deid.argtypes import fraction
+from deid.argtypes import add_report_flags, fraction, print_report, set_threads
 from deid.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -398,17 +397,12 @@ def add_parser(esub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", type=int, default=500, help="held-out faces per checkpoint")
     p.add_argument("--steps", type=int, default=20, help="iterative attacks' steps")
     p.add_argument("--alpha", help="iterative step size (default max(eps/4, 1/255))")
-    p.add_argument("--data", type=Path, help="dataset npz (default: the checkpoint's own)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("-o", "--output", type=Path, required=True, help="folder for the report")
+    add_report_flags(p)
     p.set_defaults(func=cmd_robustness)
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     eps = [parse_fraction(e) for e in args.eps.split(",") if e.strip()]
     if not eps or any(not 0 < e <= 1 for e in eps):
         raise ConfigError(f"--eps: expected values in (0, 1] such as 4/255, got {args.eps!r}")
@@ -426,7 +420,5 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
     )
-    paths = write_report(table, args.output)
-    sys.stdout.write(paths["md"].read_text())
-    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    print_report(write_report(table, args.output))
     return 0

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deid.argtypes import add_report_flags, print_report, set_threads
 from deid.errors import ConfigError
 from deid.robustness import LABELS, STYLE, checkpoint_label, parse_fraction, write_csv
 
@@ -363,17 +363,12 @@ def add_parser(esub: argparse._SubParsersAction) -> None:
         help="stop each face once the source is fooled (weaker transfer)",
     )
     p.add_argument("-n", type=int, default=200, help="held-out faces to draw")
-    p.add_argument("--data", type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("-o", "--output", type=Path, required=True, help="folder for the report")
+    add_report_flags(p)
     p.set_defaults(func=cmd_transfer)
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     eps = parse_fraction(args.eps)
     if not 0 < eps <= 1:
         raise ConfigError(f"--eps: expected a value in (0, 1] such as 8/255, got {args.eps!r}")
@@ -392,7 +387,5 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
     )
-    paths = write_report(table, args.output)
-    sys.stdout.write(paths["md"].read_text())
-    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    print_report(write_report(table, args.output))
     return 0

@@ -118,6 +118,26 @@ def is_success(logits: Tensor, labels: Tensor, targeted: bool, margin: float = 0
     return (best_other - true > margin) if margin > 0 else (logits.argmax(1) != labels)
 
 
+def logit_gap(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
+    """(N,) C&W's margin on the logits Z, <= 0 exactly when the attack has succeeded:
+    ``max_{i != t} Z_i - Z_t`` (targeted, t = label) or ``Z_y - max_{i != y} Z_i``."""
+    z = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
+    return (other - z) if targeted else (z - other)
+
+
+def search_c(
+    c: Tensor, lower: Tensor, upper: Tensor, found: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One round of C&W's per-sample binary search over the constant ``c``: a sample that
+    succeeded halves towards its lower bound, one that did not bisects upwards (or grows
+    tenfold while no success has bounded it). Returns the new ``(c, lower, upper)``."""
+    upper = torch.where(found, torch.minimum(upper, c), upper)
+    lower = torch.where(found, lower, torch.maximum(lower, c))
+    c = torch.where(upper < 1e9, (lower + upper) / 2, c * 10)
+    return c, lower, upper
+
+
 def quantize8(x: Tensor) -> Tensor:
     """Round to the 8-bit grid that an image file stores."""
     return torch.round(x * 255.0) / 255.0

@@ -15,8 +15,10 @@ from deid.attacks.base import (
     attack_mode,
     check_images,
     is_success,
+    logit_gap,
     perturbation_norms,
     quantize8,
+    search_c,
     select,
 )
 
@@ -75,10 +77,7 @@ class CW:
         self.cfg = cfg or CWConfig()
 
     def _f(self, logits: Tensor, y: Tensor) -> Tensor:
-        z_y = logits.gather(1, y[:, None]).squeeze(1)
-        other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-        diff = (other - z_y) if self.cfg.targeted else (z_y - other)
-        return (diff + self.cfg.kappa).clamp_min(0.0)
+        return (logit_gap(logits, y, self.cfg.targeted) + self.cfg.kappa).clamp_min(0.0)
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor) -> AttackResult:
         check_images(images, targets)
@@ -136,10 +135,7 @@ class CW:
                             if not len(idx):
                                 break
                             m = select(model, idx)
-                # binary search on c, per sample
-                upper = torch.where(found, torch.minimum(upper, c), upper)
-                lower = torch.where(found, lower, torch.maximum(lower, c))
-                c = torch.where(upper < 1e9, (lower + upper) / 2, c * 10)
+                c, lower, upper = search_c(c, lower, upper, found)
             with torch.no_grad():
                 final_logits = select(model, torch.arange(n, device=dev))(best)
         success = is_success(final_logits, y, cfg.targeted, cfg.margin)

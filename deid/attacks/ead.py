@@ -14,8 +14,10 @@ from deid.attacks.base import (
     attack_mode,
     check_images,
     is_success,
+    logit_gap,
     perturbation_norms,
     quantize8,
+    search_c,
     select,
 )
 
@@ -71,10 +73,7 @@ class EAD:
         self.cfg = cfg or EADConfig()
 
     def _f(self, logits: Tensor, y: Tensor) -> Tensor:
-        z_y = logits.gather(1, y[:, None]).squeeze(1)
-        other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-        diff = (other - z_y) if self.cfg.targeted else (z_y - other)
-        return diff.clamp_min(-self.cfg.kappa)
+        return logit_gap(logits, y, self.cfg.targeted).clamp_min(-self.cfg.kappa)
 
     def _dist(self, xa: Tensor, x0: Tensor) -> Tensor:
         d = (xa - x0).flatten(1)
@@ -124,10 +123,7 @@ class EAD:
                     best[better] = xq[better]
                     best_dist[better] = dist[better]
                     found |= ok
-                # binary search on c, per sample (as C&W and ART)
-                upper = torch.where(found, torch.minimum(upper, c), upper)
-                lower = torch.where(found, lower, torch.maximum(lower, c))
-                c = torch.where(upper < 1e9, (lower + upper) / 2, c * 10)
+                c, lower, upper = search_c(c, lower, upper, found)
             with torch.no_grad():
                 logits = m(best)
         success = is_success(logits, y, cfg.targeted, cfg.margin)

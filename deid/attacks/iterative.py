@@ -7,6 +7,8 @@ logits of the step's own forward pass, and the update runs in place on those ten
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -129,6 +131,24 @@ def sign_iterate(
             nsteps += 1
     assert out_logits is not None
     return AttackResult(out_x, success, out_steps, out_logits, perturbation_norms(x0, out_x))
+
+
+def sign_attack(
+    cfg: Any, model: nn.Module, images: Tensor, labels: Tensor, **kw: Any
+) -> AttackResult:
+    """:func:`sign_iterate` with the fields every sign attack's config holds (``eps``,
+    ``alpha``, ``steps``, ``targeted``, ``margin``, ``quantize``, ``early_stop``); ``kw``
+    adds or overrides (FGSM: one step of ``eps``; MI-FGSM: ``decay``; PGD: the start)."""
+    p: dict[str, Any] = {
+        "eps": cfg.eps,
+        "alpha": getattr(cfg, "alpha", cfg.eps),
+        "steps": getattr(cfg, "steps", 1),
+        "targeted": cfg.targeted,
+        "margin": cfg.margin,
+        "quantize": cfg.quantize,
+        "early_stop": cfg.early_stop,
+    }
+    return sign_iterate(model, images, labels, **{**p, **kw})
 
 
 def _project(v: Tensor, x0: Tensor, lo: Tensor, hi: Tensor, eps: float, quantize: bool) -> Tensor:

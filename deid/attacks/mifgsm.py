@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from deid.attacks.base import AttackConfigBase, AttackResult, Budget
-from deid.attacks.iterative import sign_iterate
+from deid.attacks.iterative import sign_attack
 
 
 class MIFGSMConfig(AttackConfigBase):
@@ -53,16 +53,4 @@ class MIFGSM:
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor) -> AttackResult:
         c = self.cfg
-        return sign_iterate(
-            model,
-            images,
-            targets,
-            eps=c.eps,
-            alpha=c.alpha,
-            steps=c.steps,
-            targeted=c.targeted,
-            margin=c.margin,
-            quantize=c.quantize,
-            early_stop=c.early_stop,
-            decay=c.decay,
-        )
+        return sign_attack(c, model, images, targets, decay=c.decay)

@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from deid.attacks.base import AttackConfigBase, AttackResult, Budget
-from deid.attacks.iterative import sign_iterate
+from deid.attacks.iterative import sign_attack
 
 
 class PGDConfig(AttackConfigBase):
@@ -56,17 +56,4 @@ class PGD:
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor) -> AttackResult:
         c = self.cfg
-        return sign_iterate(
-            model,
-            images,
-            targets,
-            eps=c.eps,
-            alpha=c.alpha,
-            steps=c.steps,
-            targeted=c.targeted,
-            margin=c.margin,
-            quantize=c.quantize,
-            early_stop=c.early_stop,
-            random_start=c.random_start,
-            seed=c.seed,
-        )
+        return sign_attack(c, model, images, targets, random_start=c.random_start, seed=c.seed)

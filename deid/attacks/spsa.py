@@ -15,6 +15,7 @@ from deid.attacks.base import (
     check_images,
     grid_bounds,
     is_success,
+    logit_gap,
     perturbation_norms,
     quantize8,
 )
@@ -77,9 +78,7 @@ class SPSA:
         return self._search(as_query(model, "logits"), images.detach(), targets.to(images.device))
 
     def _loss(self, logits: Tensor, y: Tensor) -> Tensor:
-        z_y = logits.gather(1, y[:, None]).squeeze(1)
-        other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
-        return (other - z_y) if self.cfg.targeted else (z_y - other)
+        return logit_gap(logits, y, self.cfg.targeted)
 
     def _search(self, query: QueryModel, x0: Tensor, y: Tensor) -> AttackResult:
         cfg = self.cfg

@@ -31,8 +31,10 @@ class ClassifierMeta:
         arch: ``mlp`` or ``resnet``; ``arch_params`` gives its sizes.
         input_size: (H, W) the network sees.
         channels: 1 (grayscale) or 3 (RGB).
-        norm: ``{"kind": "per_image"}`` (each image standardised to mean 0, std 1) or
-            ``{"kind": "channel", "mean": [...], "std": [...]}``.
+        norm: ``{"kind": "per_image"}`` (each image standardised to mean 0, std 1; with
+            ``"min_std": s`` the std is floored at ``s``, so a dark, flat face is not
+            stretched by more than ``1/s``) or ``{"kind": "channel", "mean": [...],
+            "std": [...]}``.
         class_names: identity names, index = class id.
         template: the crop convention: where the 5 facial landmarks (eyes, nose, mouth
             corners; MTCNN order) sit in a training crop, as fractions of (W, H). A detected
@@ -141,6 +143,7 @@ class FaceClassifier(nn.Module):
         else:
             self.mean = None
             self.std = None
+        self.min_std = float(meta.norm.get("min_std", 1e-3))
 
     @property
     def num_classes(self) -> int:
@@ -159,7 +162,7 @@ class FaceClassifier(nn.Module):
         # per-image standardisation: invariant to brightness and contrast (Yale B's lighting)
         flat = x.flatten(1)
         mu = flat.mean(1).view(-1, 1, 1, 1)
-        sd = flat.std(1).clamp_min(1e-3).view(-1, 1, 1, 1)
+        sd = flat.std(1).clamp_min(self.min_std).view(-1, 1, 1, 1)
         return (x - mu) / sd
 
     def forward(self, x: Tensor, theta: Tensor | None = None) -> Tensor:

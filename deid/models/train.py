@@ -68,6 +68,7 @@ class Recipe:
     ema: float = 0.0
     aug: dict[str, float] = field(default_factory=dict)
     resolution: str = "48x42"  # Yale B only: which shared file to read
+    min_std: float | None = None  # per_image only: floor on each image's std
 
 
 RECIPES: dict[str, Recipe] = {
@@ -501,6 +502,8 @@ def train_classifier(
         }
     else:
         norm = {"kind": "per_image"}
+        if r.min_std is not None:
+            norm["min_std"] = r.min_std
     meta = ClassifierMeta(
         arch=r.arch,
         arch_params=r.arch_params,
