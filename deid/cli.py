@@ -75,6 +75,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default="random",
         help="Yale B only: random per-identity hold-out, or train on |azimuth| <= 25 deg",
     )
+    p.add_argument(
+        "--min-std",
+        type=float,
+        help="Yale B presets: floor on each image's std in the per-image normalisation",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     add_training_flags(p)
@@ -207,6 +212,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=str(resolve_device(args.device)),
         split=args.split,
         command=command,
+        min_std=args.min_std,
         **training_options(args),
     )
     sys.stdout.write(json.dumps({k: v for k, v in metrics.items() if k != "split"}) + "\n")

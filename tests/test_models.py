@@ -9,7 +9,7 @@ import torch
 
 from deid.attacks import IFGSM, IFGSMConfig, Realistic, RealisticConfig
 from deid.attacks.base import predict, quantize8
-from deid.errors import CheckpointError
+from deid.errors import CheckpointError, ConfigError
 from deid.evaluate import classifier_accuracy, dataset_of, psnr, sample_test
 from deid.models import load_classifier, shipped_path
 from deid.models.classifier import FaceClassifier
@@ -66,6 +66,21 @@ def test_training_writes_a_complete_checkpoint(tmp_path: Path, data_dir) -> None
     assert meta.accuracy["top1"] == metrics["top1"] > 0.3
     assert len(meta.template) == 5 and meta.norm["kind"] == "per_image"
     assert meta.training["epochs"] == 2 and meta.training["seed"] == 0
+
+
+def test_min_std_floors_the_per_image_normalisation(tmp_path: Path, data_dir) -> None:
+    """A dark, flat face is stretched by at most 1/min_std; a normal one is untouched."""
+    out = tmp_path / "floor.pt"
+    train_classifier("yaleb-mlp", out, epochs=1, progress=False, command="t", min_std=0.2)
+    m = FaceClassifier.load(out)
+    assert m.meta.norm == {"kind": "per_image", "min_std": 0.2}
+    flat = 0.3 + 0.02 * torch.rand(1, 1, 48, 42)  # std ~0.006
+    z = m.prepare(flat)
+    assert float(z.std()) == pytest.approx(float(flat.std()) / 0.2, rel=1e-3)
+    busy = torch.rand(1, 1, 48, 42)  # std ~0.29: standardised as before
+    assert float(m.prepare(busy).std()) == pytest.approx(1.0, rel=1e-3)
+    with pytest.raises(ConfigError, match="per-image"):
+        train_classifier("celeba-cnn", tmp_path / "c.pt", epochs=1, progress=False, min_std=0.2)
 
 
 @pytest.mark.slow

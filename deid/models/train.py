@@ -461,6 +461,7 @@ def train_classifier(
     progress: bool = True,
     adversarial: Adversarial | None = None,
     subset: tuple[int, int] | None = None,
+    min_std: float | None = None,
 ) -> tuple[FaceClassifier, dict[str, Any]]:
     """Train a preset, evaluate on the held-out split, save the checkpoint to ``out``.
 
@@ -470,6 +471,8 @@ def train_classifier(
             training eps is measured and recorded too (``accuracy["under_attack"]``).
         subset: ``(i, n)``: train on part i of n disjoint, per-identity stratified parts of
             the training split (the held-out split stays the same).
+        min_std: per-image normalisation only: floor each image's std at this value (the
+            recipe's own floor, if any, otherwise).
 
     Returns the classifier (eval mode) and its held-out metrics.
     """
@@ -478,6 +481,13 @@ def train_classifier(
     r = copy.deepcopy(RECIPES[preset])
     if epochs is not None:
         r.epochs = epochs
+    if min_std is not None:
+        if r.norm != "per_image" or not 0.0 < min_std <= 1.0:
+            raise ConfigError(
+                f"min_std {min_std}: expected a value in (0, 1] for a per-image normalised "
+                f"preset ({preset} normalises by {r.norm})"
+            )
+        r.min_std = min_std
     seed_everything(seed)
     dev = torch.device(device)
     if r.dataset == "yaleb":
