@@ -15,20 +15,16 @@ eps weighs most on the darkest, flattest faces.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deid.argtypes import fraction  # noqa: E402
-from deid.attacks.base import predict  # noqa: E402
-from deid.attacks.registry import attack_config, build_attack  # noqa: E402
-from deid.evaluate import dataset_of, sample_test  # noqa: E402
-from deid.models import load_classifier  # noqa: E402
-from deid.robustness import _attack_all, attack_params  # noqa: E402
+from deid.argtypes import fraction
+from deid.attacks.base import predict
+from deid.attacks.registry import attack_config, build_attack
+from deid.evaluate import dataset_of, sample_test
+from deid.models import load_classifier
+from deid.robustness import _attack_all, attack_params
 
 
 def main() -> None:
