@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from deid.align import face_crop, obscure, paste_back
 from deid.errors import OutputError
 from deid.io import (
+    REPRODUCIBLE_X264,
     WRITABLE_VIDEO_FORMATS,
     FrameTable,
     VideoWriter,
@@ -319,6 +320,7 @@ def _writer(path: Path, layout: dict[str, Any], crf: int) -> VideoWriter:
         crf=crf,
         time_base=Fraction(layout["time_base"]),
         threads=SEGMENT_THREADS,
+        x264_params=REPRODUCIBLE_X264,
     )
 
 

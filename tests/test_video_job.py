@@ -215,3 +215,48 @@ def test_pedestrian_clip_with_audio(tmp_path: Path, resources: Resources) -> Non
     for f in report["faces_detail"]:
         assert f["action"] != "attacked" or not f["verified"]["is_original"]
     write_image(tmp_path / "last.png", list(read_frames(out))[-1])
+
+
+_ENCODE_SEGMENT = """
+import hashlib, sys
+from fractions import Fraction
+from pathlib import Path
+import cv2, torchvision  # noqa: F401  (torchvision loaded, as in a worker)
+from deid import job
+from deid.io import read_range
+frames = [cv2.resize(f, (960, 540), interpolation=cv2.INTER_AREA)
+          for _, f in read_range(Path(sys.argv[1]), 0, 3)]
+layout = {"rate": "25", "width": 960, "height": 540, "time_base": "1/12800"}
+out = Path(sys.argv[2])
+with job._writer(out, layout, 18) as w:
+    for i, f in enumerate(frames):
+        w.write(f, pts=512 * i)
+print(hashlib.sha256(out.read_bytes()).hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_segments_encode_to_the_same_bytes_in_every_process(tmp_path: Path) -> None:
+    """The same frames give the same segment bytes in fresh worker processes. With x264's
+    mbtree on, about half of such processes wrote other bytes (so a redone chunk, or a chunk
+    on another worker, changed the output); five agreeing processes would happen by chance
+    with probability about 1/16."""
+    import subprocess
+    import sys
+
+    clip = SCENES / "pedestrians_walking_1080p.mp4"
+    if not clip.is_file():
+        pytest.skip("shared scenes not found")
+    script = tmp_path / "encode.py"
+    script.write_text(_ENCODE_SEGMENT)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(clip), str(tmp_path / f"s{i}.mp4")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(5)
+    ]
+    digests = {p.communicate(timeout=300)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs)
+    assert len(digests) == 1, digests

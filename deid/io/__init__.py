@@ -11,6 +11,7 @@ from deid.io.images import (
 )
 from deid.io.paths import tmp_beside
 from deid.io.video import (
+    REPRODUCIBLE_X264,
     WRITABLE_VIDEO_FORMATS,
     FrameTable,
     VideoInfo,
@@ -27,6 +28,7 @@ from deid.io.video import (
 
 __all__ = [
     "IMAGE_EXTS",
+    "REPRODUCIBLE_X264",
     "VIDEO_EXTS",
     "WRITABLE_VIDEO_FORMATS",
     "FrameTable",

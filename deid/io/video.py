@@ -466,6 +466,14 @@ class _AudioCopier:
         self._input.close()
 
 
+# libx264 options under which the same frames always give the same bytes. With x264's
+# macroblock-tree rate control on (its default), PyAV's bundled libx264 gave different
+# bitstreams for the same frames and settings in about half of the processes that had
+# torchvision loaded (any thread count; not with x264's assembly off), so a re-run chunk
+# or a second worker could write other bytes. Without mbtree, 10 of 10 runs were identical.
+REPRODUCIBLE_X264 = "mbtree=0"
+
+
 class VideoWriter:
     """Encode RGB frames to an H.264 file, atomically.
 
@@ -500,6 +508,8 @@ class VideoWriter:
             spaced ``1 / fps`` apart.
         threads: encoder threads (``0``: FFmpeg's choice). Fix it where outputs must be
             byte-for-byte reproducible across machines (x264's output depends on it).
+        x264_params: extra libx264 options (``key=value:key=value``), e.g. ``mbtree=0``
+            where outputs must be byte-for-byte reproducible (see :data:`REPRODUCIBLE_X264`).
 
     Attributes:
         frames_written: frames passed to :meth:`write` so far.
@@ -519,6 +529,7 @@ class VideoWriter:
         rotation: int = 0,
         time_base: Fraction | None = None,
         threads: int = 0,
+        x264_params: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.rate = to_rate(fps)
@@ -564,6 +575,8 @@ class VideoWriter:
                 ctx.thread_count = threads
             if codec in ("libx264", "libx265"):
                 self._stream.options = {"crf": str(crf), "preset": preset}
+                if x264_params and codec == "libx264":
+                    self._stream.options = {**self._stream.options, "x264-params": x264_params}
             if rotation % 360:
                 self._stream.set_display_rotation(rotation % 360)
         except _AV_ERRORS as e:
