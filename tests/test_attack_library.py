@@ -19,7 +19,11 @@ from deid.attacks.base import perturbation_norms, predict, quantize8
 from deid.attacks.query import QueryModel
 from deid.config import load_settings
 from deid.errors import ConfigError
+from deid.io import read_image, write_image
+from deid.pipeline import run
 from deid.targets import choose_targets
+
+from .conftest import scene
 
 # Small budgets so the whole registry runs in well under a minute on 2 CPU cores.
 FAST: dict[str, dict] = {
@@ -221,11 +225,6 @@ SMALL = {
 def test_every_attack_runs_end_to_end(name: str, tmp_path) -> None:
     """`deid run --attack NAME` on a real photo: the face is attacked or, where the small
     budget fails, obscured; either way no face is written as it was."""
-    from deid.io import read_image, write_image
-    from deid.pipeline import run
-
-    from .conftest import scene
-
     face = scene("astronaut_single_face.png")
     src, out = tmp_path / "in.png", tmp_path / "out.png"
     write_image(src, face)
