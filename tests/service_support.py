@@ -17,8 +17,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
-DB = 11  # this suite's database on the shared Redis: flushed before and after
-POISON_DB = 12
+# This suite's databases on the shared Redis: flushed before and after. DEID_TEST_REDIS_DB moves
+# them (DB and DB + 1), so that two checkouts can run the service tests side by side.
+DB = int(os.environ.get("DEID_TEST_REDIS_DB", "11"))
+POISON_DB = DB + 1
 
 # Limits short enough for a test (production: minutes); soft < hard < visibility is enforced.
 FAST_LIMITS = {
