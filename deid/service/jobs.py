@@ -59,6 +59,7 @@ from deid.service.storage import (
     registered_work,
     remove_tree,
     remove_work,
+    shorten,
     touch_work,
     work_dir,
     write_json,
@@ -217,7 +218,8 @@ def _check_classifier(name: str, roots: list[Path]) -> None:
         return
     if not name.endswith((".pt", ".pth")):
         raise ConfigError(
-            f"classifier.name: unknown classifier {name!r}; expected one of {list(SHIPPED)} "
+            f"classifier.name: unknown classifier {shorten(name)!r}; expected one of "
+            f"{list(SHIPPED)} "
             "or a checkpoint path (.pt) under the storage roots"
         )
     path = check_path(name, roots)
