@@ -117,6 +117,12 @@ def _empty_row(src: Path, dst: Path) -> dict[str, Any]:
     return row
 
 
+def failed_row(src: Path, dst: Path, reason: str) -> dict[str, Any]:
+    """The manifest row of a file refused before it was read (as :func:`process_file` gives
+    for a file that failed)."""
+    return {**_empty_row(src, dst), "status": "failed", "error": reason}
+
+
 def _count(records: Iterable[dict[str, Any]]) -> tuple[int, int, int]:
     """(faces, de-identified, obscured): a face is de-identified when its final action (after
     verification and repair) is the attack; anything else (pixelated, blurred, ...) is

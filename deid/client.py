@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from deid.config import Settings, load_settings
+from deid.errors import PartialFailure
 from deid.service.jobs import JobFailed, JobSpec, initial_fields, new_job
-from deid.service.state import TERMINAL, JobNotFound, JobStore
-from deid.service.storage import remove_tree
+from deid.service.state import DONE, TERMINAL, JobNotFound, JobStore
+from deid.service.storage import remove_work
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ __all__ = [
     "Client",
     "JobFailed",
     "JobNotFound",
+    "PartialFailure",
     "cancel",
     "jobs",
     "result",
@@ -64,7 +66,7 @@ def public_status(raw: dict[str, Any]) -> dict[str, Any]:
     out = {k: raw.get(k) for k in PUBLIC_FIELDS}
     out["error"] = out["error"] or None
     total = int(raw.get("frames_total") or 0)
-    if raw.get("state") == "SUCCESS":
+    if raw.get("state") in DONE:
         progress = 1.0
     elif not total:
         progress = 0.0
@@ -158,6 +160,9 @@ class Client:
 
         Raises:
             JobFailed: the job FAILED or was CANCELLED (the message has the reason).
+            PartialFailure: a dataset job ended PARTIAL: some files failed, the others are
+                written (as ``deid batch``); the report is ``err.report`` (and
+                :meth:`result`).
             JobNotFound: the job's state is gone.
             TimeoutError: still running after ``timeout`` seconds.
         """
@@ -180,6 +185,10 @@ class Client:
                 if st["state"] in TERMINAL:
                     if st["state"] == "SUCCESS":
                         return self.result(job_id)
+                    if st["state"] == "PARTIAL":
+                        report = self.result(job_id)
+                        failed = [(f["file"], f["error"]) for f in report["failed_inputs"]]
+                        raise PartialFailure(failed, report=report)
                     raise JobFailed(f"job {job_id} {st['state']}: {st['error'] or 'no reason'}")
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still running after {timeout} s")
@@ -192,18 +201,19 @@ class Client:
         if self.store.finish(job_id, "CANCELLED", error="cancelled"):
             spec = raw.get("spec") or {}
             if spec.get("workdir"):
-                remove_tree(Path(spec["workdir"]))
+                roots = self.settings.service.storage_roots
+                remove_work(Path(spec["workdir"]), job_id, roots)
             log.info("job %s cancelled", job_id)
         return self.status(job_id)
 
     def result(self, job_id: str) -> dict[str, Any]:
-        """The report of a finished job.
+        """The report of a finished job (SUCCESS, or PARTIAL: see ``failed_inputs``).
 
         Raises:
             JobFailed: the job failed or was cancelled, or has not finished yet.
         """
         raw = self.store.get(job_id)
-        if raw["state"] != "SUCCESS":
+        if raw["state"] not in DONE:
             reason = raw.get("error") or "not finished yet"
             raise JobFailed(f"job {job_id} is {raw['state']}: {reason}")
         return raw["report"] or {}

@@ -163,6 +163,24 @@ class ServiceConfig(_Strict):
     max_memory_per_child: int = Field(
         12_000_000, ge=100_000, description="KiB of resident memory before a worker is replaced"
     )
+    heartbeat_interval: float = Field(
+        5.0, gt=0, le=300, description="seconds between a running step's heartbeats in Redis"
+    )
+    heartbeat_ttl: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="seconds without a heartbeat before a step's worker is taken for dead and "
+        "its chunk is delivered again (long before visibility_timeout)",
+    )
+    orphan_sweep_interval: int = Field(
+        600,
+        ge=1,
+        description="seconds between sweeps for work folders of jobs Redis no longer knows",
+    )
+    max_request_bytes: int = Field(
+        1 << 20, ge=1024, description="largest HTTP request body the API reads (413 above)"
+    )
 
     @field_validator("storage_roots", mode="before")
     @classmethod
@@ -178,6 +196,12 @@ class ServiceConfig(_Strict):
                 "expected soft_time_limit < time_limit < visibility_timeout (a chunk must end "
                 f"before it is redelivered), got {self.soft_time_limit}, {self.time_limit}, "
                 f"{self.visibility_timeout}"
+            )
+        if self.heartbeat_ttl < 2 * self.heartbeat_interval:
+            raise ValueError(
+                "expected heartbeat_ttl >= 2 * heartbeat_interval (a worker must miss more "
+                f"than one beat to be taken for dead), got {self.heartbeat_ttl}, "
+                f"{self.heartbeat_interval}"
             )
         return self
 
@@ -265,24 +289,58 @@ def resolve_config_path(path: Path | str | None) -> Path | None:
     raise ConfigError(f"config file not found: {path} (give a YAML path or one of {available})")
 
 
-def format_validation_error(err: ValidationError) -> str:
-    """One line per bad field: ``attack.eps: Input should be greater than 0 (got -1)``."""
+def format_validation_error(err: ValidationError, redact: bool = False) -> str:
+    """One line per bad field: ``attack.eps: Input should be greater than 0 (got -1)``.
+
+    ``redact`` (the HTTP API): the field and the rule, never the value (neither the
+    ``(got ...)`` nor a value pydantic or a validator put into the message), lines and
+    locations capped. A user who sent the value knows it; a file's contents stay on the server.
+    """
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        parts = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
         got = e.get("input")
-        shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{loc}: {e['msg']}{shown}")
+        msg = e["msg"]
+        if not redact:
+            loc = ".".join(parts)
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{loc}: {msg}{shown}")
+            continue
+        loc = ".".join(_cap(p, 64) for p in parts)
+        ctx = e.get("ctx") or {}
+        if e["type"] == "union_tag_invalid":
+            msg = f"expected {ctx.get('discriminator', 'a tag')} to be one of: " + str(
+                ctx.get("expected_tags", "")
+            )
+        elif isinstance(got, str) and got:
+            msg = redact_value(msg, got)
+        lines.append(_cap(f"{loc}: {msg}", 300))
+        if len(lines) == 20:
+            lines.append(f"... ({len(err.errors()) - 20} more)")
+            break
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
+def redact_value(msg: str, value: str) -> str:
+    """``msg`` with ``value`` (quoted as ``repr`` does, or bare if it is long enough not to be
+    an ordinary word of the message) replaced by ``<value>``."""
+    msg = msg.replace(repr(value), "<value>")
+    return msg.replace(value, "<value>") if len(value) >= 8 else msg
+
+
+def _cap(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def load_settings(
-    path: Path | str | None = None, overrides: dict[str, Any] | None = None
+    path: Path | str | None = None, overrides: dict[str, Any] | None = None, redact: bool = False
 ) -> Settings:
     """Load settings from YAML (default ``configs/default.yaml``), the environment and overrides.
 
     ``overrides`` is a nested dict (e.g. ``{"attack": {"name": "realistic"}}``); when it
     changes the attack's ``name``, the YAML's parameters of the other attack are dropped.
+    ``redact`` (the HTTP API): error messages name fields and rules, never values or lines of
+    the YAML file (see :func:`format_validation_error`).
 
     Raises:
         ConfigError: unknown keys, values out of range, or a missing file, with a message
@@ -290,10 +348,12 @@ def load_settings(
     """
     yaml_path = resolve_config_path(path)
     overrides = overrides or {}
+    # redacted: the file's name only (not where the server keeps its shipped configs)
+    shown = (Path(str(path)).name if path is not None else "default") if redact else yaml_path
     try:
         yaml_data = (yaml.safe_load(yaml_path.read_text()) or {}) if yaml_path else {}
         if not isinstance(yaml_data, dict):
-            raise ConfigError(f"{yaml_path}: expected a mapping of sections at the top level")
+            raise ConfigError(f"{shown}: expected a mapping of sections at the top level")
         merged = _deep_merge(yaml_data, env_overrides())
         new_attack = overrides.get("attack", {}).get("name")
         if new_attack and merged.get("attack", {}).get("name", new_attack) != new_attack:
@@ -301,7 +361,11 @@ def load_settings(
         merged = _deep_merge(merged, overrides)
         return Settings.model_validate(merged)
     except ValidationError as e:
-        where = f" (from {yaml_path})" if yaml_path else ""
-        raise ConfigError(format_validation_error(e) + where) from None
+        where = f" (from {shown})" if yaml_path else ""
+        raise ConfigError(format_validation_error(e, redact) + where) from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{yaml_path}: not valid YAML ({e})") from None
+        if not redact:
+            raise ConfigError(f"{yaml_path}: not valid YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{shown}: not valid YAML{at}") from None

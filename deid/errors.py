@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class DeidError(Exception):
@@ -59,8 +60,9 @@ class PartialFailure(DeidError):
 
     exit_code = 3
 
-    def __init__(self, failed: list[tuple[str, str]]) -> None:
+    def __init__(self, failed: list[tuple[str, str]], report: dict[str, Any] | None = None) -> None:
         self.failed = failed
+        self.report = report  # the run's report, when there is one (a service job's)
         super().__init__(
             f"{len(failed)} input(s) failed: " + "; ".join(f"{p}: {r}" for p, r in failed[:5])
         )

@@ -16,11 +16,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_HOST = "127.0.0.1"
-REDIS_PORT = 6379
+# DEID_TEST_REDIS_PORT points the suite at another Redis (e.g. a private one started with
+# `--databases 32` when the shared one has only 16 databases).
+REDIS_PORT = int(os.environ.get("DEID_TEST_REDIS_PORT", "6379"))
 # This suite's databases on the shared Redis: flushed before and after. DEID_TEST_REDIS_DB moves
 # them (DB and DB + 1), so that two checkouts can run the service tests side by side.
 DB = int(os.environ.get("DEID_TEST_REDIS_DB", "11"))
 POISON_DB = DB + 1
+# Ports of the throw-away redis-servers of the fault tests (6390 and 6391 for DB 11).
+PRIVATE_PORT = 6390 + 2 * (DB - 11)
 
 # Limits short enough for a test (production: minutes); soft < hard < visibility is enforced.
 FAST_LIMITS = {
@@ -163,6 +167,8 @@ class WorkerPool:
             self.wait_ready(list(self.procs))
 
     def wait_ready(self, hosts: list[str], timeout: float = 60) -> None:
+        import redis
+
         from deid.config import ServiceConfig
         from workers.celery_app import make_app
 
@@ -172,7 +178,10 @@ class WorkerPool:
             for host, p in self.procs.items():
                 if p.poll() is not None:
                     raise RuntimeError(f"worker {host} exited: {self.tail(host)}")
-            up = {n for r in app.control.ping(timeout=0.5) or [] for n in r}
+            try:
+                up = {n for r in app.control.ping(timeout=0.5) or [] for n in r}
+            except redis.ConnectionError:  # a pooled connection to a restarted Redis: again
+                up = set()
             if set(hosts) <= up:
                 return
             time.sleep(0.3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deid.errors import ConfigError, InputError
+from deid.errors import ConfigError, DeidError, InputError, PartialFailure
 from deid.service.storage import PathPolicyError, check_path
 from tests.service_support import (
     DB,
@@ -249,6 +250,14 @@ def test_cli_submit_status_wait_jobs(
     assert "not found" in capsys.readouterr().err
 
 
+# The HTTP job's settings: JOB_OVERRIDES' quick ones (the API starts from the server's defaults,
+# whose one 12-frame chunk can run past the soft time limit on a loaded machine).
+HTTP_JOB_SETTINGS = {
+    "attack": {"name": "ifgsm", "steps": 5},
+    "pipeline": {"verify": False, "chunk_frames": 4, "device": "cpu", "threads": 1},
+}
+
+
 @needs_redis
 @pytest.mark.slow
 def test_http_api(pool: WorkerPool, client: Any, clip: Path, root: Path, settings: Any) -> None:
@@ -267,7 +276,7 @@ def test_http_api(pool: WorkerPool, client: Any, clip: Path, root: Path, setting
     out = root / "http" / "clip.mp4"
     r = http.post(
         "/jobs",
-        json={"input": str(clip), "output": str(out), "settings": {"pipeline": {"verify": False}}},
+        json={"input": str(clip), "output": str(out), "settings": HTTP_JOB_SETTINGS},
     )
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
@@ -302,9 +311,17 @@ def test_http_api(pool: WorkerPool, client: Any, clip: Path, root: Path, setting
 
 @needs_redis
 @pytest.mark.slow
-def test_dataset_job_shards_files(
-    pool: WorkerPool, client: Any, root: Path, tmp_path: Path
+def test_dataset_job_shards_files_and_a_failed_file_makes_it_partial(
+    pool: WorkerPool,
+    client: Any,
+    root: Path,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    """A dataset job with a corrupt image (and a symlink out of the roots) ends PARTIAL, and
+    `deid wait` exits 3 as `deid batch` does; the files that could be done are written."""
     import cv2
 
     from deid.io import read_image, write_image
@@ -317,6 +334,10 @@ def test_dataset_job_shards_files(
     write_image(src / "sub" / "b.jpg", astro[:, ::-1].copy())
     write_image(src / "c.png", np.full((64, 64, 3), 128, np.uint8))
     (src / "sub" / "broken.jpg").write_text("not an image")
+    # a symlink in the folder to an image outside the storage roots: refused, never read
+    outside = tmp_path_factory.mktemp("outside") / "secret.png"
+    write_image(outside, astro)
+    (src / "secret.png").symlink_to(outside)
     out = root / "dataset-out"
     sets = client.settings.model_copy(
         update={"service": client.settings.service.model_copy(update={"shard_files": 2})}
@@ -325,19 +346,43 @@ def test_dataset_job_shards_files(
 
     c2 = Client(sets)
     job_id = c2.submit(src, out)
-    report = c2.wait(job_id, timeout=120)
+    with pytest.raises(PartialFailure, match=r"broken\.jpg") as err:
+        c2.wait(job_id, timeout=120)
+    report = err.value.report
+    assert err.value.exit_code == 3 and report == c2.result(job_id)
     st = c2.status(job_id)
-    assert st["unit"] == "file" and st["chunks_total"] == 2 and st["frames_done"] == 4
+    assert st["state"] == "PARTIAL" and st["progress"] == 1.0
+    assert st["error"] == "2 of 5 files failed (see errors)"
+    assert st["unit"] == "file" and st["chunks_total"] == 3 and st["frames_done"] == 5
     t = report["totals"]
-    assert (t["files"], t["done"], t["failed"]) == (4, 3, 1)
+    assert (t["files"], t["done"], t["failed"]) == (5, 3, 2)
     assert t["faces"] >= 2
-    assert [f["file"] for f in report["failed_inputs"]] == [str(src / "sub" / "broken.jpg")]
+    failed = {f["file"]: f["error"] for f in report["failed_inputs"]}
+    assert set(failed) == {str(src / "secret.png"), str(src / "sub" / "broken.jpg")}
+    assert "symlink" in failed[str(src / "secret.png")]
     assert any("broken.jpg" in e for e in st["errors"])
     for rel in ("a.png", "sub/b.jpg", "c.png", "manifest.csv"):
         assert (out / rel).is_file(), rel
-    assert not (out / "sub" / "broken.jpg").exists()
+    assert not (out / "sub" / "broken.jpg").exists() and not (out / "secret.png").exists()
     assert not np.array_equal(read_image(out / "a.png"), astro)  # the face was changed
     assert not _no_leftovers(out)
+    # the HTTP API says PARTIAL and serves the report
+    from fastapi.testclient import TestClient
+
+    from deid.service.api import create_app
+
+    http = TestClient(create_app(settings))
+    assert http.get(f"/jobs/{job_id}").json()["state"] == "PARTIAL"
+    rep = http.get(f"/jobs/{job_id}/report")
+    assert rep.status_code == 200 and rep.json()["totals"]["failed"] == 2
+    # `deid wait`: the summary line, then exit code 3 with the failed file (as `deid batch`)
+    from deid.cli import main
+
+    monkeypatch.setenv("DEID_BROKER_URL", URL)
+    assert main(["wait", job_id, "--quiet"]) == 3
+    captured = capsys.readouterr()
+    assert f"{job_id} PARTIAL" in captured.out
+    assert "2 input(s) failed" in captured.err and "broken.jpg" in captured.err
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,6 +492,246 @@ def test_a_video_unreadable_at_run_time_fails_its_job_with_the_reason(
 
 
 # --------------------------------------------------------------------------------------------
+# hardening: what the HTTP API accepts, reads and echoes
+# --------------------------------------------------------------------------------------------
+SECRET = "hunter2-not-for-your-eyes"
+
+
+def _api(settings: Any, **service: Any) -> Any:
+    from fastapi.testclient import TestClient
+
+    from deid.service.api import create_app
+
+    if service:
+        svc = settings.service.model_copy(update=service)
+        settings = settings.model_copy(update={"service": svc})
+    return TestClient(create_app(settings))
+
+
+def test_api_config_is_a_shipped_name_or_a_yaml_file_under_the_roots(
+    settings: Any, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's ``config`` never opens a file of the server's working directory, and no error
+    shows a config file's contents or a request's values."""
+    http = _api(settings)
+    monkeypatch.chdir(tmp_path)  # the server's working directory holds secrets
+    (tmp_path / "secret").write_text(f"password: {SECRET}\n")
+    (tmp_path / "secret.yaml").write_text(f"password: {SECRET}\n")
+    (root / "cfg").mkdir(exist_ok=True)
+    (root / "cfg" / "keys.yaml").write_text(f"password: {SECRET}\n")
+    (root / "cfg" / "broken.yaml").write_text(f"attack: [{SECRET}\n")
+    (root / "cfg" / "bad-device.yaml").write_text(f"pipeline: {{device: {SECRET}}}\n")
+    (root / "cfg" / "notes.txt").write_text(f"password: {SECRET}\n")
+    missing = str(root / "bad" / "nope.mp4")  # valid configs get as far as the input check
+    out = str(root / "bad" / "out.mp4")
+
+    def post(config: str, **extra: Any) -> Any:
+        r = http.post("/jobs", json={"input": missing, "output": out, "config": config, **extra})
+        assert SECRET not in r.text, (config, r.text)
+        return r
+
+    for name in ("secret", "secret.yaml", "./secret.yaml", "secret/../secret", "/etc/passwd"):
+        r = post(name)
+        assert r.status_code in (403, 422), (name, r.text)
+        assert "celeba-cnn" in r.json()["detail"] or "storage roots" in r.json()["detail"]
+    r = post(str(root / "cfg" / "notes.txt"))  # under a root, but not YAML: not read
+    assert r.status_code == 422 and ".yaml" in r.json()["detail"], r.text
+    r = post(str(root / "cfg" / "keys.yaml"))  # the key may be named, never its value
+    assert r.status_code == 422 and "password" in r.json()["detail"], r.text
+    r = post(str(root / "cfg" / "broken.yaml"))
+    assert r.status_code == 422 and "not valid YAML" in r.json()["detail"], r.text
+    assert re.search(r"line \d+, column \d+", r.json()["detail"])
+    r = post(str(root / "cfg" / "bad-device.yaml"))
+    assert r.status_code == 422 and "pipeline.device" in r.json()["detail"], r.text
+    # the shipped names work (the job is then refused for its missing input, 400)
+    for name in ("celeba-cnn", "default"):
+        r = post(name)
+        assert r.status_code == 400 and "not found" in r.json()["detail"], (name, r.text)
+    # values of the request's own settings are not echoed either; the field and the rule are
+    r = post("celeba-cnn", settings={"attack": {"eps": SECRET}})
+    assert r.status_code == 422 and "attack.ifgsm.eps" in r.json()["detail"], r.text
+    r = post("celeba-cnn", settings={"attack": {"name": SECRET}})
+    assert r.status_code == 422 and "ifgsm" in r.json()["detail"], r.text
+    r = post("celeba-cnn", settings={"service": {"storage_roots": ["/"]}})
+    assert r.status_code == 422 and "service section" in r.text, r.text
+    # FastAPI's own validation errors: where and what, never the value sent
+    r = post("celeba-cnn", bogus=SECRET * 100)
+    assert r.status_code == 422, r.text
+    error = r.json()["detail"][0]
+    assert error["loc"] == ["body", "bogus"] and "input" not in error
+
+
+def test_api_limits_request_size_and_string_lengths(settings: Any, root: Path) -> None:
+    http = _api(settings)
+    body = {"input": str(root / "bad" / "nope.mp4"), "output": str(root / "bad" / "o.mp4")}
+    # over service.max_request_bytes (1 MiB): 413 before the body is parsed or echoed
+    big = {**body, "settings": {"pipeline": {"device": SECRET * 60_000}}}
+    r = http.post("/jobs", json=big)
+    assert r.status_code == 413 and SECRET not in r.text, r.text[:300]
+    assert "1048576" in r.json()["detail"]
+    # the limit is a setting
+    small = _api(settings, max_request_bytes=2048)
+    r = small.post("/jobs", json={**body, "settings": {"attack": {"target": "x" * 3000}}})
+    assert r.status_code == 413, r.text[:300]
+    # every string field is capped: 422 naming the field, without its value
+    for field, value in (
+        ("input", "/" + "a" * 5000),
+        ("output", "/" + "b" * 5000),
+        ("config", "c" * 5000),
+    ):
+        r = http.post("/jobs", json={**body, field: value})
+        assert r.status_code == 422, (field, r.text[:300])
+        assert r.json()["detail"][0]["loc"] == ["body", field] and value not in r.text
+    # settings: bounded depth, size and string lengths
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(40):
+        node = node.setdefault("a", {})
+    long_value = {"attack": {"target": "t" * 5000}}
+    many = {f"k{i}": i for i in range(2000)}
+    for bad in (deep, long_value, many):
+        r = http.post("/jobs", json={**body, "settings": bad})
+        assert r.status_code == 422 and "settings" in r.text, r.text[:300]
+        assert "t" * 5000 not in r.text
+    # query parameters too
+    assert http.get("/jobs", params={"limit": 10**9}).status_code == 422
+
+
+def test_nul_bytes_and_overlong_paths_are_refused_with_a_message(
+    settings: Any,
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from deid.cli import main
+
+    ok = str(root / "bad" / "out.mp4")
+    long_name = str(root / ("n" * 300 + ".mp4"))  # one component over NAME_MAX
+    long_path = str(root / "/".join(["d" * 200] * 21))  # over PATH_MAX (4096)
+    cases = {
+        "nul": str(root / "a\x00b.mp4"),
+        "long name": long_name,
+        "long path": long_path,
+        "surrogate": str(root / "a\udcff\ud800.mp4"),
+    }
+    for name, path in cases.items():
+        with pytest.raises(PathPolicyError) as err:
+            check_path(path, [root])
+        assert err.value.exit_code == 2, name
+    http = _api(settings)
+    for name, path in cases.items():
+        for body in ({"input": path, "output": ok}, {"input": ok, "output": path}):
+            r = http.post(
+                "/jobs", content=json.dumps(body), headers={"Content-Type": "application/json"}
+            )
+            assert r.status_code in (400, 422), (name, r.status_code, r.text[:300])
+            assert re.search(r"NUL|too long|at most|encoding|unicode", r.text), (name, r.text[:300])
+    r = http.post("/jobs", json={"input": ok, "output": ok, "config": "/x\x00.yaml"})
+    assert r.status_code == 400 and "NUL" in r.json()["detail"], r.text
+    # the CLI the same (exit 2 with the reason, no traceback)
+    monkeypatch.setenv("DEID_BROKER_URL", URL)
+    monkeypatch.setenv("DEID_STORAGE_ROOTS", str(root))
+    for path in (long_name, long_path):
+        assert main(["submit", path, "-o", ok]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("deid: error:") and "long" in err, err[-300:]
+    assert main(["submit", ok, "-o", long_path]) == 2
+    assert "long" in capsys.readouterr().err
+
+
+def test_job_ids_are_checked_before_they_become_keys(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deid.cli import main
+    from deid.service.jobs import JobSpec
+    from deid.service.state import JobStore
+
+    http = _api(settings)
+    for bad in ("x:running", "*", "0" * 31 + ":", "a" * 33, "../" + "0" * 32):
+        for method in ("get", "delete"):
+            r = getattr(http, method)(f"/jobs/{bad}")
+            assert r.status_code in (404, 422), (bad, method, r.status_code, r.text)
+        assert http.get(f"/jobs/{bad}/report").status_code in (404, 422), bad
+    store = JobStore(URL)
+    with pytest.raises(DeidError, match="job id"):
+        store.get("x:running")
+    monkeypatch.setenv("DEID_BROKER_URL", URL)
+    assert main(["status", "x:*"]) == 2
+    assert "job id" in capsys.readouterr().err
+    # a spec carries its id, and its work folder is the one the id names
+    good = {
+        "id": "0" * 32,
+        "kind": "video",
+        "input": "/r/a.mp4",
+        "output": "/r/o.mp4",
+        "workdir": "/r/.deid-job-" + "0" * 32,
+        "settings": {},
+    }
+    JobSpec(**good)
+    for change in ({"workdir": "/"}, {"id": "../x", "workdir": "/r/.deid-job-../x"}):
+        with pytest.raises(ValueError):
+            JobSpec(**{**good, **change})
+
+
+# --------------------------------------------------------------------------------------------
+# hardening: redeliveries (the Engine on real Redis, no workers)
+# --------------------------------------------------------------------------------------------
+@needs_redis
+def test_late_duplicates_of_a_done_chunk_are_skipped_not_counted_and_queue_nothing(
+    redis_db: str, root: Path, settings: Any
+) -> None:
+    """After a worker was taken for dead, its chunk may arrive again once done (the slow
+    worker finished after all, or the broker restores the message late): such a delivery
+    checks the chunk and moves on. It never fails the job as a poison chunk, and the next
+    stage is queued once."""
+    import uuid
+
+    from deid.service.jobs import Engine, JobSpec, initial_fields, job_settings
+    from deid.service.state import JobStore
+    from deid.service.storage import work_dir, write_json
+
+    store = JobStore(redis_db)
+    job_id = uuid.uuid4().hex
+    src, out = root / "dup-in", root / "dup-out"
+    src.mkdir(exist_ok=True)
+    spec = JobSpec(
+        id=job_id,
+        kind="dataset",
+        input=str(src),
+        output=str(out),
+        workdir=str(work_dir(out, job_id)),
+        settings=job_settings(settings),
+        max_deliveries=2,
+    )
+    store.create(job_id, initial_fields(spec))
+    store.update(job_id, state="RUNNING", chunks_total=2, frames_total=2)
+    work = Path(spec.workdir)
+    write_json(work / "shards.json", [["a.png"], ["b.png"]])
+    row = {"path": "a.png", "status": "done", "faces": 0, "deidentified": 0, "obscured": 0}
+    for i in (0, 1):
+        write_json(work / "shards" / f"{i:05d}.json", [row])  # computed before
+    queued: list[tuple[str, int]] = []
+    engine = Engine(store, lambda stage, sp, i: queued.append((stage, i)), lambda sp: None)
+    assert engine.run("shard", spec, 0) == "done"  # the first delivery: shard 0 done
+    for _ in range(4):  # then again and again, more often than max_deliveries
+        assert engine.run("shard", spec, 0) == "done"
+    assert store.state(job_id) == "RUNNING" and not store.get(job_id)["errors"]
+    assert store.get(job_id)["chunks_done"] == 1 and queued == []
+    assert engine.run("shard", spec, 1) == "done"  # the last shard queues collect...
+    assert engine.run("shard", spec, 1) == "done"  # ...and its duplicate does not, again
+    assert queued == [("collect", 0)]
+    assert store.get(job_id)["chunks_done"] == 2 and store.running(job_id) == {}
+    # a late finisher does not remove the running entry of the delivery that took over
+    store.set_running(job_id, "shard:0", "dead-host:1:1.0", "task-a")
+    store.set_running(job_id, "shard:0", "live-host:2:2.0", "task-b")
+    assert not store.clear_running(job_id, "shard:0", "dead-host:1:1.0")
+    assert store.running(job_id) == {"shard:0": "live-host:2:2.0"}
+    assert store.running_task(job_id, "shard:0") == "task-b"
+    assert store.clear_running(job_id, "shard:0", "live-host:2:2.0")
+    assert store.running(job_id) == {} and job_id not in store.running_jobs()
+
+
+# --------------------------------------------------------------------------------------------
 # deployment files
 # --------------------------------------------------------------------------------------------
 def _compose_command() -> list[str] | None:
@@ -477,6 +762,65 @@ def test_docker_compose_file_validates() -> None:
     assert set(r.stdout.split()) == {"redis", "worker", "api", "flower"}, r.stderr
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_refuses_an_api_without_token_off_loopback(root: Path, tmp_path: Path) -> None:
+    import http.client
+
+    port = _free_port()
+    env = worker_env(URL, root)
+    cmd = [sys.executable, "-m", "deid.cli", "serve", "--port", str(port), "--host", "0.0.0.0"]
+    r = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "without a token" in r.stderr and "--insecure" in r.stderr
+    # --insecure: it serves, and warns
+    log = tmp_path / "serve.log"
+    env["DEID_SERVICE__MAX_REQUEST_BYTES"] = "4096"
+    with log.open("wb") as f:
+        p = subprocess.Popen([*cmd, "--insecure"], env=env, cwd=REPO, stdout=f, stderr=f)
+    try:
+
+        def answers() -> bool:
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                c.request("GET", "/openapi.json")
+                return c.getresponse().status == 200
+            except OSError:
+                return False
+
+        wait_for(answers, 60, "deid serve --insecure to answer", poll=0.3)
+        # a chunked body (no Content-Length) over service.max_request_bytes: 413
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        chunks = (b'{"input": "' + b"x" * 1000 for _ in range(8))
+        c.request(
+            "POST",
+            "/jobs",
+            body=chunks,
+            headers={"Content-Type": "application/json"},
+            encode_chunked=True,
+        )
+        resp = c.getresponse()
+        assert resp.status == 413, resp.read()[:300]
+        assert b"4096" in resp.read()
+    finally:
+        p.terminate()
+        p.wait(timeout=20)
+    text = log.read_text()
+    assert "has no token" in text and "--insecure" in text, text[-2000:]
+    from deid.service.cli import is_loopback
+
+    for host in ("127.0.0.1", "127.4.5.6", "::1", "[::1]", "localhost"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "10.1.2.3", "example.org", ""):
+        assert not is_loopback(host), host
+
+
 def test_worker_and_compose_defaults_agree() -> None:
     """The compose file runs the documented commands (parsed as YAML; no engine needed)."""
     import yaml
@@ -490,4 +834,8 @@ def test_worker_and_compose_defaults_agree() -> None:
     assert devices[0]["capabilities"] == ["gpu"]
     assert "container_name" not in s["worker"]  # --scale worker=N needs unnamed containers
     assert s["api"]["command"][:2] == ["deid", "serve"]
+    # the API listens on every interface: with a token, or not at all (no --insecure here)
+    assert "--insecure" not in s["api"]["command"]
+    assert "0.0.0.0" in s["api"]["command"]
+    assert doc["x-deid"]["environment"]["DEID_SERVICE__TOKEN"] == "${DEID_TOKEN:-}"
     assert s["flower"]["profiles"] == ["monitoring"]

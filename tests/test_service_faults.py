@@ -1,9 +1,10 @@
 """The service under faults and load, with real Redis and real `deid worker` processes:
-a worker SIGKILLed mid-chunk, Redis restarted mid-job, cancel, 20 jobs at once, a poison
-chunk that keeps killing its worker."""
+a worker SIGKILLed mid-chunk, Redis restarted mid-job (and the work folder of the job it
+lost), cancel, 20 jobs at once, a poison chunk that keeps killing its worker."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -17,6 +18,7 @@ from tests.service_support import (
     DB,
     JOB_OVERRIDES,
     POISON_DB,
+    PRIVATE_PORT,
     PrivateRedis,
     WorkerPool,
     decoded,
@@ -34,9 +36,17 @@ pytestmark = [
 ]
 
 URL = redis_url(DB)
-# A dead worker's chunk comes back after the visibility timeout: short here (production: 2 h).
-# Chunks here take 1-3 s (10+ s on a loaded machine): the limits leave room for that.
-LIMITS = {"soft_time_limit": 25, "time_limit": 28, "visibility_timeout": 30, "restore_interval": 1}
+# Chunks here take 1-3 s (10+ s on a loaded machine): the limits leave room for that. The
+# visibility timeout is production's (20 min): a dead worker's chunk must come back through
+# its heartbeat expiring (short here: 4 s; production 30 s), not through the broker.
+LIMITS = {
+    "soft_time_limit": 25,
+    "time_limit": 28,
+    "visibility_timeout": 1200,
+    "restore_interval": 1,
+    "heartbeat_interval": 0.5,
+    "heartbeat_ttl": 4,
+}
 LIMITS_ENV = {f"DEID_SERVICE__{k.upper()}": str(v) for k, v in LIMITS.items()}
 
 
@@ -118,6 +128,59 @@ def test_sigkill_mid_chunk_another_worker_finishes_it(
     assert not leftovers(root / "kill")
     print(f"chunk {what} of a killed worker redone; job done {recovered:.1f} s after the kill")
     pool.start(2)  # back to two workers for the next tests
+
+
+def test_a_dead_workers_chunk_runs_again_within_seconds_not_after_the_visibility_timeout(
+    pool: WorkerPool,
+    client: Any,
+    clip: Path,
+    root: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A solo worker SIGKILLed mid-chunk: its heartbeat expires (4 s here), a sweeping worker
+    puts the chunk's own message back, and the other worker runs it: long before the broker's
+    visibility timeout (1200 s, as in production), with the output byte-identical to the
+    single-process run, and neither `deid status` nor the job state showing the dead worker.
+    The message is not left with the broker, which would deliver it a third time later."""
+    assert client.settings.service.visibility_timeout == 1200
+    out = root / "dead" / "clip.mp4"
+    job_id = client.submit(clip, out)
+
+    def rendering() -> Any:
+        for what, who in client.status(job_id)["running"].items():
+            if what.startswith("render:") and time.time() - float(who.rsplit(":", 1)[1]) > 0.3:
+                return what, who
+        return None
+
+    what, who = wait_for(rendering, 90, "a render chunk running", poll=0.05)
+    pid = pool.pid_of(who)
+    os.kill(pid, signal.SIGKILL)
+    t_kill = time.monotonic()
+    deliveries = client.store.key(job_id, "deliveries")
+    wait_for(lambda: client.store.r.hget(deliveries, what) == "2", 110, f"{what} delivered again")
+    rerun = time.monotonic() - t_kill
+    holders = [pool.pid_of(w) for w in client.status(job_id)["running"].values()]
+    assert pid not in holders, holders  # the dead worker's entry went with its chunk
+    report = client.wait(job_id, timeout=120)
+    done = time.monotonic() - t_kill
+    assert rerun < 120, rerun
+    ref, _ = reference_output(clip, client.settings, tmp_path_factory.getbasetemp())
+    assert out.read_bytes() == ref.read_bytes()  # every frame once, as the single process
+    assert report["totals"]["frames"] == 12 and report["coverage"]["protected"] == [1] * 12
+    assert client.store.r.hgetall(deliveries)[what] == "2"
+    st = client.status(job_id)
+    assert st["state"] == "SUCCESS" and st["running"] == {}
+    assert client.store.r.hlen("unacked") == 0  # nothing left for the visibility timeout
+    from deid.cli import main
+
+    monkeypatch.setenv("DEID_BROKER_URL", URL)
+    assert main(["status", job_id]) == 0
+    assert f":{pid}" not in capsys.readouterr().out
+    assert not leftovers(root / "dead")
+    print(f"{what} of a SIGKILLed worker ran again {rerun:.1f} s after the kill; done {done:.1f} s")
+    pool.start(2)
 
 
 def test_cancel_mid_job_stops_its_chunks_and_removes_temp_files(
@@ -210,7 +273,7 @@ def test_redis_restart_mid_job_fails_clearly_and_the_service_recovers(
     from deid.client import JobFailed
     from deid.service.state import JobNotFound
 
-    port = 6390
+    port = PRIVATE_PORT
     if redis_available(port):
         pytest.skip(f"port {port} already has a Redis")
     server = PrivateRedis(port, logs)
@@ -239,6 +302,58 @@ def test_redis_restart_mid_job_fails_clearly_and_the_service_recovers(
         short = face_clip(root / "restart" / "short.mp4", frames=4, size=(64, 96))
         again = client.submit(short, root / "restart" / "again.mp4")
         assert client.wait(again, timeout=120)["totals"]["frames"] == 4
+    finally:
+        workers.stop()
+        server.stop()
+
+
+def test_the_work_folder_of_a_job_redis_lost_is_removed_by_a_sweep(
+    root: Path, logs: Path, clip: Path
+) -> None:
+    """Redis restarts while no step of a job runs (its worker died too): no step will ever come
+    to remove the job's work folder. The next worker's sweep does, once no step of the job
+    started for longer than the hard time limit; a live job's folder is left alone."""
+    port = PRIVATE_PORT + 1
+    if redis_available(port):
+        pytest.skip(f"port {port} already has a Redis")
+    server = PrivateRedis(port, logs)
+    server.start()
+    url = redis_url(0, port)
+    # analyse chunks sleep long: the job sits with its work folder made and no step running
+    env = {**LIMITS_ENV, "DEID_FAULT": "analyse:*=sleep:60", "DEID_WORKER_PRELOAD": "0"}
+    workers = WorkerPool(url, root, logs, env, name="orphan")
+    try:
+        workers.start(1)
+        client = make_client(url, root)
+        out = root / "orphan" / "clip.mp4"
+        job_id = client.submit(clip, out)
+        workdir = Path(client.store.get(job_id)["spec"]["workdir"])
+        wait_for(lambda: client.status(job_id)["running"], 60, "a chunk running", poll=0.05)
+        assert workdir.is_dir()
+        os.kill(next(iter(workers.procs.values())).pid, signal.SIGKILL)
+        server.stop()
+        server.start()  # empty: the job's state and its queued steps are gone
+        time.sleep(1.0)
+        assert workdir.is_dir()
+        # another job's folder, whose step started a moment ago, is not an orphan (yet)
+        live = root / "orphan" / (".deid-job-" + "f" * 32)
+        live.mkdir()
+        registry = Path(os.path.realpath(root)) / ".deid-work"
+        registry.mkdir(exist_ok=True)
+        broker = redis_url(0, port)
+        (registry / f"{'f' * 32}.json").write_text(
+            json.dumps({"workdir": str(live), "broker": broker})
+        )
+        # the lost job's last step started over an hour ago (more than the hard time limit)
+        old = time.time() - 3600
+        for entry in registry.glob("*.json"):
+            if entry.stem == job_id:
+                os.utime(entry, (old, old))
+        workers.start(1)  # the next worker sweeps as it starts
+        wait_for(lambda: not workdir.exists(), 30, "the lost job's work folder to go")
+        assert not (registry / f"{job_id}.json").exists()
+        assert live.is_dir() and (registry / f"{'f' * 32}.json").is_file()
+        assert not out.exists()
     finally:
         workers.stop()
         server.stop()

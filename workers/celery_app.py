@@ -4,9 +4,11 @@ Defaults that matter for long GPU chunks:
 
 - JSON only (no pickle): task messages carry a job spec and a chunk index, never frames;
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a chunk is acknowledged when it is
-  done, so a chunk whose worker dies is delivered again (prefork: at once; solo pool: once
-  Redis' visibility timeout has passed). The service counts deliveries per chunk and fails a
-  job whose chunk keeps killing workers (``service.max_deliveries``);
+  done, so a chunk whose worker dies is delivered again (prefork child: at once; a whole
+  worker, solo pool or machine: once its heartbeat expires, ``service.heartbeat_ttl``, when
+  a sweeping worker puts its message back, see :func:`deid.service.jobs.reclaim_dead_steps`;
+  Redis' visibility timeout remains the last resort). The service counts deliveries per chunk
+  and fails a job whose chunk keeps killing workers (``service.max_deliveries``);
 - ``worker_prefetch_multiplier=1``: a worker holds one chunk at a time;
 - the Redis visibility timeout is longer than the hard time limit, so a running chunk is
   never handed to a second worker while the first is still allowed to work on it;
@@ -60,7 +62,12 @@ def celery_config(svc: ServiceConfig) -> dict[str, Any]:
         "worker_send_task_events": True,  # flower
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
-        "deid_job_ttl": svc.job_ttl,  # read by workers.tasks for the job state's TTL
+        # read by workers.tasks: the job state's TTL, heartbeats and sweeps, work folders
+        "deid_job_ttl": svc.job_ttl,
+        "deid_heartbeat_interval": svc.heartbeat_interval,
+        "deid_heartbeat_ttl": svc.heartbeat_ttl,
+        "deid_orphan_sweep_interval": svc.orphan_sweep_interval,
+        "deid_storage_roots": [str(r) for r in svc.storage_roots],
     }
 
 

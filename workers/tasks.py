@@ -5,6 +5,13 @@ One task per step (``deid.split``, ``deid.analyse``, ``deid.plan``, ``deid.rende
 chunk index. Models load once per worker process, after the fork (``worker_process_init``),
 and are cached per distinct job settings, so CUDA is never initialised in a parent process.
 
+Every worker also runs a sweeper thread (started with the worker, ``worker_ready``): every
+``service.heartbeat_interval`` it hands the steps of dead workers on
+(:func:`deid.service.jobs.reclaim_dead_steps`, through :func:`restore_task`), and every
+``service.orphan_sweep_interval`` (first at start) it removes the work folders of jobs that
+Redis lost (:func:`deid.service.jobs.sweep_orphaned_work`); a Redis lock lets one worker at a
+time do each.
+
 Test hook: the environment variable ``DEID_FAULT`` (e.g. ``render:1=exit``,
 ``analyse:*=sleep:2``) makes the named step crash its worker process (``os._exit``) or sleep
 before it starts. It exists for the fault tests; leave it unset in production.
@@ -28,9 +35,15 @@ from celery import signals
 
 from deid.config import load_settings
 from deid.errors import DeidError
-from deid.service.jobs import Engine, JobCancelled, JobSpec
+from deid.service.jobs import (
+    Engine,
+    JobCancelled,
+    JobSpec,
+    reclaim_dead_steps,
+    sweep_orphaned_work,
+)
 from deid.service.state import JobStore
-from deid.service.storage import remove_tree
+from deid.service.storage import remove_work
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -90,6 +103,10 @@ def resources_for(settings: dict[str, Any]) -> Any:
     return res
 
 
+def _roots() -> list[Path]:
+    return [Path(r) for r in app.conf.deid_storage_roots]
+
+
 def engine() -> Engine:
     global _engine
     if _engine is None:
@@ -98,6 +115,11 @@ def engine() -> Engine:
             dispatch,
             lambda spec: resources_for(spec.settings),
             before_step=_fault if os.environ.get(FAULT_ENV) else None,
+            roots=_roots(),
+            heartbeat=(
+                float(app.conf.deid_heartbeat_interval),
+                float(app.conf.deid_heartbeat_ttl),
+            ),
         )
     return _engine
 
@@ -106,10 +128,64 @@ def dispatch(stage: str, spec: JobSpec, index: int) -> None:
     app.send_task(f"deid.{stage}", args=[spec.model_dump(mode="json"), index])
 
 
+def restore_task(task_id: str) -> bool:
+    """Put a task's unacknowledged message back at the head of its queue, now.
+
+    kombu's Redis transport keeps each delivered, unacknowledged message in its ``unacked``
+    hash until it is acknowledged, and restores it itself once ``visibility_timeout`` has
+    passed; this does the same for one message (kombu's own ``restore_by_tag``, which also
+    removes it from the hash, so it is not restored a second time). Returns False when no
+    held message has this task id (it was acknowledged, or is already back in the queue).
+    """
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        qos = channel.qos
+        with channel.conn_or_acquire() as client:
+            for tag, raw in client.hscan_iter(qos.unacked_key):
+                try:
+                    headers = json.loads(raw)[0].get("headers") or {}
+                except (ValueError, TypeError, IndexError, AttributeError):
+                    continue
+                if headers.get("id") == task_id:
+                    qos.restore_by_tag(tag, client=client)
+                    return True
+    return False
+
+
+def _sweep_forever() -> None:
+    """The sweeper thread: dead workers' steps every heartbeat interval, orphaned work
+    folders every ``orphan_sweep_interval`` (first at once)."""
+    interval = float(app.conf.deid_heartbeat_interval)
+    every = float(app.conf.deid_orphan_sweep_interval)
+    min_age = float(app.conf.task_time_limit) + 60  # any step of a lost job has ended
+    store = JobStore(app.conf.broker_url, int(app.conf.deid_job_ttl))
+    roots = _roots()
+    next_orphans = 0.0
+    while True:
+        try:
+            if store.lock("reclaim", 0.9 * interval):
+                reclaim_dead_steps(store, restore_task)
+            if time.monotonic() >= next_orphans:
+                next_orphans = time.monotonic() + every
+                if roots and store.lock("orphans", 0.9 * every):
+                    sweep_orphaned_work(store, roots, min_age)
+        except DeidError as e:  # Redis unreachable for a while: try again next time
+            log.warning("sweep skipped: %s", e)
+        except Exception:
+            log.exception("sweep failed")
+        time.sleep(interval)
+
+
 @signals.worker_init.connect
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     global _pool
     _pool = str(getattr(sender, "pool_cls", "") or "")
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(**_: Any) -> None:
+    """In the worker's main process, once it consumes: start the sweeper thread."""
+    threading.Thread(target=_sweep_forever, name="deid-sweeper", daemon=True).start()
 
 
 @signals.worker_process_init.connect
@@ -234,15 +310,15 @@ def _fault(stage: str, index: int) -> None:
                 time.sleep(float(action[6:]))
 
 
-def _run(stage: str, spec: dict[str, Any], index: int) -> str:
+def _run(task: Any, stage: str, spec: dict[str, Any], index: int) -> str:
     job = JobSpec.model_validate(spec)
     what = f"job {job.id} {stage} {index}"
     t = time.perf_counter()
     try:
         with time_limits(job.soft_time_limit, job.time_limit, what), cancel_watch(job.id):
-            out = engine().run(stage, job, index)
+            out = engine().run(stage, job, index, task=task.request.id)
     except JobCancelled:  # interrupted outside the step itself (in its bookkeeping)
-        remove_tree(Path(job.workdir))
+        remove_work(Path(job.workdir), job.id, _roots())
         out = "skipped"
     log.info("%s: %s in %.2f s", what, out, time.perf_counter() - t)
     return out
@@ -251,43 +327,43 @@ def _run(stage: str, spec: dict[str, Any], index: int) -> str:
 # --------------------------------------------------------------------------------------------
 # tasks
 # --------------------------------------------------------------------------------------------
-@app.task(name="deid.split")
-def split(spec: dict[str, Any], index: int = 0) -> str:
+@app.task(name="deid.split", bind=True)
+def split(self: Any, spec: dict[str, Any], index: int = 0) -> str:
     """Probe the input and cut it into chunks (or a folder into shards)."""
-    return _run("split", spec, index)
+    return _run(self, "split", spec, index)
 
 
-@app.task(name="deid.analyse")
-def analyse(spec: dict[str, Any], index: int) -> str:
+@app.task(name="deid.analyse", bind=True)
+def analyse(self: Any, spec: dict[str, Any], index: int) -> str:
     """Detect and classify one chunk's faces."""
-    return _run("analyse", spec, index)
+    return _run(self, "analyse", spec, index)
 
 
-@app.task(name="deid.plan")
-def plan(spec: dict[str, Any], index: int = 0) -> str:
+@app.task(name="deid.plan", bind=True)
+def plan(self: Any, spec: dict[str, Any], index: int = 0) -> str:
     """Track faces over the whole video; one target per track."""
-    return _run("plan", spec, index)
+    return _run(self, "plan", spec, index)
 
 
-@app.task(name="deid.render")
-def render(spec: dict[str, Any], index: int) -> str:
+@app.task(name="deid.render", bind=True)
+def render(self: Any, spec: dict[str, Any], index: int) -> str:
     """Attack, paste, encode and verify one chunk."""
-    return _run("render", spec, index)
+    return _run(self, "render", spec, index)
 
 
-@app.task(name="deid.assemble")
-def assemble(spec: dict[str, Any], index: int = 0) -> str:
+@app.task(name="deid.assemble", bind=True)
+def assemble(self: Any, spec: dict[str, Any], index: int = 0) -> str:
     """Join the chunks with the input's audio; the job's report."""
-    return _run("assemble", spec, index)
+    return _run(self, "assemble", spec, index)
 
 
-@app.task(name="deid.shard")
-def shard(spec: dict[str, Any], index: int) -> str:
+@app.task(name="deid.shard", bind=True)
+def shard(self: Any, spec: dict[str, Any], index: int) -> str:
     """De-identify one shard of a dataset job's files."""
-    return _run("shard", spec, index)
+    return _run(self, "shard", spec, index)
 
 
-@app.task(name="deid.collect")
-def collect(spec: dict[str, Any], index: int = 0) -> str:
+@app.task(name="deid.collect", bind=True)
+def collect(self: Any, spec: dict[str, Any], index: int = 0) -> str:
     """Merge a dataset job's shards into its manifest and report."""
-    return _run("collect", spec, index)
+    return _run(self, "collect", spec, index)

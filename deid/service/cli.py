@@ -71,6 +71,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--config", help="YAML file or a name in configs/")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve on a non-loopback address without service.token (anyone who reaches it "
+        "can queue jobs on the storage roots)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -165,12 +171,20 @@ def _wait(client: Any, job_id: str, timeout: float | None, quiet: bool) -> int:
         )
         bar.refresh()
 
+    from deid.errors import PartialFailure
+
+    failure: PartialFailure | None = None
     try:
         report = client.wait(job_id, timeout=timeout, on_update=update)
+    except PartialFailure as e:  # as `deid batch`: the summary, then exit code 3
+        report, failure = e.report or {}, e
     finally:
         bar.close()
     t = report.get("totals", {})
-    sys.stdout.write(f"{job_id} SUCCESS: {report.get('output')} {json.dumps(t)}\n")
+    state = "PARTIAL" if failure else "SUCCESS"
+    sys.stdout.write(f"{job_id} {state}: {report.get('output')} {json.dumps(t)}\n")
+    if failure is not None:
+        raise failure
     return 0
 
 
@@ -226,11 +240,53 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any address
+        return False
+
+
+def check_serve_security(host: str, token: str | None, insecure: bool) -> None:
+    """Refuse an API without a token on a non-loopback address, unless ``insecure``; warn
+    whenever there is no token.
+
+    Raises:
+        ConfigError: no token, a non-loopback ``host`` and not ``insecure`` (exit code 2).
+    """
+    from deid.errors import ConfigError
+
+    if token:
+        return
+    if not is_loopback(host) and not insecure:
+        raise ConfigError(
+            f"refusing to serve the API on {host} without a token: anyone who reaches it could "
+            "queue jobs that read and write the storage roots. Set service.token "
+            "(DEID_SERVICE__TOKEN; docker-compose: DEID_TOKEN), serve on 127.0.0.1, or pass "
+            "--insecure on a network you trust"
+        )
+    log.warning(
+        "the API on %s has no token (service.token): %s",
+        host,
+        "anyone who reaches this address can queue jobs (--insecure)"
+        if not is_loopback(host)
+        else "any local user can queue jobs",
+    )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from deid.config import load_settings
     from deid.service.api import create_app
 
-    uvicorn.run(create_app(load_settings(args.config)), host=args.host, port=args.port)
+    settings = load_settings(args.config)
+    token = settings.service.token.get_secret_value() if settings.service.token else ""
+    check_serve_security(args.host, token, args.insecure)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port)
     return 0

@@ -17,35 +17,59 @@ Guarantees:
   skipped (:func:`deid.job.chunk_ok`), so a chunk is computed once however often it is
   delivered, and a duplicate computation gives the same bytes;
 - a chunk delivered more than ``service.max_deliveries`` times (it keeps killing its worker)
-  fails the job with that reason instead of looping;
+  fails the job with that reason instead of looping; a delivery of a chunk that is already
+  done (a late duplicate) is not held against it;
+- a running step beats a heartbeat into Redis; when its worker dies (SIGKILL, a lost
+  machine), :func:`reclaim_dead_steps` sees the heartbeat expire within
+  ``service.heartbeat_ttl`` and has the step's own queue message delivered again at once,
+  instead of after the broker's ``visibility_timeout``;
 - the output appears only complete; a failed or cancelled job leaves nothing at the output
   path and removes its work folder;
 - a finished (or cancelled) job is never changed again: late tasks see the final state and
-  clean up after themselves.
+  clean up after themselves; a work folder whose job Redis lost is removed by
+  :func:`sweep_orphaned_work`;
+- a dataset job some of whose files failed ends ``PARTIAL`` (``deid batch``'s exit code 3),
+  not ``SUCCESS``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deid.config import ServiceConfig, Settings, format_validation_error
 from deid.errors import ConfigError, DeidError, InputError, OutputError
-from deid.service.state import JobStore
-from deid.service.storage import check_path, read_json, remove_tree, work_dir, write_json
+from deid.service.state import DONE, JOB_ID, TERMINAL, JobStore, safe_url
+from deid.service.storage import (
+    WORK_PREFIX,
+    PathPolicyError,
+    check_path,
+    read_json,
+    register_work,
+    registered_work,
+    remove_tree,
+    remove_work,
+    shorten,
+    touch_work,
+    work_dir,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
 VIDEO_STAGES = ("split", "analyse", "plan", "render", "assemble")
 DATASET_STAGES = ("split", "shard", "collect")
+CHUNK_STAGES = ("analyse", "render", "shard")  # one task per chunk, recorded by mark_done
 # The state a job is in while a stage's tasks run.
 STAGE_STATE = {
     "split": "SPLITTING",
@@ -73,7 +97,7 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str
+    id: str = Field(pattern=f"^{JOB_ID.pattern}$")
     kind: Literal["video", "dataset"]
     input: str
     output: str
@@ -86,6 +110,13 @@ class JobSpec(BaseModel):
 
     def resolved_settings(self) -> Settings:
         return Settings.model_validate(self.settings)
+
+    @model_validator(mode="after")
+    def _workdir_is_the_jobs(self) -> JobSpec:
+        # a worker removes the work folder a message names: only ever the job's own
+        if self.workdir != str(work_dir(Path(self.output), self.id)):
+            raise ValueError("workdir must be the job's own folder beside its output")
+        return self
 
 
 Dispatch = Callable[[str, JobSpec, int], None]
@@ -187,7 +218,8 @@ def _check_classifier(name: str, roots: list[Path]) -> None:
         return
     if not name.endswith((".pt", ".pth")):
         raise ConfigError(
-            f"classifier.name: unknown classifier {name!r}; expected one of {list(SHIPPED)} "
+            f"classifier.name: unknown classifier {shorten(name)!r}; expected one of "
+            f"{list(SHIPPED)} "
             "or a checkpoint path (.pt) under the storage roots"
         )
     path = check_path(name, roots)
@@ -224,6 +256,10 @@ class Engine:
             settings (a worker caches them per process).
         before_step: called with ``(stage, index)`` once a delivery is counted, before the
             step runs (the workers' fault injection for tests).
+        roots: the storage roots, whose registries list the work folders (see
+            :func:`deid.service.storage.register_work`); none: work folders are not listed.
+        heartbeat: ``(interval, ttl)`` seconds of the heartbeat a running step beats
+            (``service.heartbeat_interval``, ``service.heartbeat_ttl``).
     """
 
     def __init__(
@@ -232,30 +268,40 @@ class Engine:
         dispatch: Dispatch,
         resources: ResourcesFor,
         before_step: Callable[[str, int], None] | None = None,
+        roots: Sequence[Path] = (),
+        heartbeat: tuple[float, float] = (5.0, 30.0),
     ) -> None:
         self.store = store
         self.dispatch = dispatch
         self.resources = resources
         self.before_step = before_step  # fault injection in tests (after counting a delivery)
+        self.roots = list(roots)
+        self.heartbeat = heartbeat
         self.who = f"{socket.gethostname()}:{os.getpid()}"
 
     # entry point ---------------------------------------------------------------------------
-    def run(self, stage: str, spec: JobSpec, index: int = 0) -> str:
-        """Run one step. Returns what happened: ``done``, ``skipped`` (job finished, cancelled
-        or lost), ``failed``. Never raises for a job's own failure: the job is FAILED."""
+    def run(self, stage: str, spec: JobSpec, index: int = 0, task: str | None = None) -> str:
+        """Run one step (``task``: the id of the queue message that delivered it, which
+        :func:`reclaim_dead_steps` delivers again if this worker dies). Returns what happened:
+        ``done``, ``skipped`` (job finished, cancelled or lost), ``failed``. Never raises for a
+        job's own failure: the job is FAILED."""
         what = f"{stage}:{index}"
         state = self.store.state(spec.id)
         if state is None:
             log.warning("job %s: state lost (expired, or Redis restarted); drop %s", spec.id, what)
-            remove_tree(Path(spec.workdir))
+            self._remove_work(spec)
             return "skipped"
         if state in ("FAILED", "CANCELLED"):
-            remove_tree(Path(spec.workdir))
+            self._remove_work(spec)
             return "skipped"
-        if state == "SUCCESS":
+        if state in DONE:
             return "skipped"
+        # A chunk already recorded as done is delivered again when a worker was taken for dead
+        # but finished after all, or when the broker's visibility timeout restores a message
+        # that was already redelivered: it is checked and skipped, never a poison delivery.
+        done = stage in CHUNK_STAGES and self.store.is_done(spec.id, stage, index)
         n = self.store.delivery(spec.id, stage, index)
-        if n > spec.max_deliveries:
+        if n > spec.max_deliveries and not done:
             self.store.clear_running(spec.id, what)  # left by the delivery that died
             self.fail(
                 spec,
@@ -264,32 +310,62 @@ class Engine:
                 f"service.max_deliveries={spec.max_deliveries}",
             )
             return "failed"
-        self.store.set_running(spec.id, what, f"{self.who}:{time.time():.3f}")
-        try:
-            if self.before_step is not None:
-                self.before_step(stage, index)
-            getattr(self, f"_{stage}")(spec, index, redelivered=n > 1)
-            return "done"
-        except JobCancelled:
-            remove_tree(Path(spec.workdir))
-            return "skipped"
-        except Exception as e:  # a step's failure fails its job; the message names the step
-            if isinstance(e, DeidError):
-                log.warning("job %s: %s failed: %s", spec.id, what, e)
-            else:
-                log.exception("job %s: %s failed", spec.id, what)
-            self.fail(spec, f"{self._describe(stage, spec, index)}: {_message(e)}")
-            return "failed"
-        finally:
-            self.store.clear_running(spec.id, what)
-            if self.store.state(spec.id) in (None, "FAILED", "CANCELLED"):
-                remove_tree(Path(spec.workdir))
+        who = f"{self.who}:{time.time():.3f}"
+        with self._beating():
+            self.store.set_running(spec.id, what, who, task)
+            touch_work(Path(spec.workdir), spec.id, self.roots)
+            try:
+                if self.before_step is not None:
+                    self.before_step(stage, index)
+                getattr(self, f"_{stage}")(spec, index, redelivered=n > 1 or done)
+                return "done"
+            except JobCancelled:
+                self._remove_work(spec)
+                return "skipped"
+            except Exception as e:  # a step's failure fails its job; the message names the step
+                if isinstance(e, DeidError):
+                    log.warning("job %s: %s failed: %s", spec.id, what, e)
+                else:
+                    log.exception("job %s: %s failed", spec.id, what)
+                self.fail(spec, f"{self._describe(stage, spec, index)}: {_message(e)}")
+                return "failed"
+            finally:
+                self.store.clear_running(spec.id, what, who)
+                if self.store.state(spec.id) in (None, "FAILED", "CANCELLED"):
+                    self._remove_work(spec)
 
     def fail(self, spec: JobSpec, reason: str) -> None:
         self.store.add_error(spec.id, reason)
         if self.store.finish(spec.id, "FAILED", error=reason):
             log.error("job %s failed: %s", spec.id, reason)
-        remove_tree(Path(spec.workdir))
+        self._remove_work(spec)
+
+    @contextlib.contextmanager
+    def _beating(self) -> Iterator[None]:
+        """While the step runs, a thread tells Redis every ``interval`` seconds that this
+        process is alive (the key outlives it by ``ttl``; it is left to expire, as another
+        step of this process may be beating too)."""
+        interval, ttl = self.heartbeat
+        self.store.heartbeat(self.who, ttl)
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.store.heartbeat(self.who, ttl)
+                except DeidError:  # Redis away for a moment: the next beat may get through
+                    log.warning("heartbeat of %s not sent: Redis unreachable", self.who)
+
+        beater = threading.Thread(target=beat, name="deid-heartbeat", daemon=True)
+        beater.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beater.join()
+
+    def _remove_work(self, spec: JobSpec) -> None:
+        remove_work(Path(spec.workdir), spec.id, self.roots)
 
     # helpers -------------------------------------------------------------------------------
     def _describe(self, stage: str, spec: JobSpec, index: int) -> str:
@@ -310,11 +386,14 @@ class Engine:
 
     def _advance(self, spec: JobSpec, stage: str, count: int, redelivered: bool) -> None:
         """Queue ``count`` tasks of ``stage`` exactly once (again after a crash: a
-        redelivered step may have died between claiming the transition and queueing)."""
-        if self.store.once(spec.id, stage) or redelivered:
+        redelivered step may have died between claiming the transition and queueing them
+        all, which the ``<stage>:queued`` flag, set once they are, tells)."""
+        claimed = self.store.once(spec.id, stage)
+        if claimed or (redelivered and not self.store.flag(spec.id, f"{stage}:queued")):
             self._check(spec, state=STAGE_STATE[stage], stage=stage)
             for i in range(count):
                 self.dispatch(stage, spec, i)
+            self.store.once(spec.id, f"{stage}:queued")
 
     def _finish_chunk(
         self, spec: JobSpec, stage: str, index: int, frames: int, redelivered: bool
@@ -334,6 +413,14 @@ class Engine:
     # video ---------------------------------------------------------------------------------
     def _split(self, spec: JobSpec, index: int, redelivered: bool) -> None:
         work = Path(spec.workdir)
+        if not register_work(work, spec.id, self.roots, safe_url(self.store.url)):
+            log.warning(
+                "job %s: work folder %s not listed under a storage root (this worker's roots: "
+                "%s): if Redis loses the job, no sweep will find it",
+                spec.id,
+                work,
+                self.roots,
+            )
         work.mkdir(parents=True, exist_ok=True)
         if spec.kind == "dataset":
             return self._split_dataset(spec, redelivered)
@@ -405,12 +492,14 @@ class Engine:
             report["job"] = {"id": spec.id, "chunks": n}
             write_json(report_path(output), report)
             if not self.store.finish(spec.id, "SUCCESS", report=report):
+                if self.store.state(spec.id) == "SUCCESS":
+                    return  # a duplicate delivery finished first, with the same bytes: keep
                 raise JobCancelled(spec.id)  # cancelled while joining: the output must not stay
         except BaseException:
             output.unlink(missing_ok=True)  # this job's output, just renamed into place
             report_path(output).unlink(missing_ok=True)
             raise
-        remove_tree(Path(spec.workdir))
+        self._remove_work(spec)
 
     # dataset -------------------------------------------------------------------------------
     def _split_dataset(self, spec: JobSpec, redelivered: bool) -> None:
@@ -430,16 +519,25 @@ class Engine:
         self._advance(spec, "shard", len(shards), redelivered)
 
     def _shard(self, spec: JobSpec, index: int, redelivered: bool) -> None:
-        from deid.batch import output_path, process_file
+        from deid.batch import failed_row, output_path, process_file
 
         files = read_json(Path(spec.workdir) / "shards.json")[index]
         out = Path(spec.workdir) / "shards" / f"{index:05d}.json"
+        # a file of the folder (or a folder of the output) may be a symlink: it must not lead
+        # out of the storage roots (or, on a worker without roots, out of the job's folders)
+        allowed = self.roots or [Path(spec.input), Path(spec.output)]
         if not _json_ok(out):
             res = self.resources(spec)
             rows = []
             for rel in files:
                 self._check(spec)
                 src, dst = Path(spec.input) / rel, Path(spec.output) / output_path(Path(rel))
+                try:
+                    check_path(src, allowed)
+                    check_path(dst, allowed)
+                except PathPolicyError as e:
+                    rows.append(failed_row(src, dst, e.reason))
+                    continue
                 rows.append(process_file(src, dst, res))
             write_json(out, rows)
         if self._finish_chunk(spec, "shard", index, len(files), redelivered):
@@ -475,8 +573,95 @@ class Engine:
             "files": rows,
         }
         write_json(report_path(output), report)
-        self.store.finish(spec.id, "SUCCESS", report=report)
-        remove_tree(Path(spec.workdir))
+        if failed:  # as `deid batch`: the others are written, and the job says what failed
+            self.store.finish(
+                spec.id,
+                "PARTIAL",
+                report=report,
+                error=f"{len(failed)} of {len(rows)} files failed (see errors)",
+            )
+        else:
+            self.store.finish(spec.id, "SUCCESS", report=report)
+        self._remove_work(spec)
+
+
+# --------------------------------------------------------------------------------------------
+# sweeps (run periodically by the workers: workers.tasks)
+# --------------------------------------------------------------------------------------------
+def reclaim_dead_steps(store: JobStore, restore: Callable[[str], bool]) -> list[str]:
+    """Deliver again, now, the steps whose worker stopped beating its heartbeat.
+
+    A step's running entry names its worker (``host:pid``); a worker that is SIGKILLed or
+    loses its machine stops refreshing its heartbeat key, which expires after
+    ``service.heartbeat_ttl``. Each such entry is removed (compare-and-delete: one sweeper
+    acts, and never on the entry of a delivery that took over) and ``restore(task_id)`` puts
+    the step's own unacknowledged queue message back at the head of the queue, so it is
+    delivered (and counted) once more, exactly as the broker would after its visibility
+    timeout, and not a second time then. A worker that was only slow and finishes after all
+    writes the same bytes (chunk outputs are atomic and deterministic) and is counted once.
+
+    Returns ``"<job> <stage>:<index>"`` for each step handed on.
+    """
+    out = []
+    for job_id in store.running_jobs():
+        running = store.running(job_id)
+        if not running:
+            store.forget_if_idle(job_id)
+            continue
+        for what, who in running.items():
+            holder = who.rsplit(":", 1)[0]
+            if store.alive(holder):
+                continue
+            task = store.running_task(job_id, what)
+            if not store.clear_running(job_id, what, who):
+                continue  # it finished, or another sweeper took it
+            if store.state(job_id) in (None, *TERMINAL):
+                continue
+            restored = bool(task) and restore(task)  # type: ignore[arg-type]
+            log.warning(
+                "job %s: %s: its worker %s stopped beating its heartbeat (dead); %s",
+                job_id,
+                what,
+                holder,
+                "delivered again now"
+                if restored
+                else "its message is no longer held (already queued again or acknowledged)",
+            )
+            out.append(f"{job_id} {what}")
+    return out
+
+
+def sweep_orphaned_work(store: JobStore, roots: Sequence[Path], min_age: float) -> list[Path]:
+    """Remove the work folders of jobs that will never run another step.
+
+    A job whose state Redis lost (a restart without persistence) lost its queued steps too,
+    so no step comes to remove its work folder. The registries under ``roots`` list every
+    work folder with its broker; one is removed when its job is unknown to this broker (or
+    finished) and no step of it started for ``min_age`` seconds (more than the hard time
+    limit: a step still running when the state was lost has ended by then). Entries of
+    another broker (another deployment sharing the storage) are left alone.
+    """
+    removed = []
+    me = safe_url(store.url)
+    for job_id, entry, data, age in registered_work(roots):
+        if age < min_age or data.get("broker") != me:
+            continue
+        if store.state(job_id) not in (None, *TERMINAL):
+            continue
+        workdir = Path(str(data.get("workdir", "")))
+        try:  # only ever a folder named for the job, under a root, not through a symlink
+            real = check_path(workdir, roots)
+        except PathPolicyError as e:
+            log.warning("work folder %s of job %s not removed: %s", workdir, job_id, e)
+            continue
+        if workdir.name == real.name == f"{WORK_PREFIX}{job_id}":
+            remove_tree(real)
+        entry.unlink(missing_ok=True)
+        log.warning(
+            "job %s: unknown to Redis or finished; removed its work folder %s", job_id, workdir
+        )
+        removed.append(workdir)
+    return removed
 
 
 def _layout_path(spec: JobSpec) -> Path:

@@ -2,14 +2,21 @@
 
 Keys (``deid:`` prefix): ``job:<id>`` (hash: state, stage, paths, counters, error, report),
 ``job:<id>:done:<stage>`` (set of finished chunk indices), ``job:<id>:deliveries`` (hash:
-deliveries per chunk), ``job:<id>:running`` (hash: which worker holds which chunk),
-``job:<id>:errors`` (list), ``job:<id>:flag:<name>`` (once-only transitions) and ``jobs``
-(sorted set of job ids by creation time). Every write refreshes the TTL.
+deliveries per chunk), ``job:<id>:running`` (hash: which worker holds which chunk, as
+``host:pid:start``), ``job:<id>:tasks`` (hash: the Celery task id of each running chunk),
+``job:<id>:errors`` (list), ``job:<id>:flag:<name>`` (once-only transitions), ``jobs``
+(sorted set of job ids by creation time), ``running`` (set of the jobs with running chunks),
+``worker:<host>:<pid>`` (a running step's heartbeat, with a short TTL) and ``lock:<name>``
+(one sweeper at a time). Every write of a job's keys refreshes their TTL.
+
+A job id is 32 lowercase hex digits (a uuid4); any other id is refused before it becomes part
+of a key (``x:running`` would name another key).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -19,7 +26,10 @@ from redis.retry import Retry
 
 from deid.errors import DeidError
 
-TERMINAL = ("SUCCESS", "FAILED", "CANCELLED")
+# Finished: every output written (PARTIAL: a dataset job some of whose files failed).
+DONE = ("SUCCESS", "PARTIAL")
+TERMINAL = (*DONE, "FAILED", "CANCELLED")
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 JSON_FIELDS = ("spec", "report")
 INT_FIELDS = (
     "frames_total",
@@ -34,11 +44,46 @@ INT_FIELDS = (
 _UPDATE = """
 local s = redis.call('HGET', KEYS[1], 'state')
 if not s then return -1 end
-if s == 'SUCCESS' or s == 'FAILED' or s == 'CANCELLED' then return 0 end
+if s == 'SUCCESS' or s == 'PARTIAL' or s == 'FAILED' or s == 'CANCELLED' then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 return 1
 """
+
+# Remove a running entry only if it is still the one given (a late finisher or a sweeper must
+# not remove the entry of the delivery that took over): 1 removed, 0 not.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[3]) end
+return 1
+"""
+
+# Drop a job from the set of jobs with running chunks if it has none (atomically).
+_FORGET = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+"""
+
+
+class BadJobId(DeidError):
+    """A string that cannot be a job id (32 hex digits)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        shown = job_id if len(job_id) <= 40 and job_id.isprintable() else f"{job_id[:40]!r}..."
+        super().__init__(f"{shown}: not a job id; expected 32 hex digits (as `deid submit` prints)")
+
+
+def check_job_id(job_id: str) -> str:
+    """``job_id`` if it is one (32 lowercase hex digits).
+
+    Raises:
+        BadJobId: anything else (it would become part of Redis keys and of a folder name).
+    """
+    if not (isinstance(job_id, str) and JOB_ID.fullmatch(job_id)):
+        raise BadJobId(str(job_id))
+    return job_id
 
 
 class JobNotFound(DeidError):
@@ -87,10 +132,13 @@ class JobStore:
         self.prefix = prefix
         self.r = connect(url)
         self._update = self.r.register_script(_UPDATE)
+        self._release = self.r.register_script(_RELEASE)
+        self._forget = self.r.register_script(_FORGET)
 
     # keys ---------------------------------------------------------------------------------
     def key(self, job_id: str, *parts: str) -> str:
-        return ":".join((self.prefix, "job", job_id, *parts))
+        """The Redis key of a job's ``parts`` (``job_id`` checked: see :func:`check_job_id`)."""
+        return ":".join((self.prefix, "job", check_job_id(job_id), *parts))
 
     def _touch(self, pipe: Any, job_id: str, *keys: str) -> None:
         for k in keys:
@@ -185,7 +233,7 @@ class JobStore:
         for job_id in ids:
             try:
                 out.append(self.get(job_id))
-            except JobNotFound:
+            except (JobNotFound, BadJobId):
                 with self._guard():
                     self.r.zrem(f"{self.prefix}:jobs", job_id)
         return out
@@ -216,17 +264,83 @@ class JobStore:
         with self._guard():
             return bool(self.r.set(self.key(job_id, "flag", name), 1, nx=True, ex=self.ttl))
 
-    def set_running(self, job_id: str, what: str, who: str) -> None:
-        k = self.key(job_id, "running")
+    def is_done(self, job_id: str, stage: str, index: int) -> bool:
+        """Whether a chunk of ``stage`` was recorded as finished (:meth:`mark_done`)."""
+        with self._guard():
+            return bool(self.r.sismember(self.key(job_id, "done", stage), index))
+
+    def flag(self, job_id: str, name: str) -> bool:
+        """Whether :meth:`once` was called for ``name``."""
+        with self._guard():
+            return bool(self.r.exists(self.key(job_id, "flag", name)))
+
+    def set_running(self, job_id: str, what: str, who: str, task: str | None = None) -> None:
+        """Record that ``who`` (``host:pid:start``) runs ``what`` (``stage:index``), as the
+        queue's message ``task`` (its Celery task id), until :meth:`clear_running`."""
+        k, tasks = self.key(job_id, "running"), self.key(job_id, "tasks")
         with self._guard():
             pipe = self.r.pipeline()
             pipe.hset(k, what, who)
             pipe.expire(k, self.ttl)
+            if task:
+                pipe.hset(tasks, what, task)
+                pipe.expire(tasks, self.ttl)
+            else:
+                pipe.hdel(tasks, what)
+            pipe.sadd(f"{self.prefix}:running", job_id)
             pipe.execute()
 
-    def clear_running(self, job_id: str, what: str) -> None:
+    def clear_running(self, job_id: str, what: str, who: str | None = None) -> bool:
+        """Remove the running entry of ``what`` (only if ``who`` still holds it, when given).
+        Returns whether it was removed."""
+        k = self.key(job_id, "running")
         with self._guard():
-            self.r.hdel(self.key(job_id, "running"), what)
+            if who is None:
+                who = self.r.hget(k, what)  # type: ignore[assignment]
+                if who is None:
+                    return False
+            keys = [k, self.key(job_id, "tasks"), f"{self.prefix}:running"]
+            return bool(self._release(keys=keys, args=[what, who, job_id]))
+
+    def running(self, job_id: str) -> dict[str, str]:
+        """``stage:index`` -> ``host:pid:start`` of the chunks running now."""
+        with self._guard():
+            return self.r.hgetall(self.key(job_id, "running"))  # type: ignore[return-value]
+
+    def running_task(self, job_id: str, what: str) -> str | None:
+        """The Celery task id of a running chunk (None if unknown)."""
+        with self._guard():
+            return self.r.hget(self.key(job_id, "tasks"), what)  # type: ignore[return-value]
+
+    def running_jobs(self) -> list[str]:
+        """Ids of the jobs that have (or recently had) running chunks."""
+        with self._guard():
+            return sorted(self.r.smembers(f"{self.prefix}:running"))  # type: ignore[arg-type]
+
+    def forget_if_idle(self, job_id: str) -> None:
+        """Drop a job from :meth:`running_jobs` if it has no running entry left."""
+        with self._guard():
+            self._forget(
+                keys=[self.key(job_id, "running"), f"{self.prefix}:running"], args=[job_id]
+            )
+
+    # workers ------------------------------------------------------------------------------
+    def heartbeat(self, holder: str, ttl: float) -> None:
+        """``holder`` (``host:pid``) is alive for the next ``ttl`` seconds."""
+        with self._guard():
+            self.r.set(f"{self.prefix}:worker:{holder}", f"{time.time():.3f}", px=int(ttl * 1000))
+
+    def alive(self, holder: str) -> bool:
+        """Whether ``holder`` sent a heartbeat within its TTL."""
+        with self._guard():
+            return bool(self.r.exists(f"{self.prefix}:worker:{holder}"))
+
+    def lock(self, name: str, seconds: float) -> bool:
+        """True for one caller per ``seconds`` (the sweeps: one worker acts at a time)."""
+        with self._guard():
+            return bool(
+                self.r.set(f"{self.prefix}:lock:{name}", 1, nx=True, px=int(seconds * 1000))
+            )
 
     def flush(self) -> None:
         """Delete every deid key of this database (tests)."""
@@ -250,7 +364,7 @@ class _Guard:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-            raise BrokerUnavailable(f"cannot reach Redis at {_safe(self.url)}: {exc}") from exc
+            raise BrokerUnavailable(f"cannot reach Redis at {safe_url(self.url)}: {exc}") from exc
         return False
 
 
@@ -259,7 +373,7 @@ def connect_fast(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL without a password."""
     if "@" in url:
         scheme, _, rest = url.partition("://")
