@@ -33,6 +33,7 @@ from deid.errors import ConfigError, DeidError, InputError, OutputError, Partial
 from deid.io import (
     IMAGE_EXTS,
     check_output,
+    check_video,
     classify_input,
     list_images,
     read_image,
@@ -723,12 +724,15 @@ def run(
     """De-identify a video, an image or a folder of images; write the output and its report.
 
     Raises:
-        InputError, OutputError, ConfigError: before anything is written.
+        InputError, OutputError, ConfigError: before anything is written (a video that is
+            not decodable or whose frames share timestamps: before the models load).
         PartialFailure: some images of a folder failed (the rest, and the report, are written).
     """
     input, output = Path(input), Path(output)
     kind = classify_input(input)
     check_output(input, output)
+    if kind == "video" and resources is None:
+        check_video(input)  # a video no job can be made of is refused before the models load
     res = resources or Resources.load(settings)
     t0 = time.perf_counter()
     if kind == "video":

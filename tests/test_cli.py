@@ -13,6 +13,7 @@ from deid.cli import main
 from deid.io import read_image, write_image, write_video
 
 from .conftest import scene
+from .test_io import restamp
 
 
 @pytest.fixture
@@ -64,6 +65,28 @@ def test_truncated_video(tmp_path: Path, clip: Path, capsys) -> None:
     out = tmp_path / "out.mp4"
     assert main(["run", str(cut), "-o", str(out), "--classifier", "yaleb-mlp", "--quiet"]) == 2
     assert "cut.mp4" in capsys.readouterr().err
+    _nothing_at(out)
+
+
+def test_video_whose_frames_share_a_timestamp_is_refused_before_the_models_load(
+    tmp_path: Path, clip: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import deid.pipeline
+
+    def no_models(*args: object) -> None:
+        raise AssertionError("the models loaded for an input that is refused")
+
+    monkeypatch.setattr(deid.pipeline.Resources, "load", no_models)
+    bad = restamp(clip, tmp_path / "frozen.mkv", [0] * 6)
+    out = tmp_path / "out.mkv"
+    _fails(
+        capsys,
+        ["run", str(bad), "-o", str(out), "--classifier", "yaleb-mlp", "--quiet"],
+        2,
+        "frozen.mkv",
+        "5 of its 6 frames",
+        "distinct timestamp",
+    )
     _nothing_at(out)
 
 
