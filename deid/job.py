@@ -576,6 +576,11 @@ def assemble(
     return job_report(input, output, layout, reports, res, plan, analyses, info)
 
 
+def _too_small(layout: dict[str, Any], res: Resources) -> bool:
+    """Whether the video's frames are too small for the detector (no face can be found)."""
+    return res.detector.too_small((layout["height"], layout["width"]))
+
+
 def job_report(
     input: Path,
     output: Path,
@@ -620,6 +625,7 @@ def job_report(
         "frames": layout["frames"],
         "frames_with_faces": sum(n > 0 for n in cov_faces),
         "frames_without_faces": sum(n == 0 for n in cov_faces),
+        "frames_too_small": layout["frames"] if _too_small(layout, res) else 0,
         **face_totals(faces),
         "faces_detected": sum(f["kind"] == "detected" for f in faces),
         "faces_interpolated": sum(f["kind"] == "interpolated" for f in faces),
@@ -686,6 +692,15 @@ def run_video(
     output.parent.mkdir(parents=True, exist_ok=True)
     layout = split(input, chunk_frames or res.settings.pipeline.chunk_frames)
     chunks = chunks_of(layout)
+    if _too_small(layout, res):
+        log.warning(
+            "%s: frames of %dx%d are too small for the detector (shorter side under "
+            "detector.min_face_size, %d px): no face can be found in them; passed through",
+            input,
+            layout["width"],
+            layout["height"],
+            res.settings.detector.min_face_size,
+        )
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.parts-", dir=output.parent))
     try:
         bar = tqdm(

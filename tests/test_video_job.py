@@ -212,6 +212,23 @@ def test_video_whose_frames_share_a_timestamp_is_refused_at_submission(tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["frozen.mkv", "in.mp4"]
 
 
+def test_video_whose_frames_share_a_timestamp_fails_its_batch_row_up_front(
+    tmp_path: Path, resources: Resources
+) -> None:
+    """In a dataset batch (models already loaded) the file's row fails with the reason,
+    from the job's first step (split), before any frame is attacked."""
+    from deid.batch import process_file
+
+    from .test_io import restamp
+
+    bad = restamp(
+        write_clip(tmp_path / "in.mp4", face_frames(), audio=False), tmp_path / "f.mkv", [0] * N
+    )
+    row = process_file(bad, tmp_path / "out" / "f.mkv", resources)
+    assert row["status"] == "failed" and "distinct timestamp" in row["error"], row
+    assert row["seconds"] < 5 and not (tmp_path / "out" / "f.mkv").exists()
+
+
 @pytest.mark.slow
 def test_pedestrian_clip_with_audio(tmp_path: Path, resources: Resources) -> None:
     """The real drone-like clip: 16 frames with its audio, chunks of 6."""
