@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +265,31 @@ def cmd_data(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "data": cmd_data}
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so that every ``finally`` runs (work
+    folders and temporary files are removed, as on Ctrl-C). A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` swallows it."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the command runs, the first SIGTERM raises :class:`Terminated`; later ones are
+    ignored so they cannot cut the clean-up short (SIGKILL still ends the process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -270,13 +299,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Subcommands defined in other modules set ``func`` (set_defaults); the core ones are here.
         handler = getattr(args, "func", None) or COMMANDS[args.command]
-        return handler(args)
+        with _sigterm_raises():
+            return handler(args)
     except DeidError as e:
         sys.stderr.write(f"deid: error: {e}\n")
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("deid: interrupted\n")
         return 130
+    except Terminated:
+        sys.stderr.write("deid: terminated (SIGTERM)\n")
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

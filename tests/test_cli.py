@@ -112,6 +112,56 @@ def test_image_and_video_too_small_for_the_detector_are_written_and_reported(
     assert t["frames"] == 5
 
 
+def test_sigterm_cleans_up_as_sigint_does(tmp_path: Path) -> None:
+    """`deid run` stopped by SIGTERM (docker stop, systemd, a batch scheduler) between two
+    segments of a video: it exits 143 within seconds and leaves no work folder, no temporary
+    file and no output (as Ctrl-C does)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .test_video_job import face_frames
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["run", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "o.mp4")]) == 2
+    assert signal.getsignal(signal.SIGTERM) is before  # main() puts the handler back
+
+    src = tmp_path / "in.mp4"
+    write_video(src, face_frames()[:6], 25)
+    out = tmp_path / "out.mp4"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "DEID_PIPELINE__CHUNK_FRAMES": "1",  # a segment per frame: the first lands early
+        "DEID_ATTACK__STEPS": "5",
+    }
+    argv = ["run", str(src), "-o", str(out), "--classifier", "yaleb-mlp", "--device", "cpu"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deid.cli", *argv, "--quiet"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp_path.glob(".out.mp4.parts-*/00000.mp4")):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "no segment was written within 300 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        stopped = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "deid: terminated" in err and "Traceback" not in err, err
+    assert stopped < 20, stopped
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
 def test_output_equal_to_input(clip: Path, capsys) -> None:
     before = clip.read_bytes()
     _fails(capsys, ["run", str(clip), "-o", str(clip)], 2, "is the input", "different output")
