@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from deid import __version__
 from deid.argtypes import fraction
 from deid.errors import DeidError
 
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deid", description="De-identify faces in drone footage with adversarial examples."
     )
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"deid {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_train(sub)

@@ -671,6 +671,13 @@ def segment_suffix(output: Path) -> str:
     return ".mkv" if output.suffix.lower() == ".mkv" else ".mp4"
 
 
+def _bar(step: str, input: Path, layout: dict[str, Any], progress: bool) -> tqdm:
+    """A progress bar over the video's frames for one step (``analyse``, ``render``)."""
+    return tqdm(
+        total=layout["frames"], desc=f"{step} {input.name}", unit="frame", disable=not progress
+    )
+
+
 def run_video(
     input: Path | str,
     output: Path | str,
@@ -703,26 +710,23 @@ def run_video(
         )
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.parts-", dir=output.parent))
     try:
-        bar = tqdm(
-            total=2 * layout["frames"],
-            desc=f"deid {input.name}",
-            unit="frame",
-            disable=not progress,
-        )
-        analyses = []
-        for c in chunks:
-            analyses.append(analyse(input, layout, c, res, on_frames=bar.update))
+        # one bar per pass: each counts every frame once, and its ETA is its own pass's speed
+        # (analysis is several times faster than the attack)
+        with _bar("analyse", input, layout, progress) as bar:
+            analyses = [analyse(input, layout, c, res, on_frames=bar.update) for c in chunks]
         the_plan = plan(layout, analyses, res)
         parts, reports = [], []
-        for c in chunks:
-            part = work / f"{c.index:05d}{segment_suffix(output)}"
-            reports.append(
-                _json(
-                    render(input, layout, the_plan, c, res, part, thumbnails, on_frames=bar.update)
+        with _bar("render", input, layout, progress) as bar:
+            for c in chunks:
+                part = work / f"{c.index:05d}{segment_suffix(output)}"
+                reports.append(
+                    _json(
+                        render(
+                            input, layout, the_plan, c, res, part, thumbnails, on_frames=bar.update
+                        )
+                    )
                 )
-            )
-            parts.append(part)
-        bar.close()
+                parts.append(part)
         return assemble(input, layout, parts, output, reports, res, the_plan, analyses)
     finally:
         shutil.rmtree(work, ignore_errors=True)

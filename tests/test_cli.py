@@ -162,6 +162,31 @@ def test_sigterm_cleans_up_as_sigint_does(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
 
 
+def test_video_progress_has_one_bar_per_pass(tmp_path: Path, clip: Path, capsys) -> None:
+    """Analysis (fast) and rendering (the attack) each count the frames once, on bars of their
+    own, so neither shows twice the frames nor the other's speed in its ETA."""
+    out = tmp_path / "out.mp4"
+    assert main(["run", str(clip), "-o", str(out), "--classifier", "yaleb-mlp"]) == 0
+    err = capsys.readouterr().err
+    bars = {}
+    for line in err.replace("\r", "\n").splitlines():
+        name, sep, rest = line.partition(": ")
+        if sep and "frame" in rest and "|" in rest:
+            bars.setdefault(name.strip(), []).append(rest.split("|")[2].split()[0])
+    assert set(bars) == {"analyse clip.mp4", "render clip.mp4"}, err
+    for counts in bars.values():
+        assert counts[-1] == "6/6" and all(c.endswith("/6") for c in counts), bars
+
+
+def test_version(capsys) -> None:
+    from deid import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"deid {__version__}\n"
+
+
 def test_output_equal_to_input(clip: Path, capsys) -> None:
     before = clip.read_bytes()
     _fails(capsys, ["run", str(clip), "-o", str(clip)], 2, "is the input", "different output")
