@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deid import __version__
-from deid.argtypes import fraction
+from deid.argtypes import SETTING_FLAGS, fraction
 from deid.errors import DeidError
 
 log = logging.getLogger("deid")
@@ -176,13 +176,10 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from deid.attacks import ATTACKS
     from deid.config import load_settings
     from deid.pipeline import run
 
-    if args.attack and args.attack not in ATTACKS:
-        raise DeidError(f"unknown attack {args.attack!r}; available: {sorted(ATTACKS)}")
-    settings = load_settings(args.config, _run_overrides(args))
+    settings = load_settings(args.config, _run_overrides(args), flags=SETTING_FLAGS)
     report = run(
         args.input, args.output, settings, progress=not args.quiet, contact_sheet=args.contact_sheet
     )

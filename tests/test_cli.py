@@ -197,10 +197,13 @@ def test_output_equal_to_input(clip: Path, capsys) -> None:
     ("flags", "words"),
     [
         (["--classifier", "resnet-9000"], ["unknown classifier", "yaleb-mlp"]),
-        (["--attack", "deepdream"], ["unknown attack", "ifgsm"]),
+        (["--attack", "deepdream"], ["--attack: unknown attack 'deepdream'", "ifgsm"]),
         (["--eps", "0"], ["eps", "greater than 0"]),
         (["--eps", "-0.1"], ["eps", "greater than 0"]),
         (["--eps", "1.5"], ["eps", "less than or equal to 1"]),
+        (["--eps", "2"], ["--eps: Input should be less than or equal to 1 (got 2.0)"]),
+        (["--steps", "0"], ["--steps: Input should be greater than or equal to 1 (got 0)"]),
+        (["--fallback", "swirl"], ["--fallback: ", "pixelate"]),
         (["--target", "nobody"], ["target", "least-likely"]),
         (["--device", "tpu"], ["device"]),
     ],
@@ -210,7 +213,8 @@ def test_bad_options(
 ) -> None:
     out = tmp_path / "out.mp4"
     cls = [] if "--classifier" in flags else ["--classifier", "yaleb-mlp"]
-    _fails(capsys, ["run", str(clip), "-o", str(out), "--quiet", *cls, *flags], 2, *words)
+    err = _fails(capsys, ["run", str(clip), "-o", str(out), "--quiet", *cls, *flags], 2, *words)
+    assert "default.yaml" not in err  # a flag's value is not the file's
     _nothing_at(out)
 
 

@@ -374,7 +374,14 @@ def _bad_inputs(root: Path, clip: Path, outside: Path) -> dict[str, tuple[Any, .
             422,
             "ifgsm",
         ),
-        "invalid eps": (clip, out, {"attack": {"eps": 3.0}}, ConfigError, 422, "attack.ifgsm.eps"),
+        "invalid eps": (
+            clip,
+            out,
+            {"attack": {"eps": 3.0}},
+            ConfigError,
+            422,
+            "eps: Input should be less than or equal to 1",
+        ),
     }
 
 
