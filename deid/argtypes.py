@@ -10,6 +10,21 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+# The setting each settings flag of `deid run`, `deid batch` and `deid submit` sets: what a
+# message about its value names (load_settings(..., flags=SETTING_FLAGS)).
+SETTING_FLAGS = {
+    "classifier.name": "--classifier",
+    "attack.name": "--attack",
+    "attack.target": "--target",
+    "attack.eps": "--eps",
+    "attack.steps": "--steps",
+    "pipeline.device": "--device",
+    "pipeline.fallback": "--fallback",
+    "pipeline.verify": "--no-verify",
+    "pipeline.chunk_frames": "--chunk-frames",
+}
+
+
 def fraction(text: str) -> float:
     """``0.063`` or ``16/255`` -> float (what people write for 8-bit budgets).
 

@@ -429,6 +429,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     import json
     import sys
 
+    from deid.argtypes import SETTING_FLAGS
     from deid.config import load_settings
     from deid.pipeline import Resources
 
@@ -440,7 +441,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.device:
         overrides["pipeline"] = {"device": args.device}
     check_dirs(args.input, args.output)  # before the models load
-    settings = load_settings(args.config, overrides)
+    settings = load_settings(args.config, overrides, flags=SETTING_FLAGS)
     res = Resources.load(settings)
     summary = run_batch(args.input, args.output, res, progress=not args.quiet, force=args.force)
     sys.stdout.write(json.dumps({k: v for k, v in summary.items() if k != "failures"}) + "\n")

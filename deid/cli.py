@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from deid.argtypes import fraction
+from deid import __version__
+from deid.argtypes import SETTING_FLAGS, fraction
 from deid.errors import DeidError
 
 log = logging.getLogger("deid")
@@ -131,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deid", description="De-identify faces in drone footage with adversarial examples."
     )
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"deid {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_train(sub)
@@ -170,13 +176,10 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from deid.attacks import ATTACKS
     from deid.config import load_settings
     from deid.pipeline import run
 
-    if args.attack and args.attack not in ATTACKS:
-        raise DeidError(f"unknown attack {args.attack!r}; available: {sorted(ATTACKS)}")
-    settings = load_settings(args.config, _run_overrides(args))
+    settings = load_settings(args.config, _run_overrides(args), flags=SETTING_FLAGS)
     report = run(
         args.input, args.output, settings, progress=not args.quiet, contact_sheet=args.contact_sheet
     )
@@ -261,6 +264,31 @@ def cmd_data(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "data": cmd_data}
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: raised in the main thread so that every ``finally`` runs (work
+    folders and temporary files are removed, as on Ctrl-C). A BaseException, like
+    KeyboardInterrupt, so that no ``except Exception`` swallows it."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the command runs, the first SIGTERM raises :class:`Terminated`; later ones are
+    ignored so they cannot cut the clean-up short (SIGKILL still ends the process)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -270,13 +298,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Subcommands defined in other modules set ``func`` (set_defaults); the core ones are here.
         handler = getattr(args, "func", None) or COMMANDS[args.command]
-        return handler(args)
+        with _sigterm_raises():
+            return handler(args)
     except DeidError as e:
         sys.stderr.write(f"deid: error: {e}\n")
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("deid: interrupted\n")
         return 130
+    except Terminated:
+        sys.stderr.write("deid: terminated (SIGTERM)\n")
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

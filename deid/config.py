@@ -1,14 +1,20 @@
 """Configuration: pydantic models, YAML files in ``configs/``, ``DEID_...`` environment on top.
 
-Priority (first wins): explicit overrides (CLI flags) > environment > YAML > defaults.
-Nested fields use ``__`` in the environment: ``DEID_ATTACK__EPS=0.03``.
+Layers, each over the one before (see :func:`load_settings`): deid's defaults <
+``configs/default.yaml`` < a ``--config`` YAML < the environment < explicit overrides (CLI
+flags). Sections merge key by key. Nested fields use ``__`` in the environment:
+``DEID_ATTACK__EPS=0.03``. A bad value is reported with where it came from.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -21,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from deid.attacks.registry import AttackConfig, default_attack
+from deid.attacks.registry import ATTACKS, AttackConfig, default_attack
 from deid.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -238,23 +244,62 @@ ENV_ALIASES = {
     "DEID_STORAGE_ROOTS": ("service", "storage_roots"),
 }
 
+# A setting's place in the nested settings: ("attack", "eps").
+Key = tuple[str, ...]
 
-def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """``DEID_<SECTION>__<FIELD>=value`` variables as a nested dict (values parsed as YAML).
+
+@dataclass(frozen=True)
+class Layer:
+    """One source of settings: nested values, and for each value (by its key) how to name
+    where it came from in a message (``--eps``, ``DEID_ATTACK__EPS (attack.eps)``,
+    ``my.yaml: attack.eps``).
+
+    Attributes:
+        data: sections of settings, e.g. ``{"attack": {"eps": 0.03}}``.
+        names: key of each value in ``data`` -> where it came from.
+    """
+
+    data: dict[str, Any]
+    names: dict[Key, str]
+
+    @classmethod
+    def of(cls, data: dict[str, Any], name: Callable[[Key], str]) -> Layer:
+        """A layer whose values are named by ``name(key)``."""
+        return cls(data, {k: name(k) for k in _leaves(data)})
+
+
+def _leaves(data: dict[str, Any], prefix: Key = ()) -> Iterator[Key]:
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, (*prefix, k))
+        else:
+            yield (*prefix, k)
+
+
+def _dotted(key: Sequence[Any]) -> str:
+    return ".".join(str(p) for p in key)
+
+
+def env_layer(environ: Mapping[str, str] | None = None) -> Layer:
+    """``DEID_<SECTION>__<FIELD>=value`` variables (values parsed as YAML), and the short
+    forms of :data:`ENV_ALIASES`, each value named by its variable and setting
+    (``DEID_ATTACK__EPS (attack.eps)``).
 
     Only the known sections are read: process-level variables such as ``DEID_DATA_DIR``
     are not settings and are left alone.
     """
     out: dict[str, Any] = {}
+    names: dict[Key, str] = {}
     sections = set(Settings.model_fields)
     env = os.environ if environ is None else environ
-    for key, field in ENV_ALIASES.items():  # short forms; DEID_SECTION__FIELD wins over them
-        if env.get(key, "").strip():
-            out.setdefault(field[0], {})[field[1]] = env[key].strip()
-    for key, value in env.items():
-        if not key.startswith("DEID_") or "__" not in key:
+    for var, field in ENV_ALIASES.items():  # short forms; DEID_SECTION__FIELD wins over them
+        if env.get(var, "").strip():
+            out.setdefault(field[0], {})[field[1]] = env[var].strip()
+            names[field] = f"{var} ({_dotted(field)})"
+    for var, value in env.items():
+        if not var.startswith("DEID_") or "__" not in var:
             continue
-        section, _, rest = key[5:].lower().partition("__")
+        section, _, rest = var[5:].lower().partition("__")
         if section not in sections:
             continue
         node = out.setdefault(section, {})
@@ -262,7 +307,76 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = yaml.safe_load(value) if value.strip() else value
-    return out
+        names[(section, *parts)] = f"{var} ({_dotted((section, *parts))})"
+    return Layer(out, names)
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings the environment sets, as a nested dict (see :func:`env_layer`)."""
+    return env_layer(environ).data
+
+
+def yaml_layer(path: Path, redact: bool = False) -> Layer:
+    """A YAML settings file; each value named ``path: section.key``. A section left empty
+    (``attack:`` with every key commented out) is no section. ``redact`` (the HTTP API): a
+    message names the file (not its folder) and where a YAML error is, never its text.
+
+    Raises:
+        ConfigError: unreadable, not valid YAML, or not a mapping of sections at the top
+            level.
+    """
+    shown = path.name if redact else str(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        if not redact:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{shown}: not valid YAML{at}") from None
+    except OSError as e:
+        raise ConfigError(f"{shown}: cannot read the config file ({e.strerror})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{shown}: expected a mapping of sections at the top level")
+    data = {k: v for k, v in data.items() if v is not None}
+    return Layer.of(data, lambda key: f"{path}: {_dotted(key)}")
+
+
+def _defaults_layer() -> Layer:
+    """The default attack, with what it sets beyond its config's defaults (EOT on); its
+    values are deid's own, named by their setting alone in messages."""
+    attack = default_attack()
+    return Layer({"attack": {"name": attack.name, **attack.model_dump(exclude_defaults=True)}}, {})
+
+
+def merge_layers(layers: Sequence[Layer]) -> tuple[dict[str, Any], dict[Key, str]]:
+    """Merge settings layers, lowest first, section by section and key by key.
+
+    The ``attack`` section is the one exception: a layer whose ``attack.name`` differs from
+    the name so far starts that section again (the new attack's defaults, then the layer's
+    keys), since another attack's keys share names but not meanings (``steps`` of I-FGSM and
+    of C&W, each attack's default ``target``). An ``attack`` section without ``name`` keeps
+    the current attack.
+
+    Returns:
+        the merged sections, and the name of where each value came from.
+    """
+    merged: dict[str, Any] = {}
+    names: dict[Key, str] = {}
+    for layer in layers:
+        attack = layer.data.get("attack")
+        current = merged.get("attack")
+        if (
+            isinstance(attack, dict)
+            and isinstance(current, dict)
+            and "name" in attack
+            and attack["name"] != current.get("name")
+        ):
+            merged.pop("attack")
+            names = {k: v for k, v in names.items() if k[0] != "attack"}
+        merged = _deep_merge(merged, layer.data)
+        names.update(layer.names)
+    return merged, names
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -289,35 +403,91 @@ def resolve_config_path(path: Path | str | None) -> Path | None:
     raise ConfigError(f"config file not found: {path} (give a YAML path or one of {available})")
 
 
-def format_validation_error(err: ValidationError, redact: bool = False) -> str:
-    """One line per bad field: ``attack.eps: Input should be greater than 0 (got -1)``.
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models a field holds: one, or the members of a (discriminated) union."""
+    args = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    return [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
 
-    ``redact`` (the HTTP API): the field and the rule, never the value (neither the
-    ``(got ...)`` nor a value pydantic or a validator put into the message), lines and
-    locations capped. A user who sent the value knows it; a file's contents stay on the server.
+
+def _setting(loc: Sequence[Any]) -> tuple[Key, type[BaseModel] | None, str | None]:
+    """The setting a pydantic error location points at, without the tags pydantic puts in
+    for a union (``attack.ifgsm.eps`` -> ``attack.eps``); the model holding its last part
+    (None below a plain value) and that model's union tag (``ifgsm``; None outside a union)."""
+    parts = [p for p in loc if not str(p).startswith("function-")]
+    key: list[str] = []
+    model: type[BaseModel] | None = Settings
+    tag: str | None = None
+    parent: tuple[type[BaseModel] | None, str | None] = (None, None)
+    i = 0
+    while i < len(parts):
+        key.append(str(parts[i]))
+        parent = (model, tag)
+        field = model.model_fields.get(str(parts[i])) if model is not None else None
+        members = _models(field.annotation) if field is not None else []
+        model, tag = (members[0] if len(members) == 1 else None), None
+        if len(members) > 1 and i + 1 < len(parts):  # a union: the next part is its tag
+            tagged = [m for m in members if m.model_fields["name"].default == parts[i + 1]]
+            if tagged:
+                model, tag = tagged[0], str(parts[i + 1])
+                i += 1
+        i += 1
+    return tuple(key), parent[0], parent[1]
+
+
+def _origin(key: Key, names: Mapping[Key, str]) -> str | None:
+    """Where the value at ``key`` (or the value holding it) came from."""
+    for n in range(len(key), 0, -1):
+        if key[:n] in names:
+            return names[key[:n]]
+    return None
+
+
+def _unknown_key(key: Key, model: type[BaseModel] | None, tag: str | None) -> str:
+    expected = sorted(model.model_fields) if model is not None else []
+    what = f"unknown key for {key[-2]} {tag!r}" if tag and len(key) > 1 else "unknown key"
+    close = difflib.get_close_matches(key[-1], expected, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{what}; expected one of {expected}{hint}"
+
+
+def format_validation_error(
+    err: ValidationError, names: Mapping[Key, str] | None = None, redact: bool = False
+) -> str:
+    """One line per bad setting, naming where its value came from (``names``, see
+    :class:`Layer`): ``--eps: Input should be less than or equal to 1 (got 2.0)``,
+    ``my.yaml: attack.epz: unknown key for attack 'ifgsm'; expected one of [...]``.
+
+    ``redact`` (the HTTP API): the setting and the rule, never the value (neither the
+    ``(got ...)`` nor a value pydantic or a validator put into the message) nor the file it
+    came from, lines capped. A user who sent the value knows it; a file's contents stay on
+    the server.
     """
+    names = names or {}
     lines = []
     for e in err.errors():
-        parts = [str(p) for p in e["loc"] if not str(p).startswith("function-")]
+        key, model, tag = _setting(e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = _unknown_key(key, model, tag)
         got = e.get("input")
-        msg = e["msg"]
-        if not redact:
-            loc = ".".join(parts)
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{loc}: {msg}{shown}")
+        if redact:
+            if isinstance(got, str) and got and e["type"] != "extra_forbidden":
+                msg = redact_value(msg, got)
+            lines.append(_cap(f"{_cap(_dotted(key), 200)}: {msg}", 300))
+            if len(lines) == 20:
+                lines.append(f"... ({len(err.errors()) - 20} more)")
+                break
             continue
-        loc = ".".join(_cap(p, 64) for p in parts)
-        ctx = e.get("ctx") or {}
-        if e["type"] == "union_tag_invalid":
-            msg = f"expected {ctx.get('discriminator', 'a tag')} to be one of: " + str(
-                ctx.get("expected_tags", "")
-            )
-        elif isinstance(got, str) and got:
-            msg = redact_value(msg, got)
-        lines.append(_cap(f"{loc}: {msg}", 300))
-        if len(lines) == 20:
-            lines.append(f"... ({len(err.errors()) - 20} more)")
-            break
+        # deid's own rules (value_error) say what they got in their own words
+        plain = isinstance(got, dict) or e["type"] in ("extra_forbidden", "value_error")
+        shown = "" if plain else f" (got {got!r})"
+        where = _origin(key, names)
+        if where is None and key:
+            # a rule over several keys (a section's validator): name where each came from
+            under = sorted({v for k, v in names.items() if k[: len(key)] == key})
+            where = _dotted(key)
+            msg += f" (set by {', '.join(under)})" if under else ""
+        lines.append(f"{where}: {msg}{shown}" if where else f"{msg}{shown}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
@@ -333,39 +503,48 @@ def _cap(text: str, n: int) -> str:
 
 
 def load_settings(
-    path: Path | str | None = None, overrides: dict[str, Any] | None = None, redact: bool = False
+    path: Path | str | None = None,
+    overrides: dict[str, Any] | None = None,
+    flags: Mapping[str, str] | None = None,
+    redact: bool = False,
 ) -> Settings:
-    """Load settings from YAML (default ``configs/default.yaml``), the environment and overrides.
+    """Load deid's settings from its layers, each over the one before:
 
-    ``overrides`` is a nested dict (e.g. ``{"attack": {"name": "realistic"}}``); when it
-    changes the attack's ``name``, the YAML's parameters of the other attack are dropped.
-    ``redact`` (the HTTP API): error messages name fields and rules, never values or lines of
-    the YAML file (see :func:`format_validation_error`).
+    deid's defaults < ``configs/default.yaml`` < the YAML file ``path`` (a path, or a name in
+    ``configs/``) < the ``DEID_...`` environment < ``overrides`` (a nested dict, e.g. CLI
+    flags: ``{"attack": {"eps": 8/255}}``).
+
+    Sections merge key by key, so a file or variable need only give what it changes
+    (``attack: {eps: 8/255}`` keeps the current attack and its other keys, EOT included). A
+    layer that names another attack starts the attack section again from that attack's
+    defaults (see :func:`merge_layers`).
+
+    Args:
+        flags: how each override was given, by dotted setting (``{"attack.eps": "--eps"}``),
+            to name it in messages; other overrides are named by their setting.
+        redact: (the HTTP API) messages name settings and rules, never values, files or
+            lines of a file (see :func:`format_validation_error`).
 
     Raises:
         ConfigError: unknown keys, values out of range, or a missing file, with a message
-            naming each field and what it accepts.
+            naming each setting, where its value came from (flag, variable, file) and what
+            it accepts.
     """
-    yaml_path = resolve_config_path(path)
-    overrides = overrides or {}
-    # redacted: the file's name only (not where the server keeps its shipped configs)
-    shown = (Path(str(path)).name if path is not None else "default") if redact else yaml_path
+    flags = flags or {}
+    files = [resolve_config_path(None), resolve_config_path(path) if path is not None else None]
+    files = list({p.resolve(): p for p in files if p is not None}.values())  # default.yaml once
+    layers = [_defaults_layer(), *(yaml_layer(p, redact) for p in files), env_layer()]
+    layers.append(Layer.of(overrides or {}, lambda key: flags.get(_dotted(key), _dotted(key))))
+    merged, names = merge_layers(layers)
+    attack = merged.get("attack")
+    name = attack.get("name") if isinstance(attack, dict) else None
+    if isinstance(attack, dict) and not (isinstance(name, str) and name in ATTACKS):
+        where = "attack.name" if redact else names.get(("attack", "name"), "attack.name")
+        what = "unknown attack" if redact else f"unknown attack {name!r}"
+        raise ConfigError(
+            f"invalid configuration:\n  {where}: {what}; available: {sorted(ATTACKS)}"
+        )
     try:
-        yaml_data = (yaml.safe_load(yaml_path.read_text()) or {}) if yaml_path else {}
-        if not isinstance(yaml_data, dict):
-            raise ConfigError(f"{shown}: expected a mapping of sections at the top level")
-        merged = _deep_merge(yaml_data, env_overrides())
-        new_attack = overrides.get("attack", {}).get("name")
-        if new_attack and merged.get("attack", {}).get("name", new_attack) != new_attack:
-            merged["attack"] = {}
-        merged = _deep_merge(merged, overrides)
         return Settings.model_validate(merged)
     except ValidationError as e:
-        where = f" (from {shown})" if yaml_path else ""
-        raise ConfigError(format_validation_error(e, redact) + where) from None
-    except yaml.YAMLError as e:
-        if not redact:
-            raise ConfigError(f"{yaml_path}: not valid YAML ({e})") from None
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{shown}: not valid YAML{at}") from None
+        raise ConfigError(format_validation_error(e, names, redact)) from None

@@ -576,6 +576,11 @@ def assemble(
     return job_report(input, output, layout, reports, res, plan, analyses, info)
 
 
+def _too_small(layout: dict[str, Any], res: Resources) -> bool:
+    """Whether the video's frames are too small for the detector (no face can be found)."""
+    return res.detector.too_small((layout["height"], layout["width"]))
+
+
 def job_report(
     input: Path,
     output: Path,
@@ -620,6 +625,7 @@ def job_report(
         "frames": layout["frames"],
         "frames_with_faces": sum(n > 0 for n in cov_faces),
         "frames_without_faces": sum(n == 0 for n in cov_faces),
+        "frames_too_small": layout["frames"] if _too_small(layout, res) else 0,
         **face_totals(faces),
         "faces_detected": sum(f["kind"] == "detected" for f in faces),
         "faces_interpolated": sum(f["kind"] == "interpolated" for f in faces),
@@ -665,6 +671,13 @@ def segment_suffix(output: Path) -> str:
     return ".mkv" if output.suffix.lower() == ".mkv" else ".mp4"
 
 
+def _bar(step: str, input: Path, layout: dict[str, Any], progress: bool) -> tqdm:
+    """A progress bar over the video's frames for one step (``analyse``, ``render``)."""
+    return tqdm(
+        total=layout["frames"], desc=f"{step} {input.name}", unit="frame", disable=not progress
+    )
+
+
 def run_video(
     input: Path | str,
     output: Path | str,
@@ -686,28 +699,34 @@ def run_video(
     output.parent.mkdir(parents=True, exist_ok=True)
     layout = split(input, chunk_frames or res.settings.pipeline.chunk_frames)
     chunks = chunks_of(layout)
+    if _too_small(layout, res):
+        log.warning(
+            "%s: frames of %dx%d are too small for the detector (shorter side under "
+            "detector.min_face_size, %d px): no face can be found in them; passed through",
+            input,
+            layout["width"],
+            layout["height"],
+            res.settings.detector.min_face_size,
+        )
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.parts-", dir=output.parent))
     try:
-        bar = tqdm(
-            total=2 * layout["frames"],
-            desc=f"deid {input.name}",
-            unit="frame",
-            disable=not progress,
-        )
-        analyses = []
-        for c in chunks:
-            analyses.append(analyse(input, layout, c, res, on_frames=bar.update))
+        # one bar per pass: each counts every frame once, and its ETA is its own pass's speed
+        # (analysis is several times faster than the attack)
+        with _bar("analyse", input, layout, progress) as bar:
+            analyses = [analyse(input, layout, c, res, on_frames=bar.update) for c in chunks]
         the_plan = plan(layout, analyses, res)
         parts, reports = [], []
-        for c in chunks:
-            part = work / f"{c.index:05d}{segment_suffix(output)}"
-            reports.append(
-                _json(
-                    render(input, layout, the_plan, c, res, part, thumbnails, on_frames=bar.update)
+        with _bar("render", input, layout, progress) as bar:
+            for c in chunks:
+                part = work / f"{c.index:05d}{segment_suffix(output)}"
+                reports.append(
+                    _json(
+                        render(
+                            input, layout, the_plan, c, res, part, thumbnails, on_frames=bar.update
+                        )
+                    )
                 )
-            )
-            parts.append(part)
-        bar.close()
+                parts.append(part)
         return assemble(input, layout, parts, output, reports, res, the_plan, analyses)
     finally:
         shutil.rmtree(work, ignore_errors=True)

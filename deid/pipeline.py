@@ -33,6 +33,7 @@ from deid.errors import ConfigError, DeidError, InputError, OutputError, Partial
 from deid.io import (
     IMAGE_EXTS,
     check_output,
+    check_video,
     classify_input,
     list_images,
     read_image,
@@ -342,6 +343,7 @@ class StreamState:
     memory: TargetMemory
     generator: torch.Generator
     frame_offset: int = 0
+    too_small: int = 0  # frames too small for the detector (passed through)
     thumbnails: list[dict[str, Any]] = field(default_factory=list)
     max_thumbnails: int = 24
 
@@ -358,6 +360,7 @@ def process_frames(
 ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
     """De-identify a batch of RGB frames. Returns the new frames and one record per face."""
     names = res.classifier.meta.class_names
+    state.too_small += sum(res.detector.too_small(f.shape) for f in frames)
     with timer("detect"):
         dets = detect(res.detector, frames)
     with timer("crop"):
@@ -615,11 +618,13 @@ def run_images(input: Path, output: Path, res: Resources, progress: bool = True)
         kind = "image"
     records: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
+    too_small: list[str] = []
     frames_with_faces = 0
     for src, dst in tqdm(
         pairs, desc=f"deid {input.name}", unit="image", disable=not progress or len(pairs) < 2
     ):
         dst.parent.mkdir(parents=True, exist_ok=True)
+        small_before = state.too_small
         try:
             recs = process_image(src, dst, res, state, timer)
         except InputError as e:
@@ -629,12 +634,21 @@ def run_images(input: Path, output: Path, res: Resources, progress: bool = True)
             failed.append({"file": str(src), "error": e.reason})
             state.frame_offset += 1
             continue
+        if state.too_small > small_before:
+            log.warning(
+                "%s: too small for the detector (shorter side under detector.min_face_size, "
+                "%d px): no face can be found in it; passed through",
+                src,
+                res.settings.detector.min_face_size,
+            )
+            too_small.append(str(src))
         frames_with_faces += bool(recs)
         records.extend(recs)
     report = _report(
         kind, input, output, res, records, state.frame_offset, frames_with_faces, timer, state
     )
     report["failed_inputs"] = failed
+    report["too_small_inputs"] = too_small
     return report
 
 
@@ -654,6 +668,7 @@ def _report(
         "frames": n_frames,
         "frames_with_faces": frames_with_faces,
         "frames_without_faces": n_frames - frames_with_faces,
+        "frames_too_small": state.too_small,
         **face_totals(faces),
         "unprotected_faces": sum(
             1
@@ -723,12 +738,15 @@ def run(
     """De-identify a video, an image or a folder of images; write the output and its report.
 
     Raises:
-        InputError, OutputError, ConfigError: before anything is written.
+        InputError, OutputError, ConfigError: before anything is written (a video that is
+            not decodable or whose frames share timestamps: before the models load).
         PartialFailure: some images of a folder failed (the rest, and the report, are written).
     """
     input, output = Path(input), Path(output)
     kind = classify_input(input)
     check_output(input, output)
+    if kind == "video" and resources is None:
+        check_video(input)  # a video no job can be made of is refused before the models load
     res = resources or Resources.load(settings)
     t0 = time.perf_counter()
     if kind == "video":

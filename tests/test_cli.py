@@ -13,6 +13,7 @@ from deid.cli import main
 from deid.io import read_image, write_image, write_video
 
 from .conftest import scene
+from .test_io import restamp
 
 
 @pytest.fixture
@@ -67,6 +68,125 @@ def test_truncated_video(tmp_path: Path, clip: Path, capsys) -> None:
     _nothing_at(out)
 
 
+def test_video_whose_frames_share_a_timestamp_is_refused_before_the_models_load(
+    tmp_path: Path, clip: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import deid.pipeline
+
+    def no_models(*args: object) -> None:
+        raise AssertionError("the models loaded for an input that is refused")
+
+    monkeypatch.setattr(deid.pipeline.Resources, "load", no_models)
+    bad = restamp(clip, tmp_path / "frozen.mkv", [0] * 6)
+    out = tmp_path / "out.mkv"
+    _fails(
+        capsys,
+        ["run", str(bad), "-o", str(out), "--classifier", "yaleb-mlp", "--quiet"],
+        2,
+        "frozen.mkv",
+        "5 of its 6 frames",
+        "distinct timestamp",
+    )
+    _nothing_at(out)
+
+
+def test_image_and_video_too_small_for_the_detector_are_written_and_reported(
+    tmp_path: Path, capsys, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 16x16 image or clip holds no face MTCNN (min_face_size 20) can find: written as it
+    was (exit 0), and the report says the frames were too small."""
+    rng = np.random.default_rng(1)
+    image = tmp_path / "tiny.png"
+    write_image(image, rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    clip = tmp_path / "tiny.mp4"
+    write_video(clip, [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(5)], 10)
+    for src, out in ((image, tmp_path / "out.png"), (clip, tmp_path / "out.mp4")):
+        argv = ["run", str(src), "-o", str(out), "--classifier", "yaleb-mlp", "--quiet"]
+        caplog.clear()
+        assert main(argv) == 0, capsys.readouterr().err
+        assert "too small for the detector" in caplog.text
+        t = json.loads(out.with_name(out.stem + ".report.json").read_text())["totals"]
+        assert t["frames_too_small"] == t["frames"] == t["frames_without_faces"]
+        assert t["faces"] == 0
+    assert np.array_equal(read_image(tmp_path / "out.png"), read_image(image))
+    assert t["frames"] == 5
+
+
+def test_sigterm_cleans_up_as_sigint_does(tmp_path: Path) -> None:
+    """`deid run` stopped by SIGTERM (docker stop, systemd, a batch scheduler) between two
+    segments of a video: it exits 143 within seconds and leaves no work folder, no temporary
+    file and no output (as Ctrl-C does)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .test_video_job import face_frames
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["run", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "o.mp4")]) == 2
+    assert signal.getsignal(signal.SIGTERM) is before  # main() puts the handler back
+
+    src = tmp_path / "in.mp4"
+    write_video(src, face_frames()[:6], 25)
+    out = tmp_path / "out.mp4"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "DEID_PIPELINE__CHUNK_FRAMES": "1",  # a segment per frame: the first lands early
+        "DEID_ATTACK__STEPS": "5",
+    }
+    argv = ["run", str(src), "-o", str(out), "--classifier", "yaleb-mlp", "--device", "cpu"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deid.cli", *argv, "--quiet"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp_path.glob(".out.mp4.parts-*/00000.mp4")):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "no segment was written within 300 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        stopped = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "deid: terminated" in err and "Traceback" not in err, err
+    assert stopped < 20, stopped
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_video_progress_has_one_bar_per_pass(tmp_path: Path, clip: Path, capsys) -> None:
+    """Analysis (fast) and rendering (the attack) each count the frames once, on bars of their
+    own, so neither shows twice the frames nor the other's speed in its ETA."""
+    out = tmp_path / "out.mp4"
+    assert main(["run", str(clip), "-o", str(out), "--classifier", "yaleb-mlp"]) == 0
+    err = capsys.readouterr().err
+    bars = {}
+    for line in err.replace("\r", "\n").splitlines():
+        name, sep, rest = line.partition(": ")
+        if sep and "frame" in rest and "|" in rest:
+            bars.setdefault(name.strip(), []).append(rest.split("|")[2].split()[0])
+    assert set(bars) == {"analyse clip.mp4", "render clip.mp4"}, err
+    for counts in bars.values():
+        assert counts[-1] == "6/6" and all(c.endswith("/6") for c in counts), bars
+
+
+def test_version(capsys) -> None:
+    from deid import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"deid {__version__}\n"
+
+
 def test_output_equal_to_input(clip: Path, capsys) -> None:
     before = clip.read_bytes()
     _fails(capsys, ["run", str(clip), "-o", str(clip)], 2, "is the input", "different output")
@@ -77,10 +197,13 @@ def test_output_equal_to_input(clip: Path, capsys) -> None:
     ("flags", "words"),
     [
         (["--classifier", "resnet-9000"], ["unknown classifier", "yaleb-mlp"]),
-        (["--attack", "deepdream"], ["unknown attack", "ifgsm"]),
+        (["--attack", "deepdream"], ["--attack: unknown attack 'deepdream'", "ifgsm"]),
         (["--eps", "0"], ["eps", "greater than 0"]),
         (["--eps", "-0.1"], ["eps", "greater than 0"]),
         (["--eps", "1.5"], ["eps", "less than or equal to 1"]),
+        (["--eps", "2"], ["--eps: Input should be less than or equal to 1 (got 2.0)"]),
+        (["--steps", "0"], ["--steps: Input should be greater than or equal to 1 (got 0)"]),
+        (["--fallback", "swirl"], ["--fallback: ", "pixelate"]),
         (["--target", "nobody"], ["target", "least-likely"]),
         (["--device", "tpu"], ["device"]),
     ],
@@ -90,7 +213,8 @@ def test_bad_options(
 ) -> None:
     out = tmp_path / "out.mp4"
     cls = [] if "--classifier" in flags else ["--classifier", "yaleb-mlp"]
-    _fails(capsys, ["run", str(clip), "-o", str(out), "--quiet", *cls, *flags], 2, *words)
+    err = _fails(capsys, ["run", str(clip), "-o", str(out), "--quiet", *cls, *flags], 2, *words)
+    assert "default.yaml" not in err  # a flag's value is not the file's
     _nothing_at(out)
 
 

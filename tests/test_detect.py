@@ -58,3 +58,35 @@ def test_downscaled_detection_maps_boxes_back() -> None:
 def test_rejects_non_rgb() -> None:
     with pytest.raises(ValueError, match="uint8 RGB"):
         MTCNNDetector().detect([np.zeros((10, 10), np.uint8)])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (16, 16), (19, 300), (8, 4000), (4000, 8)])
+def test_frames_too_small_for_the_detector_have_no_faces(
+    detector: MTCNNDetector, shape: tuple[int, int]
+) -> None:
+    """MTCNN's image pyramid maps ``min_face_size`` px to its 12-px window: a frame whose
+    shorter side is below that has no pyramid level (facenet-pytorch fails on torch.cat([]))
+    and cannot hold a face the detector looks for; it gets no detections."""
+    frame = np.full((*shape, 3), 128, np.uint8)
+    assert detector.too_small(frame.shape)
+    dets = detector.detect([frame, frame])
+    assert [len(d) for d in dets] == [0, 0] and dets[0].boxes.shape == (0, 4)
+
+
+def test_the_smallest_frame_the_detector_searches(detector: MTCNNDetector) -> None:
+    assert not detector.too_small((20, 20, 3)) and detector.too_small((19, 20, 3))
+    assert len(detector.detect([np.full((20, 4000, 3), 128, np.uint8)])[0]) == 0
+    # mirror padding (at most 1/8 of the shorter side per edge) makes a frame larger
+    padded = MTCNNDetector(min_face_size=20, edge_pad=32)
+    assert not padded.too_small((16, 16, 3)) and padded.too_small((15, 15, 3))
+    assert len(padded.detect([np.full((16, 16, 3), 128, np.uint8)])[0]) == 0
+
+
+def test_copies_too_small_in_the_downscaled_and_tiled_modes() -> None:
+    """A long thin frame is searched at full resolution, but its downscaled copy (max_side)
+    or its tiled overview copy has a shorter side below min_face_size: that copy is skipped
+    (it cannot hold such a face), not a crash."""
+    frame = np.full((40, 3000, 3), 128, np.uint8)
+    for det in (MTCNNDetector(min_face_size=20, max_side=800), MTCNNDetector(tile=2048)):
+        assert not det.too_small(frame.shape)
+        assert len(det.detect([frame])[0]) == 0

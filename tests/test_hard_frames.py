@@ -19,6 +19,7 @@ from PIL import Image
 
 from deid.align import box_landmarks, crop_faces, is_gray, obscure, paste_back
 from deid.attacks.ifgsm import IFGSMConfig
+from deid.batch import process_file
 from deid.config import Settings, load_settings
 from deid.detect import MTCNNDetector
 from deid.io import read_frames, read_image, write_image
@@ -319,6 +320,33 @@ def test_frames_without_faces_pass_through_and_are_counted(res: Resources, tmp_p
     # bit-identical: the PNG's pixels, and no face record for it
     assert np.array_equal(read_image(tmp_path / "out" / "a_empty.png"), empty)
     assert all("a_empty" not in r["file"] for r in report["faces_detail"])
+
+
+def test_frames_too_small_for_the_detector_pass_through_and_are_listed(
+    res: Resources, tmp_path: Path
+) -> None:
+    """One tiny image among others does not stop a folder: every output is written, the
+    tiny ones unchanged, and the report counts and lists them."""
+    rng = np.random.default_rng(0)
+    shapes = {"b_1x1.png": (1, 1), "c_12x12.png": (12, 12), "d_8x4000.png": (8, 4000)}
+    shapes |= {"e_4000x8.png": (4000, 8), "f_16x16.png": (16, 16)}
+    folder = tmp_path / "in"
+    write_image(folder / "a_face.png", scene("astronaut_single_face.png"))
+    for name, (h, w) in shapes.items():
+        write_image(folder / name, rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    report = run_images(folder, tmp_path / "out", res, progress=False)
+    _check_totals(report)
+    t = report["totals"]
+    assert (t["frames"], t["frames_with_faces"], t["faces"]) == (6, 1, 1)
+    # 16x16 is searched: the mirror padding (edge_pad) brings it to MTCNN's 20 px
+    too_small = ["b_1x1.png", "c_12x12.png", "d_8x4000.png", "e_4000x8.png"]
+    assert t["frames_too_small"] == 4
+    assert [Path(f).name for f in report["too_small_inputs"]] == too_small
+    for name in shapes:
+        assert np.array_equal(read_image(tmp_path / "out" / name), read_image(folder / name))
+    # the same file in a dataset batch (deid batch, service shards) is done, not failed
+    row = process_file(folder / "d_8x4000.png", tmp_path / "batch" / "d.png", res)
+    assert (row["status"], row["faces"], row["width"], row["height"]) == ("done", 0, 4000, 8)
 
 
 @pytest.mark.slow

@@ -480,3 +480,41 @@ def test_frame_table_refuses_a_truncated_avi(tmp_path: Path) -> None:
     cut.write_bytes(path.read_bytes()[: path.stat().st_size * 6 // 10])
     with pytest.raises(VideoDecodeError, match="truncated"):
         frame_table(cut)
+
+
+def restamp(src: Path, dst: Path, pts: list[int]) -> Path:
+    """Copy ``src``'s video packets into ``dst`` with the timestamps ``pts`` (no re-encoding):
+    a file as a broken muxer writes it, which opens and decodes like any other."""
+    with av.open(str(src)) as i, av.open(str(dst), "w") as o:
+        stream = i.streams.video[0]
+        out = o.add_stream_from_template(stream)
+        packets = [p for p in i.demux(stream) if p.size]
+        for packet, t in zip(packets, pts, strict=True):
+            packet.pts = packet.dts = t
+            packet.stream = out
+            o.mux(packet)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("suffix", "pts", "repeated"),
+    [(".mkv", [0] * 12, 11), (".mp4", [0] * 12, 11), (".mkv", [0, 1, 2, 2, *range(3, 11)], 1)],
+)
+def test_frame_table_refuses_repeated_timestamps(
+    clip: Path, tmp_path: Path, suffix: str, pts: list[int], repeated: int
+) -> None:
+    """Frames that share a presentation timestamp cannot be written back in order (the job
+    would fail at its first segment, after the attack ran): refused when the table is read."""
+    import deid.io
+
+    bad = restamp(clip, tmp_path / f"bad{suffix}", [40 * t for t in pts])
+    assert probe_video(bad).frame_count == 12  # the container itself does not complain
+    for check in ("frame_table", "check_video"):
+        with pytest.raises(VideoDecodeError, match=f"{repeated} of its 12 frames") as e:
+            getattr(deid.io, check)(bad)
+        assert e.value.path == bad and "distinct timestamp" in str(e.value)
+    from deid.io import check_video, frame_table
+
+    good = restamp(clip, tmp_path / f"good{suffix}", [40 * t for t in range(12)])
+    assert len(frame_table(good).pts) == 12
+    assert check_video(good) == probe_video(good)

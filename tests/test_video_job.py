@@ -186,6 +186,49 @@ def test_failed_input_leaves_nothing_at_the_output(tmp_path: Path, resources: Re
     assert not out.parent.exists() or list(out.parent.iterdir()) == []
 
 
+def test_video_whose_frames_share_a_timestamp_is_refused_at_submission(tmp_path: Path) -> None:
+    """Python (new_job) and HTTP refuse it with the reason (400) and queue nothing; the broker
+    is unreachable here, so a job that got past the checks would answer 503."""
+    from fastapi.testclient import TestClient
+
+    from deid.config import ServiceConfig
+    from deid.errors import VideoDecodeError
+    from deid.service.api import create_app
+    from deid.service.jobs import new_job
+
+    from .test_io import restamp
+
+    src = write_clip(tmp_path / "in.mp4", face_frames(), audio=False)
+    bad = restamp(src, tmp_path / "frozen.mkv", [0] * N)
+    out = tmp_path / "out.mkv"
+    service = ServiceConfig(storage_roots=[str(tmp_path)], broker_url="redis://127.0.0.1:1/0")
+    settings = load_settings(overrides={"service": service.model_dump(mode="json")})
+    with pytest.raises(VideoDecodeError, match=f"{N - 1} of its {N} frames"):
+        new_job(bad, out, settings, service)
+    assert new_job(src, tmp_path / "out.mp4", settings, service).kind == "video"
+    r = TestClient(create_app(settings)).post("/jobs", json={"input": str(bad), "output": str(out)})
+    assert r.status_code == 400, r.text
+    assert "frozen.mkv" in r.json()["detail"] and "distinct timestamp" in r.json()["detail"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frozen.mkv", "in.mp4"]
+
+
+def test_video_whose_frames_share_a_timestamp_fails_its_batch_row_up_front(
+    tmp_path: Path, resources: Resources
+) -> None:
+    """In a dataset batch (models already loaded) the file's row fails with the reason,
+    from the job's first step (split), before any frame is attacked."""
+    from deid.batch import process_file
+
+    from .test_io import restamp
+
+    bad = restamp(
+        write_clip(tmp_path / "in.mp4", face_frames(), audio=False), tmp_path / "f.mkv", [0] * N
+    )
+    row = process_file(bad, tmp_path / "out" / "f.mkv", resources)
+    assert row["status"] == "failed" and "distinct timestamp" in row["error"], row
+    assert row["seconds"] < 5 and not (tmp_path / "out" / "f.mkv").exists()
+
+
 @pytest.mark.slow
 def test_pedestrian_clip_with_audio(tmp_path: Path, resources: Resources) -> None:
     """The real drone-like clip: 16 frames with its audio, chunks of 6."""

@@ -143,6 +143,20 @@ class MTCNNDetector:
             edge_pad=cfg.edge_pad,
         )
 
+    def searchable(self, height: int, width: int) -> bool:
+        """Whether MTCNN can search an image of this size: its pyramid maps
+        ``min_face_size`` px to the 12-px P-Net window, so an image whose shorter side is
+        below ``min_face_size`` has no pyramid level (facenet-pytorch then fails on an empty
+        ``torch.cat``) and cannot hold a face the detector looks for."""
+        # facenet-pytorch's own test (detect_face: `while minl >= 12`), float for float
+        return min(height, width) * (12.0 / self.min_face_size) >= 12
+
+    def too_small(self, shape: Sequence[int]) -> bool:
+        """Whether a frame of ``shape`` (H, W, ...) is too small to hold a face the detector
+        looks for, even with its mirror padding: such a frame gets no detections."""
+        pad = self._pad(shape)
+        return not self.searchable(shape[0] + 2 * pad, shape[1] + 2 * pad)
+
     def mode(self, shape: Sequence[int]) -> str:
         """How a frame of ``shape`` (H, W, ...) is detected: full, downscaled or tiled."""
         side = max(shape[:2])
@@ -178,7 +192,7 @@ class MTCNNDetector:
             groups.setdefault(f.shape, []).append(i)
         for shape, idx in groups.items():
             batch = [frames[i] for i in idx]
-            pad = min(self.edge_pad if edge_pad is None else edge_pad, min(shape[:2]) // 8)
+            pad = self._pad(shape, edge_pad)
             if pad:
                 batch = [
                     cv2.copyMakeBorder(f, pad, pad, pad, pad, cv2.BORDER_REFLECT) for f in batch
@@ -205,6 +219,11 @@ class MTCNNDetector:
         return min(tile, math.ceil(side * self.min_face_size / (0.5 * self.tile_overlap)))
 
     # -- internals -------------------------------------------------------------------------
+    def _pad(self, shape: Sequence[int], edge_pad: int | None = None) -> int:
+        """Mirror padding of a frame: ``edge_pad`` (default: the detector's), at most 1/8 of
+        the frame's shorter side."""
+        return min(self.edge_pad if edge_pad is None else edge_pad, min(shape[:2]) // 8)
+
     def _unpad(self, raw: _Raw, shape: tuple[int, ...], pad: int) -> _Raw:
         """Detections on a reflection-padded frame -> frame coordinates.
 
@@ -233,7 +252,12 @@ class MTCNNDetector:
         return b, p, lm
 
     def _run(self, images: Sequence[np.ndarray]) -> list[_Raw]:
-        """MTCNN on same-size images, unfiltered, as float32 arrays."""
+        """MTCNN on same-size images, unfiltered, as float32 arrays (no detections for images
+        too small to search: a tiny frame, or a thin frame's downscaled or overview copy)."""
+        if not images:
+            return []
+        if not self.searchable(*images[0].shape[:2]):
+            return [_as_arrays(None, None, None) for _ in images]
         with torch.inference_mode():
             boxes, probs, points = self._mtcnn.detect(np.stack(images), landmarks=True)
         return [_as_arrays(b, p, lm) for b, p, lm in zip(boxes, probs, points, strict=True)]

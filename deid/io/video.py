@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -772,11 +773,39 @@ def frame_table(path: Path | str) -> FrameTable:
                 f"file ends after {len(pts)} of the {stream.frames} frames its header lists; "
                 "it is truncated",
             )
+        counts = Counter(pts)
+        if len(counts) < len(pts):
+            # frames are put back in presentation order by their timestamps: a shared one
+            # leaves the order undefined, and the encoder refuses it (after the attack ran)
+            at, n = counts.most_common(1)[0]
+            raise VideoDecodeError(
+                path,
+                f"{len(pts) - len(counts)} of its {len(pts)} frames repeat an earlier frame's "
+                f"timestamp ({n} frames at pts {at}); expected a distinct timestamp per frame "
+                "(re-encode it with fresh timestamps)",
+            )
         return FrameTable(Fraction(stream.time_base), sorted(pts))
     except _AV_ERRORS as e:
         raise VideoDecodeError(path, f"cannot read its packets ({e})") from e
     finally:
         container.close()
+
+
+def check_video(path: Path | str) -> VideoInfo:
+    """Refuse a video a job cannot be made of, before any work starts: :func:`probe_video`
+    (it decodes) and :func:`frame_table` (every frame has its own timestamp). Only the
+    packets are read, not decoded, so it costs little next to the job.
+
+    Returns:
+        :func:`probe_video`'s :class:`VideoInfo`.
+
+    Raises:
+        InputError: the path does not exist or is not a regular file.
+        VideoDecodeError: not a decodable video, truncated, or frames share a timestamp.
+    """
+    info = probe_video(path)
+    frame_table(path)
+    return info
 
 
 def read_range(

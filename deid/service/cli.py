@@ -94,7 +94,11 @@ def _absolute(p: Path) -> Path:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     o: dict[str, Any] = {}
-    attack = {k: getattr(args, k) for k in ("attack", "target", "eps", "steps") if getattr(args, k)}
+    attack = {
+        k: getattr(args, k)
+        for k in ("attack", "target", "eps", "steps")
+        if getattr(args, k) is not None  # --steps 0 is a value (refused), not "unset"
+    }
     if "attack" in attack:
         attack["name"] = attack.pop("attack")
     if attack:
@@ -106,7 +110,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         pipe["fallback"] = args.fallback
     if args.no_verify:
         pipe["verify"] = False
-    if args.chunk_frames:
+    if args.chunk_frames is not None:
         pipe["chunk_frames"] = args.chunk_frames
     if pipe:
         o["pipeline"] = pipe
@@ -114,14 +118,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from deid.attacks import ATTACKS
+    from deid.argtypes import SETTING_FLAGS
     from deid.config import load_settings
-    from deid.errors import DeidError
 
-    if args.attack and args.attack not in ATTACKS:
-        raise DeidError(f"unknown attack {args.attack!r}; available: {sorted(ATTACKS)}")
     overrides = _overrides(args)
-    settings = load_settings(args.config, overrides)
+    settings = load_settings(args.config, overrides, flags=SETTING_FLAGS)
     client = _client()
     job_id = client.submit(_absolute(args.input), _absolute(args.output), settings=settings)
     sys.stdout.write(job_id + "\n")

@@ -164,7 +164,7 @@ def new_job(
             refused (HTTP 4xx; CLI exit code 2) with a message naming what was expected.
     """
     from deid.batch import list_media
-    from deid.io import WRITABLE_VIDEO_FORMATS, check_output, classify_input, probe_video
+    from deid.io import WRITABLE_VIDEO_FORMATS, check_output, check_video, classify_input
 
     roots = service.storage_roots
     src = check_path(input, roots)
@@ -190,7 +190,7 @@ def new_job(
             )
         if dst.is_dir():
             raise OutputError(dst, "is a folder; expected a video file path")
-        probe_video(src)
+        check_video(src)  # decodes, and every frame has its own timestamp
     _check_classifier(settings.classifier.name, roots)
     job_id = job_id or uuid.uuid4().hex
     return JobSpec(
