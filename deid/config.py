@@ -241,11 +241,12 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
     return out
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``top``, nested dicts merged key by key (neither is modified)."""
     out = dict(base)
     for k, v in top.items():
         out[k] = (
-            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
         )
     return out
 
@@ -294,11 +295,11 @@ def load_settings(
         yaml_data = (yaml.safe_load(yaml_path.read_text()) or {}) if yaml_path else {}
         if not isinstance(yaml_data, dict):
             raise ConfigError(f"{yaml_path}: expected a mapping of sections at the top level")
-        merged = _deep_merge(yaml_data, env_overrides())
+        merged = deep_merge(yaml_data, env_overrides())
         new_attack = overrides.get("attack", {}).get("name")
         if new_attack and merged.get("attack", {}).get("name", new_attack) != new_attack:
             merged["attack"] = {}
-        merged = _deep_merge(merged, overrides)
+        merged = deep_merge(merged, overrides)
         return Settings.model_validate(merged)
     except ValidationError as e:
         where = f" (from {yaml_path})" if yaml_path else ""
