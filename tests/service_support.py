@@ -164,7 +164,7 @@ class WorkerPool:
 
     def wait_ready(self, hosts: list[str], timeout: float = 60) -> None:
         from deid.config import ServiceConfig
-        from workers.celery_app import make_app
+        from deid.service.celery_app import make_app
 
         app = make_app(ServiceConfig(broker_url=self.url), name="deid-test")
         deadline = time.monotonic() + timeout

@@ -1,4 +1,4 @@
-"""The HTTP job API (``deid serve``): a small FastAPI app over :class:`deid.client.Client`.
+"""The HTTP job API (``deid serve``): a small FastAPI app over :class:`deid.service.client.Client`.
 
     POST   /jobs              queue a job            -> 201 JobStatus
     GET    /jobs              recent jobs            -> [JobStatus]
@@ -106,7 +106,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API for ``settings`` (default: YAML + environment)."""
-    from deid.client import Client
+    from deid.service.client import Client
 
     settings = settings or load_settings()
     client = Client(settings)
