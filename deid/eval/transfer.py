@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from deid.errors import ConfigError
-from deid.eval.common import checkpoint_label, dataset_of, write_csv
+from deid.eval.common import checkpoint_label, dataset_of, sample_index, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +89,7 @@ def shared_test_faces(
         pool = np.intersect1d(pool, d.test)
     if len(pool) == 0:
         raise ConfigError("no face is held out from every model (their test splits do not overlap)")
-    idx = np.sort(np.random.default_rng(seed).permutation(pool)[: min(n, len(pool))])
-    x = ds.images[idx]
-    x = x[:, None] if x.ndim == 3 else np.transpose(x, (0, 3, 1, 2))
-    return (
-        torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0),
-        torch.from_numpy(ds.labels[idx].astype(np.int64)),
-    )
+    return ds.tensors_at(pool[sample_index(len(pool), n, seed)])  # pool is sorted
 
 
 def _attack(
