@@ -4,7 +4,7 @@ Run from the repository root with the project's virtualenv::
 
     .venv/bin/python bench/attacks.py [--n 64] [--threads 1] [--repeat 1] [--skip-art-cw]
 
-On ``--n`` held-out CelebA faces (``deid.evaluate.sample_test``, seed 0; needs
+On ``--n`` held-out CelebA faces (``deid.eval.common.sample_test``, seed 0; needs
 ``$DEID_DATA_DIR``), in one batch, on the CPU, every tool attacks the same images towards
 the same least-likely targets with the same parameters, and is timed in the same run:
 
@@ -32,7 +32,7 @@ import torch
 
 from deid.attacks import ATTACKS
 from deid.attacks.base import predict, quantize8
-from deid.evaluate import dataset_of, sample_test
+from deid.eval.common import dataset_of, sample_test
 from deid.models import load_classifier
 from deid.targets import choose_targets
 

@@ -22,9 +22,9 @@ import torch
 from deid.argtypes import fraction
 from deid.attacks.base import predict
 from deid.attacks.registry import attack_config, build_attack
-from deid.evaluate import dataset_of, sample_test
+from deid.eval.common import dataset_of, sample_test
+from deid.eval.robustness import attack_all, attack_params
 from deid.models import load_classifier
-from deid.robustness import _attack_all, attack_params
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     for ck in args.checkpoints:
         model = load_classifier(ck, torch.device("cpu"))
         x, y = sample_test(dataset_of(model, None), args.n, 0)
-        _, pred = _attack_all(atk, model, x, y, 250)
+        _, pred = attack_all(atk, model, x, y, 250)
         clean = predict(model, x).argmax(1) == y
         robust = pred == y
         std = x.flatten(1).std(1).numpy()

@@ -96,7 +96,7 @@ def start_workers(n: int, env: dict[str, str], logs: Path) -> list[subprocess.Po
 
 def wait_ready(n: int, procs: list[subprocess.Popen[bytes]], timeout: float = 120) -> None:
     from deid.config import ServiceConfig
-    from workers.celery_app import make_app
+    from deid.service.celery_app import make_app
 
     app = make_app(ServiceConfig(broker_url=URL), name="deid-bench")
     want = {f"bench{i}@deid" for i in range(n)}
@@ -157,8 +157,8 @@ def control(seconds: float = 6.0) -> float:
 def run(n: int, clip: Path, args: argparse.Namespace) -> dict[str, Any]:
     import redis
 
-    from deid.client import Client
     from deid.config import load_settings
+    from deid.service.client import Client
 
     redis.Redis.from_url(URL).flushdb()
     env = env_for(args)

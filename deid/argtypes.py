@@ -1,4 +1,6 @@
-"""Argument types shared by the command-line parsers."""
+"""Values people type, parsed once for the command line and the config: fractions such as
+``16/255`` (what people write for 8-bit budgets), lists of them, and the flags every
+``deid eval`` report shares."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+from deid.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +29,11 @@ SETTING_FLAGS = {
 }
 
 
-def fraction(text: str) -> float:
-    """``0.063`` or ``16/255`` -> float (what people write for 8-bit budgets).
+def parse_fraction(text: str) -> float:
+    """``0.063`` or ``16/255`` -> float: the one parser of fractions (flags, config fields).
 
     Raises:
-        argparse.ArgumentTypeError: not a number or a fraction.
+        ValueError: not a number or a fraction (the message says what is expected).
     """
     try:
         if "/" in text:
@@ -37,9 +41,40 @@ def fraction(text: str) -> float:
             return float(a) / float(b)
         return float(text)
     except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(
-            f"expected a number such as 0.063 or 16/255, got {text!r}"
-        ) from None
+        raise ValueError(f"expected a number such as 0.063 or 16/255, got {text!r}") from None
+
+
+def fraction(text: str) -> float:
+    """:func:`parse_fraction` as an argparse ``type``.
+
+    Raises:
+        argparse.ArgumentTypeError: not a number or a fraction.
+    """
+    try:
+        return parse_fraction(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def fraction_flag(text: str, flag: str) -> float:
+    """:func:`parse_fraction` of a flag's text read after argparse (``deid eval``'s budgets).
+
+    Raises:
+        ConfigError: not a number or a fraction (the message names ``flag``).
+    """
+    try:
+        return parse_fraction(text)
+    except ValueError as e:
+        raise ConfigError(f"{flag}: {e}") from None
+
+
+def fraction_list(text: str, flag: str) -> list[float]:
+    """Comma-separated fractions (``4/255,8/255``) -> floats; empty items are skipped.
+
+    Raises:
+        ConfigError: an item is not a number or a fraction (the message names ``flag``).
+    """
+    return [fraction_flag(e.strip(), flag) for e in text.split(",") if e.strip()]
 
 
 def add_report_flags(p: argparse.ArgumentParser) -> None:

@@ -21,9 +21,6 @@ from deid.errors import DeidError
 log = logging.getLogger("deid")
 
 
-_eps = fraction  # the name the other parsers import
-
-
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="de-identify a video, an image or a folder of images")
     p.add_argument("input", type=Path, help="video file, image, or folder of images (recursive)")
@@ -44,7 +41,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "illc, pgd, mifgsm, cw, lbfgs, deepfool, jsma, spsa, feature, ead, onepixel, universal",
     )
     p.add_argument("--target", help="least-likely, nearest, random, or a class id / name")
-    p.add_argument("--eps", type=_eps, help="L-inf bound, e.g. 0.063 or 16/255")
+    p.add_argument("--eps", type=fraction, help="L-inf bound, e.g. 0.063 or 16/255")
     p.add_argument("--steps", type=int, help="attack iterations")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
@@ -90,29 +87,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     add_training_flags(p)
 
 
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="measure classifiers and attacks")
-    esub = p.add_subparsers(dest="what", required=True)
-    c = esub.add_parser("classifier", help="held-out accuracy of a checkpoint")
-    c.add_argument("checkpoint", help="yaleb-mlp, celeba-cnn or a path")
-    c.add_argument("--data", type=Path)
-    a = esub.add_parser("attack", help="targeted success vs eps, and the realistic attack's PSNR")
-    a.add_argument("--classifier", default="celeba-cnn")
-    a.add_argument("--data", type=Path)
-    a.add_argument("-n", type=int, default=200, help="held-out faces")
-    a.add_argument("--eps", default="2/255,4/255,8/255,16/255,32/255", help="comma-separated")
-    a.add_argument("--targets", default="least-likely,nearest")
-    a.add_argument("--steps", type=int, default=20)
-    a.add_argument("--alpha", type=_eps, default=2 / 255)
-    a.add_argument("--no-realistic", action="store_true")
-    a.add_argument("--json", type=Path, help="also write the figures as JSON")
-    a.add_argument("--device", default="auto")
-    __import__("deid.survival", fromlist=["add_parser"]).add_parser(esub)
-    __import__("deid.evaluate", fromlist=["add_dataset_parser"]).add_dataset_parser(esub)
-    __import__("deid.robustness", fromlist=["add_parser"]).add_parser(esub)
-    __import__("deid.transfer", fromlist=["add_parser"]).add_parser(esub)
-
-
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="what", required=True)
@@ -140,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
     _add_train(sub)
-    _add_eval(sub)
+    __import__("deid.eval.cli", fromlist=["add_parser"]).add_parser(sub)
     _add_data(sub)
     __import__("deid.batch").batch.add_parser(sub)
     __import__("deid.report.html", fromlist=["add_parser"]).add_parser(sub)
@@ -222,31 +196,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from deid import evaluate
-
-    if args.what == "classifier":
-        result = evaluate.classifier_accuracy(args.checkpoint, data=args.data)
-        sys.stdout.write(json.dumps(result) + "\n")
-        return 0
-    eps = [_eps(e) for e in args.eps.split(",") if e]
-    table = evaluate.attack_table(
-        args.classifier,
-        data=args.data,
-        n=args.n,
-        eps_list=eps,
-        target_modes=args.targets.split(","),
-        steps=args.steps,
-        alpha=args.alpha,
-        realistic=not args.no_realistic,
-        device=args.device,
-    )
-    sys.stdout.write(evaluate.format_table(table) + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(table, indent=1) + "\n")
-    return 0
-
-
 def cmd_data(args: argparse.Namespace) -> int:
     from deid.data.prepare import PREPARERS
 
@@ -261,7 +210,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "data": cmd_data}
+COMMANDS = {"run": cmd_run, "train": cmd_train, "data": cmd_data}
 
 
 class Terminated(BaseException):

@@ -374,16 +374,17 @@ def merge_layers(layers: Sequence[Layer]) -> tuple[dict[str, Any], dict[Key, str
         ):
             merged.pop("attack")
             names = {k: v for k, v in names.items() if k[0] != "attack"}
-        merged = _deep_merge(merged, layer.data)
+        merged = deep_merge(merged, layer.data)
         names.update(layer.names)
     return merged, names
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``top``, nested dicts merged key by key (neither is modified)."""
     out = dict(base)
     for k, v in top.items():
         out[k] = (
-            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
         )
     return out
 

@@ -170,7 +170,7 @@ class WorkerPool:
         import redis
 
         from deid.config import ServiceConfig
-        from workers.celery_app import make_app
+        from deid.service.celery_app import make_app
 
         app = make_app(ServiceConfig(broker_url=self.url), name="deid-test")
         deadline = time.monotonic() + timeout

@@ -181,7 +181,7 @@ def test_conceal_with_eot_survives_jpeg(tiny) -> None:
 def test_eot_raises_survival_through_h264(data_dir, tmp_path) -> None:
     """The real case, small: CelebA faces attacked with and without EOT, pasted into a frame,
     written by deid's H.264 writer at crf 23 and JPEG q90, decoded and re-classified."""
-    from deid.survival import format_survival, survival_table
+    from deid.eval.survival import format_survival, survival_table
 
     table = survival_table("celeba-cnn", n=16, crfs=[23], jpeg=[90], frames=1, seed=1)
     rows = {(r["eot"], r["output"]): r for r in table["rows"]}

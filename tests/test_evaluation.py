@@ -15,7 +15,7 @@ from PIL import Image
 
 from deid.cli import main
 from deid.errors import ConfigError, InputError
-from deid.evaluate import dataset_eval, format_dataset_eval
+from deid.eval.heldout import dataset_eval, format_dataset_eval
 from deid.report.html import coverage_series, render, track_rows
 
 EPS = [8 / 255, 16 / 255]

@@ -10,7 +10,8 @@ import torch
 from deid.attacks import IFGSM, IFGSMConfig, Realistic, RealisticConfig
 from deid.attacks.base import predict, quantize8
 from deid.errors import CheckpointError, ConfigError
-from deid.evaluate import classifier_accuracy, dataset_of, psnr, sample_test
+from deid.eval.common import dataset_of, psnr, sample_test
+from deid.eval.heldout import classifier_accuracy
 from deid.models import load_classifier, shipped_path
 from deid.models.classifier import FaceClassifier
 from deid.models.train import train_classifier

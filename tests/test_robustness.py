@@ -308,7 +308,7 @@ def test_shipped_adversarial_mlp_meets_its_claims(data_dir: Path) -> None:
     path = shipped_path("yaleb-mlp-adv")
     assert path.is_file() and path.stat().st_size < 10 * 2**20
     assert path.with_suffix(".json").is_file()
-    from deid.robustness import robustness_table
+    from deid.eval.robustness import robustness_table
 
     table = robustness_table(
         ["yaleb-mlp", "yaleb-mlp-adv"], ["ifgsm"], sorted(MIN_GAIN), n=10_000, device="cpu"

@@ -83,7 +83,7 @@ def pool(redis_db: str, root: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.fixture(scope="module")
 def client(redis_db: str, settings: Any) -> Any:
-    from deid.client import Client
+    from deid.service.client import Client
 
     return Client(settings)
 
@@ -155,7 +155,7 @@ def test_service_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_celery_config_is_safe() -> None:
     from deid.config import ServiceConfig
-    from workers.celery_app import celery_config
+    from deid.service.celery_app import celery_config
 
     c = celery_config(ServiceConfig())
     assert c["task_serializer"] == "json" and c["accept_content"] == ["json"]
@@ -342,7 +342,7 @@ def test_dataset_job_shards_files_and_a_failed_file_makes_it_partial(
     sets = client.settings.model_copy(
         update={"service": client.settings.service.model_copy(update={"shard_files": 2})}
     )
-    from deid.client import Client
+    from deid.service.client import Client
 
     c2 = Client(sets)
     job_id = c2.submit(src, out)
@@ -481,7 +481,7 @@ def test_bad_inputs_are_refused_at_submission(
 def test_a_video_unreadable_at_run_time_fails_its_job_with_the_reason(
     pool: WorkerPool, client: Any, clip: Path, root: Path
 ) -> None:
-    from deid.client import JobFailed
+    from deid.service.client import JobFailed
     from deid.service.jobs import new_job
 
     src = root / "later" / "v.mp4"

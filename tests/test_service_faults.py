@@ -51,8 +51,8 @@ LIMITS_ENV = {f"DEID_SERVICE__{k.upper()}": str(v) for k, v in LIMITS.items()}
 
 
 def make_client(url: str, root: Path, **service: Any) -> Any:
-    from deid.client import Client
     from deid.config import load_settings
+    from deid.service.client import Client
 
     svc = {"broker_url": url, "storage_roots": [str(root)], **LIMITS, **service}
     return Client(load_settings(overrides={**JOB_OVERRIDES, "service": svc}))
@@ -210,7 +210,7 @@ def test_cancel_mid_job_stops_its_chunks_and_removes_temp_files(
 def test_twenty_jobs_at_once_all_complete(
     pool: WorkerPool, client: Any, root: Path, tmp_path: Path
 ) -> None:
-    from deid.client import Client
+    from deid.service.client import Client
 
     folder = root / "many"
     clips = [face_clip(folder / f"in{i:02d}.mp4", frames=4, size=(64, 96)) for i in range(20)]
@@ -238,7 +238,7 @@ def test_twenty_jobs_at_once_all_complete(
 def test_poison_chunk_fails_its_job_after_the_redelivery_cap(
     root: Path, logs: Path, clip: Path
 ) -> None:
-    from deid.client import JobFailed
+    from deid.service.client import JobFailed
 
     url = redis_url(POISON_DB)
     flush(url)
@@ -270,7 +270,7 @@ def test_poison_chunk_fails_its_job_after_the_redelivery_cap(
 def test_redis_restart_mid_job_fails_clearly_and_the_service_recovers(
     root: Path, logs: Path, clip: Path
 ) -> None:
-    from deid.client import JobFailed
+    from deid.service.client import JobFailed
     from deid.service.state import JobNotFound
 
     port = PRIVATE_PORT

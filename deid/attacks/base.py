@@ -12,25 +12,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Protocol
 
+import numpy as np
 import torch
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from torch import Tensor, nn
 
+from deid.argtypes import parse_fraction
 from deid.errors import ShapeError
 
 
-def parse_fraction(v: object) -> object:
+def _fraction_field(v: object) -> object:
     """Accept ``"16/255"`` for a float field (what people write for 8-bit budgets)."""
     if isinstance(v, str) and "/" in v:
-        a, b = v.split("/", 1)
         try:
-            return float(a) / float(b)
-        except (ValueError, ZeroDivisionError):
+            return parse_fraction(v)
+        except ValueError:
             return v  # let pydantic report it as not a number
     return v
 
 
-Budget = Annotated[float, BeforeValidator(parse_fraction)]
+Budget = Annotated[float, BeforeValidator(_fraction_field)]
 
 
 class AttackConfigBase(BaseModel):
@@ -141,6 +142,16 @@ def search_c(
 def quantize8(x: Tensor) -> Tensor:
     """Round to the 8-bit grid that an image file stores."""
     return torch.round(x * 255.0) / 255.0
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """(N, C, H, W) float in [0, 1] -> (N, H, W, C) uint8 (rounded, clipped), on the CPU."""
+    return (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_uint8(a: np.ndarray) -> Tensor:
+    """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [0, 1] (the inverse of :func:`to_uint8`)."""
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255.0
 
 
 def grid_bounds(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:

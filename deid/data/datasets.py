@@ -110,9 +110,12 @@ class FaceDataset:
 
     def tensors(self, which: Literal["train", "test"]) -> tuple[Any, Any]:
         """(N, C, H, W) float32 in [0, 1] and (N,) int64 tensors of one split."""
+        return self.tensors_at(self.train if which == "train" else self.test)
+
+    def tensors_at(self, idx: np.ndarray) -> tuple[Any, Any]:
+        """(N, C, H, W) float32 in [0, 1] and (N,) int64 tensors of the images at ``idx``."""
         import torch
 
-        idx = self.train if which == "train" else self.test
         x = self.images[idx]
         x = x[:, None] if x.ndim == 3 else np.transpose(x, (0, 3, 1, 2))
         return (

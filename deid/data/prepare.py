@@ -410,7 +410,55 @@ def prepare_celeba(
         raise ConfigError(f"size: expected 8..{WARP_SIZE} pixels, got {size}")
     out = _check_out(out)
     img_dir, ident_file, part_file = _celeba_layout(source)
+    todo = _celeba_todo(source, img_dir, ident_file, min_images, max_identities)
+    ids = sorted({i for i, _ in todo})
+    log.info("celeba: %d images of %d identities to align", len(todo), len(ids))
 
+    if detector is None:
+        from deid.detect import MTCNNDetector
+
+        detector = MTCNNDetector(min_face_size=30, min_score=0.9, max_side=DETECT_MAX_SIDE)
+    faces, n_no_face, n_unreadable = _align_celeba(todo, img_dir, detector, size, progress)
+
+    kept = [i for i in ids if len(faces[i]) >= min_images]
+    n_dropped = len(ids) - len(kept)
+    if n_dropped:
+        log.info("dropped %d identities left with < %d faces", n_dropped, min_images)
+    if not kept:
+        raise DataError(
+            f"{source}: no identity kept >= {min_images} detected faces "
+            f"({n_no_face} images had no face)"
+        )
+    arrays = _celeba_arrays(kept, faces, part_file)
+    _save_atomic(out, arrays)
+    log.info(
+        "wrote %s: %d faces of %d identities (%d without a face)",
+        out,
+        len(arrays["labels"]),
+        len(kept),
+        n_no_face,
+    )
+    return {
+        "dataset": "celeba",
+        "n_images": len(arrays["labels"]),
+        "n_identities": len(kept),
+        "n_no_face": n_no_face,
+        "n_unreadable": n_unreadable,
+        "n_dropped_identities": n_dropped,
+        "path": str(out),
+    }
+
+
+def _celeba_todo(
+    source: Path, img_dir: Path, ident_file: Path, min_images: int, max_identities: int | None
+) -> list[tuple[int, str]]:
+    """(identity, file name) of the images to align: those listed and on disk, of the
+    identities with at least ``min_images`` of them (the first ``max_identities``), sorted by
+    identity number, then file name.
+
+    Raises:
+        DataError: nothing listed, nothing listed on disk, or no identity with enough images.
+    """
     identity = _read_name_int(ident_file)
     if not identity:
         raise DataError(f"{ident_file}: no '000001.jpg 2880' lines; expected {CELEBA_LAYOUT}")
@@ -432,15 +480,19 @@ def prepare_celeba(
             f"{source}: no identity has >= {min_images} images on disk "
             f"(most: {max(len(v) for v in by_id.values())}); lower min_images"
         )
-    todo = [(i, name) for i in ids for name in sorted(by_id[i])]
-    log.info("celeba: %d images of %d identities to align", len(todo), len(ids))
+    return [(i, name) for i in ids for name in sorted(by_id[i])]
 
-    if detector is None:
-        from deid.detect import MTCNNDetector
 
-        detector = MTCNNDetector(min_face_size=30, min_score=0.9, max_side=DETECT_MAX_SIDE)
+def _align_celeba(
+    todo: list[tuple[int, str]], img_dir: Path, detector: _Detector, size: int, progress: bool
+) -> tuple[dict[int, list[tuple[str, np.ndarray, float]]], int, int]:
+    """Detect and align the face of each image, :data:`BATCH` images at a time.
 
-    faces: dict[int, list[tuple[str, np.ndarray, float]]] = {i: [] for i in ids}
+    Returns:
+        Per identity, (file name, aligned crop, face probability) of each image with a face;
+        the number of images without a face; the number of unreadable images.
+    """
+    faces: dict[int, list[tuple[str, np.ndarray, float]]] = {i: [] for i, _ in todo}
     n_no_face = n_unreadable = 0
     with tqdm(total=len(todo), desc="celeba", unit="img", disable=not progress) as bar:
         for start in range(0, len(todo), BATCH):
@@ -471,17 +523,15 @@ def prepare_celeba(
                 crop = align_face(rgb, det.landmarks[k] - np.float32([pw, ph]), size)
                 faces[ident].append((name, crop, float(det.scores[k])))
             bar.update(len(chunk))
+    return faces, n_no_face, n_unreadable
 
-    kept = [i for i in ids if len(faces[i]) >= min_images]
-    n_dropped = len(ids) - len(kept)
-    if n_dropped:
-        log.info("dropped %d identities left with < %d faces", n_dropped, min_images)
-    if not kept:
-        raise DataError(
-            f"{source}: no identity kept >= {min_images} detected faces "
-            f"({n_no_face} images had no face)"
-        )
 
+def _celeba_arrays(
+    kept: list[int],
+    faces: dict[int, list[tuple[str, np.ndarray, float]]],
+    part_file: Path | None,
+) -> dict[str, np.ndarray]:
+    """The npz arrays of :func:`prepare_celeba` for the identities kept."""
     rows = [(lab, i, j, *face) for lab, i in enumerate(kept) for j, face in enumerate(faces[i])]
     arrays: dict[str, np.ndarray] = {
         "images": np.stack([r[4] for r in rows]).astype(np.uint8),
@@ -498,23 +548,7 @@ def prepare_celeba(
         n_missing = int((arrays["eval_partition"] < 0).sum())
         if n_missing:
             log.warning("%s does not list %d kept images (eval_partition -1)", part_file, n_missing)
-    _save_atomic(out, arrays)
-    log.info(
-        "wrote %s: %d faces of %d identities (%d without a face)",
-        out,
-        len(rows),
-        len(kept),
-        n_no_face,
-    )
-    return {
-        "dataset": "celeba",
-        "n_images": len(rows),
-        "n_identities": len(kept),
-        "n_no_face": n_no_face,
-        "n_unreadable": n_unreadable,
-        "n_dropped_identities": n_dropped,
-        "path": str(out),
-    }
+    return arrays
 
 
 PREPARERS: dict[str, Callable[..., dict[str, Any]]] = {

@@ -476,125 +476,28 @@ def train_classifier(
 
     Returns the classifier (eval mode) and its held-out metrics.
     """
-    if preset not in RECIPES:
-        raise ValueError(f"unknown preset {preset!r}; available: {sorted(RECIPES)}")
-    r = copy.deepcopy(RECIPES[preset])
-    if epochs is not None:
-        r.epochs = epochs
-    if min_std is not None:
-        if r.norm != "per_image" or not 0.0 < min_std <= 1.0:
-            raise ConfigError(
-                f"min_std {min_std}: expected a value in (0, 1] for a per-image normalised "
-                f"preset ({preset} normalises by {r.norm})"
-            )
-        r.min_std = min_std
+    r = _recipe(preset, epochs, min_std)
     seed_everything(seed)
     dev = torch.device(device)
-    if r.dataset == "yaleb":
-        ds = load_yaleb(data, resolution=r.resolution, split=split)  # type: ignore[arg-type]
-    else:
-        ds = load_celeba(data)
-    xtr, ytr = ds.tensors("train")
-    xte, yte = ds.tensors("test")
-    if subset is not None:
-        keep = subset_indices(ytr.numpy(), subset[0], subset[1])
-        xtr, ytr = xtr[keep], ytr[keep]
-    if tuple(xtr.shape[-2:]) != tuple(r.input_size):
-        xtr = F.interpolate(
-            xtr, size=r.input_size, mode="bilinear", antialias=True, align_corners=False
-        )
-    norm: dict[str, Any]
-    if r.norm == "channel":
-        norm = {
-            "kind": "channel",
-            "mean": xtr.mean((0, 2, 3)).tolist(),
-            "std": xtr.std((0, 2, 3)).tolist(),
-        }
-    else:
-        norm = {"kind": "per_image"}
-        if r.min_std is not None:
-            norm["min_std"] = r.min_std
+    ds, xtr, ytr, xte, yte = _training_data(r, data, split, subset)
     meta = ClassifierMeta(
         arch=r.arch,
         arch_params=r.arch_params,
         input_size=tuple(r.input_size),
         channels=ds.channels,
-        norm=norm,
+        norm=_normalisation(r, xtr),
         class_names=ds.class_names,
         template=_template(ds),
         dataset=ds.name,
         split=ds.split,
         command=command or " ".join(["deid", *map(shlex.quote, sys.argv[1:])]),
-        training={
-            "preset": preset,
-            "epochs": r.epochs,
-            "seed": seed,
-            "batch_size": r.batch_size,
-            "optimizer": r.optimizer,
-            "lr": r.lr,
-            "weight_decay": r.weight_decay,
-            "label_smoothing": r.label_smoothing,
-            "ema": r.ema,
-            "aug": r.aug,
-            "n_train": len(xtr),
-            "torch": torch.__version__,
-            **({"subset": f"{subset[0]}/{subset[1]}"} if subset is not None else {}),
-            **({"adversarial": adversarial.describe()} if adversarial is not None else {}),
-        },
+        training=_training_record(preset, r, seed, len(xtr), subset, adversarial),
     )
     net = build_net(r.arch, r.arch_params, ds.channels, r.input_size, ds.num_classes)
     model = FaceClassifier(net, meta).to(dev)
     ema = copy.deepcopy(model).eval() if r.ema else None
-    params = [p for p in model.parameters() if p.requires_grad]
-    if r.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=r.lr, momentum=0.9, nesterov=True, weight_decay=r.weight_decay
-        )
-    else:
-        opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
-    steps_per_epoch = math.ceil(len(xtr) / r.batch_size)
-    total = r.epochs * steps_per_epoch
-    warm = r.warmup_epochs * steps_per_epoch
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return r.lr * (step + 1) / warm
-        return 0.5 * r.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    g = torch.Generator().manual_seed(seed)
-    step = 0
     t0 = time.time()
-    bar = tqdm(range(r.epochs), desc=f"train {preset}", unit="epoch", disable=not progress)
-    for _epoch in bar:
-        model.train()
-        perm = torch.randperm(len(xtr), generator=g)
-        run_loss = run_acc = 0.0
-        for i in range(0, len(xtr), r.batch_size):
-            idx = perm[i : i + r.batch_size]
-            if len(idx) < 2:
-                continue
-            xb = augment(xtr[idx].to(dev), r.aug, g)
-            yb = ytr[idx].to(dev)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
-            loss, logits = training_loss(model, xb, yb, r.label_smoothing, adversarial)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            if ema is not None:
-                with torch.no_grad():
-                    d = min(r.ema, (1 + step) / (10 + step))
-                    for pe, pm in zip(
-                        ema.state_dict().values(), model.state_dict().values(), strict=True
-                    ):
-                        if pe.dtype.is_floating_point:
-                            pe.mul_(d).add_(pm.detach(), alpha=1 - d)
-                        else:
-                            pe.copy_(pm)
-            run_loss += loss.item() * len(idx)
-            run_acc += float((logits.detach().argmax(1) == yb).sum())
-        bar.set_postfix(loss=f"{run_loss / len(xtr):.3f}", train_acc=f"{run_acc / len(xtr):.3f}")
+    _fit(model, ema, r, xtr, ytr, seed, adversarial, progress, desc=f"train {preset}")
     final = ema if ema is not None else model
     final.eval()
     metrics = evaluate(final, xte, yte)
@@ -614,6 +517,153 @@ def train_classifier(
         out,
     )
     return final, metrics
+
+
+def _recipe(preset: str, epochs: int | None, min_std: float | None) -> Recipe:
+    """A copy of the preset's recipe with ``epochs`` and ``min_std`` applied."""
+    if preset not in RECIPES:
+        raise ValueError(f"unknown preset {preset!r}; available: {sorted(RECIPES)}")
+    r = copy.deepcopy(RECIPES[preset])
+    if epochs is not None:
+        r.epochs = epochs
+    if min_std is not None:
+        if r.norm != "per_image" or not 0.0 < min_std <= 1.0:
+            raise ConfigError(
+                f"min_std {min_std}: expected a value in (0, 1] for a per-image normalised "
+                f"preset ({preset} normalises by {r.norm})"
+            )
+        r.min_std = min_std
+    return r
+
+
+def _training_data(
+    r: Recipe, data: Path | None, split: str, subset: tuple[int, int] | None
+) -> tuple[FaceDataset, Tensor, Tensor, Tensor, Tensor]:
+    """The recipe's dataset, its training images (the subset's part, resized to the
+    recipe's input size) and labels, and its held-out images and labels."""
+    if r.dataset == "yaleb":
+        ds = load_yaleb(data, resolution=r.resolution, split=split)  # type: ignore[arg-type]
+    else:
+        ds = load_celeba(data)
+    xtr, ytr = ds.tensors("train")
+    xte, yte = ds.tensors("test")
+    if subset is not None:
+        keep = subset_indices(ytr.numpy(), subset[0], subset[1])
+        xtr, ytr = xtr[keep], ytr[keep]
+    if tuple(xtr.shape[-2:]) != tuple(r.input_size):
+        xtr = F.interpolate(
+            xtr, size=r.input_size, mode="bilinear", antialias=True, align_corners=False
+        )
+    return ds, xtr, ytr, xte, yte
+
+
+def _training_record(
+    preset: str,
+    r: Recipe,
+    seed: int,
+    n_train: int,
+    subset: tuple[int, int] | None,
+    adversarial: Adversarial | None,
+) -> dict[str, Any]:
+    """How the classifier was trained (the checkpoint's ``training`` metadata)."""
+    return {
+        "preset": preset,
+        "epochs": r.epochs,
+        "seed": seed,
+        "batch_size": r.batch_size,
+        "optimizer": r.optimizer,
+        "lr": r.lr,
+        "weight_decay": r.weight_decay,
+        "label_smoothing": r.label_smoothing,
+        "ema": r.ema,
+        "aug": r.aug,
+        "n_train": n_train,
+        "torch": torch.__version__,
+        **({"subset": f"{subset[0]}/{subset[1]}"} if subset is not None else {}),
+        **({"adversarial": adversarial.describe()} if adversarial is not None else {}),
+    }
+
+
+def _normalisation(r: Recipe, xtr: Tensor) -> dict[str, Any]:
+    """The classifier's input normalisation: per-channel statistics of the training images,
+    or per image (with the recipe's std floor)."""
+    if r.norm == "channel":
+        return {
+            "kind": "channel",
+            "mean": xtr.mean((0, 2, 3)).tolist(),
+            "std": xtr.std((0, 2, 3)).tolist(),
+        }
+    norm: dict[str, Any] = {"kind": "per_image"}
+    if r.min_std is not None:
+        norm["min_std"] = r.min_std
+    return norm
+
+
+def _fit(
+    model: FaceClassifier,
+    ema: FaceClassifier | None,
+    r: Recipe,
+    xtr: Tensor,
+    ytr: Tensor,
+    seed: int,
+    adversarial: Adversarial | None,
+    progress: bool,
+    desc: str,
+) -> None:
+    """The training loop: ``r.epochs`` epochs of shuffled, augmented minibatches, the
+    learning rate warmed up then cosine-annealed, ``ema`` (if any) following the weights."""
+    dev = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    if r.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=r.lr, momentum=0.9, nesterov=True, weight_decay=r.weight_decay
+        )
+    else:
+        opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+    steps_per_epoch = math.ceil(len(xtr) / r.batch_size)
+    total = r.epochs * steps_per_epoch
+    warm = r.warmup_epochs * steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return r.lr * (step + 1) / warm
+        return 0.5 * r.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    g = torch.Generator().manual_seed(seed)
+    step = 0
+    bar = tqdm(range(r.epochs), desc=desc, unit="epoch", disable=not progress)
+    for _epoch in bar:
+        model.train()
+        perm = torch.randperm(len(xtr), generator=g)
+        run_loss = run_acc = 0.0
+        for i in range(0, len(xtr), r.batch_size):
+            idx = perm[i : i + r.batch_size]
+            if len(idx) < 2:
+                continue
+            xb = augment(xtr[idx].to(dev), r.aug, g)
+            yb = ytr[idx].to(dev)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            loss, logits = training_loss(model, xb, yb, r.label_smoothing, adversarial)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if ema is not None:
+                _ema_update(ema, model, min(r.ema, (1 + step) / (10 + step)))
+            run_loss += loss.item() * len(idx)
+            run_acc += float((logits.detach().argmax(1) == yb).sum())
+        bar.set_postfix(loss=f"{run_loss / len(xtr):.3f}", train_acc=f"{run_acc / len(xtr):.3f}")
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema = decay * ema + (1 - decay) * model`` for float tensors; others copied."""
+    for pe, pm in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+        if pe.dtype.is_floating_point:
+            pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+        else:
+            pe.copy_(pm)
 
 
 def _subset(text: str) -> tuple[int, int]:

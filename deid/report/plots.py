@@ -1,4 +1,5 @@
-"""Figures of evaluation and run reports (matplotlib, Agg backend, written as PNG)."""
+"""Figures of evaluation and run reports (matplotlib, Agg backend, written as PNG): ``deid
+report``'s eval and run pages, and the ``deid eval robustness|transfer`` reports."""
 
 from __future__ import annotations
 
@@ -12,24 +13,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-# One colour per eps row (colour-blind safe, Okabe-Ito), and fixed meanings elsewhere.
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
-GOOD, BAD, NEUTRAL = "#009E73", "#D55E00", "#7F7F7F"
+from deid.report.style import ATTACK_LABELS, BAD, GOOD, NEUTRAL, PALETTE, STYLE, eps_text
 
 # Figures are built as matplotlib.figure.Figure (Agg canvas when saved as PNG), without
-# pyplot: no global backend or style is changed for the rest of the process.
-STYLE = {
-    "figure.dpi": 110,
-    "savefig.dpi": 110,
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "axes.titleweight": "bold",
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.25,
-    "legend.frameon": False,
-}
+# pyplot, in the one style of deid/report/style.py.
 
 
 def _styled(fn: Callable[..., Path]) -> Callable[..., Path]:
@@ -41,9 +28,11 @@ def _styled(fn: Callable[..., Path]) -> Callable[..., Path]:
     return wrapper
 
 
-def _subplots(nrows: int, ncols: int, figsize: tuple[float, float]) -> tuple[Figure, Any]:
+def _subplots(
+    nrows: int, ncols: int, figsize: tuple[float, float], **kwargs: Any
+) -> tuple[Figure, Any]:
     fig = Figure(figsize=figsize, layout="constrained")
-    return fig, fig.subplots(nrows, ncols)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -309,4 +298,142 @@ def coverage(
         low.set_xlabel("frame")
     else:
         ax.set_xlabel("frame")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# deid eval robustness and deid eval transfer
+# --------------------------------------------------------------------------------------------
+DASHES = ["-", "--", ":", "-."]  # one line style per checkpoint
+MARKERS = ["o", "s", "^", "D"]
+
+
+@_styled
+def accuracy_vs_eps(table: dict[str, Any], path: Path) -> Path:
+    """Accuracy under attack vs eps (``deid eval robustness``): one colour per attack, one
+    line style per checkpoint; attacks without an eps as points at the right, past a divider."""
+    labels = [c["label"] for c in table["checkpoints"]]
+    eps_list = sorted(table["eps"])
+    # attacks without an L-inf budget have one row each, at eps None
+    no_eps = {r["attack"] for r in table["rows"] if r["eps"] is None}
+    bounded = [a for a in table["attacks"] if a not in no_eps]
+    unbounded = [a for a in table["attacks"] if a in no_eps]
+    xs_b = list(range(len(eps_list) + 1))  # 0 = clean
+    ticks = ["clean"] + [eps_text(e).replace("/255", "") for e in eps_list]
+    x_u = [len(eps_list) + 1.5 + 1.6 * i for i in range(len(unbounded))]
+    color = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(table["attacks"])}
+    acc = {(r["checkpoint"], r["attack"], r["eps"]): r for r in table["rows"]}
+    fig = Figure(figsize=(6.4 + 1.0 * len(unbounded), 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for j, lab in enumerate(labels):
+        clean = acc[(lab, "clean", None)]["accuracy"]
+        for i, a in enumerate(bounded):
+            ys = [clean] + [acc[(lab, a, e)]["accuracy"] for e in eps_list]
+            ax.plot(
+                xs_b,
+                [100 * v for v in ys],
+                DASHES[j % len(DASHES)],
+                marker=MARKERS[j % len(MARKERS)],
+                ms=4,
+                # later lines thinner: where attacks agree (I-FGSM and PGD) both show
+                lw=max(1.2, 2.8 - 0.45 * i),
+                color=color[a],
+            )
+        for a, xu in zip(unbounded, x_u, strict=True):
+            r = acc[(lab, a, None)]
+            ax.plot(
+                [xu + 0.2 * (j - (len(labels) - 1) / 2)],
+                [100 * r["accuracy"]],
+                MARKERS[j % len(MARKERS)],
+                ms=6,
+                color=color[a],
+            )
+    for a, xu in zip(unbounded, x_u, strict=True):
+        # the attack always succeeds in the end; what differs is how far it had to go
+        l2 = [acc[(lab, a, None)]["mean_l2_fooled"] for lab in labels]
+        text = "mean L2 of\nsuccesses:\n" + "\n".join(
+            f"{lab}: {v:.2f}" if v is not None else f"{lab}: -"
+            for lab, v in zip(labels, l2, strict=True)
+        )
+        ax.text(xu, 55, text, ha="center", va="center", fontsize=7, color="#333333")
+    if unbounded:
+        ax.axvline(len(eps_list) + 0.5, color="#999999", lw=0.8)
+    ax.set_xticks(xs_b + x_u, ticks + [ATTACK_LABELS.get(a, a) + "\n(no eps)" for a in unbounded])
+    ax.set_xlim(-0.3, (x_u[-1] + 0.8) if unbounded else xs_b[-1] + 0.3)
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel("eps (L-inf, in 1/255 of the pixel range)")
+    ax.set_ylabel("held-out top-1 accuracy under attack (%)")
+    ns = sorted({c["n"] for c in table["checkpoints"]})
+    sets = ", ".join(sorted({c["dataset"] for c in table["checkpoints"]}))
+    ax.set_title(
+        f"Accuracy under untargeted attacks ({sets} held-out faces, n = {', '.join(map(str, ns))})"
+    )
+    h_att = [
+        Line2D([], [], color=color[a], lw=2, label=ATTACK_LABELS.get(a, a))
+        for a in table["attacks"]
+    ]
+    h_ck = [
+        Line2D(
+            [], [], color="#333333", ls=DASHES[j % len(DASHES)],
+            marker=MARKERS[j % len(MARKERS)], ms=4, label=lab,
+        )
+        for j, lab in enumerate(labels)
+    ]  # fmt: skip
+    leg = ax.legend(handles=h_att, title="attack", loc="lower left", fontsize=8)
+    ax.add_artist(leg)
+    ax.legend(handles=h_ck, title="classifier", loc="lower center", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@_styled
+def transfer_heatmaps(table: dict[str, Any], path: Path, views: dict[str, str]) -> Path:
+    """Source x target heatmaps of a ``deid eval transfer`` table, one per view (percent in
+    each cell; white-box cells outlined).
+
+    Args:
+        views: row key -> panel title, in panel order.
+    """
+    ns, nt = len(table["sources"]), len(table["targets"])
+    cell = {(r["source"], r["target"]): r for r in table["rows"]}
+    w = 1.0 + len(views) * max(2.4, 0.62 * nt + 1.0)
+    h = 1.6 + max(1.6, 0.5 * ns)
+    fig, axes = _subplots(1, len(views), figsize=(w, h), sharey=True)
+    axes = np.atleast_1d(axes)
+    for k, (ax, (view, title)) in enumerate(zip(axes, views.items(), strict=True)):
+        m = 100 * np.array(
+            [[cell[(s, t)][view] for t in table["targets"]] for s in table["sources"]]
+        )
+        ax.grid(False)
+        im = ax.imshow(m, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        for i in range(ns):
+            for j in range(nt):
+                ax.text(
+                    j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=8,
+                    color="black" if m[i, j] > 60 else "white",
+                )  # fmt: skip
+        for i, src in enumerate(table["sources"]):
+            for j, tgt in enumerate(table["targets"]):
+                if cell[(src, tgt)]["white_box"]:  # the source attacking itself
+                    ax.add_patch(
+                        mpl.patches.Rectangle(
+                            (j - 0.5, i - 0.5), 1, 1, fill=False, ec="white", lw=1.5
+                        )
+                    )
+        ax.set_xticks(range(nt), table["targets"], rotation=30, ha="right")
+        ax.set_yticks(range(ns), table["sources"])
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("target (evaluated on)")
+        if k == 0:
+            ax.set_ylabel("source (crafted on)")
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="% of the adversarial examples")
+    p = table["params"]
+    eps = f"eps {p['eps'] * 255:g}/255" if "eps" in p else ""
+    fig.suptitle(
+        f"Transferability of {ATTACK_LABELS.get(table['attack'], table['attack'])} examples "
+        f"made on the source ({eps}, {table['target_mode']} targets, n = {table['n']} faces)",
+        fontsize=10,
+    )
     return _save(fig, path)

@@ -1,4 +1,4 @@
-"""The HTTP job API (``deid serve``): a small FastAPI app over :class:`deid.client.Client`.
+"""The HTTP job API (``deid serve``): a small FastAPI app over :class:`deid.service.client.Client`.
 
     POST   /jobs              queue a job            -> 201 JobStatus
     GET    /jobs              recent jobs            -> [JobStatus]
@@ -219,7 +219,7 @@ async def _refuse(scope: MutableMapping[str, Any], send: Any, status: int, detai
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API for ``settings`` (default: YAML + environment)."""
-    from deid.client import Client
+    from deid.service.client import Client
 
     settings = settings or load_settings()
     client = Client(settings)

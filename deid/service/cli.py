@@ -81,8 +81,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _client(config: str | None = None) -> Any:
-    from deid.client import Client
     from deid.config import load_settings
+    from deid.service.client import Client
 
     return Client(load_settings(config))
 
@@ -219,7 +219,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.environ["DEID_WORKER_DEVICE"] = args.device
     if args.threads:
         os.environ["DEID_WORKER_THREADS"] = str(args.threads)
-    from workers.celery_app import QUEUE, configure
+    from deid.service.celery_app import QUEUE
+    from workers.celery_app import configure
 
     app = configure(settings.service)
     import workers.tasks  # noqa: F401  (registers the tasks)

@@ -1,8 +1,9 @@
-"""Figures for classifiers and attacks on the held-out splits (``deid eval``)."""
+"""Held-out figures of a classifier and of one attack: ``deid eval classifier`` (accuracy),
+``deid eval attack`` (I-FGSM's targeted success vs eps) and ``deid eval dataset`` (one attack
+on held-out faces, everything measured; the input of ``deid report``)."""
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -14,16 +15,11 @@ from tqdm.auto import tqdm
 
 from deid import __version__
 from deid.attacks import IFGSM, IFGSMConfig, Realistic, RealisticConfig
-from deid.attacks.base import perturbation_norms, predict, quantize8
-from deid.data import FaceDataset, load_dataset
+from deid.attacks.base import AttackConfigBase, perturbation_norms, predict, quantize8, to_uint8
+from deid.eval.common import dataset_of, finite_mean, psnr, sample_index, sample_test, ssim
 from deid.models import FaceClassifier, load_classifier
 from deid.models.train import evaluate as accuracy
 from deid.targets import choose_targets
-
-
-def dataset_of(model: FaceClassifier, data: Path | None = None) -> FaceDataset:
-    """The dataset and split a checkpoint was trained on (rebuilt from its metadata)."""
-    return load_dataset(model.meta.dataset, data, model.meta.split)
 
 
 def classifier_accuracy(checkpoint: str | Path, data: Path | None = None) -> dict[str, Any]:
@@ -40,24 +36,6 @@ def classifier_accuracy(checkpoint: str | Path, data: Path | None = None) -> dic
         **res,
         "recorded": {k: model.meta.accuracy.get(k) for k in ("top1", "top5", "n")},
     }
-
-
-def sample_test(ds: FaceDataset, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` held-out faces drawn at random (seeded) from the test split."""
-    x, y = ds.tensors("test")
-    idx = _sample_index(len(x), n, seed)
-    return x[idx], y[idx]
-
-
-def _sample_index(total: int, n: int, seed: int) -> np.ndarray:
-    """Sorted positions of ``n`` of ``total`` held-out images, drawn at random (seeded)."""
-    return np.sort(np.random.default_rng(seed).permutation(total)[: min(n, total)])
-
-
-def psnr(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
-    """(N,) PSNR in dB of [0, 1] images (inf where identical)."""
-    mse = (x_adv - x).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse)
 
 
 def attack_table(
@@ -104,7 +82,7 @@ def attack_table(
                     "eps_255": round(eps * 255, 2),
                     "success": float(ok.float().mean()),
                     "mean_steps": float(r.steps.float().mean()),
-                    "mean_psnr": _finite_mean(psnr(x, quantize8(r.images))),
+                    "mean_psnr": finite_mean(psnr(x, quantize8(r.images))),
                     "seconds": round(time.perf_counter() - t0, 2),
                 }
             )
@@ -122,7 +100,7 @@ def attack_table(
                     "eps_255": None,
                     "success": float(ok.float().mean()),
                     "mean_steps": float(r.steps.float().mean()),
-                    "mean_psnr": _finite_mean(p[ok]),
+                    "mean_psnr": finite_mean(p[ok]),
                     "mean_l2": float(r.norms["l2"][ok].mean()) if ok.any() else None,
                     "seconds": round(time.perf_counter() - t0, 2),
                 }
@@ -137,11 +115,6 @@ def attack_table(
         "device": str(dev),
         "rows": rows,
     }
-
-
-def _finite_mean(v: torch.Tensor) -> float | None:
-    v = v[torch.isfinite(v)]
-    return round(float(v.mean()), 2) if len(v) else None
 
 
 def format_table(table: dict[str, Any]) -> str:
@@ -174,9 +147,9 @@ DETECT_MARGIN = 0.25  # the face crop is placed in a frame this much wider on ev
 N_EXAMPLES = 8  # faces kept (as PNG) for the contact sheet
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
+def _rgb8(x: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) [0, 1] -> (N, H, W, 3) uint8 (grayscale repeated)."""
-    a = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    a = to_uint8(x)
     return np.repeat(a, 3, axis=3) if a.shape[3] == 1 else a
 
 
@@ -184,7 +157,7 @@ def detection_frames(x: torch.Tensor, margin: float = DETECT_MARGIN) -> list[np.
     """Each face crop placed in a mid-grey frame ``margin`` of its longer side wider on every
     side (a dataset crop is cut tight; a detector needs some context around the face)."""
     out = []
-    for img in _to_uint8(x):
+    for img in _rgb8(x):
         p = round(margin * max(img.shape[:2]))
         out.append(np.pad(img, ((p, p), (p, p), (0, 0)), constant_values=128))
     return out
@@ -197,22 +170,6 @@ def detected(detector: Any, x: torch.Tensor, batch: int = 64) -> np.ndarray:
     for i in range(0, len(frames), batch):
         found += [len(d) > 0 for d in detector.detect(frames[i : i + batch])]
     return np.asarray(found, bool)
-
-
-def ssim(x: torch.Tensor, x_adv: torch.Tensor) -> np.ndarray:
-    """(N,) structural similarity (scikit-image, Gaussian-free 7x7 windows) of [0, 1] crops."""
-    from skimage.metrics import structural_similarity
-
-    a = x.permute(0, 2, 3, 1).cpu().double().numpy()
-    b = x_adv.permute(0, 2, 3, 1).cpu().double().numpy()
-    return np.array(
-        [
-            structural_similarity(p[..., 0], q[..., 0], data_range=1.0)
-            if p.shape[2] == 1
-            else structural_similarity(p, q, data_range=1.0, channel_axis=2)
-            for p, q in zip(a, b, strict=True)
-        ]
-    )
 
 
 def sparse_confusion(rows: np.ndarray, cols: np.ndarray) -> list[list[int]]:
@@ -288,22 +245,13 @@ def dataset_eval(
     Raises:
         ConfigError: unknown attack, eps for an attack without one, a bad target.
     """
-    from deid.attacks import ATTACKS, DEFAULT_TARGET, attack_config
-    from deid.errors import ConfigError
+    from deid.attacks import ATTACKS, attack_config
     from deid.pipeline import resolve_device
 
-    if attack not in ATTACKS:
-        raise ConfigError(f"unknown attack {attack!r}; available: {sorted(ATTACKS)}")
-    has_eps = "eps" in ATTACKS[attack][1].model_fields
-    if eps_list and not has_eps:
-        raise ConfigError(f"attack {attack!r} has no eps (it is unbounded); leave --eps out")
-    if not eps_list:
-        eps_list = [4 / 255, 8 / 255, 16 / 255] if attack == "ifgsm" else []
-    budgets: list[float | None] = list(eps_list) if eps_list else [None]
+    budgets = _budgets(attack, eps_list)
     dev = resolve_device(device)
     torch.manual_seed(seed)
     model = load_classifier(classifier, dev)
-    names = model.meta.class_names
     ds = dataset_of(model, data)
     x, y = sample_test(ds, n, seed)
     x = x.to(dev)
@@ -311,11 +259,8 @@ def dataset_eval(
     logits = predict(model, x)
     probs = torch.softmax(logits.float(), 1).cpu()
     pred0 = probs.argmax(1).numpy()
-    mode: str | int = target or (attack_params or {}).get("target") or DEFAULT_TARGET[attack]
-    if isinstance(mode, str) and mode.isdigit():
-        mode = int(mode)
+    mode = _target_mode(attack, target, attack_params)
     t = choose_targets(logits, mode, torch.Generator().manual_seed(seed)).to(dev)  # type: ignore[arg-type]
-    targets = t.cpu().numpy()
     detector = None
     det_clean = None
     if detect:
@@ -324,71 +269,15 @@ def dataset_eval(
         detector = MTCNNDetector(min_face_size=20, device=dev)
         det_clean = detected(detector, x)
     ex_idx = np.unique(np.linspace(0, len(x) - 1, min(examples, len(x))).round().astype(int))
-    clean_u8 = _to_uint8(x[torch.as_tensor(ex_idx, device=dev)])
+    clean_u8 = _rgb8(x[torch.as_tensor(ex_idx, device=dev)])
     rows: list[dict[str, Any]] = []
     for eps in tqdm(budgets, desc=f"eval {attack}", unit="eps", disable=not progress):
-        params: dict[str, Any] = {k: v for k, v in (attack_params or {}).items() if k != "name"}
-        if eps is not None:
-            params["eps"] = eps
-            if attack == "ifgsm":
-                params["alpha"] = min(params.get("alpha", 2 / 255), eps)
-        if steps is not None:
-            params["steps"] = steps
-        cfg = attack_config(attack, **params)
-        atk = ATTACKS[attack][0](cfg)
-        used_eps = getattr(cfg, "eps", None)
-        t0 = time.perf_counter()
-        advs, step_counts = [], []
-        for i in range(0, len(x), batch_size):
-            r = atk(model, x[i : i + batch_size], t[i : i + batch_size])
-            advs.append(quantize8(r.images.detach()))
-            step_counts.append(r.steps.cpu())
-        adv = torch.cat(advs)
-        seconds = time.perf_counter() - t0
-        p_adv = torch.softmax(predict(model, adv).float(), 1).cpu()
-        pred1 = p_adv.argmax(1).numpy()
-        norms = {k: v.cpu().numpy() for k, v in perturbation_norms(x, adv).items()}
-        ps = psnr(x, adv).cpu().numpy()
-        ss = ssim(x, adv)
-        success = pred1 == targets
-        original = pred1 == labels
-        row: dict[str, Any] = {
-            # the budget the attack ran with (its own default when none was given)
-            "eps": used_eps,
-            "eps_255": round(used_eps * 255, 2) if used_eps is not None else None,
-            "config": cfg.model_dump(mode="json"),
-            "n": len(x),
-            "success": round(float(success.mean()), 4),
-            "original_recognised": round(float(original.mean()), 4),
-            # of the faces the classifier recognised before, the share it still recognises
-            "original_kept": round(float(original[pred0 == labels].mean()), 4)
-            if (pred0 == labels).any()
-            else None,
-            "mean_steps": round(float(torch.cat(step_counts).float().mean()), 2),
-            "seconds": round(seconds, 2),
-            "norms": {k: _summary(v) for k, v in norms.items()},
-            "l0_fraction": _summary(norms["l0"] / x[0].numel()),
-            "psnr": _summary(ps),
-            "ssim": _summary(ss),
-            "confusion_after": sparse_confusion(labels, pred1),
-            "per_sample": {
-                "pred": pred1.tolist(),
-                "conf": _rounded(p_adv.max(1).values.numpy(), 4),
-                "success": success.tolist(),
-                **{k: _rounded(v) for k, v in norms.items()},
-                "psnr": _rounded(ps, 3),
-                "ssim": _rounded(ss, 4),
-            },
-            "examples": [_png_b64(a) for a in _to_uint8(adv[torch.as_tensor(ex_idx)])],
-        }
+        cfg = attack_config(attack, **_attack_settings(attack, eps, steps, attack_params))
+        row, adv = _attack_row(
+            model, cfg, ATTACKS[attack][0](cfg), x, t, labels, pred0, ex_idx, batch_size
+        )
         if detector is not None and det_clean is not None:
-            det_adv = detected(detector, adv)
-            row["detected"] = round(float(det_adv.mean()), 4)
-            # of the faces MTCNN found before de-identification, the share it still finds
-            row["detection_kept"] = (
-                round(float(det_adv[det_clean].mean()), 4) if det_clean.any() else None
-            )
-            row["per_sample"]["detected"] = det_adv.tolist()
+            _add_detection(row, detected(detector, adv), det_clean)
         rows.append(row)
     return {
         "kind": "eval-dataset",
@@ -397,7 +286,7 @@ def dataset_eval(
         "classifier": str(classifier),
         "dataset": ds.name,
         "split": ds.split,
-        "class_names": list(names),
+        "class_names": list(model.meta.class_names),
         "attack": attack,
         "target_mode": mode,
         "n": len(x),
@@ -411,19 +300,131 @@ def dataset_eval(
             "confusion": sparse_confusion(labels, pred0),
         },
         "per_sample": {
-            "index": [int(i) for i in np.asarray(ds.test)[_sample_index(len(ds.test), n, seed)]],
+            "index": [int(i) for i in np.asarray(ds.test)[sample_index(len(ds.test), n, seed)]],
             "label": labels.tolist(),
             "pred": pred0.tolist(),
             "conf": _rounded(probs.max(1).values.numpy(), 4),
-            "target": targets.tolist(),
+            "target": t.cpu().numpy().tolist(),
             **({"detected": det_clean.tolist()} if det_clean is not None else {}),
         },
-        "examples": {
-            "samples": ex_idx.tolist(),
-            "clean": [_png_b64(a) for a in clean_u8],
-        },
+        "examples": {"samples": ex_idx.tolist(), "clean": [_png_b64(a) for a in clean_u8]},
         "rows": rows,
     }
+
+
+def _target_mode(
+    attack: str, target: str | None, attack_params: dict[str, Any] | None
+) -> str | int:
+    """The target mode: ``target``, else the attack settings', else the attack's default; a
+    class id as an int."""
+    from deid.attacks import DEFAULT_TARGET
+
+    mode: str | int = target or (attack_params or {}).get("target") or DEFAULT_TARGET[attack]
+    if isinstance(mode, str) and mode.isdigit():
+        mode = int(mode)
+    return mode
+
+
+def _budgets(attack: str, eps_list: list[float] | None) -> list[float | None]:
+    """The L-inf budgets :func:`dataset_eval` runs ``attack`` at (``[None]``: its own).
+
+    Raises:
+        ConfigError: unknown attack, or eps for an attack without one.
+    """
+    from deid.attacks import ATTACKS
+    from deid.errors import ConfigError
+
+    if attack not in ATTACKS:
+        raise ConfigError(f"unknown attack {attack!r}; available: {sorted(ATTACKS)}")
+    has_eps = "eps" in ATTACKS[attack][1].model_fields
+    if eps_list and not has_eps:
+        raise ConfigError(f"attack {attack!r} has no eps (it is unbounded); leave --eps out")
+    if not eps_list:
+        eps_list = [4 / 255, 8 / 255, 16 / 255] if attack == "ifgsm" else []
+    return list(eps_list) if eps_list else [None]
+
+
+def _attack_settings(
+    attack: str, eps: float | None, steps: int | None, attack_params: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The attack's config fields for one budget: ``attack_params`` with eps and steps set."""
+    params: dict[str, Any] = {k: v for k, v in (attack_params or {}).items() if k != "name"}
+    if eps is not None:
+        params["eps"] = eps
+        if attack == "ifgsm":
+            params["alpha"] = min(params.get("alpha", 2 / 255), eps)
+    if steps is not None:
+        params["steps"] = steps
+    return params
+
+
+def _attack_row(
+    model: FaceClassifier,
+    cfg: AttackConfigBase,
+    atk: Any,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    labels: np.ndarray,
+    pred0: np.ndarray,
+    ex_idx: np.ndarray,
+    batch_size: int,
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """One row of :func:`dataset_eval` (everything but detection) and the 8-bit adversarial
+    images it measured."""
+    used_eps = getattr(cfg, "eps", None)
+    t0 = time.perf_counter()
+    advs, step_counts = [], []
+    for i in range(0, len(x), batch_size):
+        r = atk(model, x[i : i + batch_size], t[i : i + batch_size])
+        advs.append(quantize8(r.images.detach()))
+        step_counts.append(r.steps.cpu())
+    adv = torch.cat(advs)
+    seconds = time.perf_counter() - t0
+    p_adv = torch.softmax(predict(model, adv).float(), 1).cpu()
+    pred1 = p_adv.argmax(1).numpy()
+    norms = {k: v.cpu().numpy() for k, v in perturbation_norms(x, adv).items()}
+    ps = psnr(x, adv).cpu().numpy()
+    ss = ssim(x, adv)
+    success = pred1 == t.cpu().numpy()
+    original = pred1 == labels
+    row: dict[str, Any] = {
+        # the budget the attack ran with (its own default when none was given)
+        "eps": used_eps,
+        "eps_255": round(used_eps * 255, 2) if used_eps is not None else None,
+        "config": cfg.model_dump(mode="json"),
+        "n": len(x),
+        "success": round(float(success.mean()), 4),
+        "original_recognised": round(float(original.mean()), 4),
+        # of the faces the classifier recognised before, the share it still recognises
+        "original_kept": round(float(original[pred0 == labels].mean()), 4)
+        if (pred0 == labels).any()
+        else None,
+        "mean_steps": round(float(torch.cat(step_counts).float().mean()), 2),
+        "seconds": round(seconds, 2),
+        "norms": {k: _summary(v) for k, v in norms.items()},
+        "l0_fraction": _summary(norms["l0"] / x[0].numel()),
+        "psnr": _summary(ps),
+        "ssim": _summary(ss),
+        "confusion_after": sparse_confusion(labels, pred1),
+        "per_sample": {
+            "pred": pred1.tolist(),
+            "conf": _rounded(p_adv.max(1).values.numpy(), 4),
+            "success": success.tolist(),
+            **{k: _rounded(v) for k, v in norms.items()},
+            "psnr": _rounded(ps, 3),
+            "ssim": _rounded(ss, 4),
+        },
+        "examples": [_png_b64(a) for a in _rgb8(adv[torch.as_tensor(ex_idx)])],
+    }
+    return row, adv
+
+
+def _add_detection(row: dict[str, Any], det_adv: np.ndarray, det_clean: np.ndarray) -> None:
+    """Add to a row whether MTCNN still finds each de-identified face."""
+    row["detected"] = round(float(det_adv.mean()), 4)
+    # of the faces MTCNN found before de-identification, the share it still finds
+    row["detection_kept"] = round(float(det_adv[det_clean].mean()), 4) if det_clean.any() else None
+    row["per_sample"]["detected"] = det_adv.tolist()
 
 
 def format_dataset_eval(rep: dict[str, Any]) -> str:
@@ -452,87 +453,3 @@ def format_dataset_eval(rep: dict[str, Any]) -> str:
             f"| {r['seconds']:.1f} |"
         )
     return "\n".join(lines)
-
-
-def add_dataset_parser(esub: argparse._SubParsersAction) -> None:
-    """``deid eval dataset``."""
-    p = esub.add_parser(
-        "dataset",
-        help="attack held-out faces: success, recognition, norms, PSNR/SSIM, detection",
-        description="Attack N held-out faces of the classifier's dataset (Yale B or CelebA) "
-        "and measure targeted success, original-identity recognition, L0/L1/L2/Linf, PSNR "
-        "and SSIM, whether MTCNN still finds the face, and the identity confusion; one row "
-        "per eps. Render the JSON with `deid report`.",
-    )
-    p.add_argument(
-        "--classifier", help="yaleb-mlp, celeba-cnn or a path (default: the config's, celeba-cnn)"
-    )
-    p.add_argument("--attack", help="ifgsm, realistic, conceal, ... (default: the config's, ifgsm)")
-    p.add_argument(
-        "--config",
-        help="take the attack's settings (margin, EOT, ...) and the classifier from this YAML "
-        "or configs/ name; without it the attack class's defaults",
-    )
-    p.add_argument(
-        "--eps",
-        help="comma-separated L-inf budgets, e.g. 4/255,8/255,16/255 "
-        "(I-FGSM default; the realistic attack's optional cap; conceal has none)",
-    )
-    p.add_argument("-n", type=int, default=200, help="held-out faces (seeded sample)")
-    p.add_argument("--target", help="least-likely, nearest, random or a class id")
-    p.add_argument("--steps", type=int, help="attack iterations (default: the attack's)")
-    p.add_argument("--data", type=Path, help="dataset npz (default: under DEID_DATA_DIR)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-detect", action="store_true", help="skip the MTCNN utility check")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", type=Path, help="write the report here (input of `deid report`)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_eval_dataset)
-
-
-def cmd_eval_dataset(args: argparse.Namespace) -> int:
-    import json
-    import sys
-
-    from deid.cli import _eps
-    from deid.errors import ConfigError
-
-    try:
-        eps = [_eps(e.strip()) for e in args.eps.split(",") if e.strip()] if args.eps else []
-    except argparse.ArgumentTypeError as e:
-        raise ConfigError(f"--eps: {e}") from None
-    if args.n < 1:
-        raise ConfigError(f"-n: expected at least 1 face, got {args.n}")
-    classifier, attack, params = args.classifier or "celeba-cnn", args.attack or "ifgsm", None
-    if args.config:
-        from deid.config import load_settings
-
-        settings = load_settings(
-            args.config, {"attack": {"name": args.attack}} if args.attack else {}
-        )
-        classifier = args.classifier or settings.classifier.name
-        attack = settings.attack.name  # type: ignore[union-attr]
-        params = settings.attack.model_dump()
-    rep = dataset_eval(
-        classifier,
-        attack,
-        eps,
-        n=args.n,
-        target=args.target,
-        steps=args.steps,
-        data=args.data,
-        device=args.device,
-        seed=args.seed,
-        detect=not args.no_detect,
-        progress=not args.quiet,
-        attack_params=params,
-    )
-    sys.stdout.write(format_dataset_eval(rep) + "\n")
-    if args.json:
-        from deid.io import tmp_beside
-
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_beside(args.json)
-        tmp.write_text(json.dumps(rep, allow_nan=False) + "\n")
-        tmp.replace(args.json)
-    return 0

@@ -1,6 +1,6 @@
 """Python client of the deid job service: ``submit``, ``status``, ``wait``, ``cancel``, ``result``.
 
-    from deid import client
+    from deid.service import client
     job = client.submit("/data/in/flight.mp4", "/data/out/flight.mp4", config="celeba-cnn")
     report = client.wait(job)             # raises JobFailed with the reason if the job fails
     client.status(job)["frames_done"]
@@ -98,7 +98,7 @@ class Client:
     @property
     def app(self) -> Any:
         if self._app is None:
-            from workers.celery_app import make_app
+            from deid.service.celery_app import make_app
 
             self._app = make_app(self.settings.service, name="deid-client")
         return self._app

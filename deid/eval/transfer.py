@@ -25,7 +25,6 @@ Outputs (``-o DIR``): ``transfer.csv`` (long form), ``transfer_untargeted.csv``,
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -35,9 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from deid.argtypes import add_report_flags, print_report, set_threads
 from deid.errors import ConfigError
-from deid.robustness import LABELS, STYLE, checkpoint_label, parse_fraction, write_csv
+from deid.eval.common import checkpoint_label, dataset_of, sample_index, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +77,6 @@ def shared_test_faces(
     models: dict[str, Any], n: int, seed: int, data: Path | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to ``n`` faces held out from every model (seeded sample), (N, C, H, W) in [0, 1]."""
-    from deid.evaluate import dataset_of
-
     datasets = {name: dataset_of(m, data) for name, m in models.items()}
     ds = next(iter(datasets.values()))
     files = {d.split.get("file") for d in datasets.values()}
@@ -93,13 +89,7 @@ def shared_test_faces(
         pool = np.intersect1d(pool, d.test)
     if len(pool) == 0:
         raise ConfigError("no face is held out from every model (their test splits do not overlap)")
-    idx = np.sort(np.random.default_rng(seed).permutation(pool)[: min(n, len(pool))])
-    x = ds.images[idx]
-    x = x[:, None] if x.ndim == 3 else np.transpose(x, (0, 3, 1, 2))
-    return (
-        torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0),
-        torch.from_numpy(ds.labels[idx].astype(np.int64)),
-    )
+    return ds.tensors_at(pool[sample_index(len(pool), n, seed)])  # pool is sorted
 
 
 def _attack(
@@ -149,7 +139,6 @@ def transfer_table(
         ConfigError: mixed datasets or identities, unknown attack, no shared held-out faces.
     """
     from deid.attacks.base import predict, quantize8
-    from deid.models import load_classifier
     from deid.pipeline import resolve_device
     from deid.targets import choose_targets
 
@@ -159,28 +148,11 @@ def transfer_table(
     src_labels, tgt_labels = _labels(sources), _labels(targets)
     names = dict(zip(src_labels, sources, strict=True))
     names.update(zip(tgt_labels, targets, strict=True))
-    by_path: dict[str, Any] = {}
-    models: dict[str, Any] = {}
-    for lab, path in names.items():
-        if path not in by_path:
-            by_path[path] = load_classifier(path, dev)
-        models[lab] = by_path[path]
+    models = _load_models(names, dev)
     check_compatible(models)
     untargeted_atk, params = _attack(attack, eps, steps, alpha, False, early_stop)
     targeted_atk, _ = _attack(attack, eps, steps, alpha, True, early_stop)
-
-    x_all, y_all = shared_test_faces(models, n, seed, data)
-    x_all, y_all = x_all.to(dev), y_all.to(dev)
-    ok = torch.ones(len(x_all), dtype=torch.bool, device=dev)
-    clean: dict[str, float] = {}
-    for lab, m in models.items():
-        right = predict(m, x_all).argmax(1) == y_all
-        clean[lab] = float(right.float().mean())
-        ok &= right
-    x, y = x_all[ok], y_all[ok]
-    if len(x) == 0:
-        raise ConfigError("no held-out face is classified correctly by every model")
-    log.info("%d of %d held-out faces are classified correctly by every model", len(x), len(ok))
+    x, y, clean, n_drawn = _faces_all_get_right(models, n, seed, data, dev)
 
     def run(atk: Any, model: Any, labels: torch.Tensor) -> torch.Tensor:
         out = [
@@ -223,13 +195,52 @@ def transfer_table(
         "attack": attack,
         "params": {k: v for k, v in params.items() if k != "targeted"},
         "target_mode": target_mode,
-        "n_drawn": len(ok),
+        "n_drawn": n_drawn,
         "n": len(x),
         "clean_top1": clean,
         "seed": seed,
         "device": str(dev),
         "rows": rows,
     }
+
+
+def _load_models(names: dict[str, str], dev: torch.device) -> dict[str, Any]:
+    """Label -> classifier; a checkpoint named twice (as source and target) is loaded once."""
+    from deid.models import load_classifier
+
+    by_path: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+    for lab, path in names.items():
+        if path not in by_path:
+            by_path[path] = load_classifier(path, dev)
+        models[lab] = by_path[path]
+    return models
+
+
+def _faces_all_get_right(
+    models: dict[str, Any], n: int, seed: int, data: Path | None, dev: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float], int]:
+    """The shared held-out faces every model classifies correctly: images, labels, each
+    model's clean top-1 on all the faces drawn, and how many were drawn.
+
+    Raises:
+        ConfigError: no face is classified correctly by every model.
+    """
+    from deid.attacks.base import predict
+
+    x_all, y_all = shared_test_faces(models, n, seed, data)
+    x_all, y_all = x_all.to(dev), y_all.to(dev)
+    ok = torch.ones(len(x_all), dtype=torch.bool, device=dev)
+    clean: dict[str, float] = {}
+    for lab, m in models.items():
+        right = predict(m, x_all).argmax(1) == y_all
+        clean[lab] = float(right.float().mean())
+        ok &= right
+    x, y = x_all[ok], y_all[ok]
+    if len(x) == 0:
+        raise ConfigError("no held-out face is classified correctly by every model")
+    log.info("%d of %d held-out faces are classified correctly by every model", len(x), len(ok))
+    return x, y, clean, len(ok)
 
 
 def matrix(table: dict[str, Any], view: str) -> list[list[float]]:
@@ -261,57 +272,6 @@ def format_markdown(table: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def plot_transfer(table: dict[str, Any], path: Path) -> Path:
-    """Heatmaps of the three views side by side (percent in each cell)."""
-    import matplotlib as mpl
-    from matplotlib.figure import Figure
-
-    ns, nt = len(table["sources"]), len(table["targets"])
-    w = 1.0 + 3 * max(2.4, 0.62 * nt + 1.0)
-    h = 1.6 + max(1.6, 0.5 * ns)
-    with mpl.rc_context({**STYLE, "axes.grid": False}):
-        fig = Figure(figsize=(w, h), layout="constrained")
-        axes = fig.subplots(1, 3, sharey=True)
-        for k, (ax, (view, title)) in enumerate(zip(axes, SHORT.items(), strict=True)):
-            m = 100 * np.array(matrix(table, view))
-            im = ax.imshow(m, vmin=0, vmax=100, cmap="viridis", aspect="auto")
-            for i in range(ns):
-                for j in range(nt):
-                    ax.text(
-                        j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=8,
-                        color="black" if m[i, j] > 60 else "white",
-                    )  # fmt: skip
-            white = {(r["source"], r["target"]) for r in table["rows"] if r["white_box"]}
-            for i, src in enumerate(table["sources"]):
-                for j, tgt in enumerate(table["targets"]):
-                    if (src, tgt) in white:  # white-box cells: the source attacking itself
-                        ax.add_patch(
-                            mpl.patches.Rectangle(
-                                (j - 0.5, i - 0.5), 1, 1, fill=False, ec="white", lw=1.5
-                            )
-                        )
-            ax.set_xticks(range(nt), table["targets"], rotation=30, ha="right")
-            ax.set_yticks(range(ns), table["sources"])
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel("target (evaluated on)")
-            if k == 0:
-                ax.set_ylabel("source (crafted on)")
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-        fig.colorbar(im, ax=list(axes), shrink=0.8, label="% of the adversarial examples")
-        p = table["params"]
-        eps = f"eps {p['eps'] * 255:g}/255" if "eps" in p else ""
-        fig.suptitle(
-            f"Transferability of {LABELS.get(table['attack'], table['attack'])} examples "
-            "made on the source "
-            f"({eps}, {table['target_mode']} targets, n = {table['n']} faces)",
-            fontsize=10,
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    return path
-
-
 def write_report(table: dict[str, Any], out: Path) -> dict[str, Path]:
     """transfer.csv, transfer_{untargeted,targeted,deid}.csv, .md, .json and .png."""
     out.mkdir(parents=True, exist_ok=True)
@@ -332,60 +292,7 @@ def write_report(table: dict[str, Any], out: Path) -> dict[str, Path]:
     paths["md"].write_text(format_markdown(table))
     paths["json"] = out / "transfer.json"
     paths["json"].write_text(json.dumps(table, indent=1) + "\n")
-    paths["png"] = plot_transfer(table, out / "transfer.png")
+    from deid.report.plots import transfer_heatmaps
+
+    paths["png"] = transfer_heatmaps(table, out / "transfer.png", SHORT)
     return paths
-
-
-def _names(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
-
-
-def add_parser(esub: argparse._SubParsersAction) -> None:
-    """``deid eval transfer``."""
-    p = esub.add_parser(
-        "transfer", help="share of adversarial examples made on each source that fool each target"
-    )
-    p.add_argument("--sources", required=True, help="comma-separated shipped names or paths")
-    p.add_argument("--targets", help="comma-separated (default: the sources)")
-    p.add_argument("--attack", default="ifgsm", help="a registry name (default ifgsm)")
-    p.add_argument("--eps", default="16/255", help="L-inf budget, e.g. 8/255")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--alpha", default="2/255", help="step size (capped at eps)")
-    p.add_argument(
-        "--target-mode",
-        default="least-likely",
-        choices=["least-likely", "nearest", "random"],
-        help="targeted view: which identity each face is pushed to on the source",
-    )
-    p.add_argument(
-        "--early-stop",
-        action="store_true",
-        help="stop each face once the source is fooled (weaker transfer)",
-    )
-    p.add_argument("-n", type=int, default=200, help="held-out faces to draw")
-    add_report_flags(p)
-    p.set_defaults(func=cmd_transfer)
-
-
-def cmd_transfer(args: argparse.Namespace) -> int:
-    set_threads(args)
-    eps = parse_fraction(args.eps)
-    if not 0 < eps <= 1:
-        raise ConfigError(f"--eps: expected a value in (0, 1] such as 8/255, got {args.eps!r}")
-    sources = _names(args.sources)
-    table = transfer_table(
-        sources,
-        _names(args.targets) if args.targets else sources,
-        attack=args.attack,
-        eps=eps,
-        steps=args.steps,
-        alpha=parse_fraction(args.alpha),
-        target_mode=args.target_mode,
-        early_stop=args.early_stop,
-        n=args.n,
-        data=args.data,
-        device=args.device,
-        seed=args.seed,
-    )
-    print_report(write_report(table, args.output))
-    return 0

@@ -16,10 +16,7 @@ of the adversarial crops before encoding (the attack's cost) and after decoding.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,11 +26,11 @@ import numpy as np
 import torch
 
 from deid.attacks import ATTACKS, DEFAULT_TARGET, attack_config, build_attack
-from deid.attacks.base import AttackConfigBase, predict
+from deid.attacks.base import AttackConfigBase, from_uint8, predict, to_uint8
 from deid.attacks.eot import translate
-from deid.config import _deep_merge
+from deid.config import deep_merge
 from deid.errors import ConfigError
-from deid.evaluate import dataset_of, psnr, sample_test
+from deid.eval.common import dataset_of, finite_mean, psnr, sample_test
 from deid.io import read_frames, read_image, write_image, write_video
 from deid.models import FaceClassifier, load_classifier
 from deid.targets import choose_targets
@@ -105,15 +102,6 @@ def base_attack(attack: str, config: str | Path | None = None) -> AttackConfigBa
     return attack_config(attack)
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(N, 3, h, w) [0, 1] -> (N, h, w, 3) uint8."""
-    return (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _from_uint8(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255.0
-
-
 def survival_table(
     classifier: str | Path = "celeba-cnn",
     n: int = 200,
@@ -174,61 +162,23 @@ def survival_table(
         translate(x, 0.35 * k, 0.55 * k).mul(255).round().div(255) for k in range(1, frames)
     ]
     places = layout(n, (fh, fw), FRAME_HW, seed, align)
-    scenes = max(p[0] for p in places) + 1
     bg = background(FRAME_HW, seed)
     rows: list[dict[str, Any]] = []
     settings: dict[str, Any] = {}
     for on in eot:
         cfg = _with_eot(base_attack(attack, config), on)
         if overrides:
-            cfg = cfg.model_validate(_deep_merge(cfg.model_dump(), overrides))
+            cfg = cfg.model_validate(deep_merge(cfg.model_dump(), overrides))
         settings["eot_on" if on else "eot_off"] = cfg.model_dump(mode="json")
-        att = build_attack(cfg)
-        advs, secs, steps = [], 0.0, []
-        for k in range(frames):
-            t0 = time.perf_counter()
-            out = []
-            for i in range(0, n, cfg.batch_size):
-                r = att(
-                    model, xs[k][i : i + cfg.batch_size].to(dev), t[i : i + cfg.batch_size].to(dev)
-                )
-                out.append(r.images.cpu())
-                steps.append(r.steps.cpu())
-            secs += time.perf_counter() - t0
-            advs.append(torch.cat(out))
-        adv8 = [_from_uint8(_to_uint8(a)) for a in advs]
-        video = []
-        for s in range(scenes):
-            for k in range(frames):
-                f = bg.copy()
-                for i, (sc, py, px) in enumerate(places):
-                    if sc == s:
-                        f[py : py + fh, px : px + fw] = _to_uint8(adv8[k][i : i + 1])[0]
-                video.append(f)
-
+        advs, secs, steps = _attack_frames(build_attack(cfg), model, xs, t, cfg.batch_size, dev)
+        adv8 = [from_uint8(to_uint8(a)) for a in advs]
+        video = _compose(bg, adv8, places, frames)
         common = {
             "attack_s_per_face": round(secs / (n * frames), 4),
-            "mean_steps": round(float(torch.cat(steps).float().mean()), 2),
+            "mean_steps": round(float(steps.float().mean()), 2),
         }
-
         results: list[tuple[str, list[torch.Tensor], float]] = [("lossless", adv8, 0.0)]
-        with tempfile.TemporaryDirectory(prefix="deid-survival-") as tmp:
-            for crf in crfs:
-                t0 = time.perf_counter()
-                path = Path(tmp) / f"crf{crf}.mp4"
-                write_video(path, video, fps=25, crf=crf)
-                decoded = list(read_frames(path))
-                got = _crops(decoded, places, frames, (fh, fw))
-                results.append((f"h264 crf {crf}", got, time.perf_counter() - t0))
-            for q in jpeg:
-                t0 = time.perf_counter()
-                decoded = []
-                for j, f in enumerate(video):
-                    p = Path(tmp) / f"{j}.jpg"
-                    write_image(p, f, quality=q)
-                    decoded.append(read_image(p))
-                got = _crops(decoded, places, frames, (fh, fw))
-                results.append((f"jpeg q{q}", got, time.perf_counter() - t0))
+        results += _round_trips(video, crfs, jpeg, places, frames, (fh, fw))
         for output, got, sec in results:
             row = _score(model, dev, xs, adv8, got, t, pred)
             rows.append({"eot": on, "output": output, **row, **common, "codec_s": round(sec, 2)})
@@ -249,6 +199,76 @@ def survival_table(
     }
 
 
+def _attack_frames(
+    att: Any,
+    model: FaceClassifier,
+    xs: list[torch.Tensor],
+    t: torch.Tensor,
+    batch: int,
+    dev: torch.device,
+) -> tuple[list[torch.Tensor], float, torch.Tensor]:
+    """Each frame's faces attacked afresh: the adversarial crops per frame index (CPU), the
+    seconds the attack took, and the steps it took per face."""
+    advs, secs, steps = [], 0.0, []
+    for x in xs:
+        t0 = time.perf_counter()
+        out = []
+        for i in range(0, len(x), batch):
+            r = att(model, x[i : i + batch].to(dev), t[i : i + batch].to(dev))
+            out.append(r.images.cpu())
+            steps.append(r.steps.cpu())
+        secs += time.perf_counter() - t0
+        advs.append(torch.cat(out))
+    return advs, secs, torch.cat(steps)
+
+
+def _compose(
+    bg: np.ndarray, adv8: list[torch.Tensor], places: list[tuple[int, int, int]], frames: int
+) -> list[np.ndarray]:
+    """The video: each scene's faces pasted onto the backdrop, ``frames`` frames per scene."""
+    fh, fw = adv8[0].shape[-2:]
+    video = []
+    for s in range(max(p[0] for p in places) + 1):
+        for k in range(frames):
+            f = bg.copy()
+            for i, (sc, py, px) in enumerate(places):
+                if sc == s:
+                    f[py : py + fh, px : px + fw] = to_uint8(adv8[k][i : i + 1])[0]
+            video.append(f)
+    return video
+
+
+def _round_trips(
+    video: list[np.ndarray],
+    crfs: list[int],
+    jpeg: list[int],
+    places: list[tuple[int, int, int]],
+    frames: int,
+    hw: tuple[int, int],
+) -> list[tuple[str, list[torch.Tensor], float]]:
+    """The video written by deid's H.264 writer at each crf and as JPEG at each quality, read
+    back: (output name, the crops cut out again, seconds) per output."""
+    results: list[tuple[str, list[torch.Tensor], float]] = []
+    with tempfile.TemporaryDirectory(prefix="deid-survival-") as tmp:
+        for crf in crfs:
+            t0 = time.perf_counter()
+            path = Path(tmp) / f"crf{crf}.mp4"
+            write_video(path, video, fps=25, crf=crf)
+            decoded = list(read_frames(path))
+            got = _crops(decoded, places, frames, hw)
+            results.append((f"h264 crf {crf}", got, time.perf_counter() - t0))
+        for q in jpeg:
+            t0 = time.perf_counter()
+            decoded = []
+            for j, f in enumerate(video):
+                p = Path(tmp) / f"{j}.jpg"
+                write_image(p, f, quality=q)
+                decoded.append(read_image(p))
+            got = _crops(decoded, places, frames, hw)
+            results.append((f"jpeg q{q}", got, time.perf_counter() - t0))
+    return results
+
+
 def _crops(
     decoded: list[np.ndarray],
     places: list[tuple[int, int, int]],
@@ -258,7 +278,7 @@ def _crops(
     """The faces cut back out of decoded frames: one (N, 3, h, w) tensor per frame index."""
     fh, fw = hw
     return [
-        _from_uint8(
+        from_uint8(
             np.stack([decoded[sc * frames + k][y : y + fh, x : x + fw] for sc, y, x in places])
         )
         for k in range(frames)
@@ -281,14 +301,9 @@ def _score(
         "faces": len(preds),
         "target_rate": round(float((preds == t.repeat(reps)).float().mean()), 4),
         "original_rate": round(float((preds == pred.repeat(reps)).float().mean()), 4),
-        "psnr_attack": _mean(torch.cat([psnr(a, b) for a, b in zip(xs, adv8, strict=True)])),
-        "psnr_output": _mean(torch.cat([psnr(a, b) for a, b in zip(xs, got, strict=True)])),
+        "psnr_attack": finite_mean(torch.cat([psnr(a, b) for a, b in zip(xs, adv8, strict=True)])),
+        "psnr_output": finite_mean(torch.cat([psnr(a, b) for a, b in zip(xs, got, strict=True)])),
     }
-
-
-def _mean(v: torch.Tensor) -> float | None:
-    v = v[torch.isfinite(v)]
-    return round(float(v.mean()), 2) if len(v) else None
 
 
 def format_survival(table: dict[str, Any]) -> str:
@@ -310,70 +325,3 @@ def format_survival(table: dict[str, Any]) -> str:
             f"| {100 * r['original_rate']:.1f}% | {pa} | {po} | {r['attack_s_per_face']:.3f} |"
         )
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# command line: deid eval survival
-# --------------------------------------------------------------------------------------------
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected integers such as 18,23,28; got {text!r}"
-        ) from None
-
-
-def _onoff(text: str) -> list[bool]:
-    vals = [v.strip().lower() for v in text.split(",") if v.strip()]
-    if not vals or any(v not in ("on", "off") for v in vals):
-        raise argparse.ArgumentTypeError(f"expected on, off or on,off; got {text!r}")
-    return [v == "on" for v in vals]
-
-
-def add_parser(esub: argparse._SubParsersAction) -> None:
-    """Register ``deid eval survival``."""
-    p = esub.add_parser(
-        "survival", help="targeted success after H.264/JPEG encoding, with and without EOT"
-    )
-    p.add_argument("--classifier", default="celeba-cnn", help="yaleb-mlp, celeba-cnn or a path")
-    p.add_argument("-n", type=int, default=200, help="held-out faces")
-    p.add_argument(
-        "--crf", type=_ints, default=[18, 23, 28], help="H.264 crf values, e.g. 18,23,28"
-    )
-    p.add_argument("--jpeg", type=_ints, default=[90], help="JPEG qualities (empty: none)")
-    p.add_argument("--eot", type=_onoff, default=[False, True], help="on, off or on,off")
-    p.add_argument("--attack", default="ifgsm", choices=["ifgsm", "conceal"])
-    p.add_argument("--config", help="YAML config whose attack settings are used")
-    p.add_argument("--steps", type=int, help="override the attack's steps")
-    p.add_argument("--frames", type=int, default=2, help="frames each face appears in")
-    p.add_argument("--align", type=int, default=1, help="snap face corners to multiples of N px")
-    p.add_argument("--data", type=Path)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="also write the figures as JSON")
-    p.set_defaults(func=cmd_survival)
-
-
-def cmd_survival(args: argparse.Namespace) -> int:
-    if args.n < 1 or args.frames < 1 or args.align < 1:
-        raise ConfigError("-n, --frames and --align: expected integers >= 1")
-    table = survival_table(
-        args.classifier,
-        n=args.n,
-        crfs=args.crf,
-        jpeg=args.jpeg,
-        eot=args.eot,
-        attack=args.attack,
-        config=args.config,
-        data=args.data,
-        frames=args.frames,
-        align=args.align,
-        device=args.device,
-        seed=args.seed,
-        overrides={"steps": args.steps} if args.steps else None,
-    )
-    sys.stdout.write(format_survival(table) + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(table, indent=1) + "\n")
-    return 0

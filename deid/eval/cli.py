@@ -1,0 +1,344 @@
+"""The ``deid eval`` command line: ``classifier``, ``attack``, ``survival``, ``dataset``,
+``robustness`` and ``transfer``.
+
+Parsing needs nothing heavy; each command imports its report module (and torch) when it
+runs, so ``deid --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from deid.argtypes import (
+    add_report_flags,
+    fraction,
+    fraction_flag,
+    fraction_list,
+    print_report,
+    set_threads,
+)
+from deid.errors import ConfigError
+
+ROBUSTNESS_ATTACKS = "fgsm,ifgsm,pgd,cw"
+ROBUSTNESS_EPS = "1/255,2/255,4/255,8/255,16/255"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``deid eval`` and its subcommands."""
+    p = sub.add_parser("eval", help="measure classifiers and attacks")
+    esub = p.add_subparsers(dest="what", required=True)
+    _add_classifier(esub)
+    _add_attack(esub)
+    _add_survival(esub)
+    _add_dataset(esub)
+    _add_robustness(esub)
+    _add_transfer(esub)
+
+
+def _check_n(n: int) -> None:
+    if n < 1:
+        raise ConfigError(f"-n: expected at least 1 face, got {n}")
+
+
+def _write_json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, indent=1) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# deid eval classifier / attack
+# --------------------------------------------------------------------------------------------
+def _add_classifier(esub: argparse._SubParsersAction) -> None:
+    c = esub.add_parser("classifier", help="held-out accuracy of a checkpoint")
+    c.add_argument("checkpoint", help="yaleb-mlp, celeba-cnn or a path")
+    c.add_argument("--data", type=Path)
+    c.set_defaults(func=cmd_classifier)
+
+
+def cmd_classifier(args: argparse.Namespace) -> int:
+    from deid.eval.heldout import classifier_accuracy
+
+    result = classifier_accuracy(args.checkpoint, data=args.data)
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+def _add_attack(esub: argparse._SubParsersAction) -> None:
+    a = esub.add_parser("attack", help="targeted success vs eps, and the realistic attack's PSNR")
+    a.add_argument("--classifier", default="celeba-cnn")
+    a.add_argument("--data", type=Path)
+    a.add_argument("-n", type=int, default=200, help="held-out faces")
+    a.add_argument("--eps", default="2/255,4/255,8/255,16/255,32/255", help="comma-separated")
+    a.add_argument("--targets", default="least-likely,nearest")
+    a.add_argument("--steps", type=int, default=20)
+    a.add_argument("--alpha", type=fraction, default=2 / 255)
+    a.add_argument("--no-realistic", action="store_true")
+    a.add_argument("--json", type=Path, help="also write the figures as JSON")
+    a.add_argument("--device", default="auto")
+    a.set_defaults(func=cmd_attack)
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from deid.eval.heldout import attack_table, format_table
+
+    table = attack_table(
+        args.classifier,
+        data=args.data,
+        n=args.n,
+        eps_list=fraction_list(args.eps, "--eps"),
+        target_modes=args.targets.split(","),
+        steps=args.steps,
+        alpha=args.alpha,
+        realistic=not args.no_realistic,
+        device=args.device,
+    )
+    sys.stdout.write(format_table(table) + "\n")
+    if args.json:
+        _write_json(args.json, table)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# deid eval survival
+# --------------------------------------------------------------------------------------------
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integers such as 18,23,28; got {text!r}"
+        ) from None
+
+
+def _onoff(text: str) -> list[bool]:
+    vals = [v.strip().lower() for v in text.split(",") if v.strip()]
+    if not vals or any(v not in ("on", "off") for v in vals):
+        raise argparse.ArgumentTypeError(f"expected on, off or on,off; got {text!r}")
+    return [v == "on" for v in vals]
+
+
+def _add_survival(esub: argparse._SubParsersAction) -> None:
+    p = esub.add_parser(
+        "survival", help="targeted success after H.264/JPEG encoding, with and without EOT"
+    )
+    p.add_argument("--classifier", default="celeba-cnn", help="yaleb-mlp, celeba-cnn or a path")
+    p.add_argument("-n", type=int, default=200, help="held-out faces")
+    p.add_argument(
+        "--crf", type=_ints, default=[18, 23, 28], help="H.264 crf values, e.g. 18,23,28"
+    )
+    p.add_argument("--jpeg", type=_ints, default=[90], help="JPEG qualities (empty: none)")
+    p.add_argument("--eot", type=_onoff, default=[False, True], help="on, off or on,off")
+    p.add_argument("--attack", default="ifgsm", choices=["ifgsm", "conceal"])
+    p.add_argument("--config", help="YAML config whose attack settings are used")
+    p.add_argument("--steps", type=int, help="override the attack's steps")
+    p.add_argument("--frames", type=int, default=2, help="frames each face appears in")
+    p.add_argument("--align", type=int, default=1, help="snap face corners to multiples of N px")
+    p.add_argument("--data", type=Path)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the figures as JSON")
+    p.set_defaults(func=cmd_survival)
+
+
+def cmd_survival(args: argparse.Namespace) -> int:
+    if args.n < 1 or args.frames < 1 or args.align < 1:
+        raise ConfigError("-n, --frames and --align: expected integers >= 1")
+    from deid.eval.survival import format_survival, survival_table
+
+    table = survival_table(
+        args.classifier,
+        n=args.n,
+        crfs=args.crf,
+        jpeg=args.jpeg,
+        eot=args.eot,
+        attack=args.attack,
+        config=args.config,
+        data=args.data,
+        frames=args.frames,
+        align=args.align,
+        device=args.device,
+        seed=args.seed,
+        overrides={"steps": args.steps} if args.steps else None,
+    )
+    sys.stdout.write(format_survival(table) + "\n")
+    if args.json:
+        _write_json(args.json, table)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# deid eval dataset
+# --------------------------------------------------------------------------------------------
+def _add_dataset(esub: argparse._SubParsersAction) -> None:
+    p = esub.add_parser(
+        "dataset",
+        help="attack held-out faces: success, recognition, norms, PSNR/SSIM, detection",
+        description="Attack N held-out faces of the classifier's dataset (Yale B or CelebA) "
+        "and measure targeted success, original-identity recognition, L0/L1/L2/Linf, PSNR "
+        "and SSIM, whether MTCNN still finds the face, and the identity confusion; one row "
+        "per eps. Render the JSON with `deid report`.",
+    )
+    p.add_argument(
+        "--classifier", help="yaleb-mlp, celeba-cnn or a path (default: the config's, celeba-cnn)"
+    )
+    p.add_argument("--attack", help="ifgsm, realistic, conceal, ... (default: the config's, ifgsm)")
+    p.add_argument(
+        "--config",
+        help="take the attack's settings (margin, EOT, ...) and the classifier from this YAML "
+        "or configs/ name; without it the attack class's defaults",
+    )
+    p.add_argument(
+        "--eps",
+        help="comma-separated L-inf budgets, e.g. 4/255,8/255,16/255 "
+        "(I-FGSM default; the realistic attack's optional cap; conceal has none)",
+    )
+    p.add_argument("-n", type=int, default=200, help="held-out faces (seeded sample)")
+    p.add_argument("--target", help="least-likely, nearest, random or a class id")
+    p.add_argument("--steps", type=int, help="attack iterations (default: the attack's)")
+    p.add_argument("--data", type=Path, help="dataset npz (default: under DEID_DATA_DIR)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-detect", action="store_true", help="skip the MTCNN utility check")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=Path, help="write the report here (input of `deid report`)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_dataset)
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    eps = fraction_list(args.eps, "--eps") if args.eps else []
+    _check_n(args.n)
+    classifier, attack, params = args.classifier or "celeba-cnn", args.attack or "ifgsm", None
+    if args.config:
+        from deid.config import load_settings
+
+        settings = load_settings(
+            args.config, {"attack": {"name": args.attack}} if args.attack else {}
+        )
+        classifier = args.classifier or settings.classifier.name
+        attack = settings.attack.name  # type: ignore[union-attr]
+        params = settings.attack.model_dump()
+    from deid.eval.heldout import dataset_eval, format_dataset_eval
+
+    rep = dataset_eval(
+        classifier,
+        attack,
+        eps,
+        n=args.n,
+        target=args.target,
+        steps=args.steps,
+        data=args.data,
+        device=args.device,
+        seed=args.seed,
+        detect=not args.no_detect,
+        progress=not args.quiet,
+        attack_params=params,
+    )
+    sys.stdout.write(format_dataset_eval(rep) + "\n")
+    if args.json:
+        from deid.io import tmp_beside
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_beside(args.json)
+        tmp.write_text(json.dumps(rep, allow_nan=False) + "\n")
+        tmp.replace(args.json)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# deid eval robustness
+# --------------------------------------------------------------------------------------------
+def _add_robustness(esub: argparse._SubParsersAction) -> None:
+    p = esub.add_parser("robustness", help="accuracy under untargeted attacks vs eps (table + PNG)")
+    p.add_argument("checkpoints", nargs="+", help="shipped names or checkpoint paths")
+    p.add_argument("--attacks", default=ROBUSTNESS_ATTACKS, help="comma-separated registry names")
+    p.add_argument("--eps", default=ROBUSTNESS_EPS, help="comma-separated, e.g. 2/255,8/255")
+    p.add_argument("-n", type=int, default=500, help="held-out faces per checkpoint")
+    p.add_argument("--steps", type=int, default=20, help="iterative attacks' steps")
+    p.add_argument("--alpha", help="iterative step size (default max(eps/4, 1/255))")
+    add_report_flags(p)
+    p.set_defaults(func=cmd_robustness)
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    set_threads(args)
+    eps = fraction_list(args.eps, "--eps")
+    if not eps or any(not 0 < e <= 1 for e in eps):
+        raise ConfigError(f"--eps: expected values in (0, 1] such as 4/255, got {args.eps!r}")
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+    _check_n(args.n)
+    from deid.eval.robustness import robustness_table, write_report
+
+    table = robustness_table(
+        args.checkpoints,
+        attacks,
+        eps,
+        n=args.n,
+        steps=args.steps,
+        alpha=fraction_flag(args.alpha, "--alpha") if args.alpha else None,
+        data=args.data,
+        device=args.device,
+        seed=args.seed,
+    )
+    print_report(write_report(table, args.output))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# deid eval transfer
+# --------------------------------------------------------------------------------------------
+def _names(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _add_transfer(esub: argparse._SubParsersAction) -> None:
+    p = esub.add_parser(
+        "transfer", help="share of adversarial examples made on each source that fool each target"
+    )
+    p.add_argument("--sources", required=True, help="comma-separated shipped names or paths")
+    p.add_argument("--targets", help="comma-separated (default: the sources)")
+    p.add_argument("--attack", default="ifgsm", help="a registry name (default ifgsm)")
+    p.add_argument("--eps", default="16/255", help="L-inf budget, e.g. 8/255")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--alpha", default="2/255", help="step size (capped at eps)")
+    p.add_argument(
+        "--target-mode",
+        default="least-likely",
+        choices=["least-likely", "nearest", "random"],
+        help="targeted view: which identity each face is pushed to on the source",
+    )
+    p.add_argument(
+        "--early-stop",
+        action="store_true",
+        help="stop each face once the source is fooled (weaker transfer)",
+    )
+    p.add_argument("-n", type=int, default=200, help="held-out faces to draw")
+    add_report_flags(p)
+    p.set_defaults(func=cmd_transfer)
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    set_threads(args)
+    eps = fraction_flag(args.eps, "--eps")
+    if not 0 < eps <= 1:
+        raise ConfigError(f"--eps: expected a value in (0, 1] such as 8/255, got {args.eps!r}")
+    sources = _names(args.sources)
+    from deid.eval.transfer import transfer_table, write_report
+
+    table = transfer_table(
+        sources,
+        _names(args.targets) if args.targets else sources,
+        attack=args.attack,
+        eps=eps,
+        steps=args.steps,
+        alpha=fraction_flag(args.alpha, "--alpha"),
+        target_mode=args.target_mode,
+        early_stop=args.early_stop,
+        n=args.n,
+        data=args.data,
+        device=args.device,
+        seed=args.seed,
+    )
+    print_report(write_report(table, args.output))
+    return 0

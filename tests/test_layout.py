@@ -1,0 +1,105 @@
+"""What the package layout promises: the ``deid eval`` parsers load no report (nor torch), the
+library builds its Celery app without the workers' shell, one parser reads every fraction and
+one conversion writes every 8-bit image."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from deid.argtypes import fraction_list, parse_fraction
+from deid.attacks import IFGSMConfig
+from deid.attacks.base import from_uint8, quantize8, to_uint8
+from deid.cli import main
+from deid.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules loaded in a fresh interpreter after running ``code``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+        check=True,
+    ).stdout
+    return set(out.split())
+
+
+def test_eval_parsers_load_no_report_and_no_torch() -> None:
+    loaded = _modules_after(
+        "import argparse\n"
+        "from deid.eval.cli import add_parser\n"
+        "add_parser(argparse.ArgumentParser().add_subparsers())"
+    )
+    assert "torch" not in loaded
+    assert not {m for m in loaded if m.startswith("deid.eval.") and m != "deid.eval.cli"}
+
+
+def test_client_builds_its_celery_app_without_the_workers_package() -> None:
+    loaded = _modules_after(
+        "from deid.config import Settings\n"
+        "from deid.service.client import Client\n"
+        "app = Client(Settings()).app\n"
+        "assert app.conf.task_default_queue == 'deid'"
+    )
+    assert "celery" in loaded
+    assert not {m for m in loaded if m == "workers" or m.startswith("workers.")}
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["eval", "attack", "--eps", "8/255,nope"], "--eps"),
+        (["eval", "dataset", "--eps", "4/0"], "--eps"),
+        (["eval", "robustness", "yaleb-mlp", "--eps", "x/255", "-o", "{out}"], "--eps"),
+        (
+            ["eval", "transfer", "--sources", "yaleb-mlp", "--alpha", "2//255", "-o", "{out}"],
+            "--alpha",
+        ),
+    ],
+)
+def test_eval_budgets_that_do_not_parse_name_their_flag(
+    argv: list[str], flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [a.replace("{out}", str(tmp_path / "out")) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "expected a number such as 0.063 or 16/255" in err, err
+    assert f"deid: error: {flag}: " in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_fraction_parser_for_flags_and_config() -> None:
+    assert parse_fraction("16/255") == 16 / 255 and parse_fraction(" 0.25 ") == 0.25
+    for bad in ("", "a/b", "1/0", "1/2/3"):
+        with pytest.raises(ValueError, match=r"expected a number such as 0\.063 or 16/255"):
+            parse_fraction(bad)
+    assert fraction_list(" 4/255, 8/255 ,,", "--eps") == [4 / 255, 8 / 255]
+    with pytest.raises(ConfigError, match=r"^--eps: expected a number"):
+        fraction_list("4/255,x", "--eps")
+    assert IFGSMConfig(eps="16/255").eps == 16 / 255  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        IFGSMConfig(eps="16/0")  # type: ignore[arg-type]
+
+
+def test_to_uint8_rounds_clips_and_inverts() -> None:
+    x = torch.tensor([-0.2, 0.0, 0.5 / 255, 1.49 / 255, 0.5, 1.0, 1.3]).view(1, 1, 1, 7)
+    x = x.expand(2, 3, 1, 7)
+    a = to_uint8(x)
+    assert a.dtype == np.uint8 and a.shape == (2, 1, 7, 3)
+    assert a[0, 0, :, 0].tolist() == [0, 0, 0, 1, 128, 255, 255]
+    assert torch.equal(from_uint8(a), quantize8(x.clamp(0, 1)))
+    assert np.array_equal(to_uint8(from_uint8(a)), a)
