@@ -47,6 +47,7 @@ from deid.io import (
     read_frames,
     read_range,
     tmp_beside,
+    writing,
 )
 from deid.pipeline import (
     Resources,
@@ -683,10 +684,11 @@ def run_video(
         raise OutputError(
             output, f"expected a video output ({', '.join(sorted(WRITABLE_VIDEO_FORMATS))})"
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
     layout = split(input, chunk_frames or res.settings.pipeline.chunk_frames)
     chunks = chunks_of(layout)
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.parts-", dir=output.parent))
+    with writing(output):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{output.name}.parts-", dir=output.parent))
     try:
         bar = tqdm(
             total=2 * layout["frames"],

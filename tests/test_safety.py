@@ -1,0 +1,258 @@
+"""Nothing deid writes may land on, in or around what it reads or another file it writes;
+such a command is refused (exit code 2) before any model loads.
+
+Every refusal test checks the exit code, the message, and that every file of the tree is
+byte-identical afterwards; a tripwire on model loading proves that no work ran.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deid.cli import main
+from deid.io import write_image, write_video
+
+FAST = ["--classifier", "yaleb-mlp", "--device", "cpu", "--quiet"]
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def no_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tripwire: loading the models means the command was not refused before the work."""
+    from deid.pipeline import Resources
+
+    def tripwire(*args: object, **kwargs: object) -> None:
+        raise AssertionError("models loaded: the command was not refused before the work")
+
+    monkeypatch.setattr(Resources, "load", tripwire)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (hidden ones too) by relative path, with its bytes."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def refused(capsys: pytest.CaptureFixture[str], root: Path, args: list[str], *words: str) -> str:
+    """``deid ARGS`` exits 2 with ``words`` in its message and leaves ``root`` as it was."""
+    before = snapshot(root)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deid: error: "), err
+    for w in words:
+        assert w in err, (w, err)
+    assert "Traceback" not in err
+    assert snapshot(root) == before
+    return err
+
+
+def noise_image(path: Path, seed: int = 0, size: tuple[int, int] = (48, 64)) -> Path:
+    rng = np.random.default_rng(seed)
+    write_image(path, rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    return path
+
+
+def noise_clip(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    write_video(path, [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)], 10)
+    return path
+
+
+def find_tile(sheet: np.ndarray, tile: np.ndarray) -> tuple[int, int] | None:
+    """Where ``tile`` appears exactly in a contact sheet as a *before* tile, if anywhere."""
+    from deid.report.contact import CELL, PAD
+
+    h, w = tile.shape[:2]
+    for x in range(2 * PAD, sheet.shape[1] - w + 1, 2 * CELL + 3 * PAD):  # the columns
+        for y in range(sheet.shape[0] - h + 1):
+            if np.array_equal(sheet[y : y + h, x : x + w], tile):
+                return x, y
+    return None
+
+
+def detail(rgb: np.ndarray) -> float:
+    """Mean absolute difference of horizontal neighbours: high for a clear face, ~0 for blocks."""
+    return float(np.abs(np.diff(rgb.astype(int), axis=1)).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# 1. every artefact of a run: never the input, the output or another artefact
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def photo_run(tmp_path: Path) -> tuple[Path, Path]:
+    """An input photo and the output of an earlier run (both must survive a refused run)."""
+    src = noise_image(tmp_path / "in.png")
+    out = noise_image(tmp_path / "out.png", seed=1)
+    return src, out
+
+
+def test_contact_sheet_onto_the_output_is_refused(
+    tmp_path: Path, photo_run: tuple[Path, Path], capsys, no_models
+) -> None:
+    src, out = photo_run
+    refused(
+        capsys,
+        tmp_path,
+        ["run", str(src), "-o", str(out), "--contact-sheet", str(out), *FAST],
+        f"{out}: the contact sheet is the output {out}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("sheet", "words"),
+    [
+        ("in.png", "the contact sheet is the input"),
+        ("sub/../in.png", "the contact sheet is the input"),
+        ("out.report.json", "the contact sheet is the report"),
+        ("link.png", "the contact sheet is the input"),  # a symlink to the input
+    ],
+)
+def test_contact_sheet_onto_the_input_or_report_is_refused(
+    tmp_path: Path, photo_run: tuple[Path, Path], capsys, no_models, sheet: str, words: str
+) -> None:
+    src, out = photo_run
+    (tmp_path / "out.report.json").write_text('{"earlier": "report"}\n')
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.png").symlink_to(src)
+    args = ["run", str(src), "-o", str(out), "--contact-sheet", str(tmp_path / sheet), *FAST]
+    refused(capsys, tmp_path, args, words)
+
+
+@pytest.mark.parametrize(
+    ("sheet", "words"),
+    [
+        ("photos/sheet.png", "the contact sheet is inside the input folder"),
+        ("photos/a/sheet.png", "the contact sheet is inside the input folder"),
+        ("photos_deid/sheet.png", "the contact sheet is inside the output folder"),
+        ("photos_deid.report.json", "the contact sheet is the report"),
+    ],
+)
+def test_folder_run_contact_sheet_in_the_trees_is_refused(
+    tmp_path: Path, capsys, no_models, sheet: str, words: str
+) -> None:
+    (tmp_path / "photos" / "a").mkdir(parents=True)
+    noise_image(tmp_path / "photos" / "a" / "x.png")
+    args = ["run", str(tmp_path / "photos"), "-o", str(tmp_path / "photos_deid")]
+    refused(capsys, tmp_path, [*args, "--contact-sheet", str(tmp_path / sheet), *FAST], words)
+    assert not (tmp_path / "photos_deid").exists()
+
+
+def test_contact_sheet_must_be_a_png(
+    tmp_path: Path, photo_run: tuple[Path, Path], capsys, no_models
+) -> None:
+    src, out = photo_run
+    sheet = tmp_path / "sheet.jpg"
+    args = ["run", str(src), "-o", str(out), "--contact-sheet", str(sheet), *FAST]
+    refused(capsys, tmp_path, args, str(sheet), "expected a .png")
+
+
+# --------------------------------------------------------------------------------------------
+# 2. output trees: never around (or inside) the input tree, in run, batch and the service
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def nested(tmp_path: Path) -> Path:
+    """fold/a/n with two images; fold/link -> fold/a."""
+    n = tmp_path / "fold" / "a" / "n"
+    (n / "deeper").mkdir(parents=True)
+    noise_image(n / "x.png")
+    noise_image(n / "deeper" / "y.jpg", seed=2)
+    (tmp_path / "fold" / "link").symlink_to(tmp_path / "fold" / "a")
+    return n
+
+
+@pytest.mark.parametrize("command", ["run", "batch"])
+@pytest.mark.parametrize(
+    ("output", "words"),
+    [
+        ("fold/a", "the output folder contains the input folder"),
+        ("fold", "the output folder contains the input folder"),
+        ("fold/link", "the output folder contains the input folder"),  # symlink to fold/a
+        ("fold/a/n/deeper/../..", "the output folder contains the input folder"),
+        ("fold/a/n", "the output folder is the input folder"),
+        ("fold/a/n/out", "the output folder is inside the input folder"),
+        ("fold/link/n/out", "the output folder is inside the input folder"),
+    ],
+)
+def test_output_tree_around_or_inside_the_input_is_refused(
+    tmp_path: Path, nested: Path, capsys, no_models, command: str, output: str, words: str
+) -> None:
+    refused(capsys, tmp_path, [command, str(nested), "-o", str(tmp_path / output), *FAST], words)
+
+
+# --------------------------------------------------------------------------------------------
+# 12. an output folder that cannot be written: exit 2, naming the output, before the work
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def unprivileged() -> Iterator[None]:
+    """Run the block as user ``nobody`` when the tests run as root (root writes into a 0o500
+    folder regardless). Everything the command imports must be imported before this."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "out.png"])
+def test_read_only_output_folder(capsys, no_models, name: str) -> None:
+    for module in ("deid.attacks", "deid.config", "deid.pipeline"):  # while still root: the
+        importlib.import_module(module)  # Python installation may be unreadable to nobody
+
+    with tempfile.TemporaryDirectory(prefix="deid-ro-") as d:
+        root = Path(d)
+        root.chmod(0o755)
+        src = noise_clip(root / "in.mp4") if name.endswith(".mp4") else noise_image(root / "in.png")
+        src.chmod(0o644)
+        ro = root / "ro"
+        ro.mkdir(mode=0o555)
+        ro.chmod(0o555)
+        out = ro / "sub" / name
+        with unprivileged():
+            code = main(["run", str(src), "-o", str(out), *FAST])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"deid: error: {out}: cannot write the output" in err and str(ro) in err
+        assert ".tmp" not in err and ".parts" not in err and "Traceback" not in err
+        assert list(ro.iterdir()) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux's /sys")
+@pytest.mark.parametrize("name", ["out.mp4", "out.png"])
+def test_output_folder_nobody_can_write(tmp_path: Path, capsys, no_models, name: str) -> None:
+    """sysfs refuses new files to root as well: the check must try, not trust permissions."""
+    src = (
+        noise_clip(tmp_path / "in.mp4")
+        if name.endswith(".mp4")
+        else noise_image(tmp_path / "in.png")
+    )
+    out = Path("/sys") / name
+    code = main(["run", str(src), "-o", str(out), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"deid: error: {out}: cannot write the output" in err
+    assert ".tmp" not in err and ".parts" not in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_output_below_a_file_is_refused(tmp_path: Path, capsys, no_models) -> None:
+    src = noise_image(tmp_path / "in.png")
+    (tmp_path / "plain").write_text("a file, not a folder\n")
+    out = tmp_path / "plain" / "sub" / "out.png"
+    refused(capsys, tmp_path, ["run", str(src), "-o", str(out), *FAST], f"{out}:", "is a file")
