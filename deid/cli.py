@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from deid.argtypes import fraction
-from deid.errors import DeidError
+from deid.errors import ConfigError, DeidError
 
 log = logging.getLogger("deid")
 
@@ -48,7 +48,16 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-verify", action="store_true", help="skip re-reading and re-classifying the output"
     )
-    p.add_argument("--contact-sheet", type=Path, help="also write a PNG of faces before/after")
+    p.add_argument(
+        "--contact-sheet",
+        type=Path,
+        help="also write a PNG of the faces before (pixelated) and after",
+    )
+    p.add_argument(
+        "--show-originals",
+        action="store_true",
+        help="the contact sheet shows the clear original faces (it says so in its title)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -176,9 +185,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if args.attack and args.attack not in ATTACKS:
         raise DeidError(f"unknown attack {args.attack!r}; available: {sorted(ATTACKS)}")
+    if args.show_originals and args.contact_sheet is None:
+        raise ConfigError("--show-originals: expected --contact-sheet PATH with it")
     settings = load_settings(args.config, _run_overrides(args))
     report = run(
-        args.input, args.output, settings, progress=not args.quiet, contact_sheet=args.contact_sheet
+        args.input,
+        args.output,
+        settings,
+        progress=not args.quiet,
+        contact_sheet=args.contact_sheet,
+        show_originals=args.show_originals,
     )
     t = report["totals"]
     log.info(

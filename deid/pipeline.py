@@ -719,8 +719,15 @@ def run(
     progress: bool = True,
     resources: Resources | None = None,
     contact_sheet: Path | None = None,
+    show_originals: bool = False,
 ) -> dict[str, Any]:
     """De-identify a video, an image or a folder of images; write the output and its report.
+
+    Args:
+        contact_sheet: also write a PNG of the faces before and after (the *before* tiles
+            pixelated, so the sheet holds no face clearer than the output).
+        show_originals: the contact sheet's *before* tiles are the clear original faces (the
+            sheet says so in its title and PNG metadata).
 
     Raises:
         InputError, OutputError, ConfigError: before anything is written (see
@@ -753,6 +760,7 @@ def run(
                 thumbs,
                 contact_sheet,
                 title=f"{input.name}: {res.settings.attack.name}, {res.settings.classifier.name}",
+                show_originals=show_originals,
             )
     write_text(report_path(output), json.dumps(report, indent=1) + "\n", "report")
     if report.get("failed_inputs"):

@@ -1,5 +1,6 @@
 """Nothing deid writes may land on, in or around what it reads or another file it writes;
-such a command is refused (exit code 2) before any model loads.
+such a command is refused (exit code 2) before any model loads. Artefacts hold no clear face
+unless asked for one.
 
 Every refusal test checks the exit code, the message, and that every file of the tree is
 byte-identical afterwards; a tripwire on model loading proves that no work ran.
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
+import logging
 import os
 import sys
 import tempfile
@@ -17,9 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from deid.cli import main
-from deid.io import write_image, write_video
+from deid.io import read_image, write_image, write_video
+from deid.report.contact import _thumb, contact_sheet
+
+from .conftest import scene
 
 FAST = ["--classifier", "yaleb-mlp", "--device", "cpu", "--quiet"]
 
@@ -256,3 +263,192 @@ def test_output_below_a_file_is_refused(tmp_path: Path, capsys, no_models) -> No
     (tmp_path / "plain").write_text("a file, not a folder\n")
     out = tmp_path / "plain" / "sub" / "out.png"
     refused(capsys, tmp_path, ["run", str(src), "-o", str(out), *FAST], f"{out}:", "is a file")
+
+
+# --------------------------------------------------------------------------------------------
+# 14. deid report into an existing file, and its other clashes
+# --------------------------------------------------------------------------------------------
+def run_report(tmp_path: Path) -> Path:
+    """A `deid run` report of one photo with one 'face', written by hand (no models): the
+    input and output photos are noise, so every tile is full of detail."""
+    src = noise_image(tmp_path / "in.png", size=(120, 160))
+    out = tmp_path / "out.png"
+    rgb = read_image(src)
+    write_image(out, 255 - rgb)
+    face = {
+        "frame": 0,
+        "region": [40, 20, 100, 100],
+        "box": [45.0, 25.0, 95.0, 95.0],
+        "track": 0,
+        "pred": "alice",
+        "pred_conf": 0.97,
+        "target": "bob",
+        "final": "bob",
+        "final_conf": 0.91,
+        "success": True,
+        "action": "attacked",
+        "psnr": 41.0,
+        "linf": 0.03,
+        "file": str(src),
+    }
+    rep = {
+        "kind": "image",
+        "input": str(src),
+        "output": str(out),
+        "totals": {"frames": 1, "faces": 1},
+        "faces_detail": [face],
+    }
+    path = tmp_path / "out.report.json"
+    path.write_text(json.dumps(rep))
+    return path
+
+
+def test_report_into_an_existing_file_is_refused(tmp_path: Path, capsys) -> None:
+    rep = run_report(tmp_path)
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me\n")
+    refused(
+        capsys,
+        tmp_path,
+        ["report", str(rep), "-o", str(existing)],
+        str(existing),
+        "is an existing file; expected a folder",
+    )
+
+
+@pytest.mark.parametrize("where", ["out.report.json", "in.png"])
+def test_report_folder_onto_what_it_reads_is_refused(tmp_path: Path, capsys, where: str) -> None:
+    rep = run_report(tmp_path)
+    refused(capsys, tmp_path, ["report", str(rep), "-o", str(tmp_path / where)], "is the")
+
+
+def test_report_folder_inside_the_runs_input_folder_is_refused(tmp_path: Path, capsys) -> None:
+    rep = run_report(tmp_path)
+    data = json.loads(rep.read_text())
+    (tmp_path / "photos").mkdir()
+    data.update(kind="folder", input=str(tmp_path / "photos"))
+    rep.write_text(json.dumps(data))
+    refused(
+        capsys,
+        tmp_path,
+        ["report", str(rep), "-o", str(tmp_path / "photos" / "html")],
+        "inside the input folder",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# 3. no clear face in an artefact unless asked for
+# --------------------------------------------------------------------------------------------
+def _face_records(n: int = 2) -> list[dict[str, object]]:
+    rng = np.random.default_rng(3)
+    faces = []
+    for i in range(n):
+        before = rng.integers(0, 256, (70, 60, 3), dtype=np.uint8)
+        faces.append(
+            {
+                "frame": i,
+                "before": before,
+                "after": 255 - before,
+                "pred": "alice",
+                "pred_conf": 0.9,
+                "final": "bob",
+                "final_conf": 0.8,
+                "target": "bob",
+                "action": "attacked",
+                "psnr": 40.0,
+            }
+        )
+    return faces
+
+
+def _png_text(path: Path) -> dict[str, str]:
+    with Image.open(path) as img:
+        return dict(img.text)  # type: ignore[attr-defined]
+
+
+def test_contact_sheet_pixelates_the_originals_by_default(tmp_path: Path) -> None:
+    from deid.align import pixelate
+    from deid.report.contact import CELL
+
+    faces = _face_records()
+    sheet = np.asarray(Image.open(contact_sheet(faces, tmp_path / "s.png", title="t")))
+    for f in faces:
+        clear = np.asarray(_thumb(f["before"]))  # type: ignore[arg-type]
+        assert find_tile(sheet, clear) is None
+        at = find_tile(sheet, np.asarray(_thumb(pixelate(f["before"]))))  # type: ignore[arg-type]
+        assert at is not None
+        x, y = at
+        assert detail(sheet[y : y + CELL, x : x + CELL]) < 0.25 * detail(clear)
+    assert _png_text(tmp_path / "s.png")["deid:originals"] == "pixelated"
+
+
+def test_contact_sheet_with_originals_says_so(tmp_path: Path, caplog) -> None:
+    faces = _face_records()
+    with caplog.at_level(logging.WARNING):
+        path = contact_sheet(faces, tmp_path / "s.png", title="t", show_originals=True)
+    sheet = np.asarray(Image.open(path))
+    for f in faces:
+        assert find_tile(sheet, np.asarray(_thumb(f["before"]))) is not None  # type: ignore[arg-type]
+    assert _png_text(path)["deid:originals"] == "clear"
+    assert "clear original faces" in caplog.text.lower() and str(path) in caplog.text
+
+
+def test_show_originals_needs_a_contact_sheet(
+    tmp_path: Path, photo_run: tuple[Path, Path], capsys, no_models
+) -> None:
+    src, out = photo_run
+    args = ["run", str(src), "-o", str(out), "--show-originals", *FAST]
+    refused(capsys, tmp_path, args, "--show-originals", "--contact-sheet")
+
+
+def _astronaut(tmp_path: Path) -> Path:
+    img = Image.fromarray(scene("astronaut_single_face.png"))
+    img.thumbnail((200, 200), Image.Resampling.LANCZOS)
+    src = tmp_path / "astro.png"
+    img.save(src)
+    return src
+
+
+@pytest.mark.parametrize("originals", [False, True], ids=["default", "show-originals"])
+def test_run_contact_sheet_holds_a_clear_face_only_when_asked(
+    tmp_path: Path, data_dir: Path, capsys, caplog, originals: bool
+) -> None:
+    src = _astronaut(tmp_path)
+    out, sheet = tmp_path / "out.png", tmp_path / "sheet.png"
+    flags = ["--show-originals"] if originals else []
+    with caplog.at_level(logging.WARNING):
+        code = main(["run", str(src), "-o", str(out), "--contact-sheet", str(sheet), *FAST, *flags])
+    assert code == 0, capsys.readouterr().err
+    rep = json.loads((tmp_path / "out.report.json").read_text())
+    assert rep["totals"]["faces"] == 1
+    x1, y1, x2, y2 = rep["faces_detail"][0]["region"]
+    clear = np.asarray(_thumb(read_image(src)[y1:y2, x1:x2]))
+    grid = np.asarray(Image.open(sheet).convert("RGB"))
+    found = find_tile(grid, clear)
+    assert (found is not None) == originals
+    assert _png_text(sheet)["deid:originals"] == ("clear" if originals else "pixelated")
+    assert ("clear original faces" in caplog.text.lower()) == originals
+
+
+@pytest.mark.parametrize("originals", [False, True], ids=["default", "show-originals"])
+def test_report_html_holds_a_clear_face_only_when_asked(
+    tmp_path: Path, capsys, caplog, originals: bool
+) -> None:
+    rep = run_report(tmp_path)
+    html = tmp_path / "html"
+    flags = ["--show-originals"] if originals else []
+    with caplog.at_level(logging.WARNING):
+        assert main(["report", str(rep), "-o", str(html), *flags]) == 0
+    x1, y1, x2, y2 = json.loads(rep.read_text())["faces_detail"][0]["region"]
+    clear = np.asarray(_thumb(read_image(tmp_path / "in.png")[y1:y2, x1:x2]))
+    name = "contact.originals.png" if originals else "contact.png"
+    assert sorted(p.name for p in html.glob("contact*.png")) == [name]
+    grid = np.asarray(Image.open(html / name).convert("RGB"))
+    assert (find_tile(grid, clear) is not None) == originals
+    page = (html / "index.html").read_text()
+    assert f"src='{name}'" in page
+    assert ("clear original faces" in page.lower()) == originals
+    assert ("clear original faces" in caplog.text.lower()) == originals
+    if originals:  # rendering again without the flag removes the clear sheet
+        assert main(["report", str(rep), "-o", str(html)]) == 0
+        assert sorted(p.name for p in html.glob("contact*.png")) == ["contact.png"]
