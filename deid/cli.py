@@ -237,12 +237,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from deid import evaluate
+    from deid.io import Artefact, write_text
 
     if args.what == "classifier":
         result = evaluate.classifier_accuracy(args.checkpoint, data=args.data)
         sys.stdout.write(json.dumps(result) + "\n")
         return 0
     eps = [_eps(e) for e in args.eps.split(",") if e]
+    json_out = Artefact("JSON report", args.json) if args.json else None
+    evaluate.check_eval_writes([json_out], args.data, [args.classifier])
     table = evaluate.attack_table(
         args.classifier,
         data=args.data,
@@ -256,7 +259,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(evaluate.format_table(table) + "\n")
     if args.json:
-        args.json.write_text(json.dumps(table, indent=1) + "\n")
+        write_text(args.json, json.dumps(table, indent=1) + "\n", "JSON report")
     return 0
 
 

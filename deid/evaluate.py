@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,34 @@ from deid import __version__
 from deid.attacks import IFGSM, IFGSMConfig, Realistic, RealisticConfig
 from deid.attacks.base import perturbation_norms, predict, quantize8
 from deid.data import FaceDataset, load_dataset
+from deid.io import Artefact
 from deid.models import FaceClassifier, load_classifier
 from deid.models.train import evaluate as accuracy
 from deid.targets import choose_targets
+
+
+def check_eval_writes(
+    writes: Sequence[Artefact | None],
+    data: Path | str | None = None,
+    models: Sequence[str | Path] = (),
+    config: str | Path | None = None,
+) -> None:
+    """Refuse a ``deid eval`` command whose reports would land on, in or around what it
+    reads, before any model or dataset loads (:func:`deid.io.check_writes`).
+
+    What it reads: ``data``, or without it every shared dataset file (the checkpoints name
+    theirs); the checkpoint files among ``models`` (shipped names are not paths); the YAML
+    ``config`` when it is a file.
+    """
+    from deid.data.datasets import default_dataset_files
+    from deid.io import check_writes
+
+    datasets = [Path(data)] if data else default_dataset_files()
+    reads: list[tuple[str, Path | str | None]] = [("dataset", p) for p in datasets]
+    reads += [("checkpoint", m) for m in models if Path(m).suffix in (".pt", ".pth")]
+    if config is not None and Path(config).is_file():
+        reads.append(("config", config))
+    check_writes(reads, writes)
 
 
 def dataset_of(model: FaceClassifier, data: Path | None = None) -> FaceDataset:
@@ -513,6 +539,8 @@ def cmd_eval_dataset(args: argparse.Namespace) -> int:
         classifier = args.classifier or settings.classifier.name
         attack = settings.attack.name  # type: ignore[union-attr]
         params = settings.attack.model_dump()
+    json_out = Artefact("JSON report", args.json) if args.json else None
+    check_eval_writes([json_out], args.data, [classifier], args.config)
     rep = dataset_eval(
         classifier,
         attack,
@@ -529,10 +557,7 @@ def cmd_eval_dataset(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(format_dataset_eval(rep) + "\n")
     if args.json:
-        from deid.io import tmp_beside
+        from deid.io import write_text
 
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_beside(args.json)
-        tmp.write_text(json.dumps(rep, allow_nan=False) + "\n")
-        tmp.replace(args.json)
+        write_text(args.json, json.dumps(rep, allow_nan=False) + "\n", "JSON report")
     return 0

@@ -402,6 +402,10 @@ def add_parser(esub: argparse._SubParsersAction) -> None:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
+    from deid.evaluate import check_eval_writes
+    from deid.io import Artefact
+
+    check_eval_writes([Artefact("report", args.output, folder=True)], args.data, args.checkpoints)
     set_threads(args)
     eps = [parse_fraction(e) for e in args.eps.split(",") if e.strip()]
     if not eps or any(not 0 < e <= 1 for e in eps):

@@ -356,8 +356,13 @@ def add_parser(esub: argparse._SubParsersAction) -> None:
 
 
 def cmd_survival(args: argparse.Namespace) -> int:
+    from deid.evaluate import check_eval_writes
+    from deid.io import Artefact, write_text
+
     if args.n < 1 or args.frames < 1 or args.align < 1:
         raise ConfigError("-n, --frames and --align: expected integers >= 1")
+    json_out = Artefact("JSON report", args.json) if args.json else None
+    check_eval_writes([json_out], args.data, [args.classifier], args.config)
     table = survival_table(
         args.classifier,
         n=args.n,
@@ -375,5 +380,5 @@ def cmd_survival(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(format_survival(table) + "\n")
     if args.json:
-        args.json.write_text(json.dumps(table, indent=1) + "\n")
+        write_text(args.json, json.dumps(table, indent=1) + "\n", "JSON report")
     return 0

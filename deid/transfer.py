@@ -368,14 +368,21 @@ def add_parser(esub: argparse._SubParsersAction) -> None:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
+    from deid.evaluate import check_eval_writes
+    from deid.io import Artefact
+
     set_threads(args)
     eps = parse_fraction(args.eps)
     if not 0 < eps <= 1:
         raise ConfigError(f"--eps: expected a value in (0, 1] such as 8/255, got {args.eps!r}")
     sources = _names(args.sources)
+    targets = _names(args.targets) if args.targets else sources
+    check_eval_writes(
+        [Artefact("report", args.output, folder=True)], args.data, [*sources, *targets]
+    )
     table = transfer_table(
         sources,
-        _names(args.targets) if args.targets else sources,
+        targets,
         attack=args.attack,
         eps=eps,
         steps=args.steps,

@@ -452,3 +452,96 @@ def test_report_html_holds_a_clear_face_only_when_asked(
     if originals:  # rendering again without the flag removes the clear sheet
         assert main(["report", str(rep), "-o", str(html)]) == 0
         assert sorted(p.name for p in html.glob("contact*.png")) == ["contact.png"]
+
+
+# --------------------------------------------------------------------------------------------
+# the other writers: train, data prepare, eval, the demo clip
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def npz(tmp_path: Path) -> Path:
+    """A dataset file deid reads (its content does not matter: the command must not start)."""
+    path = tmp_path / "faces.npz"
+    np.savez(path, images=np.zeros((2, 4, 4), np.uint8), labels=np.zeros(2, np.int64))
+    return path
+
+
+def test_train_onto_its_dataset_is_refused(tmp_path: Path, npz: Path, capsys) -> None:
+    args = ["train", "yaleb-mlp", "--data", str(npz), "--epochs", "1"]
+    refused(capsys, tmp_path, [*args, "-o", str(npz)], f"{npz}: the checkpoint is the dataset")
+    # a checkpoint named .json: its metadata (the same name, .json) would overwrite it
+    meta = tmp_path / "model.json"
+    refused(capsys, tmp_path, [*args, "-o", str(meta)], "the checkpoint metadata is the checkpoint")
+
+
+def test_train_onto_the_default_dataset_is_refused(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deid.data.datasets import YALEB_FILES
+    from deid.models.train import RECIPES
+
+    monkeypatch.setenv("DEID_DATA_DIR", str(tmp_path))
+    default = tmp_path / YALEB_FILES[RECIPES["yaleb-mlp"].resolution]
+    default.parent.mkdir(parents=True)
+    default.write_bytes(b"the shared dataset")
+    args = ["train", "yaleb-mlp", "--epochs", "1", "-o", str(default)]
+    refused(capsys, tmp_path, args, "the checkpoint is the dataset")
+
+
+@pytest.mark.parametrize(
+    ("output", "words"),
+    [
+        ("src/y.npz", "the dataset file is inside the source folder"),
+        ("src/CroppedYale/yaleB01/yaleB01_P00A+000E+00.pgm", "inside the source folder"),
+        ("src", "is the source folder"),
+    ],
+)
+def test_data_prepare_into_its_source_is_refused(
+    tmp_path: Path, capsys, output: str, words: str
+) -> None:
+    pgm = tmp_path / "src" / "CroppedYale" / "yaleB01" / "yaleB01_P00A+000E+00.pgm"
+    pgm.parent.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(pgm, format="PPM")
+    args = ["data", "prepare", "yaleb", str(tmp_path / "src"), "-o", str(tmp_path / output)]
+    refused(capsys, tmp_path, args, words)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "attack", "--classifier", "yaleb-mlp", "-n", "2", "--eps", "8/255"],
+        ["eval", "survival", "--classifier", "yaleb-mlp", "-n", "1", "--crf", "28"],
+        ["eval", "dataset", "--classifier", "yaleb-mlp", "-n", "1", "--eps", "8/255"],
+    ],
+    ids=["attack", "survival", "dataset"],
+)
+def test_eval_json_onto_its_dataset_is_refused(
+    tmp_path: Path, npz: Path, capsys, command: list[str]
+) -> None:
+    args = [*command, "--data", str(npz), "--json", str(npz)]
+    refused(capsys, tmp_path, args, f"{npz}: the JSON report is the dataset")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["eval", "robustness", "yaleb-mlp", "--attacks", "fgsm", "--eps", "8/255", "-n", "2"],
+        ["eval", "transfer", "--sources", "yaleb-mlp", "--steps", "1", "-n", "2"],
+    ],
+    ids=["robustness", "transfer"],
+)
+def test_eval_report_folder_clashes_are_refused(
+    tmp_path: Path, npz: Path, capsys, command: list[str]
+) -> None:
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me\n")
+    args = [*command, "--data", str(npz), "--device", "cpu"]
+    refused(capsys, tmp_path, [*args, "-o", str(existing)], "is an existing file")
+    refused(capsys, tmp_path, [*args, "-o", str(tmp_path)], "contains the dataset")
+
+
+def test_demo_into_an_unwritable_folder(capsys) -> None:
+    from deid.demo import main as demo
+
+    assert demo(["/sys/deid-demo.mp4"]) == 2
+    err = capsys.readouterr().err
+    assert "deid: error: /sys/deid-demo.mp4: cannot write the demo clip" in err

@@ -42,7 +42,9 @@ from tqdm.auto import tqdm
 from deid.argtypes import fraction
 from deid.attacks.base import attack_mode
 from deid.data import FaceDataset, load_celeba, load_yaleb
+from deid.data.datasets import dataset_file
 from deid.errors import ConfigError
+from deid.io import Artefact, check_writes
 from deid.models.classifier import ClassifierMeta, FaceClassifier
 from deid.models.nets import build_net
 
@@ -479,6 +481,11 @@ def train_classifier(
     if preset not in RECIPES:
         raise ValueError(f"unknown preset {preset!r}; available: {sorted(RECIPES)}")
     r = copy.deepcopy(RECIPES[preset])
+    out = Path(out)
+    check_writes(
+        [("dataset", dataset_file(r.dataset, data, r.resolution))],  # type: ignore[arg-type]
+        [Artefact("checkpoint", out), Artefact("checkpoint metadata", out.with_suffix(".json"))],
+    )
     if epochs is not None:
         r.epochs = epochs
     if min_std is not None:
