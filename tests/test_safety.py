@@ -258,6 +258,30 @@ def test_output_folder_nobody_can_write(tmp_path: Path, capsys, no_models, name:
     assert not out.exists()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux's /sys")
+def test_writes_that_fail_late_name_the_output(tmp_path: Path, data_dir: Path) -> None:
+    """Past the check (a folder that turns read-only mid-run, a full disk), a failed write
+    still names the output, not its temporary file, and is no traceback."""
+    from deid.config import load_settings
+    from deid.errors import OutputError
+    from deid.job import run_video
+    from deid.pipeline import Resources, Timer, new_state, process_image
+
+    res = Resources.load(load_settings(None, {"classifier": {"name": "yaleb-mlp"}}))
+    out = Path("/sys/deid-late.png")
+    with pytest.raises(OutputError) as e:
+        process_image(noise_image(tmp_path / "in.png"), out, res, new_state(res.settings), Timer())
+    assert str(e.value).startswith(f"{out}: cannot write the output (") and ".tmp" not in str(
+        e.value
+    )
+    out = Path("/sys/deid-late.mp4")
+    with pytest.raises(OutputError) as e:
+        run_video(noise_clip(tmp_path / "in.mp4"), out, res, progress=False)
+    assert str(e.value).startswith(f"{out}: cannot write the output (") and ".parts" not in str(
+        e.value
+    )
+
+
 def test_output_below_a_file_is_refused(tmp_path: Path, capsys, no_models) -> None:
     src = noise_image(tmp_path / "in.png")
     (tmp_path / "plain").write_text("a file, not a folder\n")
