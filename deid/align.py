@@ -269,6 +269,18 @@ def paste_back(frame: np.ndarray, crop: FaceCrop, pixels: np.ndarray) -> None:
     region[mask] = pixels[mask]
 
 
+def pixelate(rgb: np.ndarray, blocks: int = 8) -> np.ndarray:
+    """``rgb`` (h, w, 3) as ``blocks`` area-averaged blocks across (as many down as keep them
+    square), at its own size: no recognisable detail is left."""
+    h, w = rgb.shape[:2]
+    if not h or not w:
+        return rgb.copy()
+    small = cv2.resize(
+        rgb, (max(1, blocks), max(1, round(blocks * h / w))), interpolation=cv2.INTER_AREA
+    )
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
 def obscure(frame: np.ndarray, crop: FaceCrop, mode: str = "pixelate", strength: int = 8) -> None:
     """Fail-closed fallback: blur or pixelate the crop's footprint in ``frame`` (in place).
 
@@ -279,12 +291,7 @@ def obscure(frame: np.ndarray, crop: FaceCrop, mode: str = "pixelate", strength:
     region = frame[y1:y2, x1:x2]
     h, w = region.shape[:2]
     if mode == "pixelate":
-        small = cv2.resize(
-            region,
-            (max(1, strength), max(1, round(strength * h / w))),
-            interpolation=cv2.INTER_AREA,
-        )
-        out = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+        out = pixelate(region, strength)
     elif mode == "blur":
         k = max(3, (max(h, w) // max(1, strength)) | 1)
         out = cv2.GaussianBlur(region, (k * 2 + 1, k * 2 + 1), 0)

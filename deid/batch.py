@@ -230,17 +230,22 @@ def read_manifest(path: Path) -> dict[str, dict[str, str]]:
 
 
 def write_manifest(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write the manifest atomically (rows sorted by path)."""
-    from deid.io import tmp_beside
+    """Write the manifest atomically (rows sorted by path).
+
+    Raises:
+        OutputError: it cannot be written (naming ``path``).
+    """
+    from deid.io import tmp_beside, writing
 
     tmp = tmp_beside(path)
     try:
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
-            w.writeheader()
-            for r in sorted(rows, key=lambda r: str(r["path"])):
-                w.writerow(r)
-        tmp.replace(path)
+        with writing(path, "manifest"):
+            with tmp.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=FIELDS, extrasaction="ignore")
+                w.writeheader()
+                for r in sorted(rows, key=lambda r: str(r["path"])):
+                    w.writerow(r)
+            tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -299,19 +304,18 @@ def is_done(src: Path, dst: Path, row: dict[str, Any] | None) -> bool:
 # the batch
 # --------------------------------------------------------------------------------------------
 def check_dirs(input_dir: Path, output_dir: Path) -> None:
-    """Refuse a missing input folder and an output that is a file, the input or inside it.
+    """Refuse a missing input folder, and an output folder that is a file, cannot be written,
+    or is, holds or lies inside the input folder (:func:`deid.io.check_writes`; the manifest
+    and the videos' reports are inside the output folder).
 
     Raises:
         InputError, OutputError: naming what was expected.
     """
+    from deid.io import Artefact, check_writes
+
     if not input_dir.is_dir():
         raise InputError(input_dir, "expected an existing folder of images and videos")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise OutputError(output_dir, "is an existing file; expected a folder")
-    if output_dir.resolve().is_relative_to(input_dir.resolve()):
-        raise OutputError(
-            output_dir, f"is inside the input folder {input_dir}; expected a folder outside it"
-        )
+    check_writes([("input", input_dir)], [Artefact("output", output_dir, folder=True)])
 
 
 def run_batch(
@@ -335,14 +339,18 @@ def run_batch(
 
     Raises:
         InputError: ``input_dir`` is not a folder.
-        OutputError: ``output_dir`` is ``input_dir``, inside it, or an existing file.
+        OutputError: ``output_dir`` is, holds or lies inside ``input_dir``, is an existing
+            file, or cannot be written.
     """
     from tqdm.auto import tqdm
+
+    from deid.io import writing
 
     src_root, dst_root = Path(input_dir), Path(output_dir)
     check_dirs(src_root, dst_root)
     files = list_media(src_root)
-    dst_root.mkdir(parents=True, exist_ok=True)
+    with writing(dst_root):
+        dst_root.mkdir(parents=True, exist_ok=True)
     manifest = dst_root / MANIFEST
     previous = read_manifest(manifest)
     rows: dict[str, dict[str, Any]] = {}  # this tree's files only: rows of deleted inputs go

@@ -16,7 +16,7 @@ from typing import Any
 
 from deid import __version__
 from deid.argtypes import SETTING_FLAGS, fraction
-from deid.errors import DeidError
+from deid.errors import ConfigError, DeidError
 
 log = logging.getLogger("deid")
 
@@ -50,7 +50,16 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-verify", action="store_true", help="skip re-reading and re-classifying the output"
     )
-    p.add_argument("--contact-sheet", type=Path, help="also write a PNG of faces before/after")
+    p.add_argument(
+        "--contact-sheet",
+        type=Path,
+        help="also write a PNG of the faces before (pixelated) and after",
+    )
+    p.add_argument(
+        "--show-originals",
+        action="store_true",
+        help="the contact sheet shows the clear original faces (it says so in its title)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -153,9 +162,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from deid.config import load_settings
     from deid.pipeline import run
 
+    if args.show_originals and args.contact_sheet is None:
+        raise ConfigError("--show-originals: expected --contact-sheet PATH with it")
     settings = load_settings(args.config, _run_overrides(args), flags=SETTING_FLAGS)
     report = run(
-        args.input, args.output, settings, progress=not args.quiet, contact_sheet=args.contact_sheet
+        args.input,
+        args.output,
+        settings,
+        progress=not args.quiet,
+        contact_sheet=args.contact_sheet,
+        show_originals=args.show_originals,
     )
     t = report["totals"]
     log.info(

@@ -13,7 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from deid.io import write_video
+from deid.errors import DeidError
+from deid.io import Artefact, check_output_kind, check_writes, write_video, writing
 
 W, H, FPS, SECONDS = 1280, 720, 12, 2
 
@@ -48,8 +49,14 @@ def demo_frames() -> list[np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out = Path(argv[0] if argv else "out/demo_input.mp4")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    n = write_video(out, demo_frames(), FPS, crf=16)
+    try:
+        check_output_kind("video", out)
+        check_writes([], [Artefact("demo clip", out)])
+        with writing(out, "demo clip"):
+            n = write_video(out, demo_frames(), FPS, crf=16)
+    except DeidError as e:
+        sys.stderr.write(f"deid: error: {e}\n")
+        return e.exit_code
     sys.stdout.write(f"wrote {out} ({n} frames, {W}x{H}, {FPS} fps)\n")
     return 0
 

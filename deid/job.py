@@ -47,6 +47,7 @@ from deid.io import (
     read_frames,
     read_range,
     tmp_beside,
+    writing,
 )
 from deid.pipeline import (
     Resources,
@@ -696,7 +697,6 @@ def run_video(
         raise OutputError(
             output, f"expected a video output ({', '.join(sorted(WRITABLE_VIDEO_FORMATS))})"
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
     layout = split(input, chunk_frames or res.settings.pipeline.chunk_frames)
     chunks = chunks_of(layout)
     if _too_small(layout, res):
@@ -708,7 +708,9 @@ def run_video(
             layout["height"],
             res.settings.detector.min_face_size,
         )
-    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.parts-", dir=output.parent))
+    with writing(output):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{output.name}.parts-", dir=output.parent))
     try:
         # one bar per pass: each counts every frame once, and its ETA is its own pass's speed
         # (analysis is several times faster than the attack)

@@ -32,13 +32,15 @@ from deid.detect import MTCNNDetector
 from deid.errors import ConfigError, DeidError, InputError, OutputError, PartialFailure
 from deid.io import (
     IMAGE_EXTS,
-    check_output,
+    check_run,
     check_video,
-    classify_input,
     list_images,
     read_image,
+    report_path,
     tmp_beside,
     write_image,
+    write_text,
+    writing,
 )
 from deid.models import FaceClassifier, load_classifier
 from deid.targets import TARGET_MODES, choose_targets
@@ -563,11 +565,6 @@ def repair_frames(
 # --------------------------------------------------------------------------------------------
 # drivers: video, image, folder
 # --------------------------------------------------------------------------------------------
-def report_path(output: Path) -> Path:
-    """Where the JSON report of ``output`` goes: ``out.mp4`` -> ``out.report.json``."""
-    return output.with_name(output.stem + ".report.json")
-
-
 def _group(records: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     g: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
@@ -585,7 +582,7 @@ def process_image(
     out, recs = process_frames([img], res, state, timer)
     tmp = tmp_beside(output, "pass1")
     try:
-        with timer("encode"):
+        with timer("encode"), writing(output):
             write_image(tmp, out[0], quality=p.jpeg_quality)
         if p.verify and recs:
             with timer("verify"):
@@ -593,8 +590,10 @@ def process_image(
                 verify_frames([written], recs, res, recs[0]["frame"])
             if p.repair and any(_needs_repair(r) for r in recs):
                 repair_frames([written], recs, res, recs[0]["frame"])
-                write_image(tmp, written, quality=p.jpeg_quality)
-        tmp.replace(output)
+                with writing(output):
+                    write_image(tmp, written, quality=p.jpeg_quality)
+        with writing(output):
+            tmp.replace(output)
     finally:
         tmp.unlink(missing_ok=True)
     for r in recs:
@@ -623,8 +622,9 @@ def run_images(input: Path, output: Path, res: Resources, progress: bool = True)
     for src, dst in tqdm(
         pairs, desc=f"deid {input.name}", unit="image", disable=not progress or len(pairs) < 2
     ):
-        dst.parent.mkdir(parents=True, exist_ok=True)
         small_before = state.too_small
+        with writing(dst):
+            dst.parent.mkdir(parents=True, exist_ok=True)
         try:
             recs = process_image(src, dst, res, state, timer)
         except InputError as e:
@@ -734,17 +734,24 @@ def run(
     progress: bool = True,
     resources: Resources | None = None,
     contact_sheet: Path | None = None,
+    show_originals: bool = False,
 ) -> dict[str, Any]:
     """De-identify a video, an image or a folder of images; write the output and its report.
 
+    Args:
+        contact_sheet: also write a PNG of the faces before and after (the *before* tiles
+            pixelated, so the sheet holds no face clearer than the output).
+        show_originals: the contact sheet's *before* tiles are the clear original faces (the
+            sheet says so in its title and PNG metadata).
+
     Raises:
-        InputError, OutputError, ConfigError: before anything is written (a video that is
-            not decodable or whose frames share timestamps: before the models load).
+        InputError, OutputError, ConfigError: before anything is written (see
+            :func:`deid.io.check_run`; a video that is not decodable or whose frames share
+            timestamps: before the models load).
         PartialFailure: some images of a folder failed (the rest, and the report, are written).
     """
     input, output = Path(input), Path(output)
-    kind = classify_input(input)
-    check_output(input, output)
+    kind = check_run(input, output, contact_sheet)
     if kind == "video" and resources is None:
         check_video(input)  # a video no job can be made of is refused before the models load
     res = resources or Resources.load(settings)
@@ -766,15 +773,14 @@ def run(
     if contact_sheet is not None:
         from deid.report import contact_sheet as make_sheet
 
-        make_sheet(
-            thumbs,
-            contact_sheet,
-            title=f"{input.name}: {res.settings.attack.name}, {res.settings.classifier.name}",
-        )
-    rp = report_path(output)
-    tmp = rp.with_name(rp.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    tmp.replace(rp)
+        with writing(Path(contact_sheet), "contact sheet"):
+            make_sheet(
+                thumbs,
+                contact_sheet,
+                title=f"{input.name}: {res.settings.attack.name}, {res.settings.classifier.name}",
+                show_originals=show_originals,
+            )
+    write_text(report_path(output), json.dumps(report, indent=1) + "\n", "report")
     if report.get("failed_inputs"):
         raise PartialFailure([(f["file"], f["error"]) for f in report["failed_inputs"]])
     return report

@@ -14,8 +14,10 @@ from PIL import Image
 
 from deid.errors import InputError, OutputError, ShapeError, VideoDecodeError
 from deid.io import (
+    Artefact,
     VideoWriter,
-    check_output,
+    check_output_kind,
+    check_writes,
     classify_input,
     iter_batches,
     list_images,
@@ -386,36 +388,58 @@ def test_list_images_recursive_sorted(tmp_path: Path) -> None:
         list_images(tmp_path / "b.jpg")
 
 
-def test_check_output(tmp_path: Path, clip: Path) -> None:
+def _check_run(src: Path, dst: Path) -> None:
+    """What `deid run` checks of its output (deid.pipeline.check_run, without the report)."""
+    kind = classify_input(src)
+    check_writes([("input", src)], [Artefact("output", dst, folder=kind == "folder")])
+    check_output_kind(kind, dst)
+
+
+def test_check_writes(tmp_path: Path, clip: Path) -> None:
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "a.jpg").write_bytes(b"")
     (tmp_path / "outdir").mkdir()
     link = tmp_path / "link.mp4"
     link.symlink_to(clip)
+    hard = tmp_path / "hard.mp4"
+    os.link(clip, hard)
 
-    check_output(clip, tmp_path / "new" / "clip_deid.mp4")
-    check_output(photos, tmp_path / "photos_deid")
-    check_output(photos / "a.jpg", tmp_path / "a_deid.png")
+    _check_run(clip, tmp_path / "new" / "clip_deid.mp4")
+    _check_run(photos, tmp_path / "photos_deid")
+    _check_run(photos / "a.jpg", tmp_path / "a_deid.png")
 
     with pytest.raises(OutputError, match="is the input"):
-        check_output(clip, clip)
+        _check_run(clip, clip)
     with pytest.raises(OutputError, match="is the input"):
-        check_output(clip, link)
+        _check_run(clip, link)
+    with pytest.raises(OutputError, match="is the input"):
+        _check_run(clip, hard)
     with pytest.raises(OutputError, match="inside the input folder"):
-        check_output(photos, photos / "out")
+        _check_run(photos, photos / "out")
+    with pytest.raises(OutputError, match="the output folder contains the input folder"):
+        _check_run(photos, tmp_path)
     with pytest.raises(OutputError, match="is the input"):
-        check_output(photos, photos)
+        _check_run(photos, photos)
     with pytest.raises(OutputError, match="existing folder"):
-        check_output(clip, tmp_path / "outdir")
+        _check_run(clip, tmp_path / "outdir")
     with pytest.raises(OutputError, match="existing file"):
-        check_output(photos, clip)
+        _check_run(photos, clip)
     with pytest.raises(OutputError, match=r"expected one of .*\.mp4"):
-        check_output(clip, tmp_path / "out.png")
+        _check_run(clip, tmp_path / "out.png")
     with pytest.raises(OutputError, match=r"expected one of .*\.jpg"):
-        check_output(photos / "a.jpg", tmp_path / "out.mp4")
+        _check_run(photos / "a.jpg", tmp_path / "out.mp4")
     with pytest.raises(InputError):
-        check_output(tmp_path / "missing.mp4", tmp_path / "out.mp4")
+        _check_run(tmp_path / "missing.mp4", tmp_path / "out.mp4")
+    # artefacts among themselves: not the same path, not one inside the other
+    out = Artefact("output", tmp_path / "o", folder=True)
+    with pytest.raises(OutputError, match=r"the sheet is inside the output folder .*/o;"):
+        check_writes([], [out, Artefact("sheet", tmp_path / "o" / "s.png")])
+    with pytest.raises(OutputError, match="the sheet is the report"):
+        check_writes([], [Artefact("report", clip), Artefact("sheet", link)])
+    # the folder written to must take a new file
+    with pytest.raises(OutputError, match=r"a\.jpg is a file; expected a folder"):
+        check_writes([], [Artefact("output", photos / "a.jpg" / "x" / "y.png")])
 
 
 def test_read_range_seeks_to_exactly_the_asked_frames(tmp_path: Path) -> None:

@@ -116,18 +116,24 @@ def test_prepare_yaleb_size_mismatch_names_file(tmp_path: Path) -> None:
 
 
 def test_prepare_yaleb_bad_source(tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "y.npz"
     with pytest.raises(DataError, match=r"not found.*CroppedYale/yaleBNN"):
-        prepare_yaleb(tmp_path / "nope", tmp_path / "y.npz", progress=False)
-    (tmp_path / "CroppedYale" / "other").mkdir(parents=True)
+        prepare_yaleb(tmp_path / "nope", out, progress=False)
+    (src / "CroppedYale" / "other").mkdir(parents=True)
     with pytest.raises(DataError, match="CroppedYale/yaleBNN"):
-        prepare_yaleb(tmp_path, tmp_path / "y.npz", progress=False)
-    (tmp_path / "CroppedYale" / "yaleB01").mkdir()
-    (tmp_path / "CroppedYale" / "yaleB01" / "yaleB01_P00.info").write_text("x\n")
+        prepare_yaleb(src, out, progress=False)
+    (src / "CroppedYale" / "yaleB01").mkdir()
+    (src / "CroppedYale" / "yaleB01" / "yaleB01_P00.info").write_text("x\n")
     with pytest.raises(DataError, match="CroppedYale/yaleBNN"):
-        prepare_yaleb(tmp_path, tmp_path / "y.npz", progress=False)
-    with pytest.raises(OutputError, match="directory"):
-        prepare_yaleb(tmp_path, tmp_path, progress=False)
-    assert not (tmp_path / "y.npz").exists()
+        prepare_yaleb(src, out, progress=False)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(OutputError, match="is an existing folder"):
+        prepare_yaleb(src, tmp_path / "folder", progress=False)
+    with pytest.raises(OutputError, match="is the source folder"):
+        prepare_yaleb(src, src, progress=False)
+    with pytest.raises(OutputError, match="is inside the source folder"):
+        prepare_yaleb(src, src / "y.npz", progress=False)
+    assert not out.exists() and not (src / "y.npz").exists()
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,17 +295,16 @@ def test_prepare_celeba_max_identities_fake_detector(tmp_path: Path) -> None:
 
 
 def test_prepare_celeba_bad_source(tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "c.npz"
     with pytest.raises(DataError, match=r"not found.*img_align_celeba"):
-        prepare_celeba(tmp_path / "nope", tmp_path / "c.npz", progress=False)
-    (tmp_path / "img_align_celeba").mkdir()
+        prepare_celeba(tmp_path / "nope", out, progress=False)
+    (src / "img_align_celeba").mkdir(parents=True)
     with pytest.raises(DataError, match=r"no identity_CelebA\.txt; expected img_align_celeba"):
-        prepare_celeba(tmp_path, tmp_path / "c.npz", progress=False)
-    (tmp_path / "identity_CelebA.txt").write_text("000001.jpg 2880\n")
+        prepare_celeba(src, out, progress=False)
+    (src / "identity_CelebA.txt").write_text("000001.jpg 2880\n")
     with pytest.raises(DataError, match="none of the 1 images"):
-        prepare_celeba(tmp_path, tmp_path / "c.npz", progress=False)
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(
-        tmp_path / "img_align_celeba" / "000001.jpg"
-    )
+        prepare_celeba(src, out, progress=False)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "img_align_celeba" / "000001.jpg")
     with pytest.raises(DataError, match="no identity has >= 20 images"):
-        prepare_celeba(tmp_path, tmp_path / "c.npz", progress=False)
-    assert not (tmp_path / "c.npz").exists()
+        prepare_celeba(src, out, progress=False)
+    assert not out.exists()

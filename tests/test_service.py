@@ -132,6 +132,40 @@ def test_path_policy(tmp_path: Path) -> None:
         check_path(root / "a" / "v.mp4", [])
 
 
+def test_job_outputs_around_or_inside_the_input_are_refused(tmp_path: Path) -> None:
+    """The submission check is the one `deid run` and `deid batch` use (no Redis, no worker)."""
+    from deid.errors import OutputError
+    from deid.service.jobs import new_job
+
+    root = tmp_path / "root"
+    n = root / "fold" / "a" / "n"
+    n.mkdir(parents=True)
+    (n / "x.png").write_bytes(b"an image, by its suffix")
+    (root / "fold" / "link").symlink_to(root / "fold" / "a")
+    odd = root / "odd" / "out.report.json"  # a folder named like the report of root/odd/out
+    odd.mkdir(parents=True)
+    (odd / "y.png").write_bytes(b"an image, by its suffix")
+    clip = face_clip(root / "clip.mp4", frames=2)
+    settings = service_settings("redis://127.0.0.1:1/0", root)
+    cases = {
+        (n, root / "fold" / "a"): "the output folder contains the input folder",
+        (n, root / "fold" / "link"): "the output folder contains the input folder",
+        (n, n): "the output folder is the input folder",
+        (n, n / "out"): "the output folder is inside the input folder",
+        (odd, root / "odd" / "out"): "the report is the input folder",
+        (clip, root / "clip.mkv"): None,  # fine: a video beside its input
+        (clip, n / "x.png"): "expected one of",
+    }
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    for (src, dst), words in cases.items():
+        if words is None:
+            assert new_job(src, dst, settings, settings.service).output == str(dst)
+            continue
+        with pytest.raises(OutputError, match=words):
+            new_job(src, dst, settings, settings.service)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
 def test_service_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from deid.config import load_settings
 

@@ -35,6 +35,25 @@ def data_dir() -> Path:
     return Path(env).expanduser() if env else (REPO_ROOT.parent / "shared" / "data")
 
 
+def dataset_file(
+    name: str, path: Path | str | None = None, resolution: Literal["48x42", "192x168"] = "48x42"
+) -> Path:
+    """The npz a loader reads: ``path`` when given, else the shared file of dataset ``name``
+    (``yaleb`` at ``resolution``, or ``celeba``) under :func:`data_dir`."""
+    if path:
+        return Path(path)
+    if name == "yaleb":
+        return data_dir() / YALEB_FILES[resolution]
+    if name == "celeba":
+        return data_dir() / CELEBA_FILE
+    raise DataError(f"unknown dataset {name!r}; available: ['celeba', 'yaleb']")
+
+
+def default_dataset_files() -> list[Path]:
+    """Every shared dataset file a command may read when it is given no ``--data``."""
+    return [data_dir() / f for f in (*YALEB_FILES.values(), CELEBA_FILE)]
+
+
 def cache_dir() -> Path:
     """Where decoded arrays are cached: ``$DEID_CACHE_DIR``, else ``~/.cache/deid``."""
     env = os.environ.get("DEID_CACHE_DIR")
@@ -186,7 +205,7 @@ def load_yaleb(
     ``split="random"`` holds out ``test_fraction`` of every subject's images (seeded);
     ``split="azimuth"`` trains on light from |azimuth| <= 25 deg and tests on the harsher rest.
     """
-    p = Path(path) if path else data_dir() / YALEB_FILES[resolution]
+    p = dataset_file("yaleb", path, resolution)
     if split == "random":
         spec: dict[str, Any] = {"kind": "random", "seed": seed, "test_fraction": test_fraction}
     else:
@@ -196,7 +215,7 @@ def load_yaleb(
 
 def load_celeba(path: Path | str | None = None) -> FaceDataset:
     """The CelebA identity subset (RGB 64x64, aligned); uses the file's own ``split`` key."""
-    p = Path(path) if path else data_dir() / CELEBA_FILE
+    p = dataset_file("celeba", path)
     arrays = load_npz(p)
     if "split" in arrays:
         spec: dict[str, Any] = {"kind": "file"}
@@ -212,13 +231,13 @@ def load_dataset(
     if name == "yaleb":
         if split is None:
             return load_yaleb(path)
-        p = Path(path) if path else data_dir() / YALEB_FILES["48x42"]
+        p = dataset_file("yaleb", path)
         if "file" in split and path is None:
             p = data_dir() / "yaleb" / split["file"]
         return _dataset("yaleb", p, {k: v for k, v in split.items() if k != "file"})
     if name == "celeba":
         if split is None:
             return load_celeba(path)
-        p = Path(path) if path else data_dir() / CELEBA_FILE
+        p = dataset_file("celeba", path)
         return _dataset("celeba", p, {k: v for k, v in split.items() if k != "file"})
     raise DataError(f"unknown dataset {name!r}; available: ['celeba', 'yaleb']")

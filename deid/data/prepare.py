@@ -30,7 +30,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from deid.align import similarity
-from deid.errors import ConfigError, DataError, OutputError
+from deid.errors import ConfigError, DataError
+from deid.io import Artefact, check_writes, writing
 from deid.types import Detections
 
 log = logging.getLogger(__name__)
@@ -82,15 +83,13 @@ def _save_atomic(out: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
-def _check_out(out: Path) -> Path:
-    """Fail before the long work if ``out`` cannot be a file; create its folder."""
+def _check_out(out: Path, source: Path) -> Path:
+    """Fail before the long work if ``out`` cannot be written, or is, holds or lies inside
+    ``source`` (:func:`deid.io.check_writes`); create its folder."""
     out = Path(out).expanduser()
-    if out.is_dir():
-        raise OutputError(out, "is a directory; expected the path of an .npz file to write")
-    try:
+    check_writes([("source", source)], [Artefact("dataset file", out)])
+    with writing(out, "dataset file"):
         out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(out, f"cannot create its folder ({e})") from e
     return out
 
 
@@ -168,14 +167,14 @@ def prepare_yaleb(
         DataError: SOURCE missing or without ``yaleBNN/*.pgm``, an unreadable PGM, or an image
             whose size differs from the first one (the message names the file).
         ConfigError: a ``size`` that is not two positive integers.
-        OutputError: ``out`` is a directory or its folder cannot be created.
+        OutputError: ``out`` is a directory, is or lies inside SOURCE, or cannot be written.
     """
     source = _check_source(source, YALE_LAYOUT)
     if size is not None:
         if len(size) != 2 or min(int(v) for v in size) < 1:
             raise ConfigError(f"size: expected (height, width) positive integers, got {size!r}")
         size = (int(size[0]), int(size[1]))
-    out = _check_out(out)
+    out = _check_out(out, source)
     root, subject_dirs = _yale_root(source)
 
     files: list[tuple[str, Path, int, int]] = []  # subject, path, azimuth, elevation
@@ -399,7 +398,7 @@ def prepare_celeba(
     Raises:
         DataError: SOURCE missing or without the layout above, or no identity left.
         ConfigError: ``min_images``, ``max_identities`` or ``size`` out of range.
-        OutputError: ``out`` is a directory or its folder cannot be created.
+        OutputError: ``out`` is a directory, is or lies inside SOURCE, or cannot be written.
     """
     source = _check_source(source, CELEBA_LAYOUT)
     if min_images < 1:
@@ -408,7 +407,7 @@ def prepare_celeba(
         raise ConfigError(f"max_identities: expected >= 1 or None, got {max_identities}")
     if not 8 <= size <= WARP_SIZE:
         raise ConfigError(f"size: expected 8..{WARP_SIZE} pixels, got {size}")
-    out = _check_out(out)
+    out = _check_out(out, source)
     img_dir, ident_file, part_file = _celeba_layout(source)
     todo = _celeba_todo(source, img_dir, ident_file, min_images, max_identities)
     ids = sorted({i for i, _ in todo})

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deid.argtypes import (
     add_report_flags,
@@ -21,6 +23,9 @@ from deid.argtypes import (
     set_threads,
 )
 from deid.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deid.io import Artefact
 
 ROBUSTNESS_ATTACKS = "fgsm,ifgsm,pgd,cw"
 ROBUSTNESS_EPS = "1/255,2/255,4/255,8/255,16/255"
@@ -43,8 +48,46 @@ def _check_n(n: int) -> None:
         raise ConfigError(f"-n: expected at least 1 face, got {n}")
 
 
-def _write_json(path: Path, obj: object) -> None:
-    path.write_text(json.dumps(obj, indent=1) + "\n")
+def _write_json(path: Path, text: str) -> None:
+    from deid.io import write_text
+
+    write_text(path, text + "\n", "JSON report")
+
+
+def check_eval_writes(
+    writes: Sequence[Artefact | None],
+    data: Path | str | None = None,
+    models: Sequence[str | Path] = (),
+    config: str | Path | None = None,
+) -> None:
+    """Refuse a ``deid eval`` command whose reports would land on, in or around what it
+    reads, before any model or dataset loads (:func:`deid.io.check_writes`).
+
+    What it reads: ``data``, or without it every shared dataset file (the checkpoints name
+    theirs); the checkpoint files among ``models`` (shipped names are not paths); the YAML
+    ``config`` when it is a file.
+    """
+    from deid.data.datasets import default_dataset_files
+    from deid.io import check_writes
+
+    datasets = [Path(data)] if data else default_dataset_files()
+    reads: list[tuple[str, Path | str | None]] = [("dataset", p) for p in datasets]
+    reads += [("checkpoint", m) for m in models if Path(m).suffix in (".pt", ".pth")]
+    if config is not None and Path(config).is_file():
+        reads.append(("config", config))
+    check_writes(reads, writes)
+
+
+def _json_artefact(path: Path | None) -> Artefact | None:
+    from deid.io import Artefact
+
+    return Artefact("JSON report", path) if path else None
+
+
+def _folder_artefact(path: Path) -> Artefact:
+    from deid.io import Artefact
+
+    return Artefact("report", path, folder=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,6 +124,7 @@ def _add_attack(esub: argparse._SubParsersAction) -> None:
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
+    check_eval_writes([_json_artefact(args.json)], args.data, [args.classifier])
     from deid.eval.heldout import attack_table, format_table
 
     table = attack_table(
@@ -96,7 +140,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(format_table(table) + "\n")
     if args.json:
-        _write_json(args.json, table)
+        _write_json(args.json, json.dumps(table, indent=1))
     return 0
 
 
@@ -145,6 +189,7 @@ def _add_survival(esub: argparse._SubParsersAction) -> None:
 def cmd_survival(args: argparse.Namespace) -> int:
     if args.n < 1 or args.frames < 1 or args.align < 1:
         raise ConfigError("-n, --frames and --align: expected integers >= 1")
+    check_eval_writes([_json_artefact(args.json)], args.data, [args.classifier], args.config)
     from deid.eval.survival import format_survival, survival_table
 
     table = survival_table(
@@ -164,7 +209,7 @@ def cmd_survival(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(format_survival(table) + "\n")
     if args.json:
-        _write_json(args.json, table)
+        _write_json(args.json, json.dumps(table, indent=1))
     return 0
 
 
@@ -219,6 +264,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         classifier = args.classifier or settings.classifier.name
         attack = settings.attack.name  # type: ignore[union-attr]
         params = settings.attack.model_dump()
+    check_eval_writes([_json_artefact(args.json)], args.data, [classifier], args.config)
     from deid.eval.heldout import dataset_eval, format_dataset_eval
 
     rep = dataset_eval(
@@ -237,12 +283,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     )
     sys.stdout.write(format_dataset_eval(rep) + "\n")
     if args.json:
-        from deid.io import tmp_beside
-
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_beside(args.json)
-        tmp.write_text(json.dumps(rep, allow_nan=False) + "\n")
-        tmp.replace(args.json)
+        _write_json(args.json, json.dumps(rep, allow_nan=False))
     return 0
 
 
@@ -262,6 +303,7 @@ def _add_robustness(esub: argparse._SubParsersAction) -> None:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
+    check_eval_writes([_folder_artefact(args.output)], args.data, args.checkpoints)
     set_threads(args)
     eps = fraction_list(args.eps, "--eps")
     if not eps or any(not 0 < e <= 1 for e in eps):
@@ -324,11 +366,13 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     if not 0 < eps <= 1:
         raise ConfigError(f"--eps: expected a value in (0, 1] such as 8/255, got {args.eps!r}")
     sources = _names(args.sources)
+    targets = _names(args.targets) if args.targets else sources
+    check_eval_writes([_folder_artefact(args.output)], args.data, [*sources, *targets])
     from deid.eval.transfer import transfer_table, write_report
 
     table = transfer_table(
         sources,
-        _names(args.targets) if args.targets else sources,
+        targets,
         attack=args.attack,
         eps=eps,
         steps=args.steps,

@@ -1,15 +1,25 @@
-"""Reading and writing videos and images, input classification and output-path checks."""
+"""Reading and writing videos and images, input classification, and the checked, atomic
+writing of every file deid makes."""
 
 from deid.io.images import (
     IMAGE_EXTS,
     VIDEO_EXTS,
-    check_output,
+    check_output_kind,
+    check_run,
     classify_input,
     list_images,
     read_image,
     write_image,
 )
-from deid.io.paths import tmp_beside
+from deid.io.paths import (
+    Artefact,
+    check_writes,
+    report_path,
+    resolve,
+    tmp_beside,
+    write_text,
+    writing,
+)
 from deid.io.video import (
     REPRODUCIBLE_X264,
     WRITABLE_VIDEO_FORMATS,
@@ -32,11 +42,14 @@ __all__ = [
     "REPRODUCIBLE_X264",
     "VIDEO_EXTS",
     "WRITABLE_VIDEO_FORMATS",
+    "Artefact",
     "FrameTable",
     "VideoInfo",
     "VideoWriter",
-    "check_output",
+    "check_output_kind",
+    "check_run",
     "check_video",
+    "check_writes",
     "classify_input",
     "concat_videos",
     "frame_table",
@@ -46,8 +59,12 @@ __all__ = [
     "read_frames",
     "read_image",
     "read_range",
+    "report_path",
+    "resolve",
     "tmp_beside",
     "to_rate",
     "write_image",
+    "write_text",
     "write_video",
+    "writing",
 ]

@@ -1,4 +1,4 @@
-"""Still images (Pillow), input classification and output-path checks.
+"""Still images (Pillow), input classification, and the check of a run's writes.
 
 Images are ``(H, W, 3) uint8 RGB`` numpy arrays. Files are written atomically: to a hidden
 temporary file in the destination folder, then renamed with ``os.replace``.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from deid.errors import InputError, OutputError, ShapeError
-from deid.io.paths import tmp_beside
+from deid.io.paths import Artefact, check_writes, report_path, tmp_beside
 from deid.io.video import WRITABLE_VIDEO_FORMATS
 
 log = logging.getLogger(__name__)
@@ -179,47 +180,52 @@ def list_images(folder: Path | str) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return b.exists() and a.samefile(b)
-    except OSError:
-        return False
-
-
-def check_output(input_path: Path | str, output_path: Path | str) -> None:
-    """Refuse output paths that would clobber or feed back into the input.
-
-    Rules: the output must not be the input itself (also through symlinks or hard links);
-    for a folder input the output must be a folder outside it (not the input, not inside
-    it, not an existing file); for a file input the output must not be an existing folder
-    and must have a suffix of the same kind (video: .mp4, .m4v, .mov, .mkv; image: one of
-    :data:`IMAGE_EXTS`). Its parent, if it exists, must be a folder.
+def check_output_kind(kind: Literal["video", "image", "folder"], output: Path | str) -> None:
+    """Refuse an output path that cannot hold its input's kind: a video's output needs a
+    suffix H.264 can be written to (.mp4, .m4v, .mov, .mkv), an image's one of
+    :data:`IMAGE_EXTS`. Where it may go is :func:`deid.io.paths.check_writes`' business.
 
     Raises:
-        InputError: the input does not exist or has an unsupported suffix.
-        OutputError: the output path breaks one of the rules above.
+        OutputError: naming the suffixes expected.
     """
-    src, dst = Path(input_path), Path(output_path)
-    kind = classify_input(src)
-    if _same_file(src, dst):
-        raise OutputError(dst, f"is the input {src}; expected a different output path")
     if kind == "folder":
-        if dst.exists() and not dst.is_dir():
-            raise OutputError(dst, "is an existing file; expected a folder for a folder input")
-        if dst.resolve().is_relative_to(src.resolve()):
-            raise OutputError(
-                dst, f"is inside the input folder {src}; expected a folder outside it"
-            )
         return
-    if dst.is_dir():
-        raise OutputError(dst, f"is an existing folder; expected a file path for the {kind}")
+    dst = Path(output)
     allowed = set(WRITABLE_VIDEO_FORMATS) if kind == "video" else IMAGE_EXTS
     if dst.suffix.lower() not in allowed:
         raise OutputError(
             dst, f"unsupported output suffix for a {kind}; expected one of {_exts(allowed)}"
         )
-    parent = dst.parent
-    if parent.exists() and not parent.is_dir():
-        raise OutputError(dst, f"its parent {parent} is a file; expected a folder")
+
+
+def check_run(
+    input: Path | str,
+    output: Path | str,
+    contact_sheet: Path | str | None = None,
+    extra: Sequence[Artefact] = (),
+    probe: bool = True,
+) -> Literal["video", "image", "folder"]:
+    """Refuse a run (``deid run``, a service job) before any work: an input that is not a
+    video, image or folder; any clash of what the run writes (the output, its report, the
+    contact sheet, ``extra``) with its input or with each other
+    (:func:`deid.io.paths.check_writes`; a folder's output mirrors the input tree, so nothing
+    else may go inside it); an output suffix that does not fit the input; a contact sheet
+    not named ``.png``. Returns the input's kind.
+
+    Raises:
+        InputError, OutputError: naming what was expected.
+    """
+    input, output = Path(input), Path(output)
+    kind = classify_input(input)
+    sheet = None if contact_sheet is None else Artefact("contact sheet", Path(contact_sheet))
+    writes = [
+        Artefact("output", output, folder=kind == "folder"),
+        Artefact("report", report_path(output)),
+        sheet,
+        *extra,
+    ]
+    check_writes([("input", input)], writes, probe=probe)
+    check_output_kind(kind, output)
+    if sheet is not None and sheet.path.suffix.lower() != ".png":
+        raise OutputError(sheet.path, "the contact sheet is a PNG; expected a .png path")
+    return kind

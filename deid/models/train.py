@@ -42,7 +42,9 @@ from tqdm.auto import tqdm
 from deid.argtypes import fraction
 from deid.attacks.base import attack_mode
 from deid.data import FaceDataset, load_celeba, load_yaleb
+from deid.data.datasets import dataset_file
 from deid.errors import ConfigError
+from deid.io import Artefact, check_writes
 from deid.models.classifier import ClassifierMeta, FaceClassifier
 from deid.models.nets import build_net
 
@@ -477,6 +479,11 @@ def train_classifier(
     Returns the classifier (eval mode) and its held-out metrics.
     """
     r = _recipe(preset, epochs, min_std)
+    out = Path(out)
+    check_writes(
+        [("dataset", dataset_file(r.dataset, data, r.resolution))],  # type: ignore[arg-type]
+        [Artefact("checkpoint", out), Artefact("checkpoint metadata", out.with_suffix(".json"))],
+    )
     seed_everything(seed)
     dev = torch.device(device)
     ds, xtr, ytr, xte, yte = _training_data(r, data, split, subset)

@@ -1,17 +1,56 @@
-"""Contact sheet: each face before and after, with the classifier's verdicts."""
+"""Contact sheets: each face before and after, with the classifier's verdicts.
+
+A sheet holds no face clearer than deid's output unless asked for: the *before* tiles are the
+original crops pixelated the way deid obscures a face whose attack failed. With
+``show_originals`` they are the clear originals, and the sheet says so in a red line under its
+title and in its PNG metadata (``deid:originals``: ``clear`` or ``pixelated``), and a warning
+is logged.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
+from deid.align import pixelate
+from deid.io import tmp_beside
+
+log = logging.getLogger(__name__)
 
 CELL = 128
 PAD = 8
 TEXT_H = 44
+RED = (200, 30, 30)
+#: The PNG text key that says whether a sheet's originals are ``clear`` or ``pixelated``.
+ORIGINALS_KEY = "deid:originals"
+#: The line a sheet with clear originals carries under its title.
+CLEAR_WARNING = "CLEAR ORIGINAL FACES: not de-identified, do not share"
+
+
+def originals(rgb: np.ndarray, show: bool) -> np.ndarray:
+    """An original face crop as a sheet shows it: clear only when ``show``."""
+    return rgb if show else pixelate(rgb)
+
+
+def _save(sheet: Image.Image, path: Path, show_originals: bool) -> Path:
+    """Write the PNG atomically, with the ``deid:originals`` text; warn for clear faces."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(ORIGINALS_KEY, "clear" if show_originals else "pixelated")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_beside(path)
+    try:
+        sheet.save(tmp, format="PNG", pnginfo=info)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if show_originals:
+        log.warning("%s holds clear original faces (not de-identified): do not share it", path)
+    return path
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -34,7 +73,11 @@ def _thumb(rgb: np.ndarray) -> Image.Image:
 
 
 def contact_sheet(
-    faces: Sequence[dict[str, Any]], path: Path | str, title: str = "", columns: int = 4
+    faces: Sequence[dict[str, Any]],
+    path: Path | str,
+    title: str = "",
+    columns: int = 4,
+    show_originals: bool = False,
 ) -> Path:
     """Write a PNG grid of face pairs: the original crop (with its predicted identity and
     confidence) beside the de-identified one (with the identity the classifier now sees).
@@ -43,6 +86,8 @@ def contact_sheet(
         faces: records with ``before`` and ``after`` (h, w, 3) uint8 crops and the report's
             ``pred``, ``pred_conf``, ``final``, ``final_conf``, ``target``, ``action``, ``psnr``.
         path: output PNG.
+        show_originals: show the clear original crops; by default they are pixelated (the
+            sheet then holds no face clearer than the de-identified output).
     """
     path = Path(path)
     f_small, f_title = _font(12), _font(16)
@@ -50,20 +95,22 @@ def contact_sheet(
     cols = min(columns, n)
     rows = (n + cols - 1) // cols
     pair_w = 2 * CELL + PAD
-    top = 32 if title else PAD
+    top = (32 if title else PAD) + (22 if show_originals else 0)
     W = cols * pair_w + (cols + 1) * 2 * PAD
     H = top + rows * (CELL + TEXT_H + 2 * PAD) + PAD
     sheet = Image.new("RGB", (W, H), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
     if title:
         draw.text((2 * PAD, 8), title, fill=(20, 20, 20), font=f_title)
+    if show_originals:
+        draw.text((2 * PAD, top - 26), CLEAR_WARNING, fill=RED, font=f_title)
     if not faces:
         draw.text((2 * PAD, top + 10), "no faces detected", fill=(120, 120, 120), font=f_title)
     for i, f in enumerate(faces):
         r, c = divmod(i, cols)
         x = 2 * PAD + c * (pair_w + 2 * PAD)
         y = top + r * (CELL + TEXT_H + 2 * PAD)
-        sheet.paste(_thumb(f["before"]), (x, y))
+        sheet.paste(_thumb(originals(f["before"], show_originals)), (x, y))
         sheet.paste(_thumb(f["after"]), (x + CELL + PAD, y))
         ok = f["action"] == "attacked"
         colour = (20, 120, 40) if ok else (190, 60, 20)
@@ -99,11 +146,7 @@ def contact_sheet(
                 fill=(110, 110, 110),
                 font=f_small,
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    sheet.save(tmp)
-    tmp.replace(path)
-    return path
+    return _save(sheet, path, show_originals)
 
 
 def _decode_png(b64: str) -> np.ndarray:
@@ -126,19 +169,21 @@ def _upscale(rgb: np.ndarray, cell: int) -> Image.Image:
     return canvas
 
 
-def eval_sheet(rep: dict[str, Any], path: Path | str, cell: int = 128) -> Path:
+def eval_sheet(
+    rep: dict[str, Any], path: Path | str, cell: int = 128, show_originals: bool = False
+) -> Path:
     """Contact sheet of a ``deid eval dataset`` report: one column per example face; the
     first row is the clean crop (true identity, what the classifier sees and how sure it
-    is), each further row the de-identified crop at one eps (what it sees now, PSNR, SSIM).
-    Frame colour: green = the attack's target, red = still the true identity, orange =
-    someone else."""
+    is; pixelated unless ``show_originals``), each further row the de-identified crop at one
+    eps (what it sees now, PSNR, SSIM). Frame colour: green = the attack's target, red =
+    still the true identity, orange = someone else."""
     path = Path(path)
     ex = rep["examples"]
     names = rep["class_names"]
     ps = rep["per_sample"]
     rows = rep["rows"]
     f_small, f_head = _font(12), _font(14)
-    text_h, head, left = 36, 34, 92
+    text_h, head, left = 36, 34 + (22 if show_originals else 0), 92
     col_w, row_h = cell + 2 * PAD, cell + text_h + PAD
     W = left + col_w * len(ex["samples"]) + PAD
     H = head + row_h * (1 + len(rows)) + 22
@@ -148,7 +193,9 @@ def eval_sheet(rep: dict[str, Any], path: Path | str, cell: int = 128) -> Path:
         f"{rep['attack']} ({rep['target_mode']}) vs {rep['classifier']}, {rep['dataset']} held-out"
     )
     draw.text((PAD, 8), title, fill=(20, 20, 20), font=_font(16))
-    heads = ["clean"] + [
+    if show_originals:
+        draw.text((PAD, 30), CLEAR_WARNING, fill=RED, font=_font(16))
+    heads = ["clean" if show_originals else "clean\n(pixelated)"] + [
         f"eps\n{r['eps_255']:g}/255" if r.get("eps") is not None else "de-\nidentified"
         for r in rows
     ]
@@ -161,7 +208,8 @@ def eval_sheet(rep: dict[str, Any], path: Path | str, cell: int = 128) -> Path:
         x = left + i * col_w
         label, pred0 = ps["label"][s], ps["pred"][s]
         y = head
-        sheet.paste(_upscale(_decode_png(ex["clean"][i]), cell), (x, y))
+        clean = originals(_decode_png(ex["clean"][i]), show_originals)
+        sheet.paste(_upscale(clean, cell), (x, y))
         right = pred0 == label
         draw.text((x, y + cell + 3), f"id {names[label]}", fill=(30, 30, 30), font=f_small)
         draw.text(
@@ -204,8 +252,4 @@ def eval_sheet(rep: dict[str, Any], path: Path | str, cell: int = 128) -> Path:
     for text, colour in legend:
         draw.text((x, H - 20), text, fill=colour, font=f_small)
         x += int(draw.textlength(text, font=f_small)) + 14
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    sheet.save(tmp)
-    tmp.replace(path)
-    return path
+    return _save(sheet, path, show_originals)

@@ -28,6 +28,18 @@ from deid.errors import DeidError, InputError
 
 log = logging.getLogger(__name__)
 
+#: The contact sheet's file name in the report folder: ``contact.png`` holds pixelated
+#: originals, ``contact.originals.png`` (``--show-originals``) the clear ones.
+SHEETS = {False: "contact.png", True: "contact.originals.png"}
+CLEAR_NOTE = (
+    "<p class='warn'>This page shows <b>clear original faces</b> (--show-originals): they "
+    "are not de-identified. Do not share it.</p>"
+)
+PIXELATED_NOTE = (
+    "<p class='note'>Before: the original faces, pixelated (deid report --show-originals "
+    "shows them unobscured).</p>"
+)
+
 CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2rem auto;
        max-width: 1280px; padding: 0 1rem; color: #222; }
@@ -40,6 +52,7 @@ th { background: #f4f4f4; } td.l, th.l { text-align: left; }
 tr.bad td { background: #fff1ec; }
 img { max-width: 100%; border: 1px solid #eee; margin: .4rem 0; }
 .note { color: #777; font-style: italic; }
+.warn { color: #b00; border: 2px solid #b00; padding: .4rem .6rem; }
 .kpi { display: inline-block; margin: .3rem 1.2rem .3rem 0; }
 .kpi b { display: block; font-size: 1.3rem; }
 """
@@ -83,7 +96,9 @@ def _table(
     return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
 
 
-def _page(title: str, body: str) -> str:
+def _page(title: str, body: str, show_originals: bool = False) -> str:
+    if show_originals:
+        title, body = f"[clear faces] {title}", CLEAR_NOTE + body
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n"
@@ -95,11 +110,9 @@ def _img(name: str, alt: str) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    from deid.io import tmp_beside
+    from deid.io import write_text
 
-    tmp = tmp_beside(path)
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, text, "HTML report")
 
 
 def _scaled(v: float | None, k: float) -> float | None:
@@ -109,11 +122,12 @@ def _scaled(v: float | None, k: float) -> float | None:
 # --------------------------------------------------------------------------------------------
 # eval dataset
 # --------------------------------------------------------------------------------------------
-def render_eval(rep: dict[str, Any], out: Path) -> Path:
+def render_eval(rep: dict[str, Any], out: Path, show_originals: bool = False) -> Path:
     from deid.report import plots
     from deid.report.contact import eval_sheet
 
-    eval_sheet(rep, out / "contact.png")
+    sheet_name = SHEETS[show_originals]
+    eval_sheet(rep, out / sheet_name, show_originals=show_originals)
     plots.success_vs_eps(rep, out / "success_vs_eps.png")
     plots.norm_histograms(rep, out / "norms.png")
     plots.confusion(rep, out / "confusion.png")
@@ -176,7 +190,8 @@ with a {_e(rep.get("detect_margin"))} margin.</p>
 <h2>Figures</h2>
 {_table(rows, columns)}
 <h2>Faces before and after</h2>
-{_img("contact.png", "contact sheet")}
+{CLEAR_NOTE if show_originals else PIXELATED_NOTE}
+{_img(sheet_name, "contact sheet")}
 <h2>Success vs eps</h2>
 {_img("success_vs_eps.png", "success vs eps")}
 <h2>Perturbation norms and quality</h2>
@@ -185,7 +200,7 @@ with a {_e(rep.get("detect_margin"))} margin.</p>
 {_img("confusion.png", "confusion")}
 """
     index = out / "index.html"
-    _write(index, _page(title, body))
+    _write(index, _page(title, body, show_originals))
     return index
 
 
@@ -368,7 +383,9 @@ def _track_flicker(r: dict[str, Any]) -> bool:
     return (r.get("target_changes") or 0) > 0 or (isinstance(used, list) and len(used) > 1)
 
 
-def render_run(rep: dict[str, Any], out: Path, report_dir: Path) -> Path:
+def render_run(
+    rep: dict[str, Any], out: Path, report_dir: Path, show_originals: bool = False
+) -> Path:
     from deid.report import plots
     from deid.report.contact import contact_sheet
 
@@ -377,13 +394,17 @@ def render_run(rep: dict[str, Any], out: Path, report_dir: Path) -> Path:
     sheet = ""
     try:
         thumbs = rebuild_thumbnails(rep, report_dir)
+        sheet_name = SHEETS[show_originals]
         contact_sheet(
             thumbs,
-            out / "contact.png",
+            out / sheet_name,
             title=f"{Path(rep['input']).name}: {rep.get('attack', {}).get('name', '')}, "
             f"{rep.get('classifier', {}).get('name', '')}",
+            show_originals=show_originals,
         )
-        sheet = _img("contact.png", "contact sheet")
+        sheet = (CLEAR_NOTE if show_originals else PIXELATED_NOTE) + _img(
+            sheet_name, "contact sheet"
+        )
     except (DeidError, OSError, ValueError) as e:
         sheet = f"<p class='note'>no contact sheet: {_e(e)}</p>"
     coverage = ""
@@ -471,20 +492,28 @@ classifier {_e(rep.get("classifier", {}).get("name"))}, attack
     }
 """
     index = out / "index.html"
-    _write(index, _page(title, body))
+    _write(index, _page(title, body, show_originals))
     return index
 
 
 # --------------------------------------------------------------------------------------------
 # entry points
 # --------------------------------------------------------------------------------------------
-def render(report: Path | str, out_dir: Path | str) -> Path:
+def render(report: Path | str, out_dir: Path | str, show_originals: bool = False) -> Path:
     """Render a ``deid eval dataset`` JSON or a ``deid run`` report into ``out_dir``
     (``index.html`` and its PNGs); returns the HTML path.
 
+    The contact sheet's original faces are pixelated (``contact.png``) unless
+    ``show_originals`` (``contact.originals.png``, and the page says so); rendering without
+    it removes a ``contact.originals.png`` an earlier rendering left in ``out_dir``.
+
     Raises:
         InputError: the file is missing, not JSON, or neither kind of report.
+        OutputError: ``out_dir`` is a file, is or holds the report or the run's input or
+            output, lies inside one of them, or cannot be written.
     """
+    from deid.io import Artefact, check_writes, writing
+
     report, out = Path(report), Path(out_dir)
     if not report.is_file():
         raise InputError(report, "not found; expected a deid eval dataset or deid run JSON report")
@@ -494,16 +523,29 @@ def render(report: Path | str, out_dir: Path | str) -> Path:
         raise InputError(report, f"not a JSON report ({e})") from None
     if not isinstance(rep, dict):
         raise InputError(report, "expected a JSON object (a deid eval dataset or run report)")
-    out.mkdir(parents=True, exist_ok=True)
     if rep.get("kind") == "eval-dataset":
-        return render_eval(rep, out)
-    if "totals" in rep and "faces_detail" in rep:
-        return render_run(rep, out, report.parent)
-    raise InputError(
-        report,
-        "neither a `deid eval dataset` report (kind: eval-dataset) nor a `deid run` report "
-        "(totals, faces_detail)",
-    )
+        kind = "eval"
+    elif "totals" in rep and "faces_detail" in rep:
+        kind = "run"
+    else:
+        raise InputError(
+            report,
+            "neither a `deid eval dataset` report (kind: eval-dataset) nor a `deid run` report "
+            "(totals, faces_detail)",
+        )
+    reads: list[tuple[str, Path | None]] = [("JSON report", report)]
+    if kind == "run":  # the contact sheet is rebuilt from the run's files
+        for role in ("input", "output"):
+            where = rep.get(role)
+            reads.append((role, _locate(where, report.parent) if isinstance(where, str) else None))
+    check_writes(reads, [Artefact("HTML report", out, folder=True)])
+    with writing(out, "HTML report"):
+        out.mkdir(parents=True, exist_ok=True)
+        if not show_originals:  # no clear faces left behind by an earlier --show-originals
+            (out / SHEETS[True]).unlink(missing_ok=True)
+    if kind == "eval":
+        return render_eval(rep, out, show_originals)
+    return render_run(rep, out, report.parent, show_originals)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -516,12 +558,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "report", type=Path, help="REPORT.json (deid eval dataset --json, or out.report.json)"
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="folder for index.html + PNGs")
+    p.add_argument(
+        "--show-originals",
+        action="store_true",
+        help="the contact sheet shows the clear original faces (contact.originals.png); "
+        "by default they are pixelated",
+    )
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     import sys
 
-    index = render(args.report, args.output)
+    index = render(args.report, args.output, show_originals=args.show_originals)
     sys.stdout.write(f"{index}\n")
     return 0

@@ -48,7 +48,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from deid.config import ServiceConfig, Settings, format_validation_error
-from deid.errors import ConfigError, DeidError, InputError, OutputError
+from deid.errors import ConfigError, DeidError, InputError
 from deid.service.state import DONE, JOB_ID, TERMINAL, JobStore, safe_url
 from deid.service.storage import (
     WORK_PREFIX,
@@ -155,50 +155,44 @@ def new_job(
     """Check a job before it is queued; return its spec.
 
     Checks: both paths under the storage roots (no ``..``, no symlink out of a root); the
-    input exists and is a decodable video (probed) or a folder with images/videos; the output
-    is not the input, has a video suffix for a video, and is not inside the input folder;
-    the settings are valid and name a known classifier.
+    input exists and is a decodable video (probed) or a folder with images/videos; what the
+    job writes (the output, with a video suffix for a video; its report; its work folder) is
+    not, does not hold and does not lie inside the input, nor each other (the check `deid
+    run` makes, :func:`deid.io.check_run`, without trying to write: the API may see the
+    storage read-only); the settings are valid and name a known classifier.
 
     Raises:
         PathPolicyError, InputError, VideoDecodeError, OutputError, ConfigError: the job is
             refused (HTTP 4xx; CLI exit code 2) with a message naming what was expected.
     """
     from deid.batch import list_media
-    from deid.io import WRITABLE_VIDEO_FORMATS, check_output, check_video, classify_input
+    from deid.io import Artefact, check_run, check_video, classify_input
 
     roots = service.storage_roots
     src = check_path(input, roots)
     dst = check_path(output, roots)
     if not src.exists():
         raise InputError(src, "file not found; expected a video file or a folder of images")
+    job_id = job_id or uuid.uuid4().hex
+    work = Artefact("work folder", work_dir(dst, job_id), folder=True)
     if src.is_dir():
         kind: Literal["video", "dataset"] = "dataset"
         if not list_media(src):
             raise InputError(src, "no images or videos found in this folder")
-        if dst.exists() and not dst.is_dir():
-            raise OutputError(dst, "expected a folder (or a new path) for a folder input")
-        if dst == src or src in dst.parents:
-            raise OutputError(dst, "expected an output folder outside the input folder")
     else:
         if classify_input(src) != "video":
             raise InputError(src, "expected a video file or a folder (single images: deid run)")
         kind = "video"
-        check_output(src, dst)
-        if dst.suffix.lower() not in WRITABLE_VIDEO_FORMATS:
-            raise OutputError(
-                dst, f"expected a video output ({', '.join(sorted(WRITABLE_VIDEO_FORMATS))})"
-            )
-        if dst.is_dir():
-            raise OutputError(dst, "is a folder; expected a video file path")
+    check_run(src, dst, extra=[work], probe=False)
+    if kind == "video":
         check_video(src)  # decodes, and every frame has its own timestamp
     _check_classifier(settings.classifier.name, roots)
-    job_id = job_id or uuid.uuid4().hex
     return JobSpec(
         id=job_id,
         kind=kind,
         input=str(src),
         output=str(dst),
-        workdir=str(work_dir(dst, job_id)),
+        workdir=str(work.path),
         settings=job_settings(settings),
         shard_files=service.shard_files,
         max_deliveries=service.max_deliveries,
