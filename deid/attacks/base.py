@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Protocol
+from typing import Annotated, ClassVar, Protocol
 
 import torch
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from torch import Tensor, nn
 
 from deid.errors import ShapeError
+from deid.targets import TargetMode
 
 
 def parse_fraction(v: object) -> object:
@@ -34,9 +35,15 @@ Budget = Annotated[float, BeforeValidator(parse_fraction)]
 
 
 class AttackConfigBase(BaseModel):
-    """Fields every attack has."""
+    """Fields every attack has.
+
+    A subclass names its attack (``name: Literal["NAME"] = "NAME"``, the key of the registry
+    and of ``Settings.attack``) and says which target the pipeline picks for it when
+    ``target`` is None (``default_target``: ``least-likely``, ``nearest`` or ``random``).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    default_target: ClassVar[TargetMode]
 
     targeted: bool = Field(
         True, description="reach a given identity (True) or just leave the true one"
