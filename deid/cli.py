@@ -21,6 +21,15 @@ from deid.errors import ConfigError, DeidError
 log = logging.getLogger("deid")
 
 
+def attack_help() -> str:
+    """`--attack`'s help: the registry's attacks that `deid run` takes (it runs them targeted)."""
+    from deid.attacks.registry import default_attack, pipeline_attacks
+
+    default = default_attack().name
+    names = [f"{n} (default)" if n == default else n for n in pipeline_attacks()]
+    return "the attack, run targeted: " + ", ".join(names)
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="de-identify a video, an image or a folder of images")
     p.add_argument("input", type=Path, help="video file, image, or folder of images (recursive)")
@@ -35,11 +44,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "--config", help="YAML file or a name in configs/ (default: configs/default.yaml)"
     )
     p.add_argument("--classifier", help="yaleb-mlp, celeba-cnn, or a checkpoint path")
-    p.add_argument(
-        "--attack",
-        help="ifgsm (default), realistic, conceal, or a library attack run targeted: fgsm, "
-        "illc, pgd, mifgsm, cw, lbfgs, deepfool, jsma, spsa, feature, ead, onepixel, universal",
-    )
+    p.add_argument("--attack", help=attack_help())
     p.add_argument("--target", help="least-likely, nearest, random, or a class id / name")
     p.add_argument("--eps", type=fraction, help="L-inf bound, e.g. 0.063 or 16/255")
     p.add_argument("--steps", type=int, help="attack iterations")

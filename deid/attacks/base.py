@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated, Protocol
+from typing import Annotated, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from deid.argtypes import parse_fraction
 from deid.errors import ShapeError
+from deid.targets import TargetMode
 
 
 def _fraction_field(v: object) -> object:
@@ -35,9 +36,15 @@ Budget = Annotated[float, BeforeValidator(_fraction_field)]
 
 
 class AttackConfigBase(BaseModel):
-    """Fields every attack has."""
+    """Fields every attack has.
+
+    A subclass names its attack (``name: Literal["NAME"] = "NAME"``, the key of the registry
+    and of ``Settings.attack``) and says which target the pipeline picks for it when
+    ``target`` is None (``default_target``: ``least-likely``, ``nearest`` or ``random``).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    default_target: ClassVar[TargetMode]
 
     targeted: bool = Field(
         True, description="reach a given identity (True) or just leave the true one"

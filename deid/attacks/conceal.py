@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,12 +18,14 @@ from deid.attacks.base import (
 )
 from deid.attacks.eot import EOTConfig
 from deid.attacks.ifgsm import IFGSM, IFGSMConfig
+from deid.targets import TargetMode
 
 
 class ConcealConfig(AttackConfigBase):
     """Random start, then targeted sign steps with no distance bound."""
 
     name: Literal["conceal"] = "conceal"
+    default_target: ClassVar[TargetMode] = "least-likely"
     alpha: Budget = Field(4 / 255, gt=0.0, le=1.0)
     steps: int = Field(30, ge=1, le=10_000)
     noise: Literal["uniform", "gaussian", "smooth"] = Field(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -21,6 +21,7 @@ from deid.attacks.base import (
     search_c,
     select,
 )
+from deid.targets import TargetMode
 
 
 class CWConfig(AttackConfigBase):
@@ -28,6 +29,7 @@ class CWConfig(AttackConfigBase):
     ``binary_steps=1`` is one fixed ``c_init`` (torchattacks' ``CW``)."""
 
     name: Literal["cw"] = "cw"
+    default_target: ClassVar[TargetMode] = "nearest"
     c_init: float = Field(1.0, gt=0.0, description="initial weight of the classification term")
     binary_steps: int = Field(5, ge=1, le=30, description="binary-search rounds over c")
     steps: int = Field(100, ge=1, le=100_000, description="Adam steps per round")

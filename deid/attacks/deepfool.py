@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -18,6 +18,7 @@ from deid.attacks.base import (
     quantize8,
     select,
 )
+from deid.targets import TargetMode
 
 _TOL = 1e-7  # keeps a zero gradient difference from dividing by zero (ART uses the same)
 
@@ -26,6 +27,7 @@ class DeepFoolConfig(AttackConfigBase):
     """Linearise the classifier, step onto the nearest boundary, repeat."""
 
     name: Literal["deepfool"] = "deepfool"
+    default_target: ClassVar[TargetMode] = "nearest"
     steps: int = Field(50, ge=1, le=10_000)
     overshoot: float = Field(0.02, ge=0.0, le=10.0)
     overshoot_mode: Literal["final", "step"] = Field(

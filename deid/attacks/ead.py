@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -20,12 +20,14 @@ from deid.attacks.base import (
     search_c,
     select,
 )
+from deid.targets import TargetMode
 
 
 class EADConfig(AttackConfigBase):
     """``min c * f(x') + ||x' - x||_2^2 + beta * ||x' - x||_1`` by ISTA with momentum."""
 
     name: Literal["ead"] = "ead"
+    default_target: ClassVar[TargetMode] = "nearest"
     beta: float = Field(1e-3, ge=0.0, le=10.0, description="weight of the L1 term")
     c_init: float = Field(1e-3, gt=0.0, description="initial weight of the classification term")
     binary_steps: int = Field(9, ge=1, le=30, description="binary-search rounds over c")

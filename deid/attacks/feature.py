@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -23,12 +23,14 @@ from deid.attacks.base import (
 from deid.attacks.ifgsm import IFGSM, IFGSMConfig
 from deid.attacks.lbfgs import minimize_box
 from deid.errors import ConfigError
+from deid.targets import TargetMode
 
 
 class FeatureAdversaryConfig(AttackConfigBase):
     """Match a guide's embedding within an L-inf ball around the source image."""
 
     name: Literal["feature"] = "feature"
+    default_target: ClassVar[TargetMode] = "least-likely"
     eps: Budget = Field(16 / 255, gt=0.0, le=1.0, description="L-inf bound delta")
     max_iter: int = Field(40, ge=1, le=10_000, description="L-BFGS-B iterations")
     guide_steps: int = Field(

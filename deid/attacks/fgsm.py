@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from torch import Tensor, nn
 
 from deid.attacks.base import AttackConfigBase, AttackResult, Budget
-from deid.attacks.iterative import sign_attack
+from deid.attacks.iterative import Running, clip_ball, iterate
+from deid.targets import TargetMode
 
 
 class FGSMConfig(AttackConfigBase):
     """One step of size ``eps`` along the sign of the loss gradient."""
 
     name: Literal["fgsm"] = "fgsm"
+    default_target: ClassVar[TargetMode] = "least-likely"
     eps: Budget = Field(8 / 255, gt=0.0, le=1.0, description="L-inf size of the step")
     early_stop: bool = Field(
         True, description="leave samples that already succeed on the clean image unchanged"
@@ -51,5 +53,9 @@ class FGSM:
         self.cfg = cfg or FGSMConfig()
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor) -> AttackResult:
-        c = self.cfg
-        return sign_attack(c, model, images, targets, alpha=c.eps, steps=1)
+        return iterate(model, images, targets, self.step, self.cfg, steps=1)
+
+    def step(self, x: Tensor, grad: Tensor, s: Running) -> Tensor:
+        """The one step: ``eps`` along the gradient's sign, clamped to the eps-ball and [0, 1]."""
+        x = x + s.sign * self.cfg.eps * grad.sign()
+        return clip_ball(x, s)

@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from deid.attacks.base import (
-    AttackConfigBase,
-    AttackResult,
-    Budget,
-    attack_mode,
-    check_images,
-    grid_bounds,
-    is_success,
-    perturbation_norms,
-    project,
-    select,
-)
-from deid.attacks.eot import EOTConfig, Transforms
+from deid.attacks.base import AttackConfigBase, AttackResult, Budget
+from deid.attacks.eot import EOTConfig
+from deid.attacks.iterative import Running, clip_box, iterate
+from deid.targets import TargetMode
 
 
 class IFGSMConfig(AttackConfigBase):
     """Targeted I-FGSM. ``eps`` bounds the L-inf distance to the original; ``alpha`` is the step."""
 
     name: Literal["ifgsm"] = "ifgsm"
+    default_target: ClassVar[TargetMode] = "least-likely"
     eps: Budget = Field(16 / 255, gt=0.0, le=1.0)
     alpha: Budget = Field(2 / 255, gt=0.0, le=1.0)
     steps: int = Field(20, ge=1, le=10_000)
@@ -94,70 +85,15 @@ class IFGSM:
         self.cfg = cfg or IFGSMConfig()
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor) -> AttackResult:
-        check_images(images, targets)
-        cfg = self.cfg
-        x = images.detach()
-        y = targets.to(x.device)
-        n = len(x)
-        lo, hi = (x - cfg.eps).clamp(0, 1), (x + cfg.eps).clamp(0, 1)
-        if cfg.quantize:
-            lo, hi = grid_bounds(lo, hi)
-        x_adv = x.clone()
-        if cfg.random_start:
-            x_adv = project(
-                x + torch.empty_like(x).uniform_(-cfg.eps, cfg.eps), lo, hi, cfg.quantize
-            )
-        sign = -1.0 if cfg.targeted else 1.0
-        steps = torch.zeros(n, dtype=torch.long, device=x.device)
-        success = torch.zeros(n, dtype=torch.bool, device=x.device)
-        logits_out: Tensor | None = None
-        active = torch.arange(n, device=x.device)
-        eot = Transforms(cfg.eot) if cfg.eot.enabled else None
-        with attack_mode(model):
-            for step in range(cfg.steps + 1):
-                xa = x_adv[active].requires_grad_(step < cfg.steps)
-                copies = eot is not None and step < cfg.steps
-                with torch.set_grad_enabled(step < cfg.steps):
-                    if copies:
-                        reps = cfg.eot.samples
-                        all_logits = select(model, active.repeat(reps))(eot.expand(xa))
-                        logits = all_logits[: len(active)]
-                    else:
-                        logits = select(model, active)(xa)
-                if logits_out is None:
-                    logits_out = logits.new_zeros((n, logits.shape[1]))
-                ok = is_success(logits.detach(), y[active], cfg.targeted, cfg.margin)
-                logits_out[active] = logits.detach()
-                success[active] = ok
-                if step == cfg.steps:
-                    break
-                done = ok
-                if copies:
-                    m = max(cfg.margin, cfg.eot.margin)
-                    per_copy = is_success(
-                        all_logits.detach(), y[active].repeat(reps), cfg.targeted, m
-                    ).view(reps, -1)
-                    # copy 0 is the image itself: it must win by the margin too
-                    done = per_copy[0] & (per_copy.float().mean(0) >= cfg.eot.robust - 1e-6)
-                keep = ~done if cfg.early_stop else torch.ones_like(ok)
-                if not bool(keep.any()):
-                    break
-                if copies:
-                    k = all_logits.shape[1]
-                    loss = F.cross_entropy(
-                        all_logits.view(reps, -1, k)[:, keep].reshape(-1, k),
-                        y[active][keep].repeat(reps),
-                        reduction="sum",
-                    )
-                else:
-                    loss = F.cross_entropy(logits[keep], y[active][keep], reduction="sum")
-                (grad,) = torch.autograd.grad(loss, xa)
-                idx = active[keep]
-                step_x = x_adv[idx] + sign * cfg.alpha * grad[keep].sign()
-                x_adv[idx] = project(step_x, lo[idx], hi[idx], cfg.quantize)
-                steps[idx] += 1
-                active = idx
-        assert logits_out is not None
-        return AttackResult(
-            x_adv.detach(), success, steps, logits_out, perturbation_norms(x, x_adv)
-        )
+        c = self.cfg
+        start = self.start if c.random_start else None
+        return iterate(model, images, targets, self.step, c, steps=c.steps, start=start, eot=c.eot)
+
+    def step(self, x: Tensor, grad: Tensor, s: Running) -> Tensor:
+        """A signed step, clamped to the eps-ball and [0, 1] (``s.lo``, ``s.hi``)."""
+        x = x + s.sign * self.cfg.alpha * grad.sign()
+        return clip_box(x, s)
+
+    def start(self, s: Running) -> Tensor:
+        """``random_start``: a uniform point of the eps-ball (from torch's global generator)."""
+        return clip_box(s.x0 + torch.empty_like(s.x0).uniform_(-s.eps, s.eps), s)

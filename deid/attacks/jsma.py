@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -18,12 +18,14 @@ from deid.attacks.base import (
     perturbation_norms,
     select,
 )
+from deid.targets import TargetMode
 
 
 class JSMAConfig(AttackConfigBase):
     """Saturate the most salient pair of features per step, up to ``gamma`` of them."""
 
     name: Literal["jsma"] = "jsma"
+    default_target: ClassVar[TargetMode] = "nearest"
     theta: float = Field(1.0, ge=-1.0, le=1.0, description="change per chosen feature")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="largest share of features changed")
     max_iter: int = Field(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from deid.attacks.base import (
     quantize8,
     select,
 )
+from deid.targets import TargetMode
 
 # Above this many variables, L-BFGS-B's workspace ((2m + 5) n doubles) and per-iteration cost
 # grow too large (big pipeline crops): a projected Adam in torch takes over.
@@ -84,6 +85,7 @@ class LBFGSConfig(AttackConfigBase):
     """``min c * ||r||_2^2 + loss(x + r)`` on the box, with a search over c per sample."""
 
     name: Literal["lbfgs"] = "lbfgs"
+    default_target: ClassVar[TargetMode] = "nearest"
     c_init: float = Field(1.0, gt=0.0, description="initial weight of the distance term")
     search_steps: int = Field(5, ge=1, le=30, description="rounds of the search over c")
     max_iter: int = Field(30, ge=1, le=10_000, description="L-BFGS-B iterations per round")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -17,12 +17,14 @@ from deid.attacks.base import (
     quantize8,
 )
 from deid.attacks.query import QueryModel, as_query
+from deid.targets import TargetMode
 
 
 class OnePixelConfig(AttackConfigBase):
     """Differential evolution (DE/rand/1, no crossover) over ``pixels`` (row, col, colour)."""
 
     name: Literal["onepixel"] = "onepixel"
+    default_target: ClassVar[TargetMode] = "nearest"
     pixels: int = Field(1, ge=1, le=1000, description="pixels changed")
     steps: int = Field(75, ge=1, le=100_000, description="DE generations")
     popsize: int = Field(100, ge=4, le=100_000, description="candidates per image")

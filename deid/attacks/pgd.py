@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from deid.attacks.base import AttackConfigBase, AttackResult, Budget
-from deid.attacks.iterative import sign_attack
+from deid.attacks.iterative import Running, clip_ball, iterate
+from deid.targets import TargetMode
 
 
 class PGDConfig(AttackConfigBase):
     """L-inf PGD: a uniform random start in the eps-ball, then projected sign steps."""
 
     name: Literal["pgd"] = "pgd"
+    default_target: ClassVar[TargetMode] = "least-likely"
     eps: Budget = Field(16 / 255, gt=0.0, le=1.0)
     alpha: Budget = Field(2 / 255, gt=0.0, le=1.0)
     steps: int = Field(20, ge=1, le=10_000)
@@ -56,4 +59,20 @@ class PGD:
 
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor) -> AttackResult:
         c = self.cfg
-        return sign_attack(c, model, images, targets, random_start=c.random_start, seed=c.seed)
+        start = self.start if c.random_start else None
+        return iterate(model, images, targets, self.step, c, steps=c.steps, start=start)
+
+    def step(self, x: Tensor, grad: Tensor, s: Running) -> Tensor:
+        """A signed step of ``alpha``, clamped to the eps-ball, then to [0, 1]."""
+        x = x + s.sign * self.cfg.alpha * grad.sign()
+        return clip_ball(x, s)
+
+    def start(self, s: Running) -> Tensor:
+        """A uniform point of the eps-ball, clamped to [0, 1], drawn with ``seed``."""
+        g = torch.Generator(device=s.x0.device)
+        if self.cfg.seed is not None:
+            g.manual_seed(self.cfg.seed)
+        else:
+            g.seed()
+        noise = torch.empty(s.x0.shape, device=s.x0.device, dtype=s.x0.dtype)
+        return clip_ball(s.x0 + noise.uniform_(-s.eps, s.eps, generator=g), s)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -21,12 +21,14 @@ from deid.attacks.base import (
     search_c,
     select,
 )
+from deid.targets import TargetMode
 
 
 class RealisticConfig(AttackConfigBase):
     """C&W-L2 with a binary search over the trade-off constant ``c``."""
 
     name: Literal["realistic"] = "realistic"
+    default_target: ClassVar[TargetMode] = "nearest"
     c_init: float = Field(1.0, gt=0.0, description="initial weight of the classification term")
     binary_steps: int = Field(5, ge=1, le=30, description="binary-search rounds over c")
     steps: int = Field(60, ge=1, le=10_000, description="Adam steps per round")

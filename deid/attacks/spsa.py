@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -20,12 +20,14 @@ from deid.attacks.base import (
     quantize8,
 )
 from deid.attacks.query import QueryModel, as_query
+from deid.targets import TargetMode
 
 
 class SPSAConfig(AttackConfigBase):
     """Adam on a finite-difference estimate of the margin loss, projected onto the eps-ball."""
 
     name: Literal["spsa"] = "spsa"
+    default_target: ClassVar[TargetMode] = "least-likely"
     eps: Budget = Field(16 / 255, gt=0.0, le=1.0, description="L-inf radius")
     delta: float = Field(0.01, gt=0.0, le=1.0, description="finite-difference step")
     lr: float = Field(0.01, gt=0.0, le=1.0, description="Adam's learning rate")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -21,12 +21,14 @@ from deid.attacks.base import (
     select,
 )
 from deid.attacks.deepfool import DeepFool, DeepFoolConfig
+from deid.targets import TargetMode
 
 
 class UniversalConfig(AttackConfigBase):
     """Accumulate DeepFool steps over the set into one perturbation inside an Lp ball."""
 
     name: Literal["universal"] = "universal"
+    default_target: ClassVar[TargetMode] = "nearest"
     norm: Literal["linf", "l2"] = "linf"
     eps: Budget = Field(16 / 255, gt=0.0, le=1000.0, description="radius xi of the ball")
     fooling_rate: float = Field(

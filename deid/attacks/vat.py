@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +19,14 @@ from deid.attacks.base import (
     quantize8,
     select,
 )
+from deid.targets import TargetMode
 
 
 class VATConfig(AttackConfigBase):
     """The L2 direction that most changes the model's output distribution (power iteration)."""
 
     name: Literal["vat"] = "vat"
+    default_target: ClassVar[TargetMode] = "nearest"
     targeted: bool = Field(False, description="always False: VAT has no target")
     eps: float = Field(2.0, gt=0.0, le=1000.0, description="L2 size of the perturbation")
     xi: float = Field(

@@ -16,13 +16,14 @@ log = logging.getLogger("deid")
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the service's subcommands on ``deid``'s subparsers."""
     from deid.argtypes import fraction
+    from deid.cli import attack_help
 
     p = sub.add_parser("submit", help="queue a job on the service; prints its id")
     p.add_argument("input", type=Path, help="video file or folder of images (under a root)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
     p.add_argument("--config", help="YAML file or a name in configs/")
     p.add_argument("--classifier", help="yaleb-mlp, celeba-cnn, or a checkpoint path")
-    p.add_argument("--attack", help="ifgsm, realistic or conceal")
+    p.add_argument("--attack", help=attack_help())
     p.add_argument("--target", help="least-likely, nearest, random, or a class id / name")
     p.add_argument("--eps", type=fraction, help="L-inf bound, e.g. 0.063 or 16/255")
     p.add_argument("--steps", type=int, help="attack iterations")
