@@ -115,10 +115,6 @@ def _write(path: Path, text: str) -> None:
     write_text(path, text, "HTML report")
 
 
-def _scaled(v: float | None, k: float) -> float | None:
-    return None if v is None else v * k
-
-
 # --------------------------------------------------------------------------------------------
 # eval dataset
 # --------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deid.config import ServiceConfig, Settings, format_validation_error
+from deid.config import ServiceConfig, Settings
 from deid.errors import ConfigError, DeidError, InputError
 from deid.service.state import DONE, JOB_ID, TERMINAL, JobStore, safe_url
 from deid.service.storage import (
@@ -67,8 +67,6 @@ from deid.service.storage import (
 
 log = logging.getLogger(__name__)
 
-VIDEO_STAGES = ("split", "analyse", "plan", "render", "assemble")
-DATASET_STAGES = ("split", "shard", "collect")
 CHUNK_STAGES = ("analyse", "render", "shard")  # one task per chunk, recorded by mark_done
 # The state a job is in while a stage's tasks run.
 STAGE_STATE = {
@@ -129,20 +127,6 @@ ResourcesFor = Callable[[JobSpec], Any]
 def job_settings(settings: Settings) -> dict[str, Any]:
     """The settings a job carries: everything but the service section (broker, token)."""
     return settings.model_dump(mode="json", exclude={"service"})
-
-
-def validate_settings(data: dict[str, Any]) -> Settings:
-    """A job's settings from JSON (e.g. an HTTP body), with deid's field-by-field messages.
-
-    Raises:
-        ConfigError: unknown attack, eps out of range, unknown keys, ...
-    """
-    from pydantic import ValidationError
-
-    try:
-        return Settings.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
 
 
 def new_job(

@@ -140,10 +140,6 @@ class JobStore:
         """The Redis key of a job's ``parts`` (``job_id`` checked: see :func:`check_job_id`)."""
         return ":".join((self.prefix, "job", check_job_id(job_id), *parts))
 
-    def _touch(self, pipe: Any, job_id: str, *keys: str) -> None:
-        for k in keys:
-            pipe.expire(k, self.ttl)
-
     # jobs ---------------------------------------------------------------------------------
     def ping(self) -> bool:
         try:
