@@ -90,6 +90,11 @@ class JobCancelled(Exception):
     """Raised inside a step when its job was cancelled (or finished) meanwhile."""
 
 
+def _service_default(name: str) -> Any:
+    """The default of ``service.<name>`` (:class:`deid.config.ServiceConfig`)."""
+    return ServiceConfig.model_fields[name].default
+
+
 class JobSpec(BaseModel):
     """Everything a task needs to run its step (JSON; travels in every task message)."""
 
@@ -101,10 +106,12 @@ class JobSpec(BaseModel):
     output: str
     workdir: str
     settings: dict[str, Any] = Field(description="deid settings without the service section")
-    shard_files: int = 16
-    max_deliveries: int = 3
-    soft_time_limit: int = 1800
-    time_limit: int = 2100
+    # The service's limits, as they were when the job was submitted (new_job); a spec built
+    # without them gets the service's defaults.
+    shard_files: int = _service_default("shard_files")
+    max_deliveries: int = _service_default("max_deliveries")
+    soft_time_limit: int = _service_default("soft_time_limit")
+    time_limit: int = _service_default("time_limit")
 
     def resolved_settings(self) -> Settings:
         return Settings.model_validate(self.settings)
