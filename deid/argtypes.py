@@ -1,6 +1,6 @@
 """Values people type, parsed once for the command line and the config: fractions such as
-``16/255`` (what people write for 8-bit budgets), lists of them, and the flags every
-``deid eval`` report shares."""
+``16/255`` (what people write for 8-bit budgets), lists of them, the settings flags of ``deid
+run``, ``deid batch`` and ``deid submit``, and the flags every ``deid eval`` report shares."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from deid.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-# The setting each settings flag of `deid run`, `deid batch` and `deid submit` sets: what a
-# message about its value names (load_settings(..., flags=SETTING_FLAGS)).
+# The setting each settings flag of `deid run`, `deid batch` and `deid submit` sets: what
+# setting_overrides makes of it, and what a message about its value names
+# (load_settings(..., flags=SETTING_FLAGS)).
 SETTING_FLAGS = {
     "classifier.name": "--classifier",
     "attack.name": "--attack",
@@ -75,6 +77,50 @@ def fraction_list(text: str, flag: str) -> list[float]:
         ConfigError: an item is not a number or a fraction (the message names ``flag``).
     """
     return [fraction_flag(e.strip(), flag) for e in text.split(",") if e.strip()]
+
+
+# How each settings flag is declared (add_setting_flags); a ``--no-`` switch sets False.
+_SETTING_FLAG_ARGS: dict[str, dict[str, Any]] = {
+    "--classifier": {"help": "yaleb-mlp, celeba-cnn, or a checkpoint path"},
+    "--attack": {
+        "help": "ifgsm (default), realistic, conceal, or a library attack run targeted: fgsm, "
+        "illc, pgd, mifgsm, cw, lbfgs, deepfool, jsma, spsa, feature, ead, onepixel, universal"
+    },
+    "--target": {"help": "least-likely, nearest, random, or a class id / name"},
+    "--eps": {"type": fraction, "help": "L-inf bound, e.g. 0.063 or 16/255"},
+    "--steps": {"type": int, "help": "attack iterations"},
+    "--device": {"help": "auto, cpu, cuda or cuda:N"},
+    "--fallback": {"help": "what a face whose attack failed gets: pixelate, blur or black"},
+    "--no-verify": {
+        "action": "store_true",
+        "help": "skip re-reading and re-classifying the output",
+    },
+    "--chunk-frames": {"type": int, "help": "frames per chunk (default from settings)"},
+}
+
+
+def add_setting_flags(p: argparse.ArgumentParser, *flags: str) -> None:
+    """Declare the settings ``flags`` (of :data:`SETTING_FLAGS`) on a command's parser, in
+    the order given; :func:`setting_overrides` reads them back."""
+    for flag in flags:
+        p.add_argument(flag, **_SETTING_FLAG_ARGS[flag])
+
+
+def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the settings flags in ``args`` set, nested as ``load_settings`` takes
+    them (``--eps 8/255 --no-verify`` -> ``{"attack": {"eps": 0.031...}, "pipeline":
+    {"verify": False}}``). A flag not given (or a command without it) sets nothing; a value
+    given is passed on as typed, even ``0`` or empty, for the settings to accept or refuse."""
+    overrides: dict[str, Any] = {}
+    for setting, flag in SETTING_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if value is None or value is False:  # not given, or a switch left off
+            continue
+        if flag.startswith("--no-"):
+            value = False
+        section, key = setting.split(".")
+        overrides.setdefault(section, {})[key] = value
+    return overrides
 
 
 def add_report_flags(p: argparse.ArgumentParser) -> None:
