@@ -173,3 +173,17 @@ def test_no_dead_code_in_the_commands_and_the_service() -> None:
         if name not in used and name not in ("log", "__all__")
     ]
     assert dead == []
+
+
+def test_report_and_service_functions_fit_on_a_screen() -> None:
+    """No function of deid.report or deid.service runs past 80 lines (docstring included):
+    a longer one is split into named parts (a page's sections, a figure's panels)."""
+    long = [
+        f"{path.relative_to(REPO)}:{node.lineno}: {node.name} ({n} lines)"
+        for pattern in ("deid/report/*.py", "deid/service/*.py")
+        for path in sorted(REPO.glob(pattern))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and (n := node.end_lineno - node.lineno + 1) > 80  # type: ignore[operator]
+    ]
+    assert long == []
