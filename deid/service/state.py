@@ -31,7 +31,7 @@ DONE = ("SUCCESS", "PARTIAL")
 TERMINAL = (*DONE, "FAILED", "CANCELLED")
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 JSON_FIELDS = ("spec", "report")
-INT_FIELDS = (
+INT_FIELDS = (  # a job's counters: frames (files) and chunks, by stage
     "frames_total",
     "frames_analysed",
     "frames_done",
