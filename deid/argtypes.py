@@ -99,6 +99,10 @@ _SETTING_FLAG_ARGS: dict[str, dict[str, Any]] = {
 }
 
 
+#: The settings flags of the classifier to fool and the attack that fools it.
+ATTACK_FLAGS = ("--classifier", "--attack", "--target", "--eps", "--steps")
+
+
 def add_setting_flags(p: argparse.ArgumentParser, *flags: str) -> None:
     """Declare the settings ``flags`` (of :data:`SETTING_FLAGS`) on a command's parser, in
     the order given; :func:`setting_overrides` reads them back."""

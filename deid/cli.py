@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deid import __version__
-from deid.argtypes import SETTING_FLAGS, add_setting_flags, setting_overrides
+from deid.argtypes import ATTACK_FLAGS, SETTING_FLAGS, add_setting_flags, setting_overrides
 from deid.errors import ConfigError, DeidError
 
 log = logging.getLogger("deid")
@@ -34,17 +34,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config", help="YAML file or a name in configs/ (default: configs/default.yaml)"
     )
-    add_setting_flags(
-        p,
-        "--classifier",
-        "--attack",
-        "--target",
-        "--eps",
-        "--steps",
-        "--device",
-        "--fallback",
-        "--no-verify",
-    )
+    add_setting_flags(p, *ATTACK_FLAGS, "--device", "--fallback", "--no-verify")
     p.add_argument(
         "--contact-sheet",
         type=Path,
