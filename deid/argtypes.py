@@ -15,22 +15,6 @@ from deid.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-# The setting each settings flag of `deid run`, `deid batch` and `deid submit` sets: what
-# setting_overrides makes of it, and what a message about its value names
-# (load_settings(..., flags=SETTING_FLAGS)).
-SETTING_FLAGS = {
-    "classifier.name": "--classifier",
-    "attack.name": "--attack",
-    "attack.target": "--target",
-    "attack.eps": "--eps",
-    "attack.steps": "--steps",
-    "pipeline.device": "--device",
-    "pipeline.fallback": "--fallback",
-    "pipeline.verify": "--no-verify",
-    "pipeline.chunk_frames": "--chunk-frames",
-}
-
-
 def parse_fraction(text: str) -> float:
     """``0.063`` or ``16/255`` -> float: the one parser of fractions (flags, config fields).
 
@@ -79,25 +63,43 @@ def fraction_list(text: str, flag: str) -> list[float]:
     return [fraction_flag(e.strip(), flag) for e in text.split(",") if e.strip()]
 
 
-# How each settings flag is declared (add_setting_flags); a ``--no-`` switch sets False.
-_SETTING_FLAG_ARGS: dict[str, dict[str, Any]] = {
-    "--classifier": {"help": "yaleb-mlp, celeba-cnn, or a checkpoint path"},
-    "--attack": {
-        "help": "ifgsm (default), realistic, conceal, or a library attack run targeted: fgsm, "
-        "illc, pgd, mifgsm, cw, lbfgs, deepfool, jsma, spsa, feature, ead, onepixel, universal"
-    },
-    "--target": {"help": "least-likely, nearest, random, or a class id / name"},
-    "--eps": {"type": fraction, "help": "L-inf bound, e.g. 0.063 or 16/255"},
-    "--steps": {"type": int, "help": "attack iterations"},
-    "--device": {"help": "auto, cpu, cuda or cuda:N"},
-    "--fallback": {"help": "what a face whose attack failed gets: pixelate, blur or black"},
-    "--no-verify": {
-        "action": "store_true",
-        "help": "skip re-reading and re-classifying the output",
-    },
-    "--chunk-frames": {"type": int, "help": "frames per chunk (default from settings)"},
-}
-
+# The settings flags of `deid run`, `deid batch` and `deid submit`: the setting each sets
+# and how add_setting_flags declares it (a ``--no-`` switch sets its setting to False).
+_SETTING_FLAG_TABLE: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("classifier.name", "--classifier", {"help": "yaleb-mlp, celeba-cnn, or a checkpoint path"}),
+    (
+        "attack.name",
+        "--attack",
+        {
+            "help": "ifgsm (default), realistic, conceal, or a library attack run targeted: "
+            "fgsm, illc, pgd, mifgsm, cw, lbfgs, deepfool, jsma, spsa, feature, ead, onepixel, "
+            "universal"
+        },
+    ),
+    ("attack.target", "--target", {"help": "least-likely, nearest, random, or a class id / name"}),
+    ("attack.eps", "--eps", {"type": fraction, "help": "L-inf bound, e.g. 0.063 or 16/255"}),
+    ("attack.steps", "--steps", {"type": int, "help": "attack iterations"}),
+    ("pipeline.device", "--device", {"help": "auto, cpu, cuda or cuda:N"}),
+    (
+        "pipeline.fallback",
+        "--fallback",
+        {"help": "what a face whose attack failed gets: pixelate, blur or black"},
+    ),
+    (
+        "pipeline.verify",
+        "--no-verify",
+        {"action": "store_true", "help": "skip re-reading and re-classifying the output"},
+    ),
+    (
+        "pipeline.chunk_frames",
+        "--chunk-frames",
+        {"type": int, "help": "frames per chunk (default from settings)"},
+    ),
+)
+# The setting each settings flag sets: what setting_overrides makes of the flag, and what a
+# message about its value names (load_settings(..., flags=SETTING_FLAGS)).
+SETTING_FLAGS = {setting: flag for setting, flag, _ in _SETTING_FLAG_TABLE}
+_FLAG_ARGS = {flag: args for _, flag, args in _SETTING_FLAG_TABLE}
 
 #: The settings flags of the classifier to fool and the attack that fools it.
 ATTACK_FLAGS = ("--classifier", "--attack", "--target", "--eps", "--steps")
@@ -107,7 +109,7 @@ def add_setting_flags(p: argparse.ArgumentParser, *flags: str) -> None:
     """Declare the settings ``flags`` (of :data:`SETTING_FLAGS`) on a command's parser, in
     the order given; :func:`setting_overrides` reads them back."""
     for flag in flags:
-        p.add_argument(flag, **_SETTING_FLAG_ARGS[flag])
+        p.add_argument(flag, **_FLAG_ARGS[flag])
 
 
 def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
