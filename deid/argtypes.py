@@ -1,6 +1,6 @@
 """Values people type, parsed once for the command line and the config: fractions such as
-``16/255`` (what people write for 8-bit budgets), lists of them, and the flags every
-``deid eval`` report shares."""
+``16/255`` (what people write for 8-bit budgets), lists of them, the settings flags of ``deid
+run``, ``deid batch`` and ``deid submit``, and the flags every ``deid eval`` report shares."""
 
 from __future__ import annotations
 
@@ -8,25 +8,11 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from deid.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-# The setting each settings flag of `deid run`, `deid batch` and `deid submit` sets: what a
-# message about its value names (load_settings(..., flags=SETTING_FLAGS)).
-SETTING_FLAGS = {
-    "classifier.name": "--classifier",
-    "attack.name": "--attack",
-    "attack.target": "--target",
-    "attack.eps": "--eps",
-    "attack.steps": "--steps",
-    "pipeline.device": "--device",
-    "pipeline.fallback": "--fallback",
-    "pipeline.verify": "--no-verify",
-    "pipeline.chunk_frames": "--chunk-frames",
-}
 
 
 def parse_fraction(text: str) -> float:
@@ -75,6 +61,77 @@ def fraction_list(text: str, flag: str) -> list[float]:
         ConfigError: an item is not a number or a fraction (the message names ``flag``).
     """
     return [fraction_flag(e.strip(), flag) for e in text.split(",") if e.strip()]
+
+
+def attack_help() -> str:
+    """`--attack`'s help: the registry's attacks the pipeline takes (it runs them targeted)."""
+    from deid.attacks.registry import default_attack, pipeline_attacks
+
+    default = default_attack().name
+    names = [f"{n} (default)" if n == default else n for n in pipeline_attacks()]
+    return "the attack, run targeted: " + ", ".join(names)
+
+
+# The settings flags of `deid run`, `deid batch` and `deid submit`: the setting each sets
+# and how add_setting_flags declares it (a ``--no-`` switch sets its setting to False; a
+# callable help is called when the flag is declared).
+_SETTING_FLAG_TABLE: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("classifier.name", "--classifier", {"help": "yaleb-mlp, celeba-cnn, or a checkpoint path"}),
+    ("attack.name", "--attack", {"help": attack_help}),  # from the registry, when declared
+    ("attack.target", "--target", {"help": "least-likely, nearest, random, or a class id / name"}),
+    ("attack.eps", "--eps", {"type": fraction, "help": "L-inf bound, e.g. 0.063 or 16/255"}),
+    ("attack.steps", "--steps", {"type": int, "help": "attack iterations"}),
+    ("pipeline.device", "--device", {"help": "auto, cpu, cuda or cuda:N"}),
+    (
+        "pipeline.fallback",
+        "--fallback",
+        {"help": "what a face whose attack failed gets: pixelate, blur or black"},
+    ),
+    (
+        "pipeline.verify",
+        "--no-verify",
+        {"action": "store_true", "help": "skip re-reading and re-classifying the output"},
+    ),
+    (
+        "pipeline.chunk_frames",
+        "--chunk-frames",
+        {"type": int, "help": "frames per chunk (default from settings)"},
+    ),
+)
+# The setting each settings flag sets: what setting_overrides makes of the flag, and what a
+# message about its value names (load_settings(..., flags=SETTING_FLAGS)).
+SETTING_FLAGS = {setting: flag for setting, flag, _ in _SETTING_FLAG_TABLE}
+_FLAG_ARGS = {flag: args for _, flag, args in _SETTING_FLAG_TABLE}
+
+#: The settings flags of the classifier to fool and the attack that fools it.
+ATTACK_FLAGS = ("--classifier", "--attack", "--target", "--eps", "--steps")
+
+
+def add_setting_flags(p: argparse.ArgumentParser, *flags: str) -> None:
+    """Declare the settings ``flags`` (of :data:`SETTING_FLAGS`) on a command's parser, in
+    the order given; :func:`setting_overrides` reads them back."""
+    for flag in flags:
+        args = dict(_FLAG_ARGS[flag])
+        if callable(args.get("help")):
+            args["help"] = args["help"]()
+        p.add_argument(flag, **args)
+
+
+def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the settings flags in ``args`` set, nested as ``load_settings`` takes
+    them (``--eps 8/255 --no-verify`` -> ``{"attack": {"eps": 0.031...}, "pipeline":
+    {"verify": False}}``). A flag not given (or a command without it) sets nothing; a value
+    given is passed on as typed, even ``0`` or empty, for the settings to accept or refuse."""
+    overrides: dict[str, Any] = {}
+    for setting, flag in SETTING_FLAGS.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
+        if value is None or value is False:  # not given, or a switch left off
+            continue
+        if flag.startswith("--no-"):
+            value = False
+        section, key = setting.split(".")
+        overrides.setdefault(section, {})[key] = value
+    return overrides
 
 
 def add_report_flags(p: argparse.ArgumentParser) -> None:

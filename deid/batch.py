@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deid.argtypes import SETTING_FLAGS, add_setting_flags, setting_overrides
 from deid.errors import DeidError, InputError, OutputError, PartialFailure
 
 # deid.io (PyAV, OpenCV) and the models load on first use, so that `deid --help` stays quick.
@@ -425,9 +426,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config", help="YAML file or a name in configs/ (default: configs/default.yaml)"
     )
-    p.add_argument("--classifier", help="yaleb-mlp, celeba-cnn, or a checkpoint path")
-    p.add_argument("--attack", help="ifgsm, realistic or conceal")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    add_setting_flags(p, "--classifier", "--attack", "--device")
     p.add_argument("--force", action="store_true", help="redo files the manifest says are done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_batch)
@@ -437,19 +436,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
     import json
     import sys
 
-    from deid.argtypes import SETTING_FLAGS
     from deid.config import load_settings
     from deid.pipeline import Resources
 
-    overrides: dict[str, Any] = {}
-    if args.classifier:
-        overrides["classifier"] = {"name": args.classifier}
-    if args.attack:
-        overrides["attack"] = {"name": args.attack}
-    if args.device:
-        overrides["pipeline"] = {"device": args.device}
     check_dirs(args.input, args.output)  # before the models load
-    settings = load_settings(args.config, overrides, flags=SETTING_FLAGS)
+    settings = load_settings(args.config, setting_overrides(args), flags=SETTING_FLAGS)
     res = Resources.load(settings)
     summary = run_batch(args.input, args.output, res, progress=not args.quiet, force=args.force)
     sys.stdout.write(json.dumps({k: v for k, v in summary.items() if k != "failures"}) + "\n")

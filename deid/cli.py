@@ -15,19 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from deid import __version__
-from deid.argtypes import SETTING_FLAGS, fraction
+from deid.argtypes import ATTACK_FLAGS, SETTING_FLAGS, add_setting_flags, setting_overrides
 from deid.errors import ConfigError, DeidError
 
 log = logging.getLogger("deid")
-
-
-def attack_help() -> str:
-    """`--attack`'s help: the registry's attacks that `deid run` takes (it runs them targeted)."""
-    from deid.attacks.registry import default_attack, pipeline_attacks
-
-    default = default_attack().name
-    names = [f"{n} (default)" if n == default else n for n in pipeline_attacks()]
-    return "the attack, run targeted: " + ", ".join(names)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -43,18 +34,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config", help="YAML file or a name in configs/ (default: configs/default.yaml)"
     )
-    p.add_argument("--classifier", help="yaleb-mlp, celeba-cnn, or a checkpoint path")
-    p.add_argument("--attack", help=attack_help())
-    p.add_argument("--target", help="least-likely, nearest, random, or a class id / name")
-    p.add_argument("--eps", type=fraction, help="L-inf bound, e.g. 0.063 or 16/255")
-    p.add_argument("--steps", type=int, help="attack iterations")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument(
-        "--fallback", help="what a face whose attack failed gets: pixelate, blur or black"
-    )
-    p.add_argument(
-        "--no-verify", action="store_true", help="skip re-reading and re-classifying the output"
-    )
+    add_setting_flags(p, *ATTACK_FLAGS, "--device", "--fallback", "--no-verify")
     p.add_argument(
         "--contact-sheet",
         type=Path,
@@ -136,40 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    o: dict[str, Any] = {}
-    if args.classifier:
-        o.setdefault("classifier", {})["name"] = args.classifier
-    attack: dict[str, Any] = {}
-    if args.attack:
-        attack["name"] = args.attack
-    if args.target:
-        attack["target"] = args.target
-    if args.eps is not None:
-        attack["eps"] = args.eps
-    if args.steps is not None:
-        attack["steps"] = args.steps
-    if attack:
-        o["attack"] = attack
-    pipe: dict[str, Any] = {}
-    if args.device:
-        pipe["device"] = args.device
-    if args.fallback:
-        pipe["fallback"] = args.fallback
-    if args.no_verify:
-        pipe["verify"] = False
-    if pipe:
-        o["pipeline"] = pipe
-    return o
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from deid.config import load_settings
     from deid.pipeline import run
 
     if args.show_originals and args.contact_sheet is None:
         raise ConfigError("--show-originals: expected --contact-sheet PATH with it")
-    settings = load_settings(args.config, _run_overrides(args), flags=SETTING_FLAGS)
+    settings = load_settings(args.config, setting_overrides(args), flags=SETTING_FLAGS)
     report = run(
         args.input,
         args.output,

@@ -12,26 +12,31 @@ class DeidError(Exception):
     exit_code = 2
 
 
-class InputError(DeidError):
-    """The input path is missing, unreadable or of the wrong kind."""
+class PathError(DeidError):
+    """A path that cannot be used: ``path`` and the ``reason``; the message is ``<path>:
+    <reason>``."""
 
     def __init__(self, path: Path | str, reason: str) -> None:
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{self.shown(path)}: {reason}")
+
+    @staticmethod
+    def shown(path: Path | str) -> str:
+        """The path as the message writes it."""
+        return str(path)
+
+
+class InputError(PathError):
+    """The input path is missing, unreadable or of the wrong kind."""
 
 
 class VideoDecodeError(InputError):
     """A file that should be a video could not be decoded."""
 
 
-class OutputError(DeidError):
+class OutputError(PathError):
     """The output path is not acceptable (same as input, inside input, unwritable)."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
 
 
 class ConfigError(DeidError):

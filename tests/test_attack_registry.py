@@ -119,7 +119,9 @@ def test_a_new_attack_is_one_module_and_one_registry_line(
         overrides={"pipeline": {"device": "cpu"}, "attack": {"name": rfgsm, "eps": "24/255"}}
     )
     assert isinstance(s.attack, RFGSMConfig) and s.attack.eps == pytest.approx(24 / 255)
-    with pytest.raises(ConfigError, match=r"attack\.rfgsm-example\.alpha"):
+    with pytest.raises(
+        ConfigError, match=r"attack\.alpha: Input should be less than or equal to 1"
+    ):
         load_settings(overrides={"attack": {"name": rfgsm, "alpha": 2.0}})
     # what a service job carries comes back as the same settings
     assert Settings.model_validate(job_settings(s)).attack == s.attack
@@ -155,7 +157,7 @@ def test_an_unregistered_attack_is_gone_again() -> None:
     assert list(typing.get_args(Settings.model_fields["attack"].annotation)) == [
         e.config for e in ATTACKS.values()
     ]
-    with pytest.raises(ConfigError, match="does not match any of the expected tags"):
+    with pytest.raises(ConfigError, match=r"unknown attack 'rfgsm-example'"):
         load_settings(overrides={"attack": {"name": "rfgsm-example"}})
     with pytest.raises(pydantic.ValidationError):
         Settings(attack=RFGSMConfig())  # type: ignore[arg-type]

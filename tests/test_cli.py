@@ -267,3 +267,51 @@ def test_data_prepare_errors(tmp_path: Path, capsys) -> None:
         "CroppedYale",
     )
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# The settings flags each command takes, and a value of each with the override it makes.
+SETTINGS_FLAGS_OF = {
+    "run": ["--classifier", "--attack", "--target", "--eps", "--steps", "--device", "--fallback"],
+    "batch": ["--classifier", "--attack", "--device"],
+    "submit": ["--classifier", "--attack", "--target", "--eps", "--steps", "--fallback"],
+}
+FLAG_VALUES = {
+    "--classifier": ("celeba-cnn", ("classifier", "name", "celeba-cnn")),
+    "--attack": ("pgd", ("attack", "name", "pgd")),
+    "--target": ("", ("attack", "target", "")),  # typed, even empty: a value (refused later)
+    "--eps": ("8/255", ("attack", "eps", 8 / 255)),
+    "--steps": ("0", ("attack", "steps", 0)),  # 0 is a value (refused later), not "unset"
+    "--device": ("cpu", ("pipeline", "device", "cpu")),
+    "--fallback": ("black", ("pipeline", "fallback", "black")),
+    "--chunk-frames": ("7", ("pipeline", "chunk_frames", 7)),
+}
+
+
+@pytest.mark.parametrize("command", sorted(SETTINGS_FLAGS_OF))
+def test_settings_flags_make_the_same_overrides_in_run_batch_and_submit(command: str) -> None:
+    """One table turns `deid run`'s, `deid batch`'s and `deid submit`'s settings flags into
+    the settings they name, so a flag means the same in each and none is dropped."""
+    from deid.argtypes import SETTING_FLAGS, setting_overrides
+    from deid.cli import build_parser
+
+    parser = build_parser()
+    base = [command, "in", "-o", "out"]
+    assert setting_overrides(parser.parse_args(base)) == {}
+    flags = SETTINGS_FLAGS_OF[command] + {
+        "run": ["--no-verify"],
+        "submit": ["--no-verify", "--chunk-frames"],
+    }.get(command, [])
+    argv, expected = list(base), {}
+    for flag in flags:
+        if flag == "--no-verify":
+            argv.append(flag)
+            expected.setdefault("pipeline", {})["verify"] = False
+            continue
+        text, (section, key, value) = FLAG_VALUES[flag]
+        argv += [flag, text]
+        expected.setdefault(section, {})[key] = value
+        assert SETTING_FLAGS[f"{section}.{key}"] == flag  # messages name the flag
+    assert setting_overrides(parser.parse_args(argv)) == expected
+    for flag in set(FLAG_VALUES) - set(flags):  # the others are not this command's
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, flag, FLAG_VALUES[flag][0]])

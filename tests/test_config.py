@@ -188,3 +188,24 @@ def test_bad_values_name_the_flag_file_or_variable_they_came_from(
     # a rule over several keys names where each of them came from
     monkeypatch.setenv("DEID_SERVICE__TIME_LIMIT", "5000")
     assert "service: " in (m := message()) and "DEID_SERVICE__TIME_LIMIT" in m, m
+
+
+def test_a_job_spec_without_limits_carries_the_service_defaults() -> None:
+    """The service's limits have one set of defaults: a job spec built without them (a test,
+    a script) gets the ones ``service`` has, which keep soft < hard < visibility timeout."""
+    from deid.config import ServiceConfig
+    from deid.service.jobs import JobSpec
+
+    job_id = "0" * 32
+    spec = JobSpec(
+        id=job_id,
+        kind="video",
+        input="/r/a.mp4",
+        output="/r/o.mp4",
+        workdir=f"/r/.deid-job-{job_id}",
+        settings={},
+    )
+    limits = ("shard_files", "max_deliveries", "soft_time_limit", "time_limit")
+    service = ServiceConfig()
+    assert {k: getattr(spec, k) for k in limits} == {k: getattr(service, k) for k in limits}
+    ServiceConfig(**{k: getattr(spec, k) for k in limits})  # a valid service section

@@ -169,6 +169,10 @@ def _upscale(rgb: np.ndarray, cell: int) -> Image.Image:
     return canvas
 
 
+#: Frame colours of an eval sheet's de-identified faces, by whom the classifier sees there.
+SEES = {"target": (20, 140, 60), "self": (200, 60, 20), "other": (220, 140, 0)}
+
+
 def eval_sheet(
     rep: dict[str, Any], path: Path | str, cell: int = 128, show_originals: bool = False
 ) -> Path:
@@ -179,8 +183,6 @@ def eval_sheet(
     still the true identity, orange = someone else."""
     path = Path(path)
     ex = rep["examples"]
-    names = rep["class_names"]
-    ps = rep["per_sample"]
     rows = rep["rows"]
     f_small, f_head = _font(12), _font(14)
     text_h, head, left = 36, 34 + (22 if show_originals else 0), 92
@@ -203,53 +205,80 @@ def eval_sheet(
         draw.multiline_text(
             (PAD, head + k * row_h + cell // 2 - 16), h, fill=(60, 60, 60), font=f_head
         )
-    colours = {"target": (20, 140, 60), "self": (200, 60, 20), "other": (220, 140, 0)}
     for i, s in enumerate(ex["samples"]):
         x = left + i * col_w
-        label, pred0 = ps["label"][s], ps["pred"][s]
-        y = head
         clean = originals(_decode_png(ex["clean"][i]), show_originals)
-        sheet.paste(_upscale(clean, cell), (x, y))
-        right = pred0 == label
-        draw.text((x, y + cell + 3), f"id {names[label]}", fill=(30, 30, 30), font=f_small)
-        draw.text(
-            (x, y + cell + 18),
-            f"sees {names[pred0]} {ps['conf'][s]:.2f}" + ("" if right else " (wrong)"),
-            fill=(30, 30, 30) if right else (120, 120, 120),
-            font=f_small,
-        )
+        _clean_cell(sheet, draw, rep, s, clean, (x, head), cell, f_small)
         for k, r in enumerate(rows, start=1):
-            y = head + k * row_h
-            q = r["per_sample"]
-            pred = q["pred"][s]
-            if pred == label:
-                kind = "self"
-            elif pred == ps["target"][s]:
-                kind = "target"
-            else:
-                kind = "other"
-            colour = colours[kind]
-            sheet.paste(_upscale(_decode_png(r["examples"][i]), cell), (x, y))
-            draw.rectangle([x - 2, y - 2, x + cell + 1, y + cell + 1], outline=colour, width=3)
-            draw.text(
-                (x, y + cell + 3), f"-> {names[pred]} {q['conf'][s]:.2f}", fill=colour, font=f_small
-            )
-            p, ss = q["psnr"][s], q["ssim"][s]
-            quality = f"{p:.1f} dB" if p is not None else "identical"
-            draw.text(
-                (x, y + cell + 18),
-                f"{quality}  SSIM {ss:.2f}" if ss is not None else quality,
-                fill=(110, 110, 110),
-                font=f_small,
-            )
+            _attacked_cell(sheet, draw, rep, r, i, s, (x, head + k * row_h), cell, f_small)
     legend = [
         ("frame:", (60, 60, 60)),
-        ("the attack's target", colours["target"]),
-        ("still the true identity", colours["self"]),
-        ("someone else", colours["other"]),
+        ("the attack's target", SEES["target"]),
+        ("still the true identity", SEES["self"]),
+        ("someone else", SEES["other"]),
     ]
     x = PAD
     for text, colour in legend:
         draw.text((x, H - 20), text, fill=colour, font=f_small)
         x += int(draw.textlength(text, font=f_small)) + 14
     return _save(sheet, path, show_originals)
+
+
+def _clean_cell(
+    sheet: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    rep: dict[str, Any],
+    s: int,
+    clean: np.ndarray,
+    xy: tuple[int, int],
+    cell: int,
+    font: ImageFont.ImageFont,
+) -> None:
+    """Sample ``s``'s clean crop (as shown), its true identity and what the classifier sees."""
+    (x, y), names, ps = xy, rep["class_names"], rep["per_sample"]
+    label, pred = ps["label"][s], ps["pred"][s]
+    sheet.paste(_upscale(clean, cell), (x, y))
+    right = pred == label
+    draw.text((x, y + cell + 3), f"id {names[label]}", fill=(30, 30, 30), font=font)
+    draw.text(
+        (x, y + cell + 18),
+        f"sees {names[pred]} {ps['conf'][s]:.2f}" + ("" if right else " (wrong)"),
+        fill=(30, 30, 30) if right else (120, 120, 120),
+        font=font,
+    )
+
+
+def _attacked_cell(
+    sheet: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    rep: dict[str, Any],
+    row: dict[str, Any],
+    i: int,
+    s: int,
+    xy: tuple[int, int],
+    cell: int,
+    font: ImageFont.ImageFont,
+) -> None:
+    """Sample ``s``'s de-identified crop at one eps ``row`` (its ``i``-th example), framed in
+    the colour of whom the classifier sees, with PSNR and SSIM."""
+    (x, y), names, ps = xy, rep["class_names"], rep["per_sample"]
+    q = row["per_sample"]
+    pred = q["pred"][s]
+    if pred == ps["label"][s]:
+        kind = "self"
+    elif pred == ps["target"][s]:
+        kind = "target"
+    else:
+        kind = "other"
+    colour = SEES[kind]
+    sheet.paste(_upscale(_decode_png(row["examples"][i]), cell), (x, y))
+    draw.rectangle([x - 2, y - 2, x + cell + 1, y + cell + 1], outline=colour, width=3)
+    draw.text((x, y + cell + 3), f"-> {names[pred]} {q['conf'][s]:.2f}", fill=colour, font=font)
+    p, ss = q["psnr"][s], q["ssim"][s]
+    quality = f"{p:.1f} dB" if p is not None else "identical"
+    draw.text(
+        (x, y + cell + 18),
+        f"{quality}  SSIM {ss:.2f}" if ss is not None else quality,
+        fill=(110, 110, 110),
+        font=font,
+    )

@@ -115,14 +115,54 @@ def _write(path: Path, text: str) -> None:
     write_text(path, text, "HTML report")
 
 
-def _scaled(v: float | None, k: float) -> float | None:
-    return None if v is None else v * k
-
-
 # --------------------------------------------------------------------------------------------
 # eval dataset
 # --------------------------------------------------------------------------------------------
+#: The figures table of an eval page: (row key, header, format).
+EVAL_COLUMNS = [
+    ("eps", "eps", "l"),
+    ("success", "targeted success", "%"),
+    ("original_recognised", "true id recognised", "%"),
+    ("original_kept", "of those recognised before", "%"),
+    ("l0", "L0 (share)", "%"),
+    ("l1", "mean L1", ""),
+    ("l2", "mean L2", ""),
+    ("linf", "mean Linf (/255)", ""),
+    ("psnr", "mean PSNR (dB)", ""),
+    ("psnr_min", "min PSNR", ""),
+    ("ssim", "mean SSIM", ""),
+    ("detected", "MTCNN finds", "%"),
+    ("detection_kept", "MTCNN still finds", "%"),
+    ("steps", "mean steps", ""),
+    ("seconds", "seconds", ""),
+]
+
+
+def _eval_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One eps row of an eval report as the figures table shows it (Linf in /255)."""
+    linf = r["norms"]["linf"]["mean"]
+    return {
+        "eps": f"{r['eps_255']:g}/255" if r.get("eps") is not None else "-",
+        "success": r["success"],
+        "original_recognised": r["original_recognised"],
+        "original_kept": r.get("original_kept"),
+        "l0": r["l0_fraction"]["mean"],
+        "l1": r["norms"]["l1"]["mean"],
+        "l2": r["norms"]["l2"]["mean"],
+        "linf": None if linf is None else linf * 255,
+        "psnr": r["psnr"]["mean"],
+        "psnr_min": r["psnr"]["min"],
+        "ssim": r["ssim"]["mean"],
+        "detected": r.get("detected"),
+        "detection_kept": r.get("detection_kept"),
+        "steps": r["mean_steps"],
+        "seconds": r["seconds"],
+    }
+
+
 def render_eval(rep: dict[str, Any], out: Path, show_originals: bool = False) -> Path:
+    """A ``deid eval dataset`` report's page: the figures table, the contact sheet, success
+    vs eps, the norm histograms and the identity confusion."""
     from deid.report import plots
     from deid.report.contact import eval_sheet
 
@@ -132,46 +172,7 @@ def render_eval(rep: dict[str, Any], out: Path, show_originals: bool = False) ->
     plots.norm_histograms(rep, out / "norms.png")
     plots.confusion(rep, out / "confusion.png")
     c = rep["clean"]
-    rows = []
-    for r in rep["rows"]:
-        rows.append(
-            {
-                "eps": f"{r['eps_255']:g}/255" if r.get("eps") is not None else "-",
-                "success": r["success"],
-                "original_recognised": r["original_recognised"],
-                "original_kept": r.get("original_kept"),
-                "l0": r["l0_fraction"]["mean"],
-                "l1": r["norms"]["l1"]["mean"],
-                "l2": r["norms"]["l2"]["mean"],
-                "linf": None
-                if r["norms"]["linf"]["mean"] is None
-                else r["norms"]["linf"]["mean"] * 255,
-                "psnr": r["psnr"]["mean"],
-                "psnr_min": r["psnr"]["min"],
-                "ssim": r["ssim"]["mean"],
-                "detected": r.get("detected"),
-                "detection_kept": r.get("detection_kept"),
-                "steps": r["mean_steps"],
-                "seconds": r["seconds"],
-            }
-        )
-    columns = [
-        ("eps", "eps", "l"),
-        ("success", "targeted success", "%"),
-        ("original_recognised", "true id recognised", "%"),
-        ("original_kept", "of those recognised before", "%"),
-        ("l0", "L0 (share)", "%"),
-        ("l1", "mean L1", ""),
-        ("l2", "mean L2", ""),
-        ("linf", "mean Linf (/255)", ""),
-        ("psnr", "mean PSNR (dB)", ""),
-        ("psnr_min", "min PSNR", ""),
-        ("ssim", "mean SSIM", ""),
-        ("detected", "MTCNN finds", "%"),
-        ("detection_kept", "MTCNN still finds", "%"),
-        ("steps", "mean steps", ""),
-        ("seconds", "seconds", ""),
-    ]
+    rows = [_eval_row(r) for r in rep["rows"]]
     title = f"deid eval: {rep['attack']} vs {rep['classifier']} on {rep['dataset']}"
     det = (
         f"<span class='kpi'>MTCNN finds (clean)<b>{_fmt(c.get('detected'), '%')}</b></span>"
@@ -188,7 +189,7 @@ with a {_e(rep.get("detect_margin"))} margin.</p>
 <span class='kpi'>clean top-1<b>{_fmt(c["top1"], "%")}</b></span>
 <span class='kpi'>clean mean confidence<b>{_fmt(c["mean_conf"])}</b></span>{det}
 <h2>Figures</h2>
-{_table(rows, columns)}
+{_table(rows, EVAL_COLUMNS)}
 <h2>Faces before and after</h2>
 {CLEAR_NOTE if show_originals else PIXELATED_NOTE}
 {_img(sheet_name, "contact sheet")}
@@ -383,15 +384,44 @@ def _track_flicker(r: dict[str, Any]) -> bool:
     return (r.get("target_changes") or 0) > 0 or (isinstance(used, list) and len(used) > 1)
 
 
-def render_run(
-    rep: dict[str, Any], out: Path, report_dir: Path, show_originals: bool = False
-) -> Path:
-    from deid.report import plots
+#: The headline figures of a run page: (totals key, label, format).
+RUN_KPIS = [
+    ("frames", "frames", ""),
+    ("faces", "faces", ""),
+    ("attack_success_rate", "attack success", "%"),
+    ("verified_target_rate", "verified as target", "%"),
+    ("verified_original_rate", "verified as original", "%"),
+    ("unprotected_faces", "unprotected faces", ""),
+]
+#: The faces table of a run page: (``faces_detail`` key, header, format).
+FACE_COLUMNS = [
+    ("frame", "frame", ""),
+    ("track", "track", ""),
+    ("pred", "identity", "l"),
+    ("pred_conf", "conf", ""),
+    ("target", "target", "l"),
+    ("final", "sees now", "l"),
+    ("final_conf", "conf", ""),
+    ("action", "action", "l"),
+    ("steps", "steps", ""),
+    ("linf", "Linf", ""),
+    ("psnr", "PSNR (dB)", ""),
+]
+
+
+def _run_kpis(totals: dict[str, Any]) -> str:
+    return "".join(
+        f"<span class='kpi'>{_e(label)}<b>{_e(_fmt(totals.get(key), f))}</b></span>"
+        for key, label, f in RUN_KPIS
+        if key in totals
+    )
+
+
+def _run_sheet(rep: dict[str, Any], out: Path, report_dir: Path, show_originals: bool) -> str:
+    """Write the run's contact sheet, rebuilt from its input and output; its HTML, or a note
+    saying why there is none."""
     from deid.report.contact import contact_sheet
 
-    t = rep.get("totals", {})
-    title = f"deid run: {Path(rep.get('input', '?')).name}"
-    sheet = ""
     try:
         thumbs = rebuild_thumbnails(rep, report_dir)
         sheet_name = SHEETS[show_originals]
@@ -402,70 +432,43 @@ def render_run(
             f"{rep.get('classifier', {}).get('name', '')}",
             show_originals=show_originals,
         )
-        sheet = (CLEAR_NOTE if show_originals else PIXELATED_NOTE) + _img(
+        return (CLEAR_NOTE if show_originals else PIXELATED_NOTE) + _img(
             sheet_name, "contact sheet"
         )
     except (DeidError, OSError, ValueError) as e:
-        sheet = f"<p class='note'>no contact sheet: {_e(e)}</p>"
-    coverage = ""
+        return f"<p class='note'>no contact sheet: {_e(e)}</p>"
+
+
+def _run_coverage(rep: dict[str, Any], out: Path) -> str:
+    """Write the per-frame coverage plot; its HTML, or a note when there are no faces."""
+    from deid.report import plots
+
     frames, series, stacked = coverage_series(rep)
-    if frames and series:
-        plots.coverage(
-            frames,
-            series,
-            out / "coverage.png",
-            title=f"faces per frame ({t.get('frames', len(frames))} frames, "
-            f"{t.get('faces', '?')} faces)",
-            stacked=stacked,
-        )
-        coverage = _img("coverage.png", "per-frame coverage")
-    else:
-        coverage = "<p class='note'>no faces</p>"
+    if not (frames and series):
+        return "<p class='note'>no faces</p>"
+    t = rep.get("totals", {})
+    plots.coverage(
+        frames,
+        series,
+        out / "coverage.png",
+        title=f"faces per frame ({t.get('frames', len(frames))} frames, "
+        f"{t.get('faces', '?')} faces)",
+        stacked=stacked,
+    )
+    return _img("coverage.png", "per-frame coverage")
+
+
+def _run_tables(rep: dict[str, Any]) -> str:
+    """The tracks, totals, video, seconds, failed inputs and faces sections of a run page."""
     tracks = track_rows(rep)
     track_cols = (
         [(k, k, "l" if k in ("pred", "target") else "") for k in tracks[0]] if tracks else []
     )
-    totals = [{"what": k, "value": v} for k, v in t.items()]
+    totals = [{"what": k, "value": v} for k, v in rep.get("totals", {}).items()]
     video = rep.get("video") or {}
     seconds = rep.get("seconds", {})
     failed = rep.get("failed_inputs") or []
-    face_cols = [
-        ("frame", "frame", ""),
-        ("track", "track", ""),
-        ("pred", "identity", "l"),
-        ("pred_conf", "conf", ""),
-        ("target", "target", "l"),
-        ("final", "sees now", "l"),
-        ("final_conf", "conf", ""),
-        ("action", "action", "l"),
-        ("steps", "steps", ""),
-        ("linf", "Linf", ""),
-        ("psnr", "PSNR (dB)", ""),
-    ]
-    kpis = "".join(
-        f"<span class='kpi'>{_e(label)}<b>{_e(_fmt(t.get(key), f))}</b></span>"
-        for key, label, f in [
-            ("frames", "frames", ""),
-            ("faces", "faces", ""),
-            ("attack_success_rate", "attack success", "%"),
-            ("verified_target_rate", "verified as target", "%"),
-            ("verified_original_rate", "verified as original", "%"),
-            ("unprotected_faces", "unprotected faces", ""),
-        ]
-        if key in t
-    )
-    body = f"""
-<h1>{_e(title)}</h1>
-<p class='meta'>{_e(rep.get("kind"))} {_e(rep.get("input"))} &rarr; {_e(rep.get("output"))};
-classifier {_e(rep.get("classifier", {}).get("name"))}, attack
-{_e(rep.get("attack", {}).get("name"))} (target {_e(rep.get("target_mode"))}), device
-{_e(rep.get("device"))}, deid {_e(rep.get("deid_version"))}.</p>
-{kpis}
-<h2>Faces before and after</h2>
-{sheet}
-<h2>Per-frame coverage</h2>
-{coverage}
-<h2>Tracks</h2>
+    return f"""<h2>Tracks</h2>
 {
         _table(tracks, track_cols, bad=_track_flicker, limit=500)
         if tracks
@@ -485,12 +488,32 @@ classifier {_e(rep.get("classifier", {}).get("name"))}, attack
 {
         _table(
             rep.get("faces_detail", []),
-            face_cols,
+            FACE_COLUMNS,
             bad=lambda r: r.get("action") != "attacked",
             limit=300,
         )
     }
 """
+
+
+def render_run(
+    rep: dict[str, Any], out: Path, report_dir: Path, show_originals: bool = False
+) -> Path:
+    """A ``deid run`` report's page: the headline figures, the contact sheet (rebuilt from
+    the run's files in or beside ``report_dir``), the per-frame coverage and the tables."""
+    title = f"deid run: {Path(rep.get('input', '?')).name}"
+    body = f"""
+<h1>{_e(title)}</h1>
+<p class='meta'>{_e(rep.get("kind"))} {_e(rep.get("input"))} &rarr; {_e(rep.get("output"))};
+classifier {_e(rep.get("classifier", {}).get("name"))}, attack
+{_e(rep.get("attack", {}).get("name"))} (target {_e(rep.get("target_mode"))}), device
+{_e(rep.get("device"))}, deid {_e(rep.get("deid_version"))}.</p>
+{_run_kpis(rep.get("totals", {}))}
+<h2>Faces before and after</h2>
+{_run_sheet(rep, out, report_dir, show_originals)}
+<h2>Per-frame coverage</h2>
+{_run_coverage(rep, out)}
+{_run_tables(rep)}"""
     index = out / "index.html"
     _write(index, _page(title, body, show_originals))
     return index

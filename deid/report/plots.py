@@ -52,10 +52,19 @@ def _pct(v: float | None) -> float:
     return float("nan") if v is None else 100.0 * v
 
 
+#: The protection lines of success_vs_eps: (label, row key, colour, marker).
+PROTECTION = [
+    ("targeted success", "success", GOOD, "o"),
+    ("original identity recognised", "original_recognised", BAD, "s"),
+    ("MTCNN still finds the face", "detection_kept", PALETTE[0], "^"),
+]
+
+
 @_styled
 def success_vs_eps(rep: dict[str, Any], path: Path) -> Path:
     """Protection (targeted success, original identity still recognised, MTCNN still finds
-    the face) and image quality (PSNR, SSIM) against the L-inf budget."""
+    the face) and image quality (PSNR, SSIM) against the L-inf budget; a report with one row
+    (one eps, or an unbounded attack) as bars and a PSNR histogram."""
     rows = rep["rows"]
     fig, (ax1, ax2) = _subplots(1, 2, figsize=(9.2, 4.0))
     fig.suptitle(
@@ -63,77 +72,14 @@ def success_vs_eps(rep: dict[str, Any], path: Path) -> Path:
         f"{rep['dataset']} held-out, n={rep['n']}",
         fontsize=10,
     )
-    series = [
-        ("targeted success", "success", GOOD, "o"),
-        ("original identity recognised", "original_recognised", BAD, "s"),
-        ("MTCNN still finds the face", "detection_kept", PALETTE[0], "^"),
-    ]
     bounded = [r for r in rows if r.get("eps") is not None]
     if len(bounded) < 2:  # a single row (one eps, or an unbounded attack): bars
         bounded = []
     if bounded:
-        x = np.array([r["eps_255"] for r in bounded])
-        clean = rep.get("clean", {})
-        if clean.get("top1") is not None:
-            ax1.axhline(100 * clean["top1"], color=BAD, ls=":", lw=1.2, label="recognised before")
-        for label, key, colour, marker in series:
-            y = [_pct(r.get(key)) for r in bounded]
-            ax1.plot(x, y, marker=marker, color=colour, label=label, lw=2, ms=6)
-            if key == "detection_kept":
-                continue  # its figures are in the table; labels here would collide
-            for xi, yi in zip(x, y, strict=True):
-                if np.isfinite(yi):
-                    ax1.annotate(
-                        f"{yi:.0f}%",
-                        (xi, yi),
-                        textcoords="offset points",
-                        # high success labels go below: the detection line runs near 100%
-                        xytext=(0, -14) if key == "success" and yi > 50 else (0, 6),
-                        ha="center",
-                        fontsize=7,
-                        color=colour,
-                    )
-        ax1.set_xscale("log", base=2)
-        ax1.set_xticks(x, [f"{v:g}/255" for v in x])
-        ax1.minorticks_off()
-        ax1.set_xlabel("L-inf budget eps")
-        ps = [r["psnr"]["mean"] for r in bounded]
-        ss = [r["ssim"]["mean"] for r in bounded]
-        lo = [r["psnr"]["min"] for r in bounded]
-        hi = [r["psnr"]["max"] for r in bounded]
-        ax2.fill_between(x, lo, hi, color=PALETTE[0], alpha=0.12, lw=0, label="PSNR min-max")
-        ax2.plot(x, ps, marker="o", color=PALETTE[0], lw=2, label="PSNR mean")
-        ax2.set_xscale("log", base=2)
-        ax2.set_xticks(x, [f"{v:g}/255" for v in x])
-        ax2.minorticks_off()
-        ax2.set_xlabel("L-inf budget eps")
-        ax2.set_ylabel("PSNR (dB)", color=PALETTE[0])
-        ax3 = ax2.twinx()
-        ax3.plot(x, ss, marker="s", color=PALETTE[1], lw=2, label="SSIM mean")
-        ax3.set_ylabel("SSIM", color=PALETTE[1])
-        ax3.set_ylim(min(0.5, *[v for v in ss if v is not None]) - 0.02, 1.0)
-        ax3.grid(False)
-        ax3.spines["right"].set_visible(True)
-        h1, l1 = ax2.get_legend_handles_labels()
-        h2, l2 = ax3.get_legend_handles_labels()
-        ax2.legend(
-            h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8
-        )
-    else:  # one row: bars
-        r = rows[0]
-        shown = [s for s in series if r.get(s[1]) is not None]  # no detection: no bar
-        labels = [s[0].replace(" the face", "").replace(" identity", "") for s in shown]
-        vals = [_pct(r.get(s[1])) for s in shown]
-        bars = ax1.bar(labels, vals, color=[s[2] for s in shown], width=0.6)
-        ax1.bar_label(bars, fmt="%.0f%%", fontsize=8)
-        ax1.tick_params(axis="x", labelsize=8)
-        v = np.array([np.nan if a is None else a for a in r["per_sample"]["psnr"]], float)
-        ax2.hist(v[np.isfinite(v)], bins=20, color=PALETTE[0], alpha=0.8)
-        ax2.set_xlabel("PSNR (dB)")
-        ax2.set_ylabel("faces")
-        ax2.set_title(
-            f"PSNR per face: mean {r['psnr']['mean']:.1f} dB, mean SSIM {r['ssim']['mean']:.3f}"
-        )
+        _protection_lines(ax1, bounded, rep.get("clean", {}))
+        _quality_lines(ax2, bounded)
+    else:
+        _one_row(ax1, ax2, rows[0])
     ax1.set_ylim(-3, 108)
     ax1.set_ylabel("% of faces")
     ax1.set_title("protection" if bounded else f"protection ({eps_label(rows[0])})")
@@ -141,6 +87,78 @@ def success_vs_eps(rep: dict[str, Any], path: Path) -> Path:
     if bounded:
         ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8)
     return _save(fig, path)
+
+
+def _eps_axis(ax: Any, x: np.ndarray) -> None:
+    """A log2 x axis with a tick at each budget, labelled in /255."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x, [f"{v:g}/255" for v in x])
+    ax.minorticks_off()
+    ax.set_xlabel("L-inf budget eps")
+
+
+def _protection_lines(ax: Any, rows: list[dict[str, Any]], clean: dict[str, Any]) -> None:
+    """The PROTECTION shares against eps, labelled in % (but detection, which the table has)."""
+    x = np.array([r["eps_255"] for r in rows])
+    if clean.get("top1") is not None:
+        ax.axhline(100 * clean["top1"], color=BAD, ls=":", lw=1.2, label="recognised before")
+    for label, key, colour, marker in PROTECTION:
+        y = [_pct(r.get(key)) for r in rows]
+        ax.plot(x, y, marker=marker, color=colour, label=label, lw=2, ms=6)
+        if key == "detection_kept":
+            continue  # its figures are in the table; labels here would collide
+        for xi, yi in zip(x, y, strict=True):
+            if np.isfinite(yi):
+                ax.annotate(
+                    f"{yi:.0f}%",
+                    (xi, yi),
+                    textcoords="offset points",
+                    # high success labels go below: the detection line runs near 100%
+                    xytext=(0, -14) if key == "success" and yi > 50 else (0, 6),
+                    ha="center",
+                    fontsize=7,
+                    color=colour,
+                )
+    _eps_axis(ax, x)
+
+
+def _quality_lines(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """PSNR (mean, min-max band) and, on a twin axis, mean SSIM against eps."""
+    x = np.array([r["eps_255"] for r in rows])
+    ps = [r["psnr"]["mean"] for r in rows]
+    ss = [r["ssim"]["mean"] for r in rows]
+    lo = [r["psnr"]["min"] for r in rows]
+    hi = [r["psnr"]["max"] for r in rows]
+    ax.fill_between(x, lo, hi, color=PALETTE[0], alpha=0.12, lw=0, label="PSNR min-max")
+    ax.plot(x, ps, marker="o", color=PALETTE[0], lw=2, label="PSNR mean")
+    _eps_axis(ax, x)
+    ax.set_ylabel("PSNR (dB)", color=PALETTE[0])
+    twin = ax.twinx()
+    twin.plot(x, ss, marker="s", color=PALETTE[1], lw=2, label="SSIM mean")
+    twin.set_ylabel("SSIM", color=PALETTE[1])
+    twin.set_ylim(min(0.5, *[v for v in ss if v is not None]) - 0.02, 1.0)
+    twin.grid(False)
+    twin.spines["right"].set_visible(True)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = twin.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8)
+
+
+def _one_row(ax1: Any, ax2: Any, r: dict[str, Any]) -> None:
+    """One row: its protection shares as bars, its per-face PSNR as a histogram."""
+    shown = [s for s in PROTECTION if r.get(s[1]) is not None]  # no detection: no bar
+    labels = [s[0].replace(" the face", "").replace(" identity", "") for s in shown]
+    vals = [_pct(r.get(s[1])) for s in shown]
+    bars = ax1.bar(labels, vals, color=[s[2] for s in shown], width=0.6)
+    ax1.bar_label(bars, fmt="%.0f%%", fontsize=8)
+    ax1.tick_params(axis="x", labelsize=8)
+    v = np.array([np.nan if a is None else a for a in r["per_sample"]["psnr"]], float)
+    ax2.hist(v[np.isfinite(v)], bins=20, color=PALETTE[0], alpha=0.8)
+    ax2.set_xlabel("PSNR (dB)")
+    ax2.set_ylabel("faces")
+    ax2.set_title(
+        f"PSNR per face: mean {r['psnr']['mean']:.1f} dB, mean SSIM {r['ssim']['mean']:.3f}"
+    )
 
 
 NORM_PANELS = [

@@ -217,14 +217,35 @@ async def _refuse(scope: MutableMapping[str, Any], send: Any, status: int, detai
     await JSONResponse({"detail": detail}, status_code=status)(scope, nothing, send)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API for ``settings`` (default: YAML + environment)."""
-    from deid.service.client import Client
+# The HTTP status of a refused request, by the error deid raised (the first that matches; any
+# other DeidError: 400). BadPathError before PathPolicyError, of which it is a kind.
+ERROR_STATUS: tuple[tuple[type[DeidError], int], ...] = (
+    (BadPathError, 400),
+    (PathPolicyError, 403),
+    (BadJobId, 422),
+    (JobNotFound, 404),
+    (BrokerUnavailable, 503),
+    (ConfigError, 422),
+)
 
-    settings = settings or load_settings()
-    client = Client(settings)
-    # an empty token (DEID_SERVICE__TOKEN= in a compose file) means no token
-    token = (settings.service.token.get_secret_value() if settings.service.token else "") or None
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's default echoes each bad value (``input``): where and what only
+    detail = [
+        {"loc": [str(p)[:64] for p in e.get("loc", ())], "msg": _redacted_msg(e)}
+        for e in exc.errors()[:20]
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _deid_error(request: Request, exc: DeidError) -> JSONResponse:
+    code = next((code for kind, code in ERROR_STATUS if isinstance(exc, kind)), 400)
+    return JSONResponse({"detail": str(exc)}, status_code=code)
+
+
+def _bearer_auth(token: str | None) -> Callable[..., None]:
+    """The dependency every route but ``/health`` takes: with a ``token``, a request must
+    carry ``Authorization: Bearer <token>`` (401 otherwise)."""
     bearer = HTTPBearer(auto_error=False, description="service.token, if one is set")
 
     def auth(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
@@ -233,6 +254,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
             raise HTTPException(401, "expected Authorization: Bearer <service.token>")
 
+    return auth
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API for ``settings`` (default: YAML + environment)."""
+    from deid.service.client import Client
+
+    settings = settings or load_settings()
+    client = Client(settings)
+    # an empty token (DEID_SERVICE__TOKEN= in a compose file) means no token
+    token = (settings.service.token.get_secret_value() if settings.service.token else "") or None
+    auth = _bearer_auth(token)
+
     app = FastAPI(
         title="deid job service",
         version=__version__,
@@ -240,33 +274,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.client = client
     app.add_middleware(BodyLimit, limit=settings.service.max_request_bytes)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's default echoes each bad value (``input``): where and what only
-        detail = [
-            {"loc": [str(p)[:64] for p in e.get("loc", ())], "msg": _redacted_msg(e)}
-            for e in exc.errors()[:20]
-        ]
-        return JSONResponse({"detail": detail}, status_code=422)
-
-    @app.exception_handler(DeidError)
-    async def _deid_error(request: Request, exc: DeidError) -> JSONResponse:
-        if isinstance(exc, BadPathError):
-            code = 400
-        elif isinstance(exc, PathPolicyError):
-            code = 403
-        elif isinstance(exc, BadJobId):
-            code = 422
-        elif isinstance(exc, JobNotFound):
-            code = 404
-        elif isinstance(exc, BrokerUnavailable):
-            code = 503
-        elif isinstance(exc, ConfigError):
-            code = 422
-        else:
-            code = 400
-        return JSONResponse({"detail": str(exc)}, status_code=code)
+    app.exception_handler(RequestValidationError)(_invalid_request)
+    app.exception_handler(DeidError)(_deid_error)
 
     @app.post("/jobs", status_code=201, response_model=JobStatus, responses=ERRORS)
     def submit(req: JobRequest, _: None = Depends(auth)) -> dict[str, Any]:

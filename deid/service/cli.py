@@ -15,21 +15,13 @@ log = logging.getLogger("deid")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the service's subcommands on ``deid``'s subparsers."""
-    from deid.argtypes import fraction
-    from deid.cli import attack_help
+    from deid.argtypes import ATTACK_FLAGS, add_setting_flags
 
     p = sub.add_parser("submit", help="queue a job on the service; prints its id")
     p.add_argument("input", type=Path, help="video file or folder of images (under a root)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
     p.add_argument("--config", help="YAML file or a name in configs/")
-    p.add_argument("--classifier", help="yaleb-mlp, celeba-cnn, or a checkpoint path")
-    p.add_argument("--attack", help=attack_help())
-    p.add_argument("--target", help="least-likely, nearest, random, or a class id / name")
-    p.add_argument("--eps", type=fraction, help="L-inf bound, e.g. 0.063 or 16/255")
-    p.add_argument("--steps", type=int, help="attack iterations")
-    p.add_argument("--fallback", help="pixelate, blur or black")
-    p.add_argument("--no-verify", action="store_true", help="skip verifying the written output")
-    p.add_argument("--chunk-frames", type=int, help="frames per chunk (default from settings)")
+    add_setting_flags(p, *ATTACK_FLAGS, "--fallback", "--no-verify", "--chunk-frames")
     p.add_argument("--wait", action="store_true", help="then wait for it (progress bar)")
     p.set_defaults(func=cmd_submit)
 
@@ -93,37 +85,11 @@ def _absolute(p: Path) -> Path:
     return p if p.is_absolute() else Path.cwd() / p
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    o: dict[str, Any] = {}
-    attack = {
-        k: getattr(args, k)
-        for k in ("attack", "target", "eps", "steps")
-        if getattr(args, k) is not None  # --steps 0 is a value (refused), not "unset"
-    }
-    if "attack" in attack:
-        attack["name"] = attack.pop("attack")
-    if attack:
-        o["attack"] = attack
-    if args.classifier:
-        o["classifier"] = {"name": args.classifier}
-    pipe: dict[str, Any] = {}
-    if args.fallback:
-        pipe["fallback"] = args.fallback
-    if args.no_verify:
-        pipe["verify"] = False
-    if args.chunk_frames is not None:
-        pipe["chunk_frames"] = args.chunk_frames
-    if pipe:
-        o["pipeline"] = pipe
-    return o
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
-    from deid.argtypes import SETTING_FLAGS
+    from deid.argtypes import SETTING_FLAGS, setting_overrides
     from deid.config import load_settings
 
-    overrides = _overrides(args)
-    settings = load_settings(args.config, overrides, flags=SETTING_FLAGS)
+    settings = load_settings(args.config, setting_overrides(args), flags=SETTING_FLAGS)
     client = _client()
     job_id = client.submit(_absolute(args.input), _absolute(args.output), settings=settings)
     sys.stdout.write(job_id + "\n")

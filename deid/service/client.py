@@ -22,7 +22,7 @@ from typing import Any
 from deid.config import Settings, load_settings
 from deid.errors import PartialFailure
 from deid.service.jobs import JobFailed, JobSpec, initial_fields, new_job
-from deid.service.state import DONE, TERMINAL, JobNotFound, JobStore
+from deid.service.state import DONE, INT_FIELDS, TERMINAL, JobNotFound, JobStore
 from deid.service.storage import remove_work
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,7 @@ PUBLIC_FIELDS = (
     "kind",
     "input",
     "output",
-    "frames_total",
-    "frames_analysed",
-    "frames_done",
-    "chunks_total",
-    "chunks_analysed",
-    "chunks_done",
+    *INT_FIELDS,  # the counters
     "error",
     "errors",
     "running",

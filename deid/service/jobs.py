@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from deid.config import ServiceConfig, Settings, format_validation_error
+from deid.config import ServiceConfig, Settings
 from deid.errors import ConfigError, DeidError, InputError
 from deid.service.state import DONE, JOB_ID, TERMINAL, JobStore, safe_url
 from deid.service.storage import (
@@ -67,8 +67,6 @@ from deid.service.storage import (
 
 log = logging.getLogger(__name__)
 
-VIDEO_STAGES = ("split", "analyse", "plan", "render", "assemble")
-DATASET_STAGES = ("split", "shard", "collect")
 CHUNK_STAGES = ("analyse", "render", "shard")  # one task per chunk, recorded by mark_done
 # The state a job is in while a stage's tasks run.
 STAGE_STATE = {
@@ -92,6 +90,11 @@ class JobCancelled(Exception):
     """Raised inside a step when its job was cancelled (or finished) meanwhile."""
 
 
+def _service_default(name: str) -> Any:
+    """The default of ``service.<name>`` (:class:`deid.config.ServiceConfig`)."""
+    return ServiceConfig.model_fields[name].default
+
+
 class JobSpec(BaseModel):
     """Everything a task needs to run its step (JSON; travels in every task message)."""
 
@@ -103,10 +106,12 @@ class JobSpec(BaseModel):
     output: str
     workdir: str
     settings: dict[str, Any] = Field(description="deid settings without the service section")
-    shard_files: int = 16
-    max_deliveries: int = 3
-    soft_time_limit: int = 1800
-    time_limit: int = 2100
+    # The service's limits, as they were when the job was submitted (new_job); a spec built
+    # without them gets the service's defaults.
+    shard_files: int = _service_default("shard_files")
+    max_deliveries: int = _service_default("max_deliveries")
+    soft_time_limit: int = _service_default("soft_time_limit")
+    time_limit: int = _service_default("time_limit")
 
     def resolved_settings(self) -> Settings:
         return Settings.model_validate(self.settings)
@@ -129,20 +134,6 @@ ResourcesFor = Callable[[JobSpec], Any]
 def job_settings(settings: Settings) -> dict[str, Any]:
     """The settings a job carries: everything but the service section (broker, token)."""
     return settings.model_dump(mode="json", exclude={"service"})
-
-
-def validate_settings(data: dict[str, Any]) -> Settings:
-    """A job's settings from JSON (e.g. an HTTP body), with deid's field-by-field messages.
-
-    Raises:
-        ConfigError: unknown attack, eps out of range, unknown keys, ...
-    """
-    from pydantic import ValidationError
-
-    try:
-        return Settings.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e)) from None
 
 
 def new_job(

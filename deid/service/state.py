@@ -31,7 +31,7 @@ DONE = ("SUCCESS", "PARTIAL")
 TERMINAL = (*DONE, "FAILED", "CANCELLED")
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 JSON_FIELDS = ("spec", "report")
-INT_FIELDS = (
+INT_FIELDS = (  # a job's counters: frames (files) and chunks, by stage
     "frames_total",
     "frames_analysed",
     "frames_done",
@@ -139,10 +139,6 @@ class JobStore:
     def key(self, job_id: str, *parts: str) -> str:
         """The Redis key of a job's ``parts`` (``job_id`` checked: see :func:`check_job_id`)."""
         return ":".join((self.prefix, "job", check_job_id(job_id), *parts))
-
-    def _touch(self, pipe: Any, job_id: str, *keys: str) -> None:
-        for k in keys:
-            pipe.expire(k, self.ttl)
 
     # jobs ---------------------------------------------------------------------------------
     def ping(self) -> bool:

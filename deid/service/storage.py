@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from deid.errors import ConfigError, DeidError
+from deid.errors import ConfigError, PathError
 from deid.io import tmp_beside
 from deid.service.state import JOB_ID
 
@@ -30,13 +30,13 @@ MAX_CONFIG_BYTES = 1 << 20
 _CONFIG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-class PathPolicyError(DeidError):
+class PathPolicyError(PathError):
     """A job path is not allowed: outside the storage roots, ``..``, or a symlink out."""
 
-    def __init__(self, path: Path | str, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{shorten(str(path))}: {reason}")
+    @staticmethod
+    def shown(path: Path | str) -> str:
+        """A request's path, shortened and with unprintable characters escaped."""
+        return shorten(str(path))
 
 
 class BadPathError(PathPolicyError):
