@@ -130,6 +130,35 @@ def test_the_builder_makes_mtcnn_as_the_settings_describe() -> None:
     assert type(old) is MTCNNDetector and vars(old).keys() == vars(det).keys()
 
 
+def test_every_module_gets_its_detector_from_the_builder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Template estimation (and training), CelebA preparation and the held-out utility check
+    build MTCNN through :func:`build_detector`, each with the settings it always used."""
+    from deid.align import template_detector
+    from deid.data.prepare import DETECT_MAX_SIDE, celeba_detector
+    from deid.eval.heldout import utility_detector
+
+    built: list[tuple[DetectorConfig, torch.device]] = []
+
+    def spy(cfg: DetectorConfig, device: torch.device) -> Detector:
+        built.append((cfg, device))
+        return MTCNNDetector.__new__(MTCNNDetector)  # not built: only the settings matter here
+
+    monkeypatch.setitem(DETECTORS, "mtcnn", spy)
+    template_detector()
+    celeba_detector()
+    utility_detector("cpu")
+    plain = {"name": "mtcnn", "thresholds": (0.6, 0.7, 0.7), "max_side": None, "tile": None}
+    assert [(c.model_dump(exclude={"tile_overlap", "batch_frames"}), d) for c, d in built] == [
+        ({**plain, "min_face_size": 40, "min_score": 0.8, "edge_pad": 0}, torch.device("cpu")),
+        (
+            {**plain, "min_face_size": 30, "min_score": 0.9, "edge_pad": 0}
+            | {"max_side": DETECT_MAX_SIDE},
+            torch.device("cpu"),
+        ),
+        ({**plain, "min_face_size": 20, "min_score": 0.9, "edge_pad": 0}, torch.device("cpu")),
+    ]
+
+
 def test_unknown_detectors_and_bad_factories_are_refused() -> None:
     bad = DetectorConfig.model_construct(name="yolo")  # e.g. unregistered after validation
     with pytest.raises(ConfigError, match=r"unknown detector 'yolo'; available: \[.*'mtcnn'"):
