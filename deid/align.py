@@ -10,11 +10,15 @@ inside the classifier (differentiably), so adversarial pixels paste back one to 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from deid.types import Detections, FaceCrop
+
+if TYPE_CHECKING:
+    from deid.detect import Detector
 
 
 def as_rgb(frame: np.ndarray) -> np.ndarray:
@@ -303,6 +307,15 @@ def obscure(frame: np.ndarray, crop: FaceCrop, mode: str = "pixelate", strength:
     region[mask] = out[mask]
 
 
+def template_detector() -> Detector:
+    """The detector of :func:`estimate_template`: MTCNN (the template is a crop convention of
+    MTCNN's landmarks) for faces from 40 px with p >= 0.8 (crops are upscaled to 160 px)."""
+    from deid.config import DetectorConfig
+    from deid.detect import build_detector
+
+    return build_detector(DetectorConfig(name="mtcnn", min_face_size=40, min_score=0.8, tile=None))
+
+
 def estimate_template(images: np.ndarray, min_found: int = 10) -> np.ndarray:
     """Mean MTCNN landmarks on training crops, as fractions of (W, H): a crop convention.
 
@@ -315,9 +328,7 @@ def estimate_template(images: np.ndarray, min_found: int = 10) -> np.ndarray:
     Returns:
         (5, 2) float64.
     """
-    from deid.detect import MTCNNDetector
-
-    det = MTCNNDetector(min_face_size=40, min_score=0.8)
+    det = template_detector()
     h, w = images.shape[1:3]
     s = max(1.0, 160 / min(h, w))
     pad = int(0.3 * max(h, w) * s)

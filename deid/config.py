@@ -38,8 +38,15 @@ class _Strict(BaseModel):
 
 
 class DetectorConfig(_Strict):
-    """MTCNN settings. Drone faces are small: the default looks for faces from 20 px."""
+    """Which face detector, and how it searches. Drone faces are small: the default looks
+    for faces from 20 px.
 
+    ``name`` picks a detector of :data:`deid.detect.DETECTORS` (MTCNN by default);
+    ``thresholds`` are MTCNN's own, the other keys apply to every detector built on
+    :class:`deid.detect.tiling.TiledDetector`.
+    """
+
+    name: str = Field("mtcnn", description="the face detector: a name in deid.detect.DETECTORS")
     min_face_size: int = Field(20, ge=8, le=1000)
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     min_score: float = Field(0.9, ge=0.0, le=1.0)
@@ -65,6 +72,15 @@ class DetectorConfig(_Strict):
         description="px of mirror padding before detection: finds faces cut by the frame edge",
     )
     batch_frames: int = Field(8, ge=1, le=256, description="frames per detection batch")
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from deid.detect.registry import DETECTORS  # detectors register on import
+
+        if v not in DETECTORS:
+            raise ValueError(f"unknown detector {v!r}; available: {sorted(DETECTORS)}")
+        return v
 
     @field_validator("thresholds")
     @classmethod

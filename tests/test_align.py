@@ -7,10 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from deid.align import face_crop, footprint_mask, obscure, paste_back, similarity
+from deid.align import estimate_template, face_crop, footprint_mask, obscure, paste_back, similarity
+from deid.detect import DETECTORS, Detector
+from deid.detect.mtcnn import build_mtcnn
 from deid.models.classifier import warp
 from deid.pipeline import classify, crop, to_batch
 from deid.types import Detections, FaceCrop
+
+from .conftest import DATA
 
 TEMPLATE = np.array([[0.37, 0.47], [0.63, 0.47], [0.5, 0.61], [0.40, 0.76], [0.60, 0.76]])
 
@@ -137,3 +141,26 @@ def test_padded_batches_classify_like_single_crops(tiny) -> None:
     assert torch.allclose(batched, single, atol=1e-4)
     x, theta = to_batch(crops, torch.device("cpu"))
     assert x.shape[0] == 3 and theta.shape == (3, 2, 3)
+
+
+def test_template_is_estimated_with_the_builders_mtcnn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The crop convention: MTCNN's mean landmarks on real training crops, MTCNN built by
+    :func:`deid.detect.build_detector` (faces from 40 px, p >= 0.8)."""
+    path = DATA / "celeba" / "celeba_identities_aligned_64x64.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (set DEID_DATA_DIR)")
+    with np.load(path) as d:
+        crops = d["images"][:10]
+    built: list[tuple[int, float]] = []
+
+    def spy(cfg, device: torch.device) -> Detector:  # type: ignore[no-untyped-def]
+        built.append((cfg.min_face_size, cfg.min_score))
+        return build_mtcnn(cfg, device)
+
+    monkeypatch.setitem(DETECTORS, "mtcnn", spy)
+    t = estimate_template(crops, min_found=8)
+    assert built == [(40, 0.8)]
+    assert t.shape == (5, 2) and ((t > 0) & (t < 1)).all()
+    # eyes level and above the nose, the nose above the mouth corners
+    assert abs(t[0, 1] - t[1, 1]) < 0.05 and t[0, 1] < t[2, 1] < t[3, 1]
+    assert t[0, 0] < t[2, 0] < t[1, 0]

@@ -64,6 +64,7 @@ def test_switching_attack_drops_the_other_attacks_parameters() -> None:
         ({"pipeline": {"device": "tpu"}}, ["device", "cuda:N"]),
         ({"pipeline": {"crf": 60}}, ["crf", "51"]),
         ({"detector": {"unknown_key": 1}}, ["detector.unknown_key", "unknown key"]),
+        ({"detector": {"name": "yolo"}}, ["detector.name", "unknown detector 'yolo'", "mtcnn"]),
     ],
 )
 def test_bad_values_name_the_field_and_the_rule(overrides: dict, words: list[str]) -> None:

@@ -1,13 +1,33 @@
-"""MTCNN adapter on real photos (its weights ship in the facenet-pytorch wheel)."""
+"""The detector seam: MTCNN on real photos (its weights ship in the facenet-pytorch wheel),
+tiling for any single-scale detector, and a detector added through the registry."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
+import torch
 
-from deid.detect import MTCNNDetector
+from deid.align import box_landmarks
+from deid.config import DetectorConfig, load_settings
+from deid.detect import (
+    DETECTORS,
+    Detector,
+    MTCNNDetector,
+    RawDetections,
+    TiledDetector,
+    build_detector,
+    register_detector,
+)
+from deid.errors import ConfigError
+from deid.io import read_image, write_image
+from deid.pipeline import run
+from deid.types import Detections
 
-from .conftest import scene
+from .conftest import SCENES, scene
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +110,201 @@ def test_copies_too_small_in_the_downscaled_and_tiled_modes() -> None:
     for det in (MTCNNDetector(min_face_size=20, max_side=800), MTCNNDetector(tile=2048)):
         assert not det.too_small(frame.shape)
         assert len(det.detect([frame])[0]) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# the seam: builder, registry, tiling for any detector
+# --------------------------------------------------------------------------------------------
+def test_the_builder_makes_mtcnn_as_the_settings_describe() -> None:
+    assert DetectorConfig().name == "mtcnn" and load_settings().detector.name == "mtcnn"
+    cfg = DetectorConfig(
+        min_face_size=30, thresholds=(0.5, 0.6, 0.8), min_score=0.8, max_side=900, edge_pad=16
+    )
+    det = build_detector(cfg, "cpu")
+    assert isinstance(det, MTCNNDetector) and isinstance(det, Detector)
+    assert (det.min_face_size, det.min_score, det.max_side, det.edge_pad) == (30, 0.8, 900, 16)
+    assert (det.tile, det.tile_overlap) == (2048, 128)
+    assert det._mtcnn.thresholds == [0.5, 0.6, 0.8] and det._mtcnn.min_face_size == 30
+    # the pipeline's call from before the registry builds the same
+    old = MTCNNDetector.from_config(cfg, "cpu")
+    assert type(old) is MTCNNDetector and vars(old).keys() == vars(det).keys()
+
+
+def test_every_module_gets_its_detector_from_the_builder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Template estimation (and training), CelebA preparation and the held-out utility check
+    build MTCNN through :func:`build_detector`, each with the settings it always used."""
+    from deid.align import template_detector
+    from deid.data.prepare import DETECT_MAX_SIDE, celeba_detector
+    from deid.eval.heldout import utility_detector
+
+    built: list[tuple[DetectorConfig, torch.device]] = []
+
+    def spy(cfg: DetectorConfig, device: torch.device) -> Detector:
+        built.append((cfg, device))
+        return MTCNNDetector.__new__(MTCNNDetector)  # not built: only the settings matter here
+
+    monkeypatch.setitem(DETECTORS, "mtcnn", spy)
+    template_detector()
+    celeba_detector()
+    utility_detector("cpu")
+    plain = {"name": "mtcnn", "thresholds": (0.6, 0.7, 0.7), "max_side": None, "tile": None}
+    assert [(c.model_dump(exclude={"tile_overlap", "batch_frames"}), d) for c, d in built] == [
+        ({**plain, "min_face_size": 40, "min_score": 0.8, "edge_pad": 0}, torch.device("cpu")),
+        (
+            {**plain, "min_face_size": 30, "min_score": 0.9, "edge_pad": 0}
+            | {"max_side": DETECT_MAX_SIDE},
+            torch.device("cpu"),
+        ),
+        ({**plain, "min_face_size": 20, "min_score": 0.9, "edge_pad": 0}, torch.device("cpu")),
+    ]
+
+
+def test_unknown_detectors_and_bad_factories_are_refused() -> None:
+    bad = DetectorConfig.model_construct(name="yolo")  # e.g. unregistered after validation
+    with pytest.raises(ConfigError, match=r"unknown detector 'yolo'; available: \[.*'mtcnn'"):
+        build_detector(bad)
+    with pytest.raises(ValueError, match="already registered"):
+        register_detector("mtcnn", lambda cfg, device: None)  # type: ignore[arg-type,return-value]
+    register_detector("no-detect", lambda cfg, device: object())  # type: ignore[arg-type,return-value]
+    try:
+        with pytest.raises(TypeError, match=r"'no-detect'.*lacks detect"):
+            build_detector(DetectorConfig(name="no-detect"))
+    finally:
+        del DETECTORS["no-detect"]
+    assert "no-detect" not in DETECTORS
+
+
+class BlobDetector(TiledDetector):
+    """A single-scale detector of bright squares on black (one connected component each),
+    recording the sizes of the images it is given."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(min_face_size=20, min_score=0.5, **kw)  # type: ignore[arg-type]
+        self.seen: list[tuple[int, ...]] = []
+
+    def detect_single(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
+        out = []
+        for img in images:
+            self.seen.append(img.shape)
+            n, _, stats, _ = cv2.connectedComponentsWithStats((img[..., 0] > 127).astype(np.uint8))
+            x, y, w, h = (stats[1:, k].astype(np.float32) for k in range(4))
+            boxes = np.stack([x, y, x + w, y + h], 1).reshape(-1, 4)
+            lms = np.stack([box_landmarks(b) for b in boxes]) if n > 1 else np.zeros((0, 5, 2))
+            out.append((boxes, np.ones(n - 1, np.float32), lms.astype(np.float32)))
+        return out
+
+
+def _squares(shape: tuple[int, int], squares: list[tuple[int, int, int]]) -> np.ndarray:
+    frame = np.zeros((*shape, 3), np.uint8)
+    for x, y, side in squares:
+        frame[y : y + side, x : x + side] = 255
+    return frame
+
+
+def test_tiling_and_downscaling_serve_any_single_scale_detector() -> None:
+    """Tiling is the helper's, not MTCNN's: a toy detector that only ever sees windows of at
+    most ``tile`` px finds each square of a 2600x1400 frame once, at its place in the frame:
+    squares cut by a window edge (whole in the neighbouring window), one larger than the
+    overlap across a window edge (found in the overview pass) and one at the frame corner."""
+    det = BlobDetector(tile=1024, tile_overlap=128)
+    # windows: x 0..952, 824..1776, 1648..2600; y 0..752, 648..1400
+    squares = [(800, 100, 60), (1700, 680, 50), (300, 500, 40), (700, 400, 300), (2550, 1350, 50)]
+    frame = _squares((1400, 2600), squares)
+    assert det.mode(frame.shape) == "tiled"
+    d = det.detect([frame])[0]
+    assert max(max(s[:2]) for s in det.seen) <= 1024
+    assert len(d) == len(squares), d.boxes
+    got = d.boxes[np.argsort(d.boxes[:, 0])]
+    want = np.array(sorted([x, y, x + s, y + s] for x, y, s in squares), np.float32)
+    small = np.array([s for _, _, s in sorted(squares)]) < 128  # whole in a full-res window
+    assert np.abs(got - want)[small].max() <= 0.5
+    assert np.abs(got - want)[~small].max() <= 4  # the overview is about 1/3 scale
+    assert d.landmarks.shape == (5, 5, 2) and d.boxes.dtype == np.float32
+
+    # downscaled: the detector sees a copy of at most max_side px, boxes come back in frame px
+    det = BlobDetector(max_side=800)
+    frame = _squares((1400, 2600), [(1000, 600, 200)])
+    d = det.detect([frame])[0]
+    assert det.seen == [(431, 800, 3)] and len(d) == 1
+    assert np.abs(d.boxes[0] - [1000, 600, 1200, 800]).max() <= 4
+    # too small: a frame's shorter side below min_face_size, mirror padding counted
+    assert det.too_small((19, 4000, 3)) and not det.too_small((20, 20, 3))
+    assert not BlobDetector(edge_pad=32).too_small((16, 16, 3))
+
+
+class FixedDetector:
+    """A detector that says every frame holds one face, at ``FACE`` (fractions of the frame),
+    with the landmarks of a frontal face filling that box."""
+
+    FACE = (0.05, 0.55, 0.4, 0.9)
+
+    def __init__(self, cfg: DetectorConfig, device: torch.device) -> None:
+        self.min_face_size = cfg.min_face_size
+        self.calls: list[tuple[int, int | None]] = []
+
+    def detect(self, frames: Sequence[np.ndarray], edge_pad: int | None = None) -> list[Detections]:
+        self.calls.append((len(frames), edge_pad))
+        out = []
+        for f in frames:
+            h, w = f.shape[:2]
+            box = np.array(self.FACE, np.float32) * [w, h, w, h]
+            out.append(
+                Detections(box[None], np.array([0.99], np.float32), box_landmarks(box)[None])
+            )
+        return out
+
+    def too_small(self, shape: Sequence[int]) -> bool:
+        return min(shape[:2]) < self.min_face_size
+
+
+@pytest.fixture
+def fixed_detector() -> Iterator[list[FixedDetector]]:
+    built: list[FixedDetector] = []
+
+    def factory(cfg: DetectorConfig, device: torch.device) -> FixedDetector:
+        built.append(FixedDetector(cfg, device))
+        return built[-1]
+
+    register_detector("fixed", factory)
+    try:
+        yield built
+    finally:
+        del DETECTORS["fixed"]
+
+
+def test_a_registered_detector_runs_the_pipeline_end_to_end(
+    fixed_detector: list[FixedDetector], tmp_path: Path
+) -> None:
+    """Adding a detector is one factory and one registry line; ``detector.name`` selects it
+    and the whole pipeline runs on its detections: the face it reports is changed, the real
+    face (which MTCNN finds) is not."""
+    photo = SCENES / "astronaut_single_face.png"
+    if not photo.is_file():
+        pytest.skip(f"{photo} not found (set DEID_DATA_DIR)")
+    img = cv2.resize(read_image(photo), (256, 256), interpolation=cv2.INTER_AREA)
+    src, out = tmp_path / "astronaut.png", tmp_path / "out" / "astronaut.png"
+    write_image(src, img)
+    real = build_detector(DetectorConfig()).detect([img])[0]
+    assert len(real) == 1
+    with pytest.raises(ConfigError, match=r"unknown detector 'fixd'.*'fixed'"):
+        load_settings(overrides={"detector": {"name": "fixd"}})
+    settings = load_settings(
+        overrides={
+            "pipeline": {"device": "cpu"},
+            "detector": {"name": "fixed"},
+            "attack": {"name": "ifgsm", "steps": 5, "eot": {"enabled": False}},
+        }
+    )
+    report = run(src, out, settings, progress=False)
+
+    assert len(fixed_detector) == 1  # the pipeline built the registered detector
+    calls = fixed_detector[0].calls
+    assert calls[0] == (1, None) and (1, 0) in calls  # frames, then verification windows
+    assert report["settings"]["detector"]["name"] == "fixed"
+    assert report["totals"]["faces"] == 1 and report["totals"]["unprotected_faces"] == 0
+    after = read_image(out)
+    x1, y1, x2, y2 = (np.array(FixedDetector.FACE) * 256).round().astype(int)
+    inner = (after != img).any(-1)[y1 + 10 : y2 - 10, x1 + 10 : x2 - 10]
+    assert inner.mean() > 0.5, "the reported face was left unchanged"
+    fx1, fy1, fx2, fy2 = real.boxes[0].round().astype(int)
+    assert np.array_equal(after[fy1:fy2, fx1:fx2], img[fy1:fy2, fx1:fx2])

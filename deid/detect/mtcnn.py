@@ -1,67 +1,27 @@
 """Adapter over facenet-pytorch's MTCNN (its P/R/O-Net weights ship in the wheel).
 
-Large frames (4K drone footage) can be detected three ways:
-
-* at full resolution (the default): every face from ``min_face_size`` up is found, at the
-  cost of MTCNN's image pyramid over the whole frame;
-* on a copy downscaled to ``max_side`` (cheap, but a face shrinks with the frame, so faces
-  smaller than ``min_face_size * side / max_side`` are lost);
-* tile by tile (``tile``): overlapping full-resolution windows of at most ``tile`` px, plus
-  one *overview* pass over the frame downscaled to ``tile`` px for faces too large for a
-  window. Boxes and landmarks are mapped back to frame pixels, detections cut by an inner
-  tile edge are dropped (the face lies whole in a neighbouring tile or in the overview) and
-  duplicates are merged by non-maximum suppression.
-
-Whichever way faces are found, crops and attacks use the full-resolution frame.
+MTCNN searches one image at one scale (its own image pyramid inside); frames of any size,
+mirror padding, downscaling and tiling of 4K frames come from
+:class:`deid.detect.tiling.TiledDetector`.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 import torch
-from torchvision.ops import nms
 
-from deid.types import Detections
+from deid.detect.tiling import RawDetections, TiledDetector, no_detections, tiling_options
 
 if TYPE_CHECKING:
     from deid.config import DetectorConfig
-
-log = logging.getLogger(__name__)
-
-# (boxes (K, 4), probs (K,), landmarks (K, 5, 2)) float32 in the coordinates of one image
-_Raw = tuple[np.ndarray, np.ndarray, np.ndarray]
-# px: a window detection whose box comes this close to an inner window edge may be cut
-_EDGE = 2.0
+    from deid.detect.base import Detector
 
 
-def tile_grid(length: int, tile: int, overlap: int) -> tuple[list[int], int]:
-    """Start offsets and size of the windows covering ``length`` px along one axis.
-
-    Windows are as few as a maximum size of ``tile`` allows with neighbours overlapping by at
-    least ``overlap`` px, all of one size (so they batch), spread evenly, the last ending at
-    ``length``. Any interval of at most ``overlap`` px lies whole inside one window.
-
-    Example:
-        >>> tile_grid(3840, 1280, 128)
-        ([0, 928, 1856, 2784], 1056)
-        >>> tile_grid(600, 1280, 128)
-        ([0], 600)
-    """
-    if length <= tile:
-        return [0], length
-    n = math.ceil((length - overlap) / (tile - overlap))
-    size = math.ceil((length + (n - 1) * overlap) / n)
-    return [round(i * (length - size) / (n - 1)) for i in range(n)], size
-
-
-class MTCNNDetector:
-    """Batched MTCNN face detection returning :class:`Detections`.
+class MTCNNDetector(TiledDetector):
+    """Batched MTCNN face detection returning :class:`deid.types.Detections`.
 
     Args:
         min_face_size: smallest face side in pixels to look for (drone faces are small).
@@ -106,19 +66,18 @@ class MTCNNDetector:
     ) -> None:
         from facenet_pytorch import MTCNN
 
-        if tile is not None and not 0 <= tile_overlap < tile:
-            raise ValueError(
-                f"tile_overlap: expected 0 <= overlap < tile ({tile}), got {tile_overlap}"
-            )
-        self.min_face_size = int(min_face_size)
-        self.min_score = float(min_score)
-        self.max_side = max_side
-        self.tile = tile
-        self.tile_overlap = int(tile_overlap)
-        self.tile_batch = max(1, int(tile_batch))
-        self.nms_iou = float(nms_iou)
-        self.edge_pad = max(0, int(edge_pad))
+        super().__init__(
+            min_face_size,
+            min_score,
+            max_side=max_side,
+            tile=tile,
+            tile_overlap=tile_overlap,
+            tile_batch=tile_batch,
+            nms_iou=nms_iou,
+            edge_pad=edge_pad,
+        )
         self.device = torch.device(device)
+        # draws from torch's RNG (the networks are initialised before their weights load)
         self._mtcnn = MTCNN(
             min_face_size=self.min_face_size,
             thresholds=list(thresholds),
@@ -130,18 +89,15 @@ class MTCNNDetector:
         )
 
     @classmethod
-    def from_config(cls, cfg: DetectorConfig, device: torch.device | str = "cpu") -> MTCNNDetector:
-        """The detector a :class:`deid.config.DetectorConfig` describes."""
-        return cls(
-            cfg.min_face_size,
-            cfg.thresholds,
-            cfg.min_score,
-            device,
-            max_side=cfg.max_side,
-            tile=cfg.tile,
-            tile_overlap=cfg.tile_overlap,
-            edge_pad=cfg.edge_pad,
-        )
+    def from_config(cls, cfg: DetectorConfig, device: torch.device | str = "cpu") -> Detector:
+        """The detector ``cfg.name`` names (MTCNN by default).
+
+        Kept for callers from before the detector registry; use
+        :func:`deid.detect.build_detector`.
+        """
+        from deid.detect.registry import build_detector
+
+        return build_detector(cfg, device)
 
     def searchable(self, height: int, width: int) -> bool:
         """Whether MTCNN can search an image of this size: its pyramid maps
@@ -151,213 +107,24 @@ class MTCNNDetector:
         # facenet-pytorch's own test (detect_face: `while minl >= 12`), float for float
         return min(height, width) * (12.0 / self.min_face_size) >= 12
 
-    def too_small(self, shape: Sequence[int]) -> bool:
-        """Whether a frame of ``shape`` (H, W, ...) is too small to hold a face the detector
-        looks for, even with its mirror padding: such a frame gets no detections."""
-        pad = self._pad(shape)
-        return not self.searchable(shape[0] + 2 * pad, shape[1] + 2 * pad)
-
-    def mode(self, shape: Sequence[int]) -> str:
-        """How a frame of ``shape`` (H, W, ...) is detected: full, downscaled or tiled."""
-        side = max(shape[:2])
-        if self.tile and side > self.tile:
-            return "tiled"
-        if self.max_side and side > self.max_side:
-            return "downscaled"
-        return "full"
-
-    def detect(self, frames: Sequence[np.ndarray], edge_pad: int | None = None) -> list[Detections]:
-        """Detect faces in RGB uint8 frames (H, W, 3).
-
-        Frames of the same size go through MTCNN as one batch (tiled frames: their windows,
-        ``tile_batch`` at a time).
-
-        Args:
-            frames: (H, W, 3) uint8 RGB.
-            edge_pad: mirror padding in px for this call (``None``: the detector's
-                ``edge_pad``); at most 1/8 of a frame's shorter side. Windows cut out of a
-                frame around known faces need none.
-
-        Raises:
-            ValueError: a frame is not (H, W, 3) uint8 (grayscale frames are converted by
-                :func:`deid.align.as_rgb` first).
-        """
-        out: list[Detections | None] = [None] * len(frames)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, f in enumerate(frames):
-            if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
-                raise ValueError(
-                    f"frame {i}: expected (H, W, 3) uint8 RGB, got {f.shape} {f.dtype}"
-                )
-            groups.setdefault(f.shape, []).append(i)
-        for shape, idx in groups.items():
-            batch = [frames[i] for i in idx]
-            pad = self._pad(shape, edge_pad)
-            if pad:
-                batch = [
-                    cv2.copyMakeBorder(f, pad, pad, pad, pad, cv2.BORDER_REFLECT) for f in batch
-                ]
-            mode = self.mode(shape)
-            if mode == "tiled":
-                raws = self._detect_tiled(batch)
-            elif mode == "downscaled":
-                raws = self._detect_scaled(batch, self.max_side or 0)
-            else:
-                raws = self._run(batch)
-            for i, raw in zip(idx, raws, strict=True):
-                out[i] = self._finish(self._unpad(raw, shape, pad) if pad else raw)
-        return [d if d is not None else Detections.empty() for d in out]
-
-    def overview_side(self, h: int, w: int) -> int:
-        """Longer side of a tiled frame's overview copy: small enough to be cheap, large
-        enough that a face of half ``tile_overlap`` (and larger) still shows at
-        ``min_face_size`` in it; at most ``tile``."""
-        side = max(h, w)
-        tile = min(int(self.tile or side), side)
-        if self.tile_overlap == 0:
-            return tile
-        return min(tile, math.ceil(side * self.min_face_size / (0.5 * self.tile_overlap)))
-
-    # -- internals -------------------------------------------------------------------------
-    def _pad(self, shape: Sequence[int], edge_pad: int | None = None) -> int:
-        """Mirror padding of a frame: ``edge_pad`` (default: the detector's), at most 1/8 of
-        the frame's shorter side."""
-        return min(self.edge_pad if edge_pad is None else edge_pad, min(shape[:2]) // 8)
-
-    def _unpad(self, raw: _Raw, shape: tuple[int, ...], pad: int) -> _Raw:
-        """Detections on a reflection-padded frame -> frame coordinates.
-
-        The padding mirrors the frame's edges, so a face cut by the edge shows whole (its
-        visible part and its mirror image) and MTCNN finds it; but a face near the edge also
-        shows a second time, mirrored, in the padding. Detections mostly (> 75 %) in the
-        padding are such mirror images and are dropped; of overlapping ones the one most
-        inside the frame is kept (its box covers the visible face). Where two mirrored
-        edges meet, a corner can look like a small face: detections showing less than half
-        of ``min_face_size`` inside the frame, across or down, are dropped too.
-        """
-        off = np.array([pad, pad], np.float32)
-        b, p, lm = raw
-        b = b - np.tile(off, 2)
-        h, w = shape[:2]
-        area = np.prod(np.clip(b[:, 2:] - b[:, :2], 1e-6, None), axis=1)
-        inside = _intersection(b, np.array([[0, 0, w, h]], np.float32))[:, 0] / area
-        vis = np.minimum(b[:, 2:], [w, h]) - np.maximum(b[:, :2], 0)
-        keep = (inside >= 0.25) & (vis.min(1) >= 0.5 * self.min_face_size) & (p >= self.min_score)
-        b, p, lm, inside = b[keep], p[keep], lm[keep] - off, inside[keep]
-        if len(b) > 1:
-            rank = np.minimum(inside, 0.9) + 0.01 * p  # inside first, then confidence
-            order = nms(torch.from_numpy(b), torch.from_numpy(rank.astype(np.float32)), 0.3)
-            keep_idx = np.sort(order.numpy())
-            b, p, lm = b[keep_idx], p[keep_idx], lm[keep_idx]
-        return b, p, lm
-
-    def _run(self, images: Sequence[np.ndarray]) -> list[_Raw]:
-        """MTCNN on same-size images, unfiltered, as float32 arrays (no detections for images
-        too small to search: a tiny frame, or a thin frame's downscaled or overview copy)."""
-        if not images:
-            return []
-        if not self.searchable(*images[0].shape[:2]):
-            return [_as_arrays(None, None, None) for _ in images]
+    def detect_single(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
+        """MTCNN on same-size images, unfiltered, as float32 arrays."""
         with torch.inference_mode():
             boxes, probs, points = self._mtcnn.detect(np.stack(images), landmarks=True)
         return [_as_arrays(b, p, lm) for b, p, lm in zip(boxes, probs, points, strict=True)]
 
-    def _detect_scaled(self, images: Sequence[np.ndarray], side: int) -> list[_Raw]:
-        """MTCNN on copies whose longer side is ``side``; coordinates in the originals."""
-        h, w = images[0].shape[:2]
-        scale = side / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        small = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in images]
-        sx, sy = w / size[0], h / size[1]
-        return [(b * [sx, sy, sx, sy], p, lm * [sx, sy]) for b, p, lm in self._run(small)]
 
-    def _detect_tiled(self, frames: Sequence[np.ndarray]) -> list[_Raw]:
-        h, w = frames[0].shape[:2]
-        tile = int(self.tile or max(h, w))
-        xs, tw = tile_grid(w, tile, self.tile_overlap)
-        ys, th = tile_grid(h, tile, self.tile_overlap)
-        windows = [(x, y) for y in ys for x in xs]
-        whole: list[list[_Raw]] = [[] for _ in frames]
-        cut: list[list[_Raw]] = [[] for _ in frames]
-        jobs = [(fi, x, y) for fi in range(len(frames)) for x, y in windows]
-        for s in range(0, len(jobs), self.tile_batch):
-            chunk = jobs[s : s + self.tile_batch]
-            crops = [frames[fi][y : y + th, x : x + tw] for fi, x, y in chunk]
-            for (fi, x, y), (b, p, lm) in zip(chunk, self._run(crops), strict=True):
-                # a box reaching an inner window edge may be a face cut by the window: the
-                # face lies whole in the neighbouring window (if <= overlap) or shows in the
-                # overview; such boxes are only used when nothing else covers them
-                edge = np.zeros(len(b), bool)
-                if x > 0:
-                    edge |= b[:, 0] < _EDGE
-                if x + tw < w:
-                    edge |= b[:, 2] > tw - _EDGE
-                if y > 0:
-                    edge |= b[:, 1] < _EDGE
-                if y + th < h:
-                    edge |= b[:, 3] > th - _EDGE
-                off = np.array([x, y], np.float32)
-                moved = (b + np.tile(off, 2), p, lm + off)
-                whole[fi].append(_select(moved, ~edge))
-                cut[fi].append(_select(moved, edge))
-        overview = self._detect_scaled(frames, self.overview_side(h, w))
-        out = []
-        for fi in range(len(frames)):
-            kept = self._merge(_concat([*whole[fi], overview[fi]]))
-            rest = self._merge(_concat(cut[fi]))
-            if len(rest[0]) and len(kept[0]):
-                inter = _intersection(rest[0], kept[0])
-                area = np.prod(np.clip(rest[0][:, 2:] - rest[0][:, :2], 1e-6, None), axis=1)
-                rest = _select(rest, (inter / area[:, None]).max(1) < 0.3)
-            out.append(self._merge(_concat([kept, rest])))
-        return out
-
-    def _merge(self, raw: _Raw) -> _Raw:
-        """Confident detections only, duplicates (box IoU > ``nms_iou``) merged."""
-        raw = _select(raw, raw[1] >= self.min_score)
-        if len(raw[0]) < 2:
-            return raw
-        keep = nms(torch.from_numpy(raw[0]), torch.from_numpy(raw[1]), self.nms_iou).numpy()
-        return _select(raw, np.sort(keep))
-
-    def _finish(self, raw: _Raw) -> Detections:
-        b, p, lm = _select(raw, raw[1] >= self.min_score)
-        return Detections(b, p, lm)
+def build_mtcnn(cfg: DetectorConfig, device: torch.device | str = "cpu") -> MTCNNDetector:
+    """The MTCNN detector a :class:`deid.config.DetectorConfig` describes (its registry entry)."""
+    return MTCNNDetector(thresholds=cfg.thresholds, device=device, **tiling_options(cfg))
 
 
-def _as_arrays(boxes: object, probs: object, points: object) -> _Raw:
+def _as_arrays(boxes: object, probs: object, points: object) -> RawDetections:
     # facenet-pytorch returns None for no face and object arrays under NumPy 2
     if boxes is None or len(boxes) == 0:  # type: ignore[arg-type]
-        return (
-            np.zeros((0, 4), np.float32),
-            np.zeros((0,), np.float32),
-            np.zeros((0, 5, 2), np.float32),
-        )
+        return no_detections()
     return (
         np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         np.asarray(probs, dtype=np.float32).reshape(-1),
         np.asarray(points, dtype=np.float32).reshape(-1, 5, 2),
     )
-
-
-def _concat(parts: Sequence[_Raw]) -> _Raw:
-    return (
-        np.concatenate([q[0] for q in parts]).astype(np.float32),
-        np.concatenate([q[1] for q in parts]).astype(np.float32),
-        np.concatenate([q[2] for q in parts]).astype(np.float32),
-    )
-
-
-def _select(raw: _Raw, keep: np.ndarray) -> _Raw:
-    return (
-        np.ascontiguousarray(raw[0][keep], np.float32),
-        np.ascontiguousarray(raw[1][keep], np.float32),
-        np.ascontiguousarray(raw[2][keep], np.float32),
-    )
-
-
-def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) intersection areas of x1, y1, x2, y2 boxes."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    return np.prod(np.clip(rb - lt, 0, None), axis=2)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from deid.eval.common import dataset_of, finite_mean, psnr, sample_index, sample
 from deid.models import FaceClassifier, load_classifier
 from deid.models.train import evaluate as accuracy
 from deid.targets import choose_targets
+
+if TYPE_CHECKING:
+    from deid.detect import Detector
 
 
 def classifier_accuracy(checkpoint: str | Path, data: Path | None = None) -> dict[str, Any]:
@@ -163,7 +166,16 @@ def detection_frames(x: torch.Tensor, margin: float = DETECT_MARGIN) -> list[np.
     return out
 
 
-def detected(detector: Any, x: torch.Tensor, batch: int = 64) -> np.ndarray:
+def utility_detector(device: torch.device | str = "cpu") -> Detector:
+    """The detector of the utility check (:func:`detected`): MTCNN for faces from 20 px with
+    p >= 0.9, at full resolution (crops in frames are small; no tiling or padding)."""
+    from deid.config import DetectorConfig
+    from deid.detect import build_detector
+
+    return build_detector(DetectorConfig(name="mtcnn", min_face_size=20, tile=None), device)
+
+
+def detected(detector: Detector, x: torch.Tensor, batch: int = 64) -> np.ndarray:
     """(N,) bool: MTCNN finds a face in each crop placed in a frame (:func:`detection_frames`)."""
     frames = detection_frames(x)
     found = []
@@ -264,9 +276,7 @@ def dataset_eval(
     detector = None
     det_clean = None
     if detect:
-        from deid.detect import MTCNNDetector
-
-        detector = MTCNNDetector(min_face_size=20, device=dev)
+        detector = utility_detector(dev)
         det_clean = detected(detector, x)
     ex_idx = np.unique(np.linspace(0, len(x) - 1, min(examples, len(x))).round().astype(int))
     clean_u8 = _rgb8(x[torch.as_tensor(ex_idx, device=dev)])

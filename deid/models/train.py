@@ -432,8 +432,7 @@ def _template(ds: FaceDataset, n: int = 200, seed: int = 0) -> list[list[float]]
     MTCNN on 200 crops takes 10-30 s on a CPU, so the result is kept for the process, keyed
     by the crops' content (several trainings on one dataset, e.g. its subsets, pay once).
     """
-    from deid.align import estimate_template
-    from deid.detect import MTCNNDetector
+    from deid.align import estimate_template, template_detector
 
     rng = np.random.default_rng(seed)
     idx = rng.choice(ds.train, size=min(n, len(ds.train)), replace=False)
@@ -442,7 +441,7 @@ def _template(ds: FaceDataset, n: int = 200, seed: int = 0) -> list[list[float]]
     if key in _TEMPLATES:
         # Building MTCNN's networks draws from torch's RNG before the classifier is
         # initialised; build them on a cache hit too, so a recipe gives the same weights.
-        MTCNNDetector(min_face_size=40, min_score=0.8)
+        template_detector()
         return _TEMPLATES[key]
     _TEMPLATES[key] = estimate_template(crops).tolist()
     return _TEMPLATES[key]
