@@ -63,12 +63,40 @@ def fraction_list(text: str, flag: str) -> list[float]:
     return [fraction_flag(e.strip(), flag) for e in text.split(",") if e.strip()]
 
 
-def attack_help() -> str:
-    """`--attack`'s help: the registry's attacks the pipeline takes (it runs them targeted)."""
-    from deid.attacks.registry import default_attack, pipeline_attacks
+#: The attacks the pipeline takes, in the registry's order, and the default: `--attack`'s help
+#: without importing the registry (and torch) when a parser is built; tests/test_layout.py
+#: checks them against the registry.
+PIPELINE_ATTACKS = (
+    "ifgsm",
+    "realistic",
+    "conceal",
+    "fgsm",
+    "illc",
+    "pgd",
+    "mifgsm",
+    "cw",
+    "lbfgs",
+    "deepfool",
+    "jsma",
+    "spsa",
+    "feature",
+    "ead",
+    "onepixel",
+    "universal",
+)
+DEFAULT_ATTACK = "ifgsm"
 
-    default = default_attack().name
-    names = [f"{n} (default)" if n == default else n for n in pipeline_attacks()]
+
+def attack_help() -> str:
+    """`--attack`'s help: the attacks the pipeline takes (it runs them targeted). From the
+    registry itself once something has imported it (attacks registered from outside the
+    package among them), else from :data:`PIPELINE_ATTACKS`."""
+    registry = sys.modules.get("deid.attacks.registry")
+    if registry is not None:
+        names, default = list(registry.pipeline_attacks()), registry.default_attack().name
+    else:
+        names, default = list(PIPELINE_ATTACKS), DEFAULT_ATTACK
+    names = [f"{n} (default)" if n == default else n for n in names]
     return "the attack, run targeted: " + ", ".join(names)
 
 

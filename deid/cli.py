@@ -49,7 +49,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from deid.models.train import RECIPES, add_training_flags
+    from deid.models.recipes import RECIPES, add_training_flags
 
     p = sub.add_parser("train", help="train an identity classifier")
     p.add_argument("preset", choices=sorted(RECIPES))
@@ -148,7 +148,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from deid.models.train import train_classifier, training_options
+    from deid.models.recipes import training_options
+    from deid.models.train import train_classifier
     from deid.pipeline import resolve_device
 
     if args.threads:

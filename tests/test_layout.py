@@ -187,3 +187,22 @@ def test_report_and_service_functions_fit_on_a_screen() -> None:
         and (n := node.end_lineno - node.lineno + 1) > 80  # type: ignore[operator]
     ]
     assert long == []
+
+
+def test_the_command_line_builds_without_torch_and_lists_the_registrys_attacks() -> None:
+    """`deid --help` stays quick: building every parser imports no torch (a fresh process),
+    and `--attack`'s static list is the registry's."""
+    code = (
+        "import sys; from deid.cli import build_parser; build_parser(); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "False", out.stderr
+
+    from deid.argtypes import DEFAULT_ATTACK, PIPELINE_ATTACKS
+    from deid.attacks.registry import default_attack, pipeline_attacks
+
+    assert tuple(pipeline_attacks()) == PIPELINE_ATTACKS
+    assert default_attack().name == DEFAULT_ATTACK

@@ -1,16 +1,32 @@
-"""Identity classifiers: shipped checkpoints, loading and building."""
+"""Identity classifiers: shipped checkpoints, loading and building; training presets.
+
+Importing the package is cheap (no torch): the classifier classes load on first use, so the
+command line can name presets and shipped checkpoints without loading torch.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from deid.errors import CheckpointError
-from deid.models.classifier import BoundClassifier, ClassifierMeta, FaceClassifier
+
+if TYPE_CHECKING:
+    import torch
+
+    from deid.models.classifier import BoundClassifier, ClassifierMeta, FaceClassifier
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 SHIPPED = ("yaleb-mlp", "celeba-cnn", "yaleb-mlp-adv")
+_LAZY = ("BoundClassifier", "ClassifierMeta", "FaceClassifier")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from deid.models import classifier
+
+        return getattr(classifier, name)
+    raise AttributeError(f"module 'deid.models' has no attribute {name!r}")
 
 
 def shipped_path(name: str) -> Path:
@@ -21,6 +37,8 @@ def shipped_path(name: str) -> Path:
 def load_classifier(name_or_path: str | Path, device: torch.device | str = "cpu") -> FaceClassifier:
     """Load a shipped classifier by name (``yaleb-mlp``, ``celeba-cnn``, ``yaleb-mlp-adv``: the
     MLP adversarially trained) or a checkpoint path."""
+    from deid.models.classifier import FaceClassifier
+
     s = str(name_or_path)
     if s in SHIPPED:
         path = shipped_path(s)
