@@ -419,6 +419,15 @@ def _add_privacy(esub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calibrate", action="store_true", help="the judge's clean figures at 64, 40, 24 px"
     )
+    p.add_argument(
+        "--run",
+        type=Path,
+        metavar="REPORT",
+        help="instead: judge a finished `deid run` from its JSON report (per face: distance "
+        "original vs written; totals and per track)",
+    )
+    p.add_argument("--input", type=Path, help="with --run: the run's input (default: reported)")
+    p.add_argument("--written", type=Path, help="with --run: its output (default: reported)")
     p.add_argument("--data", type=Path, help="dataset npz (default: under DEID_DATA_DIR)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -431,6 +440,8 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     _check_n(n)
     if args.jpeg is not None and not 1 <= args.jpeg <= 100:
         raise ConfigError(f"--jpeg: expected a quality in 1..100, got {args.jpeg}")
+    if args.run:
+        return _judge_run(args)
     check_eval_writes([_json_artefact(args.json)], args.data, [args.classifier], args.config)
     from deid import judge
 
@@ -463,4 +474,34 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     sys.stdout.write(text + "\n")
     if args.json:
         _write_json(args.json, json.dumps(table, indent=1, allow_nan=False))
+    return 0
+
+
+def _judge_run(args: argparse.Namespace) -> int:
+    from deid import judge
+    from deid.errors import InputError
+    from deid.io import check_writes
+
+    try:
+        report = json.loads(args.run.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(args.run, f"not a readable JSON report ({e})") from None
+    if not isinstance(report, dict) or "faces_detail" not in report:
+        raise InputError(args.run, "expected the JSON report of `deid run` (with faces_detail)")
+    src = args.input or Path(report.get("input", ""))
+    dst = args.written or Path(report.get("output", ""))
+    check_writes(
+        [("run report", args.run), ("input", src), ("output", dst)], [_json_artefact(args.json)]
+    )
+    if not judge.available():
+        raise judge.JudgeMissingError(
+            f"deid eval privacy needs the face-recognition judge; install it with "
+            f"{judge.INSTALL_HINT}"
+        )
+    from deid.eval.privacy import format_judged_run, judge_run
+
+    rep = judge_run(report, src, dst)
+    sys.stdout.write(format_judged_run(rep) + "\n")
+    if args.json:
+        _write_json(args.json, json.dumps(rep, indent=1, allow_nan=False))
     return 0

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from deid import __version__, judge
-from deid.align import obscure, similarity
+from deid.align import checked_landmarks, obscure, similarity
 from deid.attacks import DEFAULT_TARGET, build_attack
 from deid.attacks.base import AttackConfigBase, from_uint8, predict, to_uint8
 from deid.data.datasets import REPO_ROOT, data_dir
@@ -115,13 +115,14 @@ def scene_faces(
         img = read_image(p)
         d = det.detect([img])[0]
         for k in range(len(d)):
-            lm = d.landmarks[k].astype(np.float64)
-            # the side of the aligned square in frame pixels: scale of the similarity
-            m = similarity(lm, template * 64)
-            side = round(64 / np.hypot(m[0, 0], m[0, 1]))
+            # the detector's landmarks, or a frontal face filling the box where they are
+            # unusable (profiles, faces cut by the edge), as deid's own crops do
+            lm, _ = checked_landmarks(img.shape, d.landmarks[k], d.boxes[k], template, (64, 64))
+            m = similarity(lm.astype(np.float64), template * 64)
+            side = round(64 / np.hypot(m[0, 0], m[0, 1]))  # the aligned square in frame px
             if side < min_size:
                 continue
-            m = similarity(lm, template * side)
+            m = similarity(lm.astype(np.float64), template * side)
             faces.append(cv2.warpAffine(img, m[:2], (side, side), flags=cv2.INTER_LINEAR))
             photo.append(i)
     return faces, np.asarray(photo, int)
@@ -166,7 +167,9 @@ def calibration_table(
             else j.descriptors([resize_face(f, s) for f in x])
         )
         dist = np.linalg.norm(desc[:, None] - desc[None], axis=2)
-        row = {"set": "celeba held-out", "size": s or int(x.shape[1]), "faces": len(x)}
+        row: dict[str, Any] = {"set": "celeba held-out", "size": s or "native", "faces": len(x)}
+        if s is None:
+            row["native_px"] = [int(x.shape[1])] * 3
         row |= _pairs_stats(dist, y[:, None] == y[None], thr)
         row |= (
             _self_stats(np.linalg.norm(desc - native, axis=1), thr)
@@ -258,7 +261,7 @@ def format_calibration(table: dict[str, Any]) -> str:
         size = r["size"]
         if r.get("native_px"):
             lo, med, hi = r["native_px"]
-            size = f"native ({lo}-{hi}, median {med})"
+            size = f"native ({lo})" if lo == hi else f"native ({lo}-{hi}, median {med})"
         lines.append(
             f"| {r['set']} | {size} | {r['faces']} | {same} | {diff} | {pct(r['accuracy'])} "
             f"| {self_} |"
@@ -586,5 +589,122 @@ def format_privacy(table: dict[str, Any]) -> str:
         "",
         "with fallback: the attack's failures (own classifier, written face) pixelated, as "
         "the pipeline does",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# a run's output, judged after the fact
+# --------------------------------------------------------------------------------------------
+def _frame_pairs(
+    report: dict[str, Any], input: Path, output: Path
+) -> Iterator[tuple[list[dict[str, Any]], np.ndarray, np.ndarray]]:
+    """(face records, original frame, written frame) for each frame of the run with faces;
+    a video's two files are decoded side by side, one frame at a time."""
+    from deid.io import IMAGE_EXTS, read_frames, read_image
+
+    by_key: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in report.get("faces_detail", []):
+        by_key.setdefault((str(r.get("file", "")), int(r["frame"])), []).append(r)
+    if report.get("kind") == "video" or (
+        input.is_file() and input.suffix.lower() not in IMAGE_EXTS
+    ):
+        last = max((k[1] for k in by_key), default=-1)
+        for i, (a, b) in enumerate(zip(read_frames(input), read_frames(output), strict=False)):
+            if i > last:
+                break
+            if ("", i) in by_key:
+                yield by_key[("", i)], a, b
+        return
+    for (file, _), recs in by_key.items():
+        src = Path(file or input)
+        dst = output / src.relative_to(input) if input.is_dir() else output
+        yield recs, read_image(src), read_image(dst)
+
+
+def judge_run(
+    report: dict[str, Any], input: Path | None = None, output: Path | None = None
+) -> dict[str, Any]:
+    """The judge's distance between each original face and the face deid wrote, recomputed
+    from a run's report (its ``faces_detail``: frame, region, action, track) and the run's
+    input and output (default: the paths in the report).
+
+    Returns:
+        Totals (faces, share unlinkable, share unlinkable among the faces left natural,
+        i.e. attacked rather than obscured), per-track figures and one row per face.
+    """
+    j = require_judge()
+    src = Path(input or report["input"])
+    dst = Path(output or report["output"])
+    faces = []
+    for recs, a, b in _frame_pairs(report, src, dst):
+        if a.shape != b.shape:
+            raise ValueError(
+                f"frame {recs[0]['frame']}: input {a.shape} and output {b.shape} differ"
+            )
+        for r in recs:
+            x1, y1, x2, y2 = (int(v) for v in r["region"])
+            d = float(j.distance(j.descriptor(a[y1:y2, x1:x2]), j.descriptor(b[y1:y2, x1:x2])))
+            faces.append(
+                {
+                    "frame": r["frame"],
+                    **({"file": r["file"]} if "file" in r else {}),
+                    "track": r.get("track"),
+                    "region": [x1, y1, x2, y2],
+                    "action": r.get("action"),
+                    "distance": round(d, 3),
+                    "linked": d < j.threshold,
+                }
+            )
+    return {
+        "kind": "judged-run",
+        "judge": judge.NAME,
+        "threshold": j.threshold,
+        "input": str(src),
+        "output": str(dst),
+        "totals": _judged_totals(faces),
+        "tracks": {
+            str(t): _judged_totals([f for f in faces if f["track"] == t])
+            for t in sorted({f["track"] for f in faces if f["track"] is not None})
+        },
+        "faces": faces,
+    }
+
+
+def _judged_totals(faces: list[dict[str, Any]]) -> dict[str, Any]:
+    natural = [f for f in faces if f["action"] == "attacked"]
+
+    def share(rows: list[dict[str, Any]]) -> float | None:
+        return round(sum(not f["linked"] for f in rows) / len(rows), 4) if rows else None
+
+    return {
+        "faces": len(faces),
+        "unlinkable": share(faces),
+        "natural": len(natural),
+        "natural_unlinkable": share(natural),
+        "median_distance": round(float(np.median([f["distance"] for f in faces])), 3)
+        if faces
+        else None,
+    }
+
+
+def format_judged_run(rep: dict[str, Any]) -> str:
+    """A short text of :func:`judge_run`: totals, then one line per track."""
+    t = rep["totals"]
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.0f}%"
+
+    lines = [
+        f"{rep['output']} judged against {rep['input']} by {rep['judge']} "
+        f"(threshold {rep['threshold']})",
+        f"faces {t['faces']}: unlinkable {pct(t['unlinkable'])}, median distance "
+        f"{t['median_distance']}; left natural (attacked, not obscured) {t['natural']}: "
+        f"unlinkable {pct(t['natural_unlinkable'])}",
+    ]
+    lines += [
+        f"  track {k}: {v['faces']} faces, unlinkable {pct(v['unlinkable'])}, natural "
+        f"unlinkable {pct(v['natural_unlinkable'])}"
+        for k, v in rep["tracks"].items()
     ]
     return "\n".join(lines)
