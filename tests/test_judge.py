@@ -291,3 +291,28 @@ def test_calibration_on_a_few_faces_and_one_photo(data_dir: Path, tmp_path: Path
     assert photo["faces"] >= 5 and photo["diff_pairs"] == photo["faces"] * (photo["faces"] - 1) // 2
     assert photo["diff_apart"] >= 0.9  # six different people
     assert "shared photos" in format_calibration(table)
+
+
+@needs_judge
+@pytest.mark.slow
+def test_eval_privacy_judges_a_finished_run(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # six large frontal faces, the default mode: deid's classifier is fooled, the judge is
+    # not (the finding: distances 0.26-0.41, all linked)
+    out = tmp_path / "stoop.jpg"
+    assert main(["run", str(data_dir / "scenes" / "group_friends_stoop.jpg"), "-o", str(out)]) == 0
+    capsys.readouterr()
+    judged = tmp_path / "judged.json"
+    report = tmp_path / "stoop.report.json"
+    assert main(["eval", "privacy", "--run", str(report), "--json", str(judged)]) == 0
+    assert "faces 6" in capsys.readouterr().out
+    rep = json.loads(judged.read_text())
+    faces = rep["faces"]
+    assert len(faces) == len(json.loads(report.read_text())["faces_detail"]) == 6
+    assert all(f["action"] == "attacked" for f in faces)
+    assert all(0 < f["distance"] < THRESHOLD and f["linked"] for f in faces)
+    assert rep["totals"]["unlinkable"] == 0 and rep["totals"]["natural"] == 6
+    assert len(rep["tracks"]) == 6
+    # the judged report may not be written over what it reads
+    assert main(["eval", "privacy", "--run", str(report), "--json", str(report)]) == 2
