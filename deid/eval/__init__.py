@@ -8,6 +8,9 @@
   the others);
 - :mod:`deid.eval.survival`: ``deid eval survival`` (does the de-identification survive H.264
   and JPEG);
+- :mod:`deid.eval.privacy`: ``deid eval privacy`` (does an independent recognizer,
+  :mod:`deid.judge`, still identify protected faces; its calibration per face size; a run
+  judged after the fact);
 - :mod:`deid.eval.common`: what they share: the seeded held-out sample, PSNR/SSIM, CSV tables;
 - :mod:`deid.eval.cli`: the ``deid eval`` parsers (the reports load when a command runs).
 

@@ -1,5 +1,5 @@
 """The ``deid eval`` command line: ``classifier``, ``attack``, ``survival``, ``dataset``,
-``robustness`` and ``transfer``.
+``robustness``, ``transfer`` and ``privacy``.
 
 Parsing needs nothing heavy; each command imports its report module (and torch) when it
 runs, so ``deid --help`` stays fast.
@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_dataset(esub)
     _add_robustness(esub)
     _add_transfer(esub)
+    _add_privacy(esub)
 
 
 def _check_n(n: int) -> None:
@@ -385,4 +386,122 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     print_report(write_report(table, args.output))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# deid eval privacy
+# --------------------------------------------------------------------------------------------
+PRIVACY_MODES = "ifgsm,ifgsm-eot,realistic,conceal,pixelate,blur,deface-blur"
+
+
+def _add_privacy(esub: argparse._SubParsersAction) -> None:
+    p = esub.add_parser(
+        "privacy",
+        help="does an independent face recognizer (dlib) still identify protected faces",
+        description="Judge each protection mode with dlib's face recognizer (pip install "
+        "'deid[judge]'), which deid never optimises against: on held-out faces, its rank-1 "
+        "identification (gallery: train faces of every identity) and the share of faces it "
+        "no longer links to the original (distance >= 0.6), beside the own classifier's "
+        "success on the written face, PSNR, MTCNN detection and time per face. --calibrate: "
+        "the judge's clean figures per face size instead.",
+    )
+    p.add_argument("--classifier", default="celeba-cnn", help="deid's own classifier (RGB)")
+    p.add_argument("--modes", default=PRIVACY_MODES, help="comma-separated")
+    p.add_argument("-n", type=int, help="held-out faces (default 60; --calibrate: 300)")
+    p.add_argument("--config", help="YAML whose attack settings are used (default: default)")
+    p.add_argument(
+        "--gallery-per-id", type=int, default=5, help="train faces per identity (0: all)"
+    )
+    p.add_argument("--jpeg", type=int, help="also round-trip the written faces via JPEG at Q")
+    p.add_argument("--deface", help="deface's command (default bench/.venv-deface/bin/deface)")
+    p.add_argument("--no-detect", action="store_true", help="skip the MTCNN check")
+    p.add_argument(
+        "--calibrate", action="store_true", help="the judge's clean figures at 64, 40, 24 px"
+    )
+    p.add_argument(
+        "--run",
+        type=Path,
+        metavar="REPORT",
+        help="instead: judge a finished `deid run` from its JSON report (per face: distance "
+        "original vs written; totals and per track)",
+    )
+    p.add_argument("--input", type=Path, help="with --run: the run's input (default: reported)")
+    p.add_argument("--written", type=Path, help="with --run: its output (default: reported)")
+    p.add_argument("--data", type=Path, help="dataset npz (default: under DEID_DATA_DIR)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the figures as JSON")
+    p.set_defaults(func=cmd_privacy)
+
+
+def cmd_privacy(args: argparse.Namespace) -> int:
+    n = args.n if args.n is not None else (300 if args.calibrate else 60)
+    _check_n(n)
+    if args.jpeg is not None and not 1 <= args.jpeg <= 100:
+        raise ConfigError(f"--jpeg: expected a quality in 1..100, got {args.jpeg}")
+    if args.run:
+        return _judge_run(args)
+    check_eval_writes([_json_artefact(args.json)], args.data, [args.classifier], args.config)
+    from deid import judge
+
+    if not judge.available():
+        raise judge.JudgeMissingError(
+            f"deid eval privacy needs the face-recognition judge; install it with "
+            f"{judge.INSTALL_HINT}"
+        )
+    from deid.eval import privacy
+
+    if args.calibrate:
+        table = privacy.calibration_table(n=n, data=args.data, seed=args.seed)
+        text = privacy.format_calibration(table)
+    else:
+        table = privacy.privacy_table(
+            args.classifier,
+            n=n,
+            modes=_names(args.modes),
+            config=args.config,
+            data=args.data,
+            gallery_per_id=args.gallery_per_id,
+            jpeg=args.jpeg,
+            deface=args.deface,
+            detect=not args.no_detect,
+            device=args.device,
+            seed=args.seed,
+            progress=lambda line: sys.stderr.write(line + "\n"),
+        )
+        text = privacy.format_privacy(table)
+    sys.stdout.write(text + "\n")
+    if args.json:
+        _write_json(args.json, json.dumps(table, indent=1, allow_nan=False))
+    return 0
+
+
+def _judge_run(args: argparse.Namespace) -> int:
+    from deid import judge
+    from deid.errors import InputError
+    from deid.io import check_writes
+
+    try:
+        report = json.loads(args.run.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(args.run, f"not a readable JSON report ({e})") from None
+    if not isinstance(report, dict) or "faces_detail" not in report:
+        raise InputError(args.run, "expected the JSON report of `deid run` (with faces_detail)")
+    src = args.input or Path(report.get("input", ""))
+    dst = args.written or Path(report.get("output", ""))
+    check_writes(
+        [("run report", args.run), ("input", src), ("output", dst)], [_json_artefact(args.json)]
+    )
+    if not judge.available():
+        raise judge.JudgeMissingError(
+            f"deid eval privacy needs the face-recognition judge; install it with "
+            f"{judge.INSTALL_HINT}"
+        )
+    from deid.eval.privacy import format_judged_run, judge_run
+
+    rep = judge_run(report, src, dst)
+    sys.stdout.write(format_judged_run(rep) + "\n")
+    if args.json:
+        _write_json(args.json, json.dumps(rep, indent=1, allow_nan=False))
     return 0
