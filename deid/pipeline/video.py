@@ -66,8 +66,10 @@ from deid.pipeline.report import (
     FaceRecord,
     Layout,
     Plan,
+    PlannedFace,
     RunReport,
     Totals,
+    TrackPlan,
     TrackReport,
     VideoSummary,
     face_totals,
@@ -309,9 +311,21 @@ def _indexed(input: Path, layout: Layout, chunk: Chunk) -> Iterator[tuple[int, i
         yield chunk.start + i, pts[chunk.start + i], frame
 
 
+def _planned(plan: Plan | dict[str, Any], chunk: Chunk) -> dict[int, list[PlannedFace]]:
+    """The planned faces of the chunk's frames, by frame index (only the chunk's part of a
+    plan in JSON form is validated: a render task reads the whole video's plan)."""
+    if isinstance(plan, Plan):
+        return {fi: plan.frames[fi] for fi in range(chunk.start, chunk.stop)}
+    frames = plan["frames"]
+    return {
+        fi: [PlannedFace.model_validate(f) for f in frames[fi]]
+        for fi in range(chunk.start, chunk.stop)
+    }
+
+
 def _protect_batch(
     batch: Sequence[tuple[int, int, np.ndarray]],
-    the_plan: Plan,
+    planned_faces: dict[int, list[PlannedFace]],
     res: Resources,
     records: list[FaceRecord],
     pixels: dict[int, np.ndarray],
@@ -325,7 +339,7 @@ def _protect_batch(
     planned = []
     crops: list[FaceCrop] = []
     for k, (fi, _, frame) in enumerate(batch):
-        for face in the_plan.frames[fi]:
+        for face in planned_faces[fi]:
             landmarks = np.asarray(face.landmarks)
             region, theta, corners = face_crop(frame.shape, landmarks, template, out_hw)
             x1, y1, x2, y2 = region
@@ -380,7 +394,7 @@ class ChunkRender:
 
     input: Path
     layout: Layout
-    plan: Plan
+    planned: dict[int, list[PlannedFace]]  # the chunk's planned faces by frame
     chunk: Chunk
     res: Resources
     out: Path
@@ -404,7 +418,7 @@ def _encode(r: ChunkRender) -> None:
     r.first = r.final = tmp_beside(r.out, "pass1")
     with _writer(r.first, r.layout, p.crf) as writer:
         for batch in iter_batches(_indexed(r.input, r.layout, r.chunk), batch_frames):
-            by_frame = _protect_batch(batch, r.plan, r.res, r.records, r.pixels, r.timer)
+            by_frame = _protect_batch(batch, r.planned, r.res, r.records, r.pixels, r.timer)
             r.by_frame.update(by_frame)
             with r.timer("encode"):
                 for fi, pts, frame in batch:
@@ -450,7 +464,7 @@ def _repair(r: ChunkRender) -> None:
 def _publish(r: ChunkRender) -> None:
     """The chunk report, then the segment, each moved into place atomically."""
     assert r.final is not None
-    r.report = _chunk_report(r.chunk, r.plan, r.records, r.timer, r.repaired)
+    r.report = _chunk_report(r.chunk, r.planned, r.records, r.timer, r.repaired)
     rp = segment_report_path(r.out)
     tmp = tmp_beside(rp)
     tmp.write_text(json.dumps(r.report.wire()) + "\n")
@@ -503,7 +517,7 @@ def render(
     job = ChunkRender(
         input,
         Layout.of(layout),
-        Plan.of(plan),
+        _planned(plan, chunk),
         chunk,
         res,
         out,
@@ -541,9 +555,13 @@ def _numbered(
 
 
 def _chunk_report(
-    chunk: Chunk, the_plan: Plan, records: list[FaceRecord], timer: Timer, repaired: int
+    chunk: Chunk,
+    planned_faces: dict[int, list[PlannedFace]],
+    records: list[FaceRecord],
+    timer: Timer,
+    repaired: int,
 ) -> ChunkReport:
-    planned = [len(the_plan.frames[fi]) for fi in range(chunk.start, chunk.stop)]
+    planned = [len(planned_faces[fi]) for fi in range(chunk.start, chunk.stop)]
     protected = [0] * chunk.frames
     for r in records:
         protected[r.frame - chunk.start] += r.protected
@@ -594,10 +612,19 @@ def assemble(
         layout,
         chunk_reports,
         res,
-        None if plan is None else Plan.of(plan),
+        _tracks(plan),
         [Analysis.of(a) for a in analyses],
         info,
     ).wire()
+
+
+def _tracks(plan: Plan | dict[str, Any] | None) -> list[TrackPlan]:
+    """The plan's tracks (without validating its every frame)."""
+    if plan is None:
+        return []
+    if isinstance(plan, Plan):
+        return list(plan.tracks)
+    return [TrackPlan.model_validate(t) for t in plan["tracks"]]
 
 
 def _too_small(layout: Layout, res: Resources) -> bool:
@@ -611,7 +638,7 @@ def job_report(
     layout: Layout,
     reports: Sequence[ChunkReport],
     res: Resources,
-    the_plan: Plan | None,
+    planned_tracks: Sequence[TrackPlan],
     analyses: Sequence[Analysis],
     out_info: VideoInfo,
 ) -> RunReport:
@@ -629,7 +656,7 @@ def job_report(
     for f in faces:
         by_track[f.track].append(f)
     tracks = []
-    for t in the_plan.tracks if the_plan is not None else []:
+    for t in planned_tracks:
         fs = by_track.get(t.id, [])
         tracks.append(
             TrackReport(
