@@ -198,7 +198,7 @@ def _process_image(src: Path, dst: Path, res: Resources) -> dict[str, Any]:
         raise OutputError(dst, f"expected an image output ({', '.join(sorted(IMAGE_EXTS))})")
     recs = process_image(src, dst, res, new_state(res.settings), Timer())
     h, w = read_image(dst).shape[:2]  # the written file decodes
-    faces, ok, obscured = _count(recs)
+    faces, ok, obscured = _count(r.wire() for r in recs)
     return {"faces": faces, "deidentified": ok, "obscured": obscured, "width": w, "height": h}
 
 

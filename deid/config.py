@@ -139,7 +139,7 @@ class PipelineConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    """How faces are linked across video frames (see :mod:`deid.tracking`)."""
+    """How faces are linked across video frames (see :mod:`deid.pipeline.tracking`)."""
 
     iou: float = Field(0.3, gt=0.0, le=1.0, description="box overlap that links a detection")
     max_gap: int = Field(

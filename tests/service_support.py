@@ -84,13 +84,14 @@ def face_clip(path: Path, frames: int = 12, size: tuple[int, int] = (128, 192)) 
 
 
 def reference_output(clip: Path, settings: Any, cache: Path) -> tuple[Path, dict[str, Any]]:
-    """The single-process result (deid.job.run_video, what `deid run` does) for a clip and a
-    job's settings, computed once per test session (both service test modules use it)."""
+    """The single-process result (deid.pipeline.video.run_video, what `deid run` does) for a
+    clip and a job's settings, computed once per test session (both service test modules
+    use it)."""
     import hashlib
     import json
 
-    from deid import job
     from deid.pipeline import Resources
+    from deid.pipeline import video as job
     from deid.service.jobs import job_settings
 
     key = hashlib.sha256(

@@ -8,6 +8,7 @@ import ast
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +207,102 @@ def test_the_command_line_builds_without_torch_and_lists_the_registrys_attacks()
 
     assert tuple(pipeline_attacks()) == PIPELINE_ATTACKS
     assert default_attack().name == DEFAULT_ATTACK
+
+
+# --------------------------------------------------------------------------------------------
+# imports: no cycle among deid's modules, no private name imported across modules
+# --------------------------------------------------------------------------------------------
+def _modules() -> dict[str, Path]:
+    """deid's modules by dotted name (a package by its ``__init__.py``)."""
+    out = {}
+    for path in (REPO / "deid").rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imports(
+    name: str, source: str, is_package: bool, modules: Iterable[str]
+) -> list[tuple[str, str | None]]:
+    """(module, imported name or None) of every import in module ``name``'s ``source``, at
+    any depth: module level, inside functions, under ``TYPE_CHECKING``. ``from pkg import
+    sub`` imports the submodule; ``from pkg import name`` the package."""
+    modules = set(modules)
+    out: list[tuple[str, str | None]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [(a.name, None) for a in node.names if a.name in modules]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the module's package, up level - 1
+                package = name.split(".")[: None if is_package else -1]
+                package = package[: len(package) - node.level + 1]
+                base = ".".join([*package, base] if base else package)
+            for a in node.names:
+                if f"{base}.{a.name}" in modules:
+                    out.append((f"{base}.{a.name}", None))
+                elif base in modules:
+                    out.append((base, a.name))
+    return out
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), or a module that
+    imports itself."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in edges[v]:
+                found.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle_and_no_private_import_across_modules() -> None:
+    """Every import counts, lazy ones and ``TYPE_CHECKING`` ones too: a cycle that only a
+    lazy import keeps from failing is still two modules that cannot be read apart."""
+    modules = _modules()
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    private = []
+    for name, path in modules.items():
+        source, is_package = path.read_text(), path.name == "__init__.py"
+        for target, imported in _imports(name, source, is_package, modules):
+            edges[name].add(target)
+            if imported and imported.startswith("_") and not imported.startswith("__"):
+                private.append(f"{name}: from {target} import {imported}")
+    assert _cycles(edges) == []
+    assert private == []
+
+
+def test_the_import_checker_sees_cycles_and_private_imports() -> None:
+    """The checker above on made-up modules: a lazy two-module cycle, a private name."""
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+    modules = ["deid.p", "deid.p.x", "deid.p.y"]
+    lazy = "def f():\n    from .x import _secret\n    from deid.p import y, run\n"
+    assert _imports("deid.p.y", lazy, False, modules) == [
+        ("deid.p.x", "_secret"),
+        ("deid.p.y", None),
+        ("deid.p", "run"),
+    ]

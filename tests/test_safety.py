@@ -264,8 +264,7 @@ def test_writes_that_fail_late_name_the_output(tmp_path: Path, data_dir: Path) -
     still names the output, not its temporary file, and is no traceback."""
     from deid.config import load_settings
     from deid.errors import OutputError
-    from deid.job import run_video
-    from deid.pipeline import Resources, Timer, new_state, process_image
+    from deid.pipeline import Resources, Timer, new_state, process_image, run_video
 
     res = Resources.load(load_settings(None, {"classifier": {"name": "yaleb-mlp"}}))
     out = Path("/sys/deid-late.png")

@@ -95,7 +95,7 @@ def clip(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(clip: Path, settings: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The same job run in one process (deid.job.run_video, as `deid run` does)."""
+    """The same job run in one process (deid.pipeline.video.run_video, as `deid run` does)."""
     return reference_output(clip, settings, tmp_path_factory.getbasetemp())
 
 

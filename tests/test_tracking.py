@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deid.tracking import associate, iou_matrix, plan_tracks
+from deid.pipeline.tracking import associate, iou_matrix, plan_tracks
 
 LM = np.array([[0.35, 0.4], [0.65, 0.4], [0.5, 0.55], [0.38, 0.75], [0.62, 0.75]])
 

@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from deid import job
 from deid.config import load_settings
 from deid.errors import DeidError
 from deid.io import frame_table, probe_video, read_frames, write_image
 from deid.pipeline import Resources, run
+from deid.pipeline import video as job
 
 from .conftest import SCENES, scene
 
@@ -265,7 +265,7 @@ import hashlib, sys
 from fractions import Fraction
 from pathlib import Path
 import cv2, torchvision  # noqa: F401  (torchvision loaded, as in a worker)
-from deid import job
+from deid.pipeline import video as job
 from deid.io import read_range
 frames = [cv2.resize(f, (960, 540), interpolation=cv2.INTER_AREA)
           for _, f in read_range(Path(sys.argv[1]), 0, 3)]

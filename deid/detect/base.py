@@ -10,6 +10,21 @@ import numpy as np
 from deid.types import Detections
 
 
+class DetectorSettings(Protocol):
+    """What a detector's factory reads of the ``detector`` settings
+    (:class:`deid.config.DetectorConfig`; a protocol, so that detect/ does not import the
+    settings, which import the detector registry to check ``detector.name``)."""
+
+    name: str
+    thresholds: tuple[float, float, float]
+    min_face_size: int
+    min_score: float
+    max_side: int | None
+    tile: int | None
+    tile_overlap: int
+    edge_pad: int
+
+
 @runtime_checkable
 class Detector(Protocol):
     """A face detector: frames in, one :class:`Detections` per frame out, batched.

@@ -16,8 +16,7 @@ import torch
 from deid.detect.tiling import RawDetections, TiledDetector, no_detections, tiling_options
 
 if TYPE_CHECKING:
-    from deid.config import DetectorConfig
-    from deid.detect.base import Detector
+    from deid.detect.base import DetectorSettings
 
 
 class MTCNNDetector(TiledDetector):
@@ -89,15 +88,15 @@ class MTCNNDetector(TiledDetector):
         )
 
     @classmethod
-    def from_config(cls, cfg: DetectorConfig, device: torch.device | str = "cpu") -> Detector:
-        """The detector ``cfg.name`` names (MTCNN by default).
+    def from_config(
+        cls, cfg: DetectorSettings, device: torch.device | str = "cpu"
+    ) -> MTCNNDetector:
+        """MTCNN as the ``detector`` settings describe it (:func:`build_mtcnn`).
 
         Kept for callers from before the detector registry; use
-        :func:`deid.detect.build_detector`.
+        :func:`deid.detect.build_detector`, which builds the detector ``cfg.name`` names.
         """
-        from deid.detect.registry import build_detector
-
-        return build_detector(cfg, device)
+        return build_mtcnn(cfg, device)
 
     def searchable(self, height: int, width: int) -> bool:
         """Whether MTCNN can search an image of this size: its pyramid maps
@@ -114,7 +113,7 @@ class MTCNNDetector(TiledDetector):
         return [_as_arrays(b, p, lm) for b, p, lm in zip(boxes, probs, points, strict=True)]
 
 
-def build_mtcnn(cfg: DetectorConfig, device: torch.device | str = "cpu") -> MTCNNDetector:
+def build_mtcnn(cfg: DetectorSettings, device: torch.device | str = "cpu") -> MTCNNDetector:
     """The MTCNN detector a :class:`deid.config.DetectorConfig` describes (its registry entry)."""
     return MTCNNDetector(thresholds=cfg.thresholds, device=device, **tiling_options(cfg))
 

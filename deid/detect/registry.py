@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 
-from deid.detect.base import Detector
+from deid.detect.base import Detector, DetectorSettings
 from deid.detect.mtcnn import build_mtcnn
 from deid.errors import ConfigError
 
-if TYPE_CHECKING:
-    from deid.config import DetectorConfig
-
 #: Builds a detector from the ``detector`` settings on a torch device.
-DetectorFactory = Callable[["DetectorConfig", torch.device], Detector]
+DetectorFactory = Callable[[DetectorSettings, torch.device], Detector]
 
 DETECTORS: dict[str, DetectorFactory] = {
     "mtcnn": build_mtcnn,
@@ -38,7 +34,7 @@ def register_detector(name: str, factory: DetectorFactory) -> None:
     DETECTORS[name] = factory
 
 
-def build_detector(cfg: DetectorConfig, device: torch.device | str = "cpu") -> Detector:
+def build_detector(cfg: DetectorSettings, device: torch.device | str = "cpu") -> Detector:
     """The detector the settings describe: ``DETECTORS[cfg.name](cfg, device)``.
 
     Every part of deid that needs a detector builds it here (the pipeline and video job,

@@ -31,7 +31,7 @@ from torchvision.ops import nms
 from deid.types import Detections
 
 if TYPE_CHECKING:
-    from deid.config import DetectorConfig
+    from deid.detect.base import DetectorSettings
 
 #: What a single-scale detector returns for one image, unfiltered, in that image's pixels:
 #: boxes (K, 4) x1, y1, x2, y2, scores (K,) and landmarks (K, 5, 2), all float32.
@@ -60,7 +60,7 @@ def tile_grid(length: int, tile: int, overlap: int) -> tuple[list[int], int]:
     return [round(i * (length - size) / (n - 1)) for i in range(n)], size
 
 
-def tiling_options(cfg: DetectorConfig) -> dict[str, Any]:
+def tiling_options(cfg: DetectorSettings) -> dict[str, Any]:
     """:class:`TiledDetector`'s keyword arguments from the detector settings every detector
     shares (``min_face_size``, ``min_score``, ``max_side``, ``tile``, ``tile_overlap``,
     ``edge_pad``)."""

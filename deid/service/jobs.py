@@ -1,6 +1,6 @@
 """Jobs of the service: what a job is, how it is checked at submission, and its steps.
 
-A **video job** runs the steps of :mod:`deid.job` as separate tasks::
+A **video job** runs the steps of :mod:`deid.pipeline.video` as separate tasks::
 
     split -> analyse (one task per chunk, in parallel) -> plan -> render (per chunk) -> assemble
 
@@ -14,7 +14,7 @@ the next stage. Celery is not imported here: :class:`Engine` is given a ``dispat
 Guarantees:
 
 - every chunk output is written atomically and a redelivered chunk whose output verifies is
-  skipped (:func:`deid.job.chunk_ok`), so a chunk is computed once however often it is
+  skipped (:func:`deid.pipeline.video.chunk_ok`), so a chunk is computed once however often it is
   delivered, and a duplicate computation gives the same bytes;
 - a chunk delivered more than ``service.max_deliveries`` times (it keeps killing its worker)
   fails the job with that reason instead of looping; a delivery of a chunk that is already
@@ -409,73 +409,72 @@ class Engine:
         work.mkdir(parents=True, exist_ok=True)
         if spec.kind == "dataset":
             return self._split_dataset(spec, redelivered)
-        from deid import job
+        from deid.pipeline import video
 
         self._check(spec, state="SPLITTING", stage="split")
         chunk_frames = spec.resolved_settings().pipeline.chunk_frames
         layout_path = _layout_path(spec)
         if not layout_path.is_file():
-            write_json(layout_path, job.split(Path(spec.input), chunk_frames))
+            write_json(layout_path, video.split(Path(spec.input), chunk_frames))
         layout = read_json(layout_path)
         n = len(layout["chunks"])
         self._check(spec, frames_total=layout["frames"], chunks_total=n)
         self._advance(spec, "analyse", n, redelivered)
 
     def _analyse(self, spec: JobSpec, index: int, redelivered: bool) -> None:
-        from deid import job
+        from deid.pipeline import video
 
         layout = read_json(_layout_path(spec))
-        chunk = job.Chunk.from_dict(layout["chunks"][index])
+        chunk = video.Chunk.from_dict(layout["chunks"][index])
         out = _analysis_path(spec, index)
         if not _json_ok(out):
-            result = job.analyse(Path(spec.input), layout, chunk, self.resources(spec))
+            result = video.analyse(Path(spec.input), layout, chunk, self.resources(spec))
             self._check(spec)
             write_json(out, result)
         if self._finish_chunk(spec, "analyse", index, chunk.frames, redelivered):
             self._advance(spec, "plan", 1, redelivered)
 
     def _plan(self, spec: JobSpec, index: int, redelivered: bool) -> None:
-        from deid import job
+        from deid.pipeline import video
 
         layout = read_json(_layout_path(spec))
         out = Path(spec.workdir) / "plan.json"
         if not _json_ok(out):
             analyses = [read_json(_analysis_path(spec, i)) for i in range(len(layout["chunks"]))]
-            write_json(out, job.plan(layout, analyses, self.resources(spec)))
+            write_json(out, video.plan(layout, analyses, self.resources(spec)))
         self._advance(spec, "render", len(layout["chunks"]), redelivered)
 
     def _render(self, spec: JobSpec, index: int, redelivered: bool) -> None:
-        from deid import job
+        from deid.pipeline import video
 
         layout = read_json(_layout_path(spec))
-        chunk = job.Chunk.from_dict(layout["chunks"][index])
+        chunk = video.Chunk.from_dict(layout["chunks"][index])
         out = _segment_path(spec, index)
-        if not job.chunk_ok(out, chunk):
+        if not video.chunk_ok(out, chunk):
             the_plan = read_json(Path(spec.workdir) / "plan.json")
-            job.render(Path(spec.input), layout, the_plan, chunk, self.resources(spec), out)
+            video.render(Path(spec.input), layout, the_plan, chunk, self.resources(spec), out)
             self._check(spec)
         if self._finish_chunk(spec, "render", index, chunk.frames, redelivered):
             self._advance(spec, "assemble", 1, redelivered)
 
     def _assemble(self, spec: JobSpec, index: int, redelivered: bool) -> None:
-        from deid import job
-        from deid.pipeline import report_path
+        from deid.pipeline import report_path, video, write_report
 
         layout = read_json(_layout_path(spec))
         n = len(layout["chunks"])
         parts = [_segment_path(spec, i) for i in range(n)]
-        reports = [read_json(job.segment_report_path(p)) for p in parts]
+        reports = [read_json(video.segment_report_path(p)) for p in parts]
         analyses = [read_json(_analysis_path(spec, i)) for i in range(n)]
         the_plan = read_json(Path(spec.workdir) / "plan.json")
         output = Path(spec.output)
         res = self.resources(spec)
         self._check(spec, state="ASSEMBLING", stage="assemble")
-        report = job.assemble(
+        report = video.assemble(
             Path(spec.input), layout, parts, output, reports, res, the_plan, analyses
         )
         try:
             report["job"] = {"id": spec.id, "chunks": n}
-            write_json(report_path(output), report)
+            write_report(output, report)
             if not self.store.finish(spec.id, "SUCCESS", report=report):
                 if self.store.state(spec.id) == "SUCCESS":
                     return  # a duplicate delivery finished first, with the same bytes: keep
@@ -658,7 +657,7 @@ def _analysis_path(spec: JobSpec, index: int) -> Path:
 
 
 def _segment_path(spec: JobSpec, index: int) -> Path:
-    from deid.job import segment_suffix
+    from deid.pipeline.video import segment_suffix
 
     return Path(spec.workdir) / "render" / f"{index:05d}{segment_suffix(Path(spec.output))}"
 

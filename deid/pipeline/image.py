@@ -1,0 +1,264 @@
+"""The image driver: de-identify an image, or every image of a folder.
+
+One image runs :data:`IMAGE_STEPS` in order: decode, protect (detect, crop, classify,
+protect, paste), encode to a temporary file beside the output, verify on the re-read file,
+repair (obscure faces still recognised), publish (rename into place); the temporary file is
+removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from deid.align import obscure, paste_back
+from deid.config import Settings
+from deid.errors import InputError, OutputError
+from deid.io import IMAGE_EXTS, list_images, read_image, tmp_beside, write_image, writing
+from deid.pipeline.protect import ProtectContext
+from deid.pipeline.report import FaceRecord, FailedInput, RunReport, Totals, face_totals
+from deid.pipeline.resources import Resources
+from deid.pipeline.stages import TargetMemory, classify, crop, detect
+from deid.pipeline.steps import Step, Timer, run_steps
+from deid.pipeline.verify import needs_repair, repair_frames, verify_frames
+from deid.targets import choose_targets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamState:
+    """State carried from one batch of frames to the next (target memory, RNG, counters)."""
+
+    memory: TargetMemory
+    generator: torch.Generator
+    frame_offset: int = 0
+    too_small: int = 0  # frames too small for the detector (passed through)
+    thumbnails: list[dict[str, Any]] = field(default_factory=list)
+    max_thumbnails: int = 24
+
+
+def new_state(settings: Settings) -> StreamState:
+    return StreamState(
+        TargetMemory(settings.tracking.iou),
+        torch.Generator().manual_seed(settings.pipeline.seed),
+    )
+
+
+def process_frames(
+    frames: list[np.ndarray], res: Resources, state: StreamState, timer: Timer
+) -> tuple[list[np.ndarray], list[FaceRecord]]:
+    """De-identify a batch of RGB frames. Returns the new frames and one record per face."""
+    names = res.classifier.meta.class_names
+    state.too_small += sum(res.detector.too_small(f.shape) for f in frames)
+    with timer("detect"):
+        dets = detect(res.detector, frames)
+    with timer("crop"):
+        crops = crop(frames, dets, res.classifier)
+    out = [f.copy() for f in frames]
+    records: list[FaceRecord] = []
+    if not crops:
+        state.frame_offset += len(frames)
+        return out, records
+    with timer("classify"):
+        logits = classify(res.classifier, crops, res.device)
+        probs = torch.softmax(logits, 1)
+        preds = logits.argmax(1)
+        proposed = choose_targets(logits, res.target_mode, state.generator)  # type: ignore[arg-type]
+        targets = proposed.clone()
+        for fi in range(len(frames)):
+            idx = [i for i, c in enumerate(crops) if c.frame == fi]
+            if idx:
+                targets[idx] = state.memory.assign(
+                    [crops[i] for i in idx], proposed[idx], preds[idx]
+                )
+    with timer("attack"):
+        ctx = ProtectContext(
+            res.classifier, targets, preds, res.device, res.settings.attack.batch_size
+        )
+        outcomes = res.protector.protect(crops, ctx)
+    fallback = res.settings.pipeline.fallback
+    with timer("paste"):
+        for i, (c, o) in enumerate(zip(crops, outcomes, strict=True)):
+            if o.success:
+                paste_back(out[c.frame], c, o.pixels)
+            else:
+                obscure(out[c.frame], c, fallback)
+            rec = FaceRecord(
+                frame=state.frame_offset + c.frame,
+                box=[round(float(v), 1) for v in c.box],
+                region=list(c.region),
+                score=round(c.score, 4),
+                track=c.track,
+                pred=names[o.pred],
+                pred_conf=round(float(probs[i, o.pred]), 4),
+                **o.record(names, fallback),
+            ).locate(c.theta, c.extra["corners"])
+            records.append(rec)
+            if len(state.thumbnails) < state.max_thumbnails:
+                x1, y1, x2, y2 = c.region
+                state.thumbnails.append(rec.thumbnail(c.pixels, out[c.frame][y1:y2, x1:x2].copy()))
+    state.frame_offset += len(frames)
+    return out, records
+
+
+# --------------------------------------------------------------------------------------------
+# one image: its steps
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ImageRun:
+    """What the steps of one image read and write."""
+
+    input: Path
+    output: Path
+    res: Resources
+    state: StreamState
+    timer: Timer
+    tmp: Path
+    frame: np.ndarray | None = None
+    out: np.ndarray | None = None
+    records: list[FaceRecord] = field(default_factory=list)
+    written: np.ndarray | None = None
+
+
+def _decode(r: ImageRun) -> None:
+    with r.timer("decode"):
+        r.frame = read_image(r.input)
+
+
+def _protect(r: ImageRun) -> None:
+    assert r.frame is not None
+    out, r.records = process_frames([r.frame], r.res, r.state, r.timer)
+    r.out = out[0]
+
+
+def _encode(r: ImageRun) -> None:
+    assert r.out is not None
+    with r.timer("encode"), writing(r.output):
+        write_image(r.tmp, r.out, quality=r.res.settings.pipeline.jpeg_quality)
+
+
+def _verify(r: ImageRun) -> None:
+    if r.res.settings.pipeline.verify and r.records:
+        with r.timer("verify"):
+            r.written = read_image(r.tmp)
+            verify_frames([r.written], r.records, r.res, r.records[0].frame)
+
+
+def _repair(r: ImageRun) -> None:
+    p = r.res.settings.pipeline
+    if r.written is not None and p.repair and any(needs_repair(x) for x in r.records):
+        repair_frames([r.written], r.records, r.res, r.records[0].frame)
+        with writing(r.output):
+            write_image(r.tmp, r.written, quality=p.jpeg_quality)
+
+
+def _publish(r: ImageRun) -> None:
+    with writing(r.output):
+        r.tmp.replace(r.output)
+    for x in r.records:
+        x.file = str(r.input)
+
+
+IMAGE_STEPS: tuple[Step[ImageRun], ...] = (
+    Step("decode", _decode),
+    Step("protect", _protect),
+    Step("encode", _encode),
+    Step("verify", _verify),
+    Step("repair", _repair),
+    Step("publish", _publish),
+)
+"""The order of one image's steps (see the module docstring)."""
+
+
+def process_image(
+    input: Path, output: Path, res: Resources, state: StreamState, timer: Timer
+) -> list[FaceRecord]:
+    """De-identify one image file into ``output`` (verified on the written file, then renamed)."""
+    run = ImageRun(input, output, res, state, timer, tmp_beside(output, "pass1"))
+    run_steps(IMAGE_STEPS, run, cleanup=lambda r: r.tmp.unlink(missing_ok=True))
+    return run.records
+
+
+# --------------------------------------------------------------------------------------------
+# an image or a folder
+# --------------------------------------------------------------------------------------------
+def image_run(
+    input: Path, output: Path, res: Resources, progress: bool = True
+) -> tuple[RunReport, list[dict[str, Any]]]:
+    """De-identify an image, or every image under a folder (the output mirrors the tree).
+
+    Returns:
+        the report (not written) and the contact sheet's faces.
+    """
+    timer, state = Timer(), new_state(res.settings)
+    if input.is_dir():
+        files = list_images(input)
+        if not files:
+            raise InputError(input, f"no images found (looked for {', '.join(sorted(IMAGE_EXTS))})")
+        pairs = [(f, output / f.relative_to(input)) for f in files]
+        kind = "folder"
+    else:
+        if output.suffix.lower() not in IMAGE_EXTS:
+            raise OutputError(output, f"expected an image output ({', '.join(sorted(IMAGE_EXTS))})")
+        pairs = [(input, output)]
+        kind = "image"
+    records: list[FaceRecord] = []
+    failed: list[FailedInput] = []
+    too_small: list[str] = []
+    frames_with_faces = 0
+    for src, dst in tqdm(
+        pairs, desc=f"deid {input.name}", unit="image", disable=not progress or len(pairs) < 2
+    ):
+        small_before = state.too_small
+        with writing(dst):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            recs = process_image(src, dst, res, state, timer)
+        except InputError as e:
+            if kind == "image":
+                raise
+            log.warning("skipping %s: %s", src, e.reason)
+            failed.append(FailedInput(file=str(src), error=e.reason))
+            state.frame_offset += 1
+            continue
+        if state.too_small > small_before:
+            log.warning(
+                "%s: too small for the detector (shorter side under detector.min_face_size, "
+                "%d px): no face can be found in it; passed through",
+                src,
+                res.settings.detector.min_face_size,
+            )
+            too_small.append(str(src))
+        frames_with_faces += bool(recs)
+        records.extend(recs)
+    n_frames = state.frame_offset
+    totals = Totals(
+        frames=n_frames,
+        frames_with_faces=frames_with_faces,
+        frames_without_faces=n_frames - frames_with_faces,
+        frames_too_small=state.too_small,
+        **face_totals(records),
+        unprotected_faces=sum(needs_repair(r) for r in records),
+    )
+    report = RunReport(
+        **res.header(kind, input, output),
+        totals=totals,
+        seconds=timer.rounded(),
+        faces_detail=records,
+        failed_inputs=failed,
+        too_small_inputs=too_small,
+    )
+    return report, state.thumbnails
+
+
+def run_images(input: Path, output: Path, res: Resources, progress: bool = True) -> dict[str, Any]:
+    """De-identify an image, or every image under a folder; returns the report's JSON form
+    (not written; :func:`deid.pipeline.run` writes it)."""
+    return image_run(input, output, res, progress)[0].wire()

@@ -1,0 +1,247 @@
+"""The protection step: what replaces a face's pixels, chosen by name from one registry.
+
+Two kinds of protection share ``attack.name`` (and ``deid run --attack NAME``):
+
+* an **attack** (:mod:`deid.attacks`) perturbs the crop until the classifier sees the face's
+  target identity; it needs the classifier and the targets (:class:`AttackProtector`);
+* a **generator** maps a face crop, its landmarks and its track id to a new crop (a GAN
+  replacement, say), optionally followed by an attack (``then: ifgsm``)
+  (:class:`GeneratorProtector`). A generated face counts as protected when the classifier no
+  longer sees the original identity in it (or, with ``then``, when the attack reached its
+  target).
+
+Both return one :class:`~deid.pipeline.stages.FaceOutcome` per crop, so what follows is the
+same for either: a failed face is obscured, the written file is re-read and verified, a face
+still recognised there is obscured (fail closed), and a video's faces keep their track.
+
+A generator is one module and one line::
+
+    register_generator("grey", lambda cfg: GreyFaces())   # then `deid run --attack grey`
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from pydantic import Field, create_model, field_validator
+from torch import Tensor
+
+from deid.align import gray_like, is_gray
+from deid.attacks.base import Attack, AttackConfigBase, from_uint8, perturbation_norms, to_uint8
+from deid.attacks.registry import ATTACKS, attack_config, build_attack, register, unregister
+from deid.errors import ConfigError, ShapeError
+from deid.models import FaceClassifier
+from deid.pipeline.stages import FaceOutcome, attack_faces, batches, psnr, to_batch
+from deid.targets import TargetMode
+from deid.types import FaceCrop
+
+
+@dataclass(frozen=True)
+class ProtectContext:
+    """What a protection step may use besides the crops.
+
+    Attributes:
+        classifier: the identity classifier (attacks steer it; outcomes are read with it).
+        targets: (N,) int64 target class of each crop (one per track in a video).
+        preds: (N,) int64 the classifier's identity of each clean crop.
+        device: where to compute.
+        batch_size: faces per batch.
+    """
+
+    classifier: FaceClassifier
+    targets: Tensor
+    preds: Tensor
+    device: torch.device
+    batch_size: int
+
+
+#: One outcome per crop, in the crops' order.
+ProtectResult = list[FaceOutcome]
+
+
+@runtime_checkable
+class Protector(Protocol):
+    """A protection step: ``protect(crops, context) -> ProtectResult``."""
+
+    name: str
+
+    def protect(self, crops: Sequence[FaceCrop], ctx: ProtectContext) -> ProtectResult: ...
+
+
+class AttackProtector:
+    """Today's protection: an adversarial attack steering each face to its target."""
+
+    def __init__(self, name: str, attack: Attack) -> None:
+        self.name = name
+        self.attack = attack
+
+    def protect(self, crops: Sequence[FaceCrop], ctx: ProtectContext) -> ProtectResult:
+        return attack_faces(
+            self.attack,
+            ctx.classifier,
+            crops,
+            ctx.targets,
+            ctx.preds,
+            ctx.device,
+            ctx.batch_size,
+        )
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Maps face crops to new faces.
+
+    Shape:
+        crops: (B, 3, H, W) float32 in [0, 1] (a batch of crops of different sizes is
+            edge-padded at the bottom and right to the largest).
+        landmarks: (B, 5, 2) float32 eyes, nose, mouth corners in crop pixels (x, y).
+        track_ids: (B,) int64: the same id for the same person in every frame of a video
+            (a generator keyed by it keeps a person's new face consistent).
+        returns: (B, 3, H, W) float in [0, 1], the same shape.
+    """
+
+    def generate(self, crops: Tensor, landmarks: Tensor, track_ids: Tensor) -> Tensor: ...
+
+
+class GeneratorConfig(AttackConfigBase):
+    """The ``attack`` section when it names a generator: the fields every attack has
+    (``batch_size``, ``target`` for a following attack) and ``then``."""
+
+    default_target: ClassVar[TargetMode] = "least-likely"
+
+    name: str
+    then: str | None = Field(
+        None, description="an attack run on the generated faces (its defaults, targeted)"
+    )
+
+    @field_validator("then")
+    @classmethod
+    def _then_is_an_attack(cls, v: str | None) -> str | None:
+        if v is not None and (v not in ATTACKS or v in GENERATORS):
+            attacks = [n for n in ATTACKS if n not in GENERATORS]
+            raise ValueError(f"unknown attack {v!r}; available: {sorted(attacks)}")
+        return v
+
+
+#: Builds a generator from its ``attack`` settings.
+GeneratorFactory = Callable[[Any], Generator]
+
+GENERATORS: dict[str, GeneratorFactory] = {}
+"""Every registered generator by name (each is also an entry of the attack registry, so the
+settings and ``--attack`` accept its name)."""
+
+
+def register_generator(
+    name: str, factory: GeneratorFactory, config: type[GeneratorConfig] | None = None
+) -> None:
+    """Make a generator available as ``attack.name: <name>`` (``deid run --attack <name>``).
+
+    Args:
+        name: the generator's name.
+        factory: ``factory(cfg) -> Generator`` (``cfg``: its validated settings).
+        config: its settings, a :class:`GeneratorConfig` subclass with
+            ``name: Literal[<name>] = <name>``; None: no settings of its own.
+
+    Raises:
+        ValueError: the name is taken (by an attack or a generator).
+    """
+    if name in ATTACKS:
+        raise ValueError(f"{name!r} is already registered ({ATTACKS[name].attack})")
+    if config is None:
+        config = create_model(  # type: ignore[call-overload]
+            f"{name.title().replace('-', '')}GeneratorConfig",
+            __base__=GeneratorConfig,
+            name=(Literal[name], name),
+        )
+    GENERATORS[name] = factory
+    try:
+        register(factory, config)  # type: ignore[arg-type]
+    except BaseException:
+        del GENERATORS[name]
+        raise
+
+
+def unregister_generator(name: str) -> None:
+    """Remove the generator called ``name`` (KeyError if there is none)."""
+    del GENERATORS[name]
+    unregister(name)
+
+
+class GeneratorProtector:
+    """A generator, optionally followed by an attack on its output."""
+
+    def __init__(self, name: str, generator: Generator, then: Attack | None = None) -> None:
+        self.name = name
+        self.generator = generator
+        self.then = then
+
+    def protect(self, crops: Sequence[FaceCrop], ctx: ProtectContext) -> ProtectResult:
+        generated = self._generate(crops, ctx)
+        if self.then is None:
+            return generated
+        new = [replace(c, pixels=o.pixels) for c, o in zip(crops, generated, strict=True)]
+        attacked = attack_faces(
+            self.then, ctx.classifier, new, ctx.targets, ctx.preds, ctx.device, ctx.batch_size
+        )
+        for c, o in zip(crops, attacked, strict=True):
+            o.psnr = psnr(o.pixels, c.pixels)  # against the original face
+        return attacked
+
+    @torch.no_grad()
+    def _generate(self, crops: Sequence[FaceCrop], ctx: ProtectContext) -> ProtectResult:
+        outcomes: list[FaceOutcome | None] = [None] * len(crops)
+        for idx in batches(crops, ctx.batch_size):
+            sub = [crops[i] for i in idx]
+            x, theta = to_batch(sub, ctx.device)
+            landmarks = torch.tensor(np.stack([_crop_landmarks(c) for c in sub]))
+            tracks = torch.tensor([c.track for c in sub], dtype=torch.int64)
+            y = self.generator.generate(x, landmarks.to(ctx.device), tracks.to(ctx.device))
+            if y.shape != x.shape:
+                raise ShapeError(f"generator {self.name!r} output", tuple(y.shape), str(x.shape))
+            px = to_uint8(y.clamp(0, 1))
+            px = np.stack(
+                [gray_like(p) if is_gray(c.pixels) else p for p, c in zip(px, sub, strict=True)]
+            )
+            written = from_uint8(px).to(ctx.device)
+            logits = ctx.classifier.bind(theta)(written)
+            probs = torch.softmax(logits.float(), 1).cpu()
+            norms = perturbation_norms(x, written)
+            for j, i in enumerate(idx):
+                h, w = crops[i].pixels.shape[:2]
+                pred, final = int(ctx.preds[i]), int(probs[j].argmax())
+                outcomes[i] = FaceOutcome(
+                    pixels=px[j, :h, :w],
+                    success=final != pred,  # no longer seen as itself
+                    steps=0,
+                    pred=pred,
+                    target=int(ctx.targets[i]),
+                    final=final,
+                    final_conf=float(probs[j].max()),
+                    norms={k: float(v[j]) for k, v in norms.items()},
+                    psnr=psnr(px[j, :h, :w], crops[i].pixels),
+                )
+        return [o for o in outcomes if o is not None]
+
+
+def _crop_landmarks(c: FaceCrop) -> np.ndarray:
+    """(5, 2) float32 landmarks of a crop in its own pixels (NaN when it has none)."""
+    lm = c.extra.get("landmarks")
+    if lm is None:
+        return np.full((5, 2), np.nan, np.float32)
+    return (np.asarray(lm, np.float32) - np.array(c.region[:2], np.float32)).reshape(5, 2)
+
+
+def build_protector(cfg: AttackConfigBase) -> Protector:
+    """The protection step the ``attack`` settings name: a generator or an attack."""
+    name = getattr(cfg, "name", None)
+    if name in GENERATORS:
+        then = getattr(cfg, "then", None)
+        follow = build_attack(attack_config(then, targeted=True)) if then else None
+        return GeneratorProtector(name, GENERATORS[name](cfg), follow)
+    if name not in ATTACKS:
+        raise ConfigError(f"unknown attack {name!r}; available: {sorted(ATTACKS)}")
+    return AttackProtector(name, build_attack(cfg))

@@ -1,0 +1,236 @@
+"""The stages of a run, each a small function over the types of :mod:`deid.types`: detect,
+crop, classify and attack (:func:`attack_faces`, which :mod:`deid.pipeline.protect` wraps as
+one kind of protection step). Verification and repair on the written file are in
+:mod:`deid.pipeline.verify`; the drivers (:mod:`deid.pipeline.image`,
+:mod:`deid.pipeline.video`) compose them. No maths lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deid.align import crop_faces, gray_like, is_gray
+from deid.attacks import AttackResult
+from deid.attacks.base import Attack, to_uint8
+from deid.detect import Detector
+from deid.models import FaceClassifier
+from deid.types import Detections, FaceCrop
+
+
+# --------------------------------------------------------------------------------------------
+# stages
+# --------------------------------------------------------------------------------------------
+def detect(detector: Detector, frames: Sequence[np.ndarray]) -> list[Detections]:
+    """Stage: faces of every frame (one batched detector call)."""
+    return detector.detect(frames)
+
+
+def crop(
+    frames: Sequence[np.ndarray], dets: Sequence[Detections], classifier: FaceClassifier
+) -> list[FaceCrop]:
+    """Stage: native-resolution crops with their alignment, by the classifier's crop convention."""
+    return crop_faces(
+        frames, dets, np.asarray(classifier.meta.template), tuple(classifier.meta.input_size)
+    )
+
+
+def to_batch(crops: Sequence[FaceCrop], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack crops of different sizes: (B, 3, H, W) float in [0, 1], edge-padded at the bottom
+    and right, and (B, 2, 3) alignments adjusted for the padding."""
+    hmax = max(c.pixels.shape[0] for c in crops)
+    wmax = max(c.pixels.shape[1] for c in crops)
+    x = torch.zeros((len(crops), 3, hmax, wmax))
+    thetas = []
+    for i, c in enumerate(crops):
+        h, w = c.pixels.shape[:2]
+        # edge padding: samples near a frame-clipped border see what a single crop would
+        padded = np.pad(c.pixels, ((0, hmax - h), (0, wmax - w), (0, 0)), mode="edge")
+        x[i] = torch.from_numpy(padded).permute(2, 0, 1).float().div_(255.0)
+        # region-normalised n -> padded-normalised (n + 1) * w / W - 1
+        a = np.array([[w / wmax, 0, w / wmax - 1], [0, h / hmax, h / hmax - 1], [0, 0, 1]])
+        thetas.append((a @ np.vstack([c.theta, [0, 0, 1]]))[:2])
+    return x.to(device), torch.tensor(np.stack(thetas), dtype=torch.float32, device=device)
+
+
+def batches(crops: Sequence[FaceCrop], size: int) -> Iterator[list[int]]:
+    """Indices of crops in batches of similar size (less padding)."""
+    order = sorted(
+        range(len(crops)), key=lambda i: crops[i].pixels.shape[0] * crops[i].pixels.shape[1]
+    )
+    for i in range(0, len(order), size):
+        yield order[i : i + size]
+
+
+@torch.no_grad()
+def classify(
+    classifier: FaceClassifier,
+    crops: Sequence[FaceCrop],
+    device: torch.device,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Stage: (N, K) logits of the clean crops."""
+    out = torch.zeros((len(crops), classifier.num_classes))
+    for idx in batches(crops, batch_size):
+        x, theta = to_batch([crops[i] for i in idx], device)
+        out[idx] = classifier(x, theta).float().cpu()
+    return out
+
+
+class TargetMemory:
+    """Keeps a face's target while its box overlaps the same face in the previous frame
+    (simple IoU association, for images and folders; videos are tracked over the whole
+    clip by :mod:`deid.pipeline.tracking`)."""
+
+    def __init__(self, iou: float = 0.3) -> None:
+        self.iou = iou
+        self.prev: list[tuple[np.ndarray, int, int]] = []  # (box, track, target)
+        self.next_track = 0
+
+    def assign(
+        self, frame_crops: Sequence[FaceCrop], proposed: torch.Tensor, preds: torch.Tensor
+    ) -> torch.Tensor:
+        """Targets for one frame's faces; sets each crop's ``track``."""
+        targets = proposed.clone()
+        taken: set[int] = set()
+        current = []
+        for j, c in enumerate(frame_crops):
+            best, best_iou = -1, self.iou
+            for k, (box, _track, _t) in enumerate(self.prev):
+                o = iou(c.box, box)
+                if k not in taken and o >= best_iou:
+                    best, best_iou = k, o
+            if best >= 0 and self.prev[best][2] != int(preds[j]):
+                taken.add(best)
+                c.track = self.prev[best][1]
+                targets[j] = self.prev[best][2]
+            else:
+                if best >= 0:
+                    taken.add(best)
+                c.track = self.prev[best][1] if best >= 0 else self._new()
+            current.append((c.box, c.track, int(targets[j])))
+        self.prev = current
+        return targets
+
+    def _new(self) -> int:
+        self.next_track += 1
+        return self.next_track - 1
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two x1, y1, x2, y2 boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+@dataclass
+class FaceOutcome:
+    """The attack's result for one face."""
+
+    pixels: np.ndarray  # (h, w, 3) uint8
+    success: bool
+    steps: int
+    pred: int
+    target: int
+    final: int
+    final_conf: float
+    norms: dict[str, float]
+    psnr: float
+
+    def record(self, names: Sequence[str], fallback: str) -> dict[str, Any]:
+        """The report fields of this outcome (``names``: the classifier's class names;
+        ``fallback``: how a failed face is obscured)."""
+        return {
+            "target": names[self.target],
+            "success": self.success,
+            "action": "attacked" if self.success else f"obscured:{fallback}",
+            "steps": self.steps,
+            "final": names[self.final],
+            "final_conf": round(self.final_conf, 4),
+            "l2": round(self.norms["l2"], 5),
+            "linf": round(self.norms["linf"], 5),
+            "psnr": round(self.psnr, 2) if math.isfinite(self.psnr) else None,
+        }
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB between two uint8 images of one shape (inf: identical)."""
+    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2)) / 255.0**2
+    return float("inf") if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+class GreyInput(nn.Module):
+    """The classifier seeing only the luma of its input, for faces of grey frames: the
+    gradient's sign is then the same in the three channels, so sign steps stay grey."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("w", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x * self.w.to(x)).sum(1, keepdim=True).expand(-1, 3, -1, -1))
+
+    def select(self, idx: torch.Tensor) -> GreyInput:
+        sel = getattr(self.model, "select", None)
+        return GreyInput(sel(idx)) if callable(sel) else self
+
+
+def attack_faces(
+    attack: Attack,
+    classifier: FaceClassifier,
+    crops: Sequence[FaceCrop],
+    targets: torch.Tensor,
+    preds: torch.Tensor,
+    device: torch.device,
+    batch_size: int,
+) -> list[FaceOutcome]:
+    """Stage: attack every crop (faces of several frames in one batch) at native resolution.
+
+    Faces of grey frames (three equal channels) are attacked through :class:`GreyInput` and
+    made exactly grey afterwards (coloured noise on a grey frame would give the attack away);
+    one that is no longer its target once grey counts as failed, so it is obscured.
+    """
+    outcomes: list[FaceOutcome | None] = [None] * len(crops)
+    grey = [is_gray(c.pixels) for c in crops]
+    for g in (False, True):
+        members = [i for i in range(len(crops)) if grey[i] == g]
+        for sub in batches([crops[i] for i in members], batch_size) if members else ():
+            idx = [members[k] for k in sub]
+            x, theta = to_batch([crops[i] for i in idx], device)
+            t = targets[idx].to(device)
+            model = classifier.bind(theta)
+            r: AttackResult = attack(GreyInput(model) if g else model, x, t)
+            adv, success, logits = to_uint8(r.images), r.success.cpu(), r.logits
+            if g:
+                adv = np.stack([gray_like(a) for a in adv])
+                with torch.no_grad():
+                    logits = model(
+                        torch.from_numpy(adv).permute(0, 3, 1, 2).float().div(255).to(device)
+                    )
+                success = success & (logits.argmax(1) == t).cpu()
+            probs = torch.softmax(logits.float(), 1).cpu()
+            for j, i in enumerate(idx):
+                h, w = crops[i].pixels.shape[:2]
+                px = adv[j, :h, :w]
+                outcomes[i] = FaceOutcome(
+                    pixels=px,
+                    success=bool(success[j]),
+                    steps=int(r.steps[j]),
+                    pred=int(preds[i]),
+                    target=int(targets[i]),
+                    final=int(probs[j].argmax()),
+                    final_conf=float(probs[j].max()),
+                    norms={k: float(v[j]) for k, v in r.norms.items()},
+                    psnr=psnr(px, crops[i].pixels),
+                )
+    return [o for o in outcomes if o is not None]
