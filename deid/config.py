@@ -72,6 +72,16 @@ class DetectorConfig(_Strict):
         description="px of mirror padding before detection: finds faces cut by the frame edge",
     )
     batch_frames: int = Field(8, ge=1, le=256, description="frames per detection batch")
+    factor: float = Field(
+        0.709, gt=0.5, lt=0.95, description="MTCNN's image-pyramid scale step (its own)"
+    )
+    upscale: float = Field(
+        1.0,
+        ge=1.0,
+        le=4.0,
+        description="frames detected at full resolution (not tiled) are searched on a bicubic "
+        "copy enlarged by this factor: small faces are found more often",
+    )
 
     @field_validator("name")
     @classmethod
