@@ -38,8 +38,10 @@ class _Strict(BaseModel):
 
 
 class DetectorConfig(_Strict):
-    """Which face detector, and how it searches. Drone faces are small: the default looks
-    for faces from 20 px.
+    """Which face detector, and how it searches. These field defaults are plain MTCNN (faces
+    from 20 px, no enlarging; deid's own template and dataset detectors use them); the
+    shipped ``configs/default.yaml`` tunes them for drone faces: from 12 px, frames enlarged
+    2x (README "Detection at drone altitude").
 
     ``name`` picks a detector of :data:`deid.detect.DETECTORS` (MTCNN by default);
     ``thresholds`` are MTCNN's own, the other keys apply to every detector built on

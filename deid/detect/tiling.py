@@ -294,8 +294,8 @@ class TiledDetector:
         for s in range(0, len(images), self.tile_batch):
             chunk = images[s : s + self.tile_batch]
             big = [cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in chunk]
-            raws = self.detect_enlarged(big)
-            out += [(b * [sx, sy, sx, sy], p, lm * [sx, sy]) for b, p, lm in raws]
+            for b, p, lm in self.detect_enlarged(big):
+                out.append(_select((b * [sx, sy, sx, sy], p, lm * [sx, sy]), slice(None)))
         return out
 
     def _detect_tiled(self, frames: Sequence[np.ndarray]) -> list[RawDetections]:
