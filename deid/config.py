@@ -38,10 +38,10 @@ class _Strict(BaseModel):
 
 
 class DetectorConfig(_Strict):
-    """Which face detector, and how it searches. These field defaults are plain MTCNN (faces
-    from 20 px, no enlarging; deid's own template and dataset detectors use them); the
-    shipped ``configs/default.yaml`` tunes them for drone faces: from 12 px, frames enlarged
-    2x (README "Detection at drone altitude").
+    """Which face detector, and how it searches. Drone faces are small: the default looks
+    for faces from 12 px on a copy of the frame enlarged 2x (README "Detection at drone
+    altitude"); deid's own detectors for large faces (template estimation, dataset
+    preparation, the held-out utility check) set ``upscale: 1``.
 
     ``name`` picks a detector of :data:`deid.detect.DETECTORS` (MTCNN by default);
     ``thresholds`` are MTCNN's own, the other keys apply to every detector built on
@@ -49,7 +49,7 @@ class DetectorConfig(_Strict):
     """
 
     name: str = Field("mtcnn", description="the face detector: a name in deid.detect.DETECTORS")
-    min_face_size: int = Field(20, ge=8, le=1000)
+    min_face_size: int = Field(12, ge=8, le=1000)
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     min_score: float = Field(0.9, ge=0.0, le=1.0)
     max_side: int | None = Field(
@@ -78,7 +78,7 @@ class DetectorConfig(_Strict):
         0.709, gt=0.5, lt=0.95, description="MTCNN's image-pyramid scale step (its own)"
     )
     upscale: float = Field(
-        1.0,
+        2.0,
         ge=1.0,
         le=4.0,
         description="frames detected at full resolution (not tiled) are searched on a bicubic "
