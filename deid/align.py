@@ -313,7 +313,9 @@ def template_detector() -> Detector:
     from deid.config import DetectorConfig
     from deid.detect import build_detector
 
-    return build_detector(DetectorConfig(name="mtcnn", min_face_size=40, min_score=0.8, tile=None))
+    return build_detector(
+        DetectorConfig(name="mtcnn", min_face_size=40, min_score=0.8, tile=None, upscale=1)
+    )
 
 
 def estimate_template(images: np.ndarray, min_found: int = 10) -> np.ndarray:

@@ -39,7 +39,9 @@ class _Strict(BaseModel):
 
 class DetectorConfig(_Strict):
     """Which face detector, and how it searches. Drone faces are small: the default looks
-    for faces from 20 px.
+    for faces from 12 px on a copy of the frame enlarged 2x (README "Detection at drone
+    altitude"); deid's own detectors for large faces (template estimation, dataset
+    preparation, the held-out utility check) set ``upscale: 1``.
 
     ``name`` picks a detector of :data:`deid.detect.DETECTORS` (MTCNN by default);
     ``thresholds`` are MTCNN's own, the other keys apply to every detector built on
@@ -47,7 +49,7 @@ class DetectorConfig(_Strict):
     """
 
     name: str = Field("mtcnn", description="the face detector: a name in deid.detect.DETECTORS")
-    min_face_size: int = Field(20, ge=8, le=1000)
+    min_face_size: int = Field(12, ge=8, le=1000)
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     min_score: float = Field(0.9, ge=0.0, le=1.0)
     max_side: int | None = Field(
@@ -72,6 +74,16 @@ class DetectorConfig(_Strict):
         description="px of mirror padding before detection: finds faces cut by the frame edge",
     )
     batch_frames: int = Field(8, ge=1, le=256, description="frames per detection batch")
+    factor: float = Field(
+        0.709, gt=0.5, lt=0.95, description="MTCNN's image-pyramid scale step (its own)"
+    )
+    upscale: float = Field(
+        2.0,
+        ge=1.0,
+        le=4.0,
+        description="frames detected at full resolution (not tiled) are searched on a bicubic "
+        "copy enlarged by this factor: small faces are found more often",
+    )
 
     @field_validator("name")
     @classmethod

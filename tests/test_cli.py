@@ -93,13 +93,13 @@ def test_video_whose_frames_share_a_timestamp_is_refused_before_the_models_load(
 def test_image_and_video_too_small_for_the_detector_are_written_and_reported(
     tmp_path: Path, capsys, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A 16x16 image or clip holds no face MTCNN (min_face_size 20) can find: written as it
+    """A 10x10 image or clip holds no face MTCNN (min_face_size 12) can find: written as it
     was (exit 0), and the report says the frames were too small."""
     rng = np.random.default_rng(1)
     image = tmp_path / "tiny.png"
-    write_image(image, rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    write_image(image, rng.integers(0, 256, (10, 10, 3), dtype=np.uint8))
     clip = tmp_path / "tiny.mp4"
-    write_video(clip, [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(5)], 10)
+    write_video(clip, [rng.integers(0, 256, (10, 10, 3), dtype=np.uint8) for _ in range(5)], 10)
     for src, out in ((image, tmp_path / "out.png"), (clip, tmp_path / "out.mp4")):
         argv = ["run", str(src), "-o", str(out), "--classifier", "yaleb-mlp", "--quiet"]
         caplog.clear()

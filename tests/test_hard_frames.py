@@ -328,7 +328,7 @@ def test_frames_too_small_for_the_detector_pass_through_and_are_listed(
     """One tiny image among others does not stop a folder: every output is written, the
     tiny ones unchanged, and the report counts and lists them."""
     rng = np.random.default_rng(0)
-    shapes = {"b_1x1.png": (1, 1), "c_12x12.png": (12, 12), "d_8x4000.png": (8, 4000)}
+    shapes = {"b_1x1.png": (1, 1), "c_8x8.png": (8, 8), "d_8x4000.png": (8, 4000)}
     shapes |= {"e_4000x8.png": (4000, 8), "f_16x16.png": (16, 16)}
     folder = tmp_path / "in"
     write_image(folder / "a_face.png", scene("astronaut_single_face.png"))
@@ -338,8 +338,8 @@ def test_frames_too_small_for_the_detector_pass_through_and_are_listed(
     _check_totals(report)
     t = report["totals"]
     assert (t["frames"], t["frames_with_faces"], t["faces"]) == (6, 1, 1)
-    # 16x16 is searched: the mirror padding (edge_pad) brings it to MTCNN's 20 px
-    too_small = ["b_1x1.png", "c_12x12.png", "d_8x4000.png", "e_4000x8.png"]
+    # 16x16 is searched (the default looks for faces from 12 px); 8x8, padded to 10, is not
+    too_small = ["b_1x1.png", "c_8x8.png", "d_8x4000.png", "e_4000x8.png"]
     assert t["frames_too_small"] == 4
     assert [Path(f).name for f in report["too_small_inputs"]] == too_small
     for name in shapes:

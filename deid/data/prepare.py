@@ -77,7 +77,12 @@ def celeba_detector() -> _Detector:
     from deid.detect import build_detector
 
     cfg = DetectorConfig(
-        name="mtcnn", min_face_size=30, min_score=0.9, max_side=DETECT_MAX_SIDE, tile=None
+        name="mtcnn",
+        min_face_size=30,
+        min_score=0.9,
+        max_side=DETECT_MAX_SIDE,
+        tile=None,
+        upscale=1,
     )
     return build_detector(cfg)
 

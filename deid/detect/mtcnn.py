@@ -7,8 +7,9 @@ mirror padding, downscaling and tiling of 4K frames come from
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +42,10 @@ class MTCNNDetector(TiledDetector):
         edge_pad: px of mirror padding around each frame before detection, so that faces
             cut by the frame edge (up to about two thirds outside) are still found; mirror
             images of faces near the edge are dropped again (0: no padding).
+        upscale: frames detected at full resolution are searched on a bicubic copy
+            enlarged by this factor: MTCNN's R- and O-Net then see a small face's crop
+            smooth instead of blown up from a few pixels (its own resampling is
+            area/nearest), at the same pyramid levels (faces from ``min_face_size`` px).
 
     Example:
         >>> det = MTCNNDetector(min_face_size=20)
@@ -62,6 +67,7 @@ class MTCNNDetector(TiledDetector):
         tile_batch: int = 4,
         nms_iou: float = 0.4,
         edge_pad: int = 0,
+        upscale: float = 1.0,
     ) -> None:
         from facenet_pytorch import MTCNN
 
@@ -74,6 +80,7 @@ class MTCNNDetector(TiledDetector):
             tile_batch=tile_batch,
             nms_iou=nms_iou,
             edge_pad=edge_pad,
+            upscale=upscale,
         )
         self.device = torch.device(device)
         # draws from torch's RNG (the networks are initialised before their weights load)
@@ -86,6 +93,9 @@ class MTCNNDetector(TiledDetector):
             select_largest=False,
             device=self.device,
         )
+        # the same networks, looking for faces `upscale` times larger in enlarged frames
+        self._mtcnn_enlarged = copy.copy(self._mtcnn)
+        self._mtcnn_enlarged.min_face_size = self.min_face_size * self.upscale
 
     @classmethod
     def from_config(
@@ -108,14 +118,24 @@ class MTCNNDetector(TiledDetector):
 
     def detect_single(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
         """MTCNN on same-size images, unfiltered, as float32 arrays."""
-        with torch.inference_mode():
-            boxes, probs, points = self._mtcnn.detect(np.stack(images), landmarks=True)
-        return [_as_arrays(b, p, lm) for b, p, lm in zip(boxes, probs, points, strict=True)]
+        return _detect(self._mtcnn, images)
+
+    def detect_enlarged(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
+        """MTCNN on frames enlarged by ``upscale``: faces from ``min_face_size * upscale`` px."""
+        return _detect(self._mtcnn_enlarged, images)
 
 
 def build_mtcnn(cfg: DetectorSettings, device: torch.device | str = "cpu") -> MTCNNDetector:
     """The MTCNN detector a :class:`deid.config.DetectorConfig` describes (its registry entry)."""
-    return MTCNNDetector(thresholds=cfg.thresholds, device=device, **tiling_options(cfg))
+    return MTCNNDetector(
+        thresholds=cfg.thresholds, factor=cfg.factor, device=device, **tiling_options(cfg)
+    )
+
+
+def _detect(mtcnn: Any, images: Sequence[np.ndarray]) -> list[RawDetections]:
+    with torch.inference_mode():
+        boxes, probs, points = mtcnn.detect(np.stack(images), landmarks=True)
+    return [_as_arrays(b, p, lm) for b, p, lm in zip(boxes, probs, points, strict=True)]
 
 
 def _as_arrays(boxes: object, probs: object, points: object) -> RawDetections:

@@ -71,6 +71,7 @@ def tiling_options(cfg: DetectorSettings) -> dict[str, Any]:
         "tile": cfg.tile,
         "tile_overlap": cfg.tile_overlap,
         "edge_pad": cfg.edge_pad,
+        "upscale": cfg.upscale,
     }
 
 
@@ -99,6 +100,10 @@ class TiledDetector:
         edge_pad: px of mirror padding around each frame before detection, so that faces
             cut by the frame edge (up to about two thirds outside) are still found; mirror
             images of faces near the edge are dropped again (0: no padding).
+        upscale: frames detected at full resolution (neither tiled nor downscaled) are
+            searched on a copy enlarged by this factor (bicubic), so that a small face
+            reaches the detector's networks with more, smooth pixels; boxes come back in
+            frame pixels and ``min_face_size`` stays in frame pixels (1: no enlarging).
 
     Raises:
         ValueError: ``tile_overlap`` is not in ``[0, tile)``.
@@ -114,7 +119,10 @@ class TiledDetector:
         tile_batch: int = 4,
         nms_iou: float = 0.4,
         edge_pad: int = 0,
+        upscale: float = 1.0,
     ) -> None:
+        if upscale < 1:
+            raise ValueError(f"upscale: expected a factor >= 1, got {upscale}")
         if tile is not None and not 0 <= tile_overlap < tile:
             raise ValueError(
                 f"tile_overlap: expected 0 <= overlap < tile ({tile}), got {tile_overlap}"
@@ -127,6 +135,7 @@ class TiledDetector:
         self.tile_batch = max(1, int(tile_batch))
         self.nms_iou = float(nms_iou)
         self.edge_pad = max(0, int(edge_pad))
+        self.upscale = float(upscale)
 
     # -- what a subclass provides ----------------------------------------------------------
     def detect_single(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
@@ -139,6 +148,13 @@ class TiledDetector:
             image's pixels (:data:`RawDetections`; :func:`no_detections` for none).
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement detect_single")
+
+    def detect_enlarged(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
+        """:meth:`detect_single` on frames enlarged by ``upscale``, in which faces are
+        ``upscale`` times ``min_face_size`` and larger (a detector with a minimum face
+        size of its own overrides this to look for those). Only called for frames
+        :meth:`searchable` accepts at their own size."""
+        return self.detect_single(images)
 
     def searchable(self, height: int, width: int) -> bool:
         """Whether an image of this size can hold a face the detector looks for."""
@@ -187,6 +203,8 @@ class TiledDetector:
                 raws = self._detect_tiled(batch)
             elif mode == "downscaled":
                 raws = self._detect_scaled(batch, self.max_side or 0)
+            elif self.upscale > 1:
+                raws = self._detect_upscaled(batch)
             else:
                 raws = self._run(batch)
             for i, raw in zip(idx, raws, strict=True):
@@ -263,6 +281,22 @@ class TiledDetector:
         small = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in images]
         sx, sy = w / size[0], h / size[1]
         return [(b * [sx, sy, sx, sy], p, lm * [sx, sy]) for b, p, lm in self._run(small)]
+
+    def _detect_upscaled(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
+        """Detection on copies enlarged by ``upscale`` (bicubic), ``tile_batch`` at a time
+        (an enlarged 1080p frame is a 4K one); coordinates in the originals."""
+        h, w = images[0].shape[:2]
+        if not self.searchable(h, w):
+            return [no_detections() for _ in images]
+        size = (round(w * self.upscale), round(h * self.upscale))
+        sx, sy = w / size[0], h / size[1]
+        out: list[RawDetections] = []
+        for s in range(0, len(images), self.tile_batch):
+            chunk = images[s : s + self.tile_batch]
+            big = [cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in chunk]
+            for b, p, lm in self.detect_enlarged(big):
+                out.append(_select((b * [sx, sy, sx, sy], p, lm * [sx, sy]), slice(None)))
+        return out
 
     def _detect_tiled(self, frames: Sequence[np.ndarray]) -> list[RawDetections]:
         h, w = frames[0].shape[:2]

