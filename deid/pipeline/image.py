@@ -56,6 +56,12 @@ class StreamState:
 
 
 def new_state(settings: Settings) -> StreamState:
+    """Fresh state for a run (or a file of a batch).
+
+    Raises:
+        JudgeMissingError: strict privacy (or ``pipeline.judge: on``) without the judge.
+    """
+    check_judge(settings)  # strict must never quietly run unjudged
     return StreamState(
         TargetMemory(settings.tracking.iou),
         torch.Generator().manual_seed(settings.pipeline.seed),
@@ -172,16 +178,19 @@ def _verify(r: ImageRun) -> None:
 def _repair(r: ImageRun) -> None:
     p = r.res.settings.pipeline
     strict = is_strict(r.res.settings)
-    if r.written is not None and p.repair and any(needs_repair(x, strict) for x in r.records):
-        first = r.records[0].frame
-        before = {id(x): x.action for x in r.records}
+    if r.written is None or not p.repair:
+        return
+    first = r.records[0].frame
+    # until the written file leaves no face to repair: the judge's figures are the final
+    # file's, and in strict privacy a face the re-encoding made linkable is obscured too
+    while any(needs_repair(x, strict) for x in r.records):
         repair_frames([r.written], r.records, r.res, first)
         with writing(r.output):
             write_image(r.tmp, r.written, quality=p.jpeg_quality)
-        if r.state.judged:  # the judge's figures are the final file's
-            with r.timer("judge"):
-                repaired = [x for x in r.records if x.action != before[id(x)]]
-                judge_written([read_image(r.tmp)], repaired, first, after_repair=True)
+        if not r.state.judged:
+            break
+        with r.timer("judge"):
+            judge_written([read_image(r.tmp)], r.records, first, after_repair=True)
 
 
 def _publish(r: ImageRun) -> None:
@@ -222,7 +231,6 @@ def image_run(
     Returns:
         the report (not written) and the contact sheet's faces.
     """
-    check_judge(res.settings)
     timer, state = Timer(), new_state(res.settings)
     if input.is_dir():
         files = list_images(input)

@@ -258,8 +258,10 @@ def judge_written(
     """Judge each described face in the written frames (sets ``record.judge``); one batch.
 
     Args:
-        after_repair: the frames are the repaired file's; the earlier distance is kept as
-            ``distance_before_repair``.
+        after_repair: the frames are the repaired file's; an obscured face keeps its
+            distance from before the repair as ``distance_before_repair``. (Judge every face
+            of a repaired file again, not only the obscured ones: a re-encoded video
+            predicts frames from the obscured ones, so no written pixel is the same.)
 
     Returns:
         the faces judged.
@@ -272,7 +274,10 @@ def judge_written(
     for r, d in zip(recs, desc, strict=True):
         assert r.original is not None
         dist = float(judge.distance(r.original, d))
-        before = r.judge.distance if after_repair and r.judge is not None else None
+        before = None
+        if after_repair and r.judge is not None and not r.attacked:
+            # the distance while the face was still natural (kept through later passes)
+            before = r.judge.distance_before_repair or r.judge.distance
         r.judge = FaceJudge(
             distance=round(dist, 4),
             linked=dist < j.threshold,

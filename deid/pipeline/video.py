@@ -478,24 +478,28 @@ def _repair(r: ChunkRender) -> None:
         p.verify and r.records and p.repair and any(needs_repair(x, strict) for x in r.records)
     ):
         return
-    repaired = mark_repairs(r.records, r.res.settings)
-    r.repaired += len(repaired)
-    r.final = tmp_beside(r.out, "repair")
-    with r.timer("repair"), _writer(r.final, r.layout, p.crf) as w2:
-        for fi, pts, frame in _indexed(r.input, r.layout, r.chunk):
-            w2.write(_compose(frame, r.by_frame.get(fi, []), r.pixels, r.res), pts=pts)
-    if not r.judged:
-        return
-    by_frame: dict[int, list[FaceRecord]] = defaultdict(list)
-    for x in repaired:
-        by_frame[x.frame].append(x)
-    with r.timer("judge"):
-        for start, batch in _numbered(
-            read_frames(r.final), r.res.settings.detector.batch_frames, r.chunk.start
-        ):
-            recs = [x for fi in range(start, start + len(batch)) for x in by_frame.get(fi, [])]
-            if recs:
-                judge_written(batch, recs, start, after_repair=True)
+    # until the written segment leaves no face to repair: the judge's figures are the final
+    # segment's (re-encoding changes every frame predicted from an obscured one), and in
+    # strict privacy a face the re-encoding made linkable is obscured too
+    while any(needs_repair(x, strict) for x in r.records):
+        r.repaired += len(mark_repairs(r.records, r.res.settings))
+        if r.final is not None and r.final != r.first:
+            r.final.unlink(missing_ok=True)
+        r.final = tmp_beside(r.out, "repair")
+        with r.timer("repair"), _writer(r.final, r.layout, p.crf) as w2:
+            for fi, pts, frame in _indexed(r.input, r.layout, r.chunk):
+                w2.write(_compose(frame, r.by_frame.get(fi, []), r.pixels, r.res), pts=pts)
+        if not r.judged:
+            return
+        with r.timer("judge"):
+            for start, batch in _numbered(
+                read_frames(r.final), r.res.settings.detector.batch_frames, r.chunk.start
+            ):
+                recs = [
+                    x for fi in range(start, start + len(batch)) for x in r.by_frame.get(fi, [])
+                ]
+                if recs:
+                    judge_written(batch, recs, start, after_repair=True)
 
 
 def _publish(r: ChunkRender) -> None:

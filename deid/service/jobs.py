@@ -161,6 +161,7 @@ def new_job(
     from deid.io import Artefact, check_run, check_video, classify_input
     from deid.pipeline.verify import check_judge
 
+    check_judge(settings)  # strict privacy needs the judge: refused before anything else
     roots = service.storage_roots
     src = check_path(input, roots)
     dst = check_path(output, roots)
@@ -180,7 +181,6 @@ def new_job(
     if kind == "video":
         check_video(src)  # decodes, and every frame has its own timestamp
     _check_classifier(settings.classifier.name, roots)
-    check_judge(settings)  # strict privacy needs the judge: refused at submission
     return JobSpec(
         id=job_id,
         kind=kind,
