@@ -258,7 +258,7 @@ def judge_written(
     """Judge each described face in the written frames (sets ``record.judge``); one batch.
 
     Args:
-        after_repair: the frames are the repaired file's; an obscured face keeps its
+        after_repair: the frames are the repaired file's; a repaired face keeps its
             distance from before the repair as ``distance_before_repair``. (Judge every face
             of a repaired file again, not only the obscured ones: a re-encoded video
             predicts frames from the obscured ones, so no written pixel is the same.)
@@ -275,7 +275,7 @@ def judge_written(
         assert r.original is not None
         dist = float(judge.distance(r.original, d))
         before = None
-        if after_repair and r.judge is not None and not r.attacked:
+        if after_repair and r.judge is not None and r.action.startswith("repaired"):
             # the distance while the face was still natural (kept through later passes)
             before = r.judge.distance_before_repair or r.judge.distance
         r.judge = FaceJudge(
