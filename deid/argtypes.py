@@ -116,6 +116,16 @@ _SETTING_FLAG_TABLE: tuple[tuple[str, str, dict[str, Any]], ...] = (
         {"help": "what a face whose attack failed gets: pixelate, blur or black"},
     ),
     (
+        "pipeline.privacy",
+        "--strict",
+        {
+            "action": "store_const",
+            "const": "strict",
+            "help": "strict privacy: also obscure every face the independent judge still links "
+            "to its original in the written output (needs pip install 'deid[judge]')",
+        },
+    ),
+    (
         "pipeline.verify",
         "--no-verify",
         {"action": "store_true", "help": "skip re-reading and re-classifying the output"},

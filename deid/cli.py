@@ -34,7 +34,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config", help="YAML file or a name in configs/ (default: configs/default.yaml)"
     )
-    add_setting_flags(p, *ATTACK_FLAGS, "--device", "--fallback", "--no-verify")
+    add_setting_flags(p, *ATTACK_FLAGS, "--device", "--fallback", "--strict", "--no-verify")
     p.add_argument(
         "--contact-sheet",
         type=Path,
@@ -142,6 +142,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         t["verified_target_rate"],
         t["verified_original_rate"],
     )
+    j = report.get("judge") or {}
+    if j.get("status") == "judged" and j["totals"]["faces"]:
+        jt = j["totals"]
+        log.info(
+            "judge (%s privacy): %d of %d faces still linked to their original, %d of them "
+            "left natural; %d obscured because the judge linked them",
+            j["privacy"],
+            jt["linked"],
+            jt["faces"],
+            jt["linked_natural"],
+            j["repaired_judge_linked"],
+        )
+    elif j.get("status") == "not judged":
+        log.info("not judged by the independent judge: %s", j["reason"])
     return 0
 
 

@@ -122,6 +122,17 @@ class PipelineConfig(_Strict):
     fallback: Literal["pixelate", "blur", "black"] = "pixelate"
     verify: bool = Field(True, description="re-read the output and re-classify its faces")
     repair: bool = Field(True, description="obscure faces still recognised in the written output")
+    judge: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="the independent judge (dlib's face recognizer, `pip install 'deid[judge]'`) "
+        "on the re-read output, per face in the report: auto (when installed), on (an error "
+        "without it), off",
+    )
+    privacy: Literal["standard", "strict"] = Field(
+        "standard",
+        description="strict: also obscure every face the judge still links to its original "
+        "in the written output (needs the judge, verify and repair)",
+    )
     verify_detect: Literal["around", "full"] = Field(
         "around",
         description="re-detect around each processed face (fast) or on whole frames (also "
@@ -148,6 +159,25 @@ class PipelineConfig(_Strict):
         if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
             return v
         raise ValueError(f"device must be one of 'auto', 'cpu', 'cuda', 'cuda:N'; got {v!r}")
+
+    @model_validator(mode="after")
+    def _strict_needs(self) -> PipelineConfig:
+        if self.privacy == "strict":
+            off = [
+                k
+                for k, bad in (
+                    ("verify: false", not self.verify),
+                    ("repair: false", not self.repair),
+                    ("judge: off", self.judge == "off"),
+                )
+                if bad
+            ]
+            if off:
+                raise ValueError(
+                    "privacy: strict obscures the faces the judge links on the re-read output, "
+                    f"so it needs verify, repair and the judge; got {', '.join(off)}"
+                )
+        return self
 
 
 class TrackingConfig(_Strict):

@@ -628,9 +628,14 @@ def judge_run(
     input and output (default: the paths in the report).
 
     Returns:
-        Totals (faces, share unlinkable, share unlinkable among the faces left natural,
-        i.e. attacked rather than obscured), per-track figures and one row per face.
+        Totals (:class:`deid.pipeline.report.JudgeTotals`: faces, linked, share unlinkable,
+        faces left natural (attacked rather than obscured), share natural and unlinkable,
+        linked and left natural, median distance), the same per track, and one row per
+        face. The faces are cut as the pipeline cuts them to judge a run as it goes
+        (:func:`deid.pipeline.verify.region_pixels`).
     """
+    from deid.pipeline.verify import region_pixels
+
     j = require_judge()
     src = Path(input or report["input"])
     dst = Path(output or report["output"])
@@ -640,18 +645,19 @@ def judge_run(
             raise ValueError(
                 f"frame {recs[0]['frame']}: input {a.shape} and output {b.shape} differ"
             )
-        for r in recs:
-            x1, y1, x2, y2 = (int(v) for v in r["region"])
-            d = float(j.distance(j.descriptor(a[y1:y2, x1:x2]), j.descriptor(b[y1:y2, x1:x2])))
+        # the cut the pipeline's own judging makes (deid.pipeline.verify), one batch a frame
+        orig = j.descriptors([region_pixels(r["region"], a) for r in recs])
+        written = j.descriptors([region_pixels(r["region"], b) for r in recs])
+        for r, d in zip(recs, np.linalg.norm(orig - written, axis=1), strict=True):
             faces.append(
                 {
                     "frame": r["frame"],
                     **({"file": r["file"]} if "file" in r else {}),
                     "track": r.get("track"),
-                    "region": [x1, y1, x2, y2],
+                    "region": [int(v) for v in r["region"]],
                     "action": r.get("action"),
-                    "distance": round(d, 3),
-                    "linked": d < j.threshold,
+                    "distance": round(float(d), 3),
+                    "linked": bool(d < j.threshold),
                 }
             )
     return {
@@ -670,20 +676,15 @@ def judge_run(
 
 
 def _judged_totals(faces: list[dict[str, Any]]) -> dict[str, Any]:
-    natural = [f for f in faces if f["action"] == "attacked"]
+    """The totals a run's report gives (:func:`deid.pipeline.report.judge_totals`)."""
+    from deid.pipeline.report import FaceJudge, judge_totals
 
-    def share(rows: list[dict[str, Any]]) -> float | None:
-        return round(sum(not f["linked"] for f in rows) / len(rows), 4) if rows else None
-
-    return {
-        "faces": len(faces),
-        "unlinkable": share(faces),
-        "natural": len(natural),
-        "natural_unlinkable": share(natural),
-        "median_distance": round(float(np.median([f["distance"] for f in faces])), 3)
-        if faces
-        else None,
-    }
+    return judge_totals(
+        [
+            FaceJudge(distance=f["distance"], linked=f["linked"], natural=f["action"] == "attacked")
+            for f in faces
+        ]
+    ).model_dump()
 
 
 def format_judged_run(rep: dict[str, Any]) -> str:
@@ -697,12 +698,13 @@ def format_judged_run(rep: dict[str, Any]) -> str:
         f"{rep['output']} judged against {rep['input']} by {rep['judge']} "
         f"(threshold {rep['threshold']})",
         f"faces {t['faces']}: unlinkable {pct(t['unlinkable'])}, median distance "
-        f"{t['median_distance']}; left natural (attacked, not obscured) {t['natural']}: "
-        f"unlinkable {pct(t['natural_unlinkable'])}",
+        f"{t['median_distance']}; left natural (attacked, not obscured) {t['natural']}; "
+        f"natural and unlinkable {pct(t['natural_unlinkable'])}; linked and left natural "
+        f"{t['linked_natural']}",
     ]
     lines += [
         f"  track {k}: {v['faces']} faces, unlinkable {pct(v['unlinkable'])}, natural "
-        f"unlinkable {pct(v['natural_unlinkable'])}"
+        f"and unlinkable {pct(v['natural_unlinkable'])}"
         for k, v in rep["tracks"].items()
     ]
     return "\n".join(lines)

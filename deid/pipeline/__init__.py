@@ -8,7 +8,8 @@ Where each part lives:
 * :mod:`~deid.pipeline.stages`: the stage functions (detect, crop, classify, attack_faces);
 * :mod:`~deid.pipeline.protect`: the protection step by name: attacks and generators
   (:class:`Protector`, :class:`Generator`, :func:`register_generator`);
-* :mod:`~deid.pipeline.verify`: verification and repair on the written file;
+* :mod:`~deid.pipeline.verify`: verification and repair on the written file, and the
+  independent judge's figures on it (strict privacy repairs the faces it links);
 * :mod:`~deid.pipeline.steps`: running an ordered list of named steps (:class:`StepFailed`);
 * :mod:`~deid.pipeline.image`: the image driver (:data:`~deid.pipeline.image.IMAGE_STEPS`);
 * :mod:`~deid.pipeline.video`: the video job (:data:`~deid.pipeline.video.VIDEO_STEPS`:
@@ -46,11 +47,15 @@ from deid.pipeline.report import (
     Analysis,
     Chunk,
     ChunkReport,
+    FaceJudge,
     FaceRecord,
+    JudgeSummary,
+    JudgeTotals,
     Layout,
     Plan,
     RunReport,
     face_totals,
+    judge_totals,
     write_report,
 )
 from deid.pipeline.resources import Resources, resolve_device, resolve_target
@@ -67,9 +72,12 @@ from deid.pipeline.stages import (
 )
 from deid.pipeline.steps import Step, StepFailed, Timer, run_steps
 from deid.pipeline.verify import (
+    check_judge,
     detect_around,
+    judge_status,
     needs_repair,
     record_crop,
+    region_pixels,
     repair_frames,
     verify_frames,
 )
@@ -83,12 +91,15 @@ __all__ = [
     "AttackProtector",
     "Chunk",
     "ChunkReport",
+    "FaceJudge",
     "FaceOutcome",
     "FaceRecord",
     "Generator",
     "GeneratorConfig",
     "GeneratorProtector",
     "GreyInput",
+    "JudgeSummary",
+    "JudgeTotals",
     "Layout",
     "Plan",
     "ProtectContext",
@@ -102,6 +113,7 @@ __all__ = [
     "Timer",
     "attack_faces",
     "build_protector",
+    "check_judge",
     "classify",
     "crop",
     "detect",
@@ -109,11 +121,14 @@ __all__ = [
     "face_totals",
     "image_run",
     "iou",
+    "judge_status",
+    "judge_totals",
     "needs_repair",
     "new_state",
     "process_frames",
     "process_image",
     "record_crop",
+    "region_pixels",
     "register_generator",
     "repair_frames",
     "report_path",

@@ -18,6 +18,7 @@ from deid.io import check_run, check_video, writing
 from deid.pipeline.image import image_run
 from deid.pipeline.report import RunReport, write_report
 from deid.pipeline.resources import Resources
+from deid.pipeline.verify import check_judge
 from deid.pipeline.video import run_video
 
 
@@ -42,6 +43,8 @@ def run(
         the report (the JSON form of :class:`deid.pipeline.report.RunReport`, as written).
 
     Raises:
+        JudgeMissingError: ``--strict`` (or ``pipeline.judge: on``) without the judge's
+            extra, before anything is read or written.
         InputError, OutputError, ConfigError: before anything is written (see
             :func:`deid.io.check_run`; a video that is not decodable or whose frames share
             timestamps: before the models load).
@@ -51,6 +54,7 @@ def run(
     """
     input, output = Path(input), Path(output)
     kind = check_run(input, output, contact_sheet)
+    check_judge(settings)  # strict privacy without the judge: refused before any work
     if kind == "video" and resources is None:
         check_video(input)  # a video no job can be made of is refused before the models load
     res = resources or Resources.load(settings)

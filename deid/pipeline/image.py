@@ -26,7 +26,17 @@ from deid.pipeline.report import FaceRecord, FailedInput, RunReport, Totals, fac
 from deid.pipeline.resources import Resources
 from deid.pipeline.stages import TargetMemory, classify, crop, detect
 from deid.pipeline.steps import Step, Timer, run_steps
-from deid.pipeline.verify import needs_repair, repair_frames, verify_frames
+from deid.pipeline.verify import (
+    check_judge,
+    describe_originals,
+    is_strict,
+    judge_status,
+    judge_summary,
+    judge_written,
+    needs_repair,
+    repair_frames,
+    verify_frames,
+)
 from deid.targets import choose_targets
 
 log = logging.getLogger(__name__)
@@ -42,12 +52,20 @@ class StreamState:
     too_small: int = 0  # frames too small for the detector (passed through)
     thumbnails: list[dict[str, Any]] = field(default_factory=list)
     max_thumbnails: int = 24
+    judged: bool = False  # the independent judge measures the written faces
 
 
 def new_state(settings: Settings) -> StreamState:
+    """Fresh state for a run (or a file of a batch).
+
+    Raises:
+        JudgeMissingError: strict privacy (or ``pipeline.judge: on``) without the judge.
+    """
+    check_judge(settings)  # strict must never quietly run unjudged
     return StreamState(
         TargetMemory(settings.tracking.iou),
         torch.Generator().manual_seed(settings.pipeline.seed),
+        judged=judge_status(settings) is None,
     )
 
 
@@ -146,17 +164,33 @@ def _encode(r: ImageRun) -> None:
 
 def _verify(r: ImageRun) -> None:
     if r.res.settings.pipeline.verify and r.records:
+        first = r.records[0].frame
         with r.timer("verify"):
             r.written = read_image(r.tmp)
-            verify_frames([r.written], r.records, r.res, r.records[0].frame)
+            verify_frames([r.written], r.records, r.res, first)
+        if r.state.judged:
+            assert r.frame is not None
+            with r.timer("judge"):
+                describe_originals([r.frame], r.records, first)
+                judge_written([r.written], r.records, first)
 
 
 def _repair(r: ImageRun) -> None:
     p = r.res.settings.pipeline
-    if r.written is not None and p.repair and any(needs_repair(x) for x in r.records):
-        repair_frames([r.written], r.records, r.res, r.records[0].frame)
+    strict = is_strict(r.res.settings)
+    if r.written is None or not p.repair:
+        return
+    first = r.records[0].frame
+    # until the written file leaves no face to repair: the judge's figures are the final
+    # file's, and in strict privacy a face the re-encoding made linkable is obscured too
+    while any(needs_repair(x, strict) for x in r.records):
+        repair_frames([r.written], r.records, r.res, first)
         with writing(r.output):
             write_image(r.tmp, r.written, quality=p.jpeg_quality)
+        if not r.state.judged:
+            break
+        with r.timer("judge"):
+            judge_written([read_image(r.tmp)], r.records, first, after_repair=True)
 
 
 def _publish(r: ImageRun) -> None:
@@ -250,6 +284,7 @@ def image_run(
     report = RunReport(
         **res.header(kind, input, output),
         totals=totals,
+        judge=judge_summary(records, res.settings, timer.seconds.get("judge")),
         seconds=timer.rounded(),
         faces_detail=records,
         failed_inputs=failed,

@@ -154,6 +154,20 @@ class Verified(Artefact):
     is_original: bool
 
 
+class FaceJudge(Artefact):
+    """The independent judge (:mod:`deid.judge`) on the written file: the distance between the
+    face's descriptor in the input and in the re-read output (at the face's crop region),
+    whether it still links the two (distance < its threshold, 0.6), and whether the written
+    face is ``natural`` (attacked, not obscured: not failed closed, not repaired).
+    ``distance_before_repair``: the distance on the first written file, for a face that
+    was obscured after verification (the other figures are the final file's)."""
+
+    distance: float
+    linked: bool
+    natural: bool
+    distance_before_repair: float | None = None
+
+
 class FaceRecord(Artefact):
     """One protected face, in an image or a video frame: where, who, what was done, and what
     the written file shows. ``kind`` (detected or filled in by tracking) is a video's,
@@ -169,7 +183,9 @@ class FaceRecord(Artefact):
     pred_conf: float
     target: str
     success: bool
-    action: str  # attacked | obscured:<fallback> | repaired:<fallback>
+    # attacked | obscured:<fallback> | repaired:<fallback> (still recognised by the own
+    # classifier) | repaired:<fallback>:judge-linked (strict privacy: the judge links it)
+    action: str
     steps: int
     final: str
     final_conf: float
@@ -177,6 +193,7 @@ class FaceRecord(Artefact):
     linf: float
     psnr: float | None
     verified: Verified | None = None
+    judge: FaceJudge | None = None
     file: str | None = None
 
     # where the face was cut out and aligned (to re-cut it from the written file); not in
@@ -184,11 +201,23 @@ class FaceRecord(Artefact):
     _theta: list[list[float]] = PrivateAttr(default_factory=list)
     _corners: list[list[float]] = PrivateAttr(default_factory=list)
     _id: int = PrivateAttr(-1)
+    # the judge's descriptor of the original face (kept to judge the face again after a
+    # repair); not in the report
+    _original: np.ndarray | None = PrivateAttr(None)
 
     @property
     def rid(self) -> int:
         """The face's id within its chunk (its protected pixels' key while rendering)."""
         return self._id
+
+    @property
+    def original(self) -> np.ndarray | None:
+        """The judge's descriptor of the face in the input (None: not described)."""
+        return self._original
+
+    def describe(self, descriptor: np.ndarray) -> None:
+        """Remember the judge's descriptor of the face in the input."""
+        self._original = descriptor
 
     @property
     def theta(self) -> np.ndarray:
@@ -225,6 +254,52 @@ class FaceRecord(Artefact):
         if not self.attacked:
             return True
         return self.success if self.verified is None else not self.verified.is_original
+
+
+class JudgeTotals(Artefact):
+    """The judge's figures over a set of faces (a run, a track): faces judged, linked,
+    ``unlinkable`` (share not linked), ``natural`` (attacked, not obscured),
+    ``natural_unlinkable`` (share of all judged faces that are both natural and unlinkable:
+    protected without hiding the face), ``linked_natural`` (faces linked *and* left natural:
+    what strict privacy leaves none of) and the median distance."""
+
+    faces: int
+    linked: int
+    unlinkable: float | None
+    natural: int
+    natural_unlinkable: float | None
+    linked_natural: int
+    median_distance: float | None
+
+
+def judge_totals(faces: Sequence[FaceJudge | None]) -> JudgeTotals:
+    """:class:`JudgeTotals` of the judged faces among ``faces`` (None: not judged)."""
+    js = [f for f in faces if f is not None]
+    n = len(js)
+    return JudgeTotals(
+        faces=n,
+        linked=sum(f.linked for f in js),
+        unlinkable=rate([not f.linked for f in js]),
+        natural=sum(f.natural for f in js),
+        natural_unlinkable=rate([f.natural and not f.linked for f in js]),
+        linked_natural=sum(f.natural and f.linked for f in js),
+        median_distance=round(float(np.median([f.distance for f in js])), 3) if n else None,
+    )
+
+
+class JudgeSummary(Artefact):
+    """The judge in a run's report: ``status`` "judged" (with its name, threshold, the
+    privacy mode, the totals, the faces obscured because it linked them and the seconds it
+    took per judged face) or "not judged" (with the ``reason``)."""
+
+    status: Literal["judged", "not judged"]
+    reason: str | None = None
+    name: str | None = None
+    threshold: float | None = None
+    privacy: Literal["standard", "strict"]
+    totals: JudgeTotals | None = None
+    repaired_judge_linked: int | None = None
+    seconds_per_face: float | None = None
 
 
 class Coverage(Artefact):
@@ -311,6 +386,7 @@ class TrackReport(Artefact):
     attacked: int
     obscured: int
     verified_target: int
+    judge: JudgeTotals | None = None
 
 
 class FailedInput(Artefact):
@@ -334,6 +410,7 @@ class RunReport(Artefact):
     video: VideoSummary | None = None
     coverage: Coverage | None = None
     tracks: list[TrackReport] | None = None
+    judge: JudgeSummary | None = None
     seconds: dict[str, float]
     faces_detail: list[FaceRecord]
     failed_inputs: list[FailedInput] | None = None

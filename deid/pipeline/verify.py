@@ -1,6 +1,14 @@
 """Verification and repair on the written file: re-read it, re-classify every protected face
 (the same crop, and a fresh re-detection around it) and obscure any face still recognised as
-itself (fail closed). Attack and generator output are checked alike."""
+itself (fail closed). Attack and generator output are checked alike.
+
+The independent judge (:mod:`deid.judge`, dlib's face recognizer) measures here too, on the
+same re-read file: per face the distance between the original and the written face at the
+face's crop region (:func:`region_pixels`, the cut ``deid eval privacy --run`` makes as well).
+With ``pipeline.privacy: strict`` a face the judge still links is obscured like a face the
+classifier still recognises. The judge only ever measures written faces; no protection step
+sees it (``tests/test_judge.py``).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from deid import judge
 from deid.align import obscure
+from deid.config import Settings
 from deid.detect import Detector
-from deid.pipeline.report import FaceRecord, Verified
+from deid.pipeline.report import FaceJudge, FaceRecord, JudgeSummary, Verified, judge_totals
 from deid.pipeline.resources import Resources
 from deid.pipeline.stages import classify, crop, detect, iou
 from deid.types import Detections, FaceCrop
@@ -141,23 +151,160 @@ def record_crop(r: FaceRecord, frame: np.ndarray, index: int = 0) -> FaceCrop:
     )
 
 
-def needs_repair(r: FaceRecord) -> bool:
-    """Protected, yet the written file still shows the face as itself (fail closed on it)."""
-    return r.needs_repair
+def needs_repair(r: FaceRecord, strict: bool = False) -> bool:
+    """Protected, yet the written file still shows the face as itself: to deid's classifier,
+    or (``strict``) to the judge (fail closed on it)."""
+    return r.needs_repair or (strict and r.attacked and r.judge is not None and r.judge.linked)
+
+
+def is_strict(settings: Settings) -> bool:
+    return settings.pipeline.privacy == "strict"
+
+
+def mark_repairs(records: Sequence[FaceRecord], settings: Settings) -> list[FaceRecord]:
+    """Set the action of every face to repair (``repaired:<fallback>``, with
+    ``:judge-linked`` when only the judge links it) and return them."""
+    fallback, strict = settings.pipeline.fallback, is_strict(settings)
+    out = []
+    for r in records:
+        if needs_repair(r, strict):
+            why = "" if r.needs_repair else f":{JUDGE_LINKED}"
+            r.action = f"repaired:{fallback}{why}"
+            out.append(r)
+    return out
 
 
 def repair_frames(
     frames: list[np.ndarray], records: Sequence[FaceRecord], res: Resources, first_frame: int
 ) -> int:
-    """Fail closed on the written file: obscure every face still recognised as itself."""
-    n = 0
+    """Fail closed on the written file: obscure every face still recognised as itself (and,
+    in strict privacy, every face the judge still links)."""
+    repaired = mark_repairs(records, res.settings)
+    for r in repaired:
+        frame = frames[r.frame - first_frame]
+        obscure(frame, record_crop(r, frame), res.settings.pipeline.fallback)
+    return len(repaired)
+
+
+# --------------------------------------------------------------------------------------------
+# the independent judge on the written file
+# --------------------------------------------------------------------------------------------
+JUDGE_LINKED = "judge-linked"
+MIN_JUDGED_SIDE = 8  # px: the judge refuses smaller crops
+
+
+def judge_status(settings: Settings) -> str | None:
+    """None when the judge measures this run's written faces, else why it does not."""
+    p = settings.pipeline
+    if p.judge == "off":
+        return "pipeline.judge is off"
+    if not p.verify:
+        return "verification is off (pipeline.verify: false): no re-read output to judge"
+    if not judge.available():
+        return f"the judge's extra is not installed ({judge.INSTALL_HINT})"
+    return None
+
+
+def check_judge(settings: Settings) -> None:
+    """Refuse, before any work, settings that need the judge where it is not installed.
+
+    Raises:
+        JudgeMissingError: ``pipeline.privacy: strict`` or ``pipeline.judge: on`` without
+            the extra (the message names ``pip install 'deid[judge]'``).
+    """
+    p = settings.pipeline
+    if (is_strict(settings) or p.judge == "on") and not judge.available():
+        need = (
+            "--strict (pipeline.privacy: strict)" if is_strict(settings) else "pipeline.judge: on"
+        )
+        raise judge.JudgeMissingError(
+            f"{need} needs the face-recognition judge; install it with {judge.INSTALL_HINT}"
+        )
+
+
+def region_pixels(region: Sequence[float], frame: np.ndarray) -> np.ndarray:
+    """A face's pixels at its crop region ``(x1, y1, x2, y2)``: what the judge compares, cut
+    alike from the input frame and the written one."""
+    x1, y1, x2, y2 = (int(v) for v in region)
+    return frame[y1:y2, x1:x2]
+
+
+def _judgeable(px: np.ndarray) -> bool:
+    return min(px.shape[:2]) >= MIN_JUDGED_SIDE
+
+
+def describe_originals(
+    frames: Sequence[np.ndarray], records: Sequence[FaceRecord], first_frame: int
+) -> None:
+    """The judge's descriptor of each face in its input frame, kept on the record
+    (:meth:`FaceRecord.describe`); one batch. A face under 8 px is not judged."""
+    recs, faces = [], []
     for r in records:
-        if needs_repair(r):
-            frame = frames[r.frame - first_frame]
-            obscure(frame, record_crop(r, frame), res.settings.pipeline.fallback)
-            r.action = f"repaired:{res.settings.pipeline.fallback}"
-            n += 1
-    return n
+        px = region_pixels(r.region, frames[r.frame - first_frame])
+        if _judgeable(px):
+            recs.append(r)
+            faces.append(px)
+    if recs:
+        for r, d in zip(recs, judge.load_judge().descriptors(faces), strict=True):
+            r.describe(d)
+
+
+def judge_written(
+    frames: Sequence[np.ndarray],
+    records: Sequence[FaceRecord],
+    first_frame: int,
+    after_repair: bool = False,
+) -> int:
+    """Judge each described face in the written frames (sets ``record.judge``); one batch.
+
+    Args:
+        after_repair: the frames are the repaired file's; a repaired face keeps its
+            distance from before the repair as ``distance_before_repair``. (Judge every face
+            of a repaired file again, not only the obscured ones: a re-encoded video
+            predicts frames from the obscured ones, so no written pixel is the same.)
+
+    Returns:
+        the faces judged.
+    """
+    recs = [r for r in records if r.original is not None]
+    if not recs:
+        return 0
+    j = judge.load_judge()
+    desc = j.descriptors([region_pixels(r.region, frames[r.frame - first_frame]) for r in recs])
+    for r, d in zip(recs, desc, strict=True):
+        assert r.original is not None
+        dist = float(judge.distance(r.original, d))
+        before = None
+        if after_repair and r.judge is not None and r.action.startswith("repaired"):
+            # the distance while the face was still natural (kept through later passes)
+            before = r.judge.distance_before_repair or r.judge.distance
+        r.judge = FaceJudge(
+            distance=round(dist, 4),
+            linked=dist < j.threshold,
+            natural=r.attacked,
+            **({"distance_before_repair": before} if before is not None else {}),
+        )
+    return len(recs)
+
+
+def judge_summary(
+    faces: Sequence[FaceRecord], settings: Settings, seconds: float | None
+) -> JudgeSummary:
+    """The report's ``judge``: its totals over ``faces``, or "not judged" and why."""
+    privacy = settings.pipeline.privacy
+    why = judge_status(settings)
+    if why is not None:
+        return JudgeSummary(status="not judged", reason=why, privacy=privacy)
+    totals = judge_totals([f.judge for f in faces])
+    return JudgeSummary(
+        status="judged",
+        name=judge.NAME,
+        threshold=judge.THRESHOLD,
+        privacy=privacy,
+        totals=totals,
+        repaired_judge_linked=sum(f.action.endswith(f":{JUDGE_LINKED}") for f in faces),
+        seconds_per_face=round(seconds / totals.faces, 4) if seconds and totals.faces else None,
+    )
 
 
 def by_frame_of(records: Sequence[FaceRecord]) -> dict[int, list[FaceRecord]]:

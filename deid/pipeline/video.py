@@ -73,12 +73,24 @@ from deid.pipeline.report import (
     TrackReport,
     VideoSummary,
     face_totals,
+    judge_totals,
 )
 from deid.pipeline.resources import Resources
 from deid.pipeline.stages import classify, crop, detect
 from deid.pipeline.steps import Step, Timer, run_steps
 from deid.pipeline.tracking import plan_tracks
-from deid.pipeline.verify import needs_repair, record_crop, verify_frames
+from deid.pipeline.verify import (
+    check_judge,
+    describe_originals,
+    is_strict,
+    judge_status,
+    judge_summary,
+    judge_written,
+    mark_repairs,
+    needs_repair,
+    record_crop,
+    verify_frames,
+)
 from deid.types import FaceCrop
 
 log = logging.getLogger(__name__)
@@ -409,6 +421,7 @@ class ChunkRender:
     final: Path | None = None  # the segment to publish (the first, or the repaired one)
     repaired: int = 0
     report: ChunkReport | None = None
+    judged: bool = False  # the independent judge measures the written faces
 
 
 def _encode(r: ChunkRender) -> None:
@@ -420,6 +433,13 @@ def _encode(r: ChunkRender) -> None:
         for batch in iter_batches(_indexed(r.input, r.layout, r.chunk), batch_frames):
             by_frame = _protect_batch(batch, r.planned, r.res, r.records, r.pixels, r.timer)
             r.by_frame.update(by_frame)
+            if r.judged and by_frame:  # the originals' descriptors, while the frames are here
+                with r.timer("judge"):
+                    describe_originals(
+                        [f for _, _, f in batch],
+                        [x for recs in by_frame.values() for x in recs],
+                        batch[0][0],
+                    )
             with r.timer("encode"):
                 for fi, pts, frame in batch:
                     composed = _compose(frame, by_frame.get(fi, []), r.pixels, r.res)
@@ -444,21 +464,42 @@ def _verify(r: ChunkRender) -> None:
             recs = [x for fi in range(start, start + len(batch)) for x in r.by_frame.get(fi, [])]
             if recs:
                 verify_frames(batch, recs, r.res, start)
+                if r.judged:
+                    with r.timer("judge"):
+                        judge_written(batch, recs, start)
 
 
 def _repair(r: ChunkRender) -> None:
-    """Fail closed: obscure every face still recognised, encoding again from the input."""
+    """Fail closed: obscure every face still recognised (strict privacy: or still linked by
+    the judge), encoding again from the input; the judge then measures the repaired file."""
     p = r.res.settings.pipeline
-    if not (p.verify and r.records and p.repair and any(needs_repair(x) for x in r.records)):
+    strict = is_strict(r.res.settings)
+    if not (
+        p.verify and r.records and p.repair and any(needs_repair(x, strict) for x in r.records)
+    ):
         return
-    for x in r.records:
-        if needs_repair(x):
-            x.action = f"repaired:{p.fallback}"
-            r.repaired += 1
-    r.final = tmp_beside(r.out, "repair")
-    with r.timer("repair"), _writer(r.final, r.layout, p.crf) as w2:
-        for fi, pts, frame in _indexed(r.input, r.layout, r.chunk):
-            w2.write(_compose(frame, r.by_frame.get(fi, []), r.pixels, r.res), pts=pts)
+    # until the written segment leaves no face to repair: the judge's figures are the final
+    # segment's (re-encoding changes every frame predicted from an obscured one), and in
+    # strict privacy a face the re-encoding made linkable is obscured too
+    while any(needs_repair(x, strict) for x in r.records):
+        r.repaired += len(mark_repairs(r.records, r.res.settings))
+        if r.final is not None and r.final != r.first:
+            r.final.unlink(missing_ok=True)
+        r.final = tmp_beside(r.out, "repair")
+        with r.timer("repair"), _writer(r.final, r.layout, p.crf) as w2:
+            for fi, pts, frame in _indexed(r.input, r.layout, r.chunk):
+                w2.write(_compose(frame, r.by_frame.get(fi, []), r.pixels, r.res), pts=pts)
+        if not r.judged:
+            return
+        with r.timer("judge"):
+            for start, batch in _numbered(
+                read_frames(r.final), r.res.settings.detector.batch_frames, r.chunk.start
+            ):
+                recs = [
+                    x for fi in range(start, start + len(batch)) for x in r.by_frame.get(fi, [])
+                ]
+                if recs:
+                    judge_written(batch, recs, start, after_repair=True)
 
 
 def _publish(r: ChunkRender) -> None:
@@ -514,6 +555,7 @@ def render(
     input, out = Path(input), Path(out)
     if out.suffix.lower() not in WRITABLE_VIDEO_FORMATS:
         raise OutputError(out, f"expected a segment suffix in {sorted(WRITABLE_VIDEO_FORMATS)}")
+    check_judge(res.settings)
     job = ChunkRender(
         input,
         Layout.of(layout),
@@ -524,6 +566,7 @@ def render(
         thumbnails,
         max_thumbnails,
         on_frames,
+        judged=judge_status(res.settings) is None,
     )
     run_steps(RENDER_STEPS, job, cleanup=_cleanup)
     assert job.report is not None
@@ -655,6 +698,8 @@ def job_report(
     by_track: dict[int, list[FaceRecord]] = defaultdict(list)
     for f in faces:
         by_track[f.track].append(f)
+    judge = judge_summary(faces, res.settings, seconds.get("judge"))
+    judged = judge.status == "judged"
     tracks = []
     for t in planned_tracks:
         fs = by_track.get(t.id, [])
@@ -669,6 +714,7 @@ def job_report(
                 attacked=sum(f.attacked for f in fs),
                 obscured=sum(not f.attacked for f in fs),
                 verified_target=sum(f.verified is not None and f.verified.is_target for f in fs),
+                **({"judge": judge_totals([f.judge for f in fs])} if judged else {}),
             )
         )
     deid_rate = (
@@ -710,6 +756,7 @@ def job_report(
         ),
         coverage=Coverage(faces=cov_faces, protected=cov_prot),
         tracks=tracks,
+        judge=judge,
         seconds={k: round(v, 3) for k, v in seconds.items()},
         faces_detail=faces,
     )

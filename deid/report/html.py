@@ -406,7 +406,65 @@ FACE_COLUMNS = [
     ("steps", "steps", ""),
     ("linf", "Linf", ""),
     ("psnr", "PSNR (dB)", ""),
+    ("judge_distance", "judge dist", ""),
+    ("judge_linked", "judge links", ""),
 ]
+#: The judge's figures of a run page: (``judge.totals`` key, label, format).
+JUDGE_KPIS = [
+    ("faces", "judged faces", ""),
+    ("linked", "still linked", ""),
+    ("unlinkable", "unlinkable", "%"),
+    ("natural_unlinkable", "natural and unlinkable", "%"),
+    ("linked_natural", "linked, left natural", ""),
+]
+
+
+def _judged_faces(faces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The faces with the judge's distance and verdict as columns of their own."""
+    return [
+        {**f, "judge_distance": j.get("distance"), "judge_linked": j.get("linked")}
+        if isinstance(j := f.get("judge"), dict)
+        else f
+        for f in faces
+    ]
+
+
+def _flat_tracks(tracks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tracks with the judge's totals as columns (``judge_linked``, ``judge_unlinkable``)."""
+    out = []
+    for t in tracks:
+        j = t.get("judge")
+        t = {k: v for k, v in t.items() if k != "judge"}
+        if isinstance(j, dict):
+            t |= {"judge_linked": j.get("linked"), "judge_unlinkable": j.get("unlinkable")}
+        out.append(t)
+    return out
+
+
+def _run_judge(rep: dict[str, Any]) -> str:
+    """The independent judge's section of a run page: its figures, or why there are none."""
+    j = rep.get("judge")
+    if not isinstance(j, dict):
+        return "<p class='note'>not judged (a report from before the judge)</p>"
+    if j.get("status") != "judged":
+        return f"<p class='note'>not judged: {_e(j.get('reason'))}</p>"
+    t = j.get("totals") or {}
+    kpis = "".join(
+        f"<span class='kpi'>{_e(label)}<b>{_e(_fmt(t.get(key), f))}</b></span>"
+        for key, label, f in JUDGE_KPIS
+    )
+    extra = [
+        ("obscured because linked", j.get("repaired_judge_linked"), ""),
+        ("s per face", j.get("seconds_per_face"), ""),
+    ]
+    kpis += "".join(
+        f"<span class='kpi'>{_e(label)}<b>{_e(_fmt(v, f))}</b></span>" for label, v, f in extra
+    )
+    return (
+        f"<p class='meta'>{_e(j.get('name'))}, threshold {_e(j.get('threshold'))}, privacy "
+        f"{_e(j.get('privacy'))}: the distance between each original face and the written "
+        "one in the re-read output; linked: still the same person to it.</p>" + kpis
+    )
 
 
 def _run_kpis(totals: dict[str, Any]) -> str:
@@ -460,7 +518,7 @@ def _run_coverage(rep: dict[str, Any], out: Path) -> str:
 
 def _run_tables(rep: dict[str, Any]) -> str:
     """The tracks, totals, video, seconds, failed inputs and faces sections of a run page."""
-    tracks = track_rows(rep)
+    tracks = _flat_tracks(track_rows(rep))
     track_cols = (
         [(k, k, "l" if k in ("pred", "target") else "") for k in tracks[0]] if tracks else []
     )
@@ -487,9 +545,9 @@ def _run_tables(rep: dict[str, Any]) -> str:
 <h2>Faces</h2>
 {
         _table(
-            rep.get("faces_detail", []),
+            _judged_faces(rep.get("faces_detail", [])),
             FACE_COLUMNS,
-            bad=lambda r: r.get("action") != "attacked",
+            bad=lambda r: r.get("action") != "attacked" or bool(r.get("judge_linked")),
             limit=300,
         )
     }
@@ -509,6 +567,8 @@ classifier {_e(rep.get("classifier", {}).get("name"))}, attack
 {_e(rep.get("attack", {}).get("name"))} (target {_e(rep.get("target_mode"))}), device
 {_e(rep.get("device"))}, deid {_e(rep.get("deid_version"))}.</p>
 {_run_kpis(rep.get("totals", {}))}
+<h2>Independent judge</h2>
+{_run_judge(rep)}
 <h2>Faces before and after</h2>
 {_run_sheet(rep, out, report_dir, show_originals)}
 <h2>Per-frame coverage</h2>

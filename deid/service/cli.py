@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", type=Path, help="video file or folder of images (under a root)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output file or folder")
     p.add_argument("--config", help="YAML file or a name in configs/")
-    add_setting_flags(p, *ATTACK_FLAGS, "--fallback", "--no-verify", "--chunk-frames")
+    add_setting_flags(p, *ATTACK_FLAGS, "--fallback", "--strict", "--no-verify", "--chunk-frames")
     p.add_argument("--wait", action="store_true", help="then wait for it (progress bar)")
     p.set_defaults(func=cmd_submit)
 

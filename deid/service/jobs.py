@@ -153,12 +153,15 @@ def new_job(
     storage read-only); the settings are valid and name a known classifier.
 
     Raises:
-        PathPolicyError, InputError, VideoDecodeError, OutputError, ConfigError: the job is
+        PathPolicyError, InputError, VideoDecodeError, OutputError, ConfigError,
+            JudgeMissingError (strict privacy without the judge's extra): the job is
             refused (HTTP 4xx; CLI exit code 2) with a message naming what was expected.
     """
     from deid.batch import list_media
     from deid.io import Artefact, check_run, check_video, classify_input
+    from deid.pipeline.verify import check_judge
 
+    check_judge(settings)  # strict privacy needs the judge: refused before anything else
     roots = service.storage_roots
     src = check_path(input, roots)
     dst = check_path(output, roots)
