@@ -265,3 +265,47 @@ def test_a_report_says_not_judged_and_why(
     rep2 = json.loads(out2.with_suffix(".report.json").read_text())
     assert rep2["judge"]["status"] == "not judged"
     assert "verification is off" in rep2["judge"]["reason"]
+
+
+# --------------------------------------------------------------------------------------------
+# a face the judge still links though obscured: strict obscures it again, black, and stops
+# --------------------------------------------------------------------------------------------
+def test_strict_blacks_out_an_obscured_face_the_judge_still_links(data_dir: Path) -> None:
+    from types import SimpleNamespace
+
+    from deid.pipeline.report import FaceJudge, FaceRecord
+    from deid.pipeline.verify import STRICT_LAST_RESORT, mark_repairs, needs_repair, repair_frames
+
+    frame = read_image(data_dir / "scenes" / "group_friends_stoop.jpg")
+    region = [40, 30, 120, 130]
+
+    def record(action: str, linked: bool) -> FaceRecord:
+        r = FaceRecord(
+            frame=0, track=0, box=[50.0, 40.0, 110.0, 120.0], region=region, score=0.99,
+            pred="a", pred_conf=0.9, target="b", success=action == "attacked", action=action,
+            steps=1, final="b", final_conf=0.9, l2=0.0, linf=0.0, psnr=None,
+            judge=FaceJudge(distance=0.3 if linked else 0.7, linked=linked, natural=False),
+        )  # fmt: skip
+        corners = [[40.0, 30.0], [120.0, 30.0], [120.0, 130.0], [40.0, 130.0]]
+        return r.locate(np.eye(2, 3, dtype=np.float32), np.asarray(corners, np.float32))
+
+    strict = load_settings(overrides={"pipeline": {"privacy": "strict"}})
+    standard = load_settings()
+    linked = record("obscured:pixelate", linked=True)
+    apart = record("obscured:pixelate", linked=False)
+    assert not needs_repair(linked, strict=False) and not needs_repair(apart, strict=True)
+    assert needs_repair(linked, strict=True)
+    # standard privacy leaves an obscured face as the user's fallback made it
+    assert mark_repairs([record("obscured:pixelate", linked=True)], standard) == []
+
+    written = frame.copy()
+    res = SimpleNamespace(settings=strict)
+    assert repair_frames([written], [linked, apart], res, 0) == 1  # type: ignore[arg-type]
+    assert linked.action == f"repaired:{STRICT_LAST_RESORT}:judge-linked"
+    assert apart.action == "obscured:pixelate"
+    x1, y1, x2, y2 = region
+    face = written[y1:y2, x1:x2]
+    assert (face == 0).mean() > 0.5  # the footprint is black
+    assert np.array_equal(written[:, x2 + 5 :], frame[:, x2 + 5 :])  # nothing else changed
+    # black is the last resort: still linked, it is not repaired again (the loop ends)
+    assert not needs_repair(linked, strict=True)

@@ -184,7 +184,8 @@ class FaceRecord(Artefact):
     target: str
     success: bool
     # attacked | obscured:<fallback> | repaired:<fallback> (still recognised by the own
-    # classifier) | repaired:<fallback>:judge-linked (strict privacy: the judge links it)
+    # classifier) | repaired:<fallback>:judge-linked (strict privacy: the judge links it) |
+    # repaired:black:judge-linked (strict: obscured, yet the judge still linked it)
     action: str
     steps: int
     final: str

@@ -151,10 +151,28 @@ def record_crop(r: FaceRecord, frame: np.ndarray, index: int = 0) -> FaceCrop:
     )
 
 
+#: What strict privacy obscures with when the user's fallback still leaves a face the judge
+#: links (pixelation keeps a face's layout and colours; a small face pixelated in 8 blocks can
+#: still be linked): the region filled black, which is final.
+STRICT_LAST_RESORT = "black"
+
+
+def obscured_with(r: FaceRecord, fallback: str) -> str:
+    """How a face that is not attacked is obscured: its action's method
+    (``obscured:<how>``, ``repaired:<how>[:judge-linked]``), else ``fallback``."""
+    parts = r.action.split(":")
+    return parts[1] if len(parts) > 1 and parts[0] in ("obscured", "repaired") else fallback
+
+
 def needs_repair(r: FaceRecord, strict: bool = False) -> bool:
     """Protected, yet the written file still shows the face as itself: to deid's classifier,
-    or (``strict``) to the judge (fail closed on it)."""
-    return r.needs_repair or (strict and r.attacked and r.judge is not None and r.judge.linked)
+    or (``strict``) to the judge (fail closed on it; a face the judge still links though
+    obscured is obscured again with :data:`STRICT_LAST_RESORT`)."""
+    if r.needs_repair:
+        return True
+    if not (strict and r.judge is not None and r.judge.linked):
+        return False
+    return r.attacked or obscured_with(r, "") != STRICT_LAST_RESORT
 
 
 def is_strict(settings: Settings) -> bool:
@@ -169,7 +187,9 @@ def mark_repairs(records: Sequence[FaceRecord], settings: Settings) -> list[Face
     for r in records:
         if needs_repair(r, strict):
             why = "" if r.needs_repair else f":{JUDGE_LINKED}"
-            r.action = f"repaired:{fallback}{why}"
+            # obscured already, yet linked: the fallback did not hide it from the judge
+            how = fallback if r.attacked or r.needs_repair else STRICT_LAST_RESORT
+            r.action = f"repaired:{how}{why}"
             out.append(r)
     return out
 
@@ -182,7 +202,7 @@ def repair_frames(
     repaired = mark_repairs(records, res.settings)
     for r in repaired:
         frame = frames[r.frame - first_frame]
-        obscure(frame, record_crop(r, frame), res.settings.pipeline.fallback)
+        obscure(frame, record_crop(r, frame), obscured_with(r, res.settings.pipeline.fallback))
     return len(repaired)
 
 

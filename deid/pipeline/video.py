@@ -88,6 +88,7 @@ from deid.pipeline.verify import (
     judge_written,
     mark_repairs,
     needs_repair,
+    obscured_with,
     record_crop,
     verify_frames,
 )
@@ -279,8 +280,9 @@ def _compose(
         if r.attacked:
             paste_back(out, c, pixels[r.rid])
         else:
-            obscure(out, c, mode)
-            obscure(out, _grown_box_crop(out.shape, r.box, res.settings.tracking.margin), mode)
+            how = obscured_with(r, mode)
+            obscure(out, c, how)
+            obscure(out, _grown_box_crop(out.shape, r.box, res.settings.tracking.margin), how)
     return out
 
 
