@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from deid.attacks.base import (
@@ -59,6 +59,13 @@ class AdvGANConfig(AttackConfigBase):
         description="the refinement's Expectation over Transformation (its margin also "
         "decides which faces the generator missed)",
     )
+
+    @field_validator("targeted")
+    @classmethod
+    def _targeted(cls, v: bool) -> bool:
+        if not v:
+            raise ValueError("advgan's generator is trained for targets only; set targeted: true")
+        return v
 
 
 class AdvGAN:
@@ -115,7 +122,8 @@ class AdvGAN:
         if c.quantize:
             lo, hi = grid_bounds(lo, hi)
         with torch.no_grad():
-            delta = perturbation(gen, x0, targets, theta)
+            source = model(x0).argmax(1) if gen.meta.source else None
+            delta = perturbation(gen, x0, targets, theta, source)
             x = project(x0 + delta, lo, hi, c.quantize)
             logits = model(x)
         ok = is_success(logits, targets, True, c.margin)
@@ -210,12 +218,19 @@ def generator_path(weights: str | None, classifier: FaceClassifier) -> Path:
     )
 
 
-def perturbation(gen: AdvGenerator, x: Tensor, targets: Tensor, theta: Tensor | None) -> Tensor:
+def perturbation(
+    gen: AdvGenerator,
+    x: Tensor,
+    targets: Tensor,
+    theta: Tensor | None,
+    source: Tensor | None = None,
+) -> Tensor:
     """(N, C, H, W) the generator's perturbation of crops ``x``, in crop pixels.
 
     The crops are brought to the generator's input (the alignment warp ``theta``, or a
     resize), the perturbation is mapped back (the inverse warp, or a resize; zero where the
-    aligned face does not reach) and given the crops' channels: a grayscale generator's
+    aligned face does not reach) and given the crops' channels (``source``: the classifier's
+    prediction on each crop, for a generator conditioned on it): a grayscale generator's
     perturbation is the same in R, G and B, and a colour one is made grey on grey crops."""
     hw = tuple(gen.meta.size)
     xc = to_channels(x, gen.meta.channels)
@@ -225,7 +240,7 @@ def perturbation(gen: AdvGenerator, x: Tensor, targets: Tensor, theta: Tensor | 
         xa = F.interpolate(xc, size=hw, mode="bilinear", align_corners=False, antialias=True)
     else:
         xa = xc
-    d = gen(xa, targets)
+    d = gen(xa, targets, source)
     if theta is not None:
         d = unwarp(d, theta, (x.shape[-2], x.shape[-1]))
     elif tuple(x.shape[-2:]) != hw:

@@ -36,6 +36,9 @@ class GeneratorMeta:
         eps: L-inf bound of the perturbation, in [0, 1] pixel units.
         width: channels of the first layer (the bottleneck has twice as many).
         embed: size of the target embedding.
+        scale: the network works at 1/scale of ``size`` (2 or 4; the per-target maps at 1/2).
+        source: also conditioned on the classifier's prediction on the clean face (one more
+            classifier pass per face, which tells it which identity to move away from).
         classifier: name or path of the classifier it was trained against.
         fingerprint: :func:`classifier_fingerprint` of that classifier's weights.
         data: dataset, split and number of training faces.
@@ -50,6 +53,8 @@ class GeneratorMeta:
     eps: float
     width: int = 16
     embed: int = 8
+    scale: int = 2
+    source: bool = False
     classifier: str = ""
     fingerprint: str = ""
     data: dict[str, Any] = field(default_factory=dict)
@@ -81,23 +86,26 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 class AdvGenerator(nn.Module):
-    """G(x, target) -> a perturbation within ``eps`` in L-inf (``eps * tanh``).
+    """G(x, target[, source]) -> a perturbation within ``eps`` in L-inf (``eps * tanh``).
 
-    A small encoder-decoder at half the input resolution: the face is average-pooled 2x2,
-    the target's embedding joins it as extra channels, one strided convolution reaches the
-    bottleneck (a quarter of the input resolution), where two convolutions with a
-    target-dependent scale and shift (FiLM) work, and the decoder comes back to half
-    resolution; a learned perturbation of the target (also at half resolution) is added
-    before the ``tanh``, and the result is upsampled bilinearly to the input size. The
-    output is smooth at the scale of 2 pixels, which H.264 and JPEG keep better than
-    pixel-level noise, and costs a few million multiply-adds per face.
+    A small encoder-decoder at 1/``scale`` of the input resolution: the face is
+    average-pooled, the target's embedding joins it as extra channels, one strided
+    convolution reaches the bottleneck, where two convolutions with a target-dependent
+    per-channel scale and shift (FiLM) work, and the decoder comes back. A learned
+    perturbation of the target (at half resolution) is added before the ``tanh``, and, with
+    ``meta.source``, one of the identity the classifier sees in the clean face (whose
+    embedding also joins the target's). The result is upsampled bilinearly to the input size:
+    it is smooth at the scale of 2 pixels, which H.264 and JPEG keep better than pixel-level
+    noise, and costs little (the network runs at a quarter or a sixteenth of the pixels).
 
     Args:
-        meta: sizes (``channels``, ``size``, ``num_classes``, ``eps``, ``width``, ``embed``).
+        meta: sizes (``channels``, ``size``, ``num_classes``, ``eps``, ``width``, ``embed``,
+            ``scale``, ``source``).
 
     Shape:
         - x: (N, channels, H, W) float in [0, 1], (H, W) = ``meta.size``.
         - target: (N,) int64 in 0..num_classes-1.
+        - source: (N,) int64, the classifier's prediction on ``x`` (``meta.source`` only).
         - output: (N, channels, H, W), each value in [-eps, eps].
 
     Example:
@@ -120,26 +128,34 @@ class AdvGenerator(nn.Module):
         self.mid2 = _conv(2 * w, 2 * w)
         self.dec = _conv(2 * w + w, w)
         self.out = _conv(w, c)
-        self.target_map = nn.Parameter(torch.zeros(k, c, h2, w2))
-        nn.init.normal_(self.target_map, std=0.1)
+        self.target_map = nn.Parameter(0.1 * torch.randn(k, c, h2, w2))
+        if meta.source:
+            self.source_embedding = nn.Embedding(k, e)
+            self.source_map = nn.Parameter(torch.zeros(k, c, h2, w2))
 
-    def forward(self, x: Tensor, target: Tensor) -> Tensor:
+    def forward(self, x: Tensor, target: Tensor, source: Tensor | None = None) -> Tensor:
         h, w = x.shape[-2:]
+        half = ((h + 1) // 2, (w + 1) // 2)
         emb = self.embedding(target)
-        v = F.avg_pool2d(x, 2, ceil_mode=True) * 2.0 - 1.0
-        half = v.shape[-2:]
-        v = torch.cat([v, emb[:, :, None, None].expand(-1, -1, *half)], 1)
+        maps = self.target_map[target]
+        if self.meta.source:
+            if source is None:
+                raise ValueError("this generator is conditioned on the source identity too")
+            emb = emb + self.source_embedding(source)
+            maps = maps + self.source_map[source]
+        v = F.avg_pool2d(x, self.meta.scale, ceil_mode=True) * 2.0 - 1.0
+        q = v.shape[-2:]
+        v = torch.cat([v, emb[:, :, None, None].expand(-1, -1, *q)], 1)
         a = F.leaky_relu(self.enc1(v), 0.2)
         b = F.leaky_relu(self.enc2(a), 0.2)
         gamma, beta = self.film(emb)[:, :, None, None].chunk(2, 1)
         m = F.leaky_relu(self.mid1(b) * (1 + gamma) + beta, 0.2)
         b = b + self.mid2(m)
-        up = F.interpolate(b, size=half, mode="bilinear", align_corners=False)
-        d = F.leaky_relu(self.dec(torch.cat([up, a], 1)), 0.2)
-        raw = self.out(d) + F.interpolate(
-            self.target_map[target], size=half, mode="bilinear", align_corners=False
-        )
-        raw = F.interpolate(raw, size=(h, w), mode="bilinear", align_corners=False)
+        up = F.interpolate(b, size=q, mode="bilinear", align_corners=False)
+        d = self.out(F.leaky_relu(self.dec(torch.cat([up, a], 1)), 0.2))
+        if tuple(q) != half:
+            d = F.interpolate(d, size=half, mode="bilinear", align_corners=False)
+        raw = F.interpolate(d + maps, size=(h, w), mode="bilinear", align_corners=False)
         return self.meta.eps * torch.tanh(raw)
 
     # -- checkpoints ---------------------------------------------------------------------------

@@ -98,6 +98,8 @@ def train_advgan(
         eps=recipe.eps,
         width=recipe.width,
         embed=recipe.embed,
+        scale=recipe.scale,
+        source=recipe.source,
         classifier=str(classifier),
         fingerprint=classifier_fingerprint(clf),
         data={"dataset": ds.name, "split": ds.split, "n_train": len(xtr), "n_test": len(xte)},
@@ -169,6 +171,8 @@ def _fit(
     g = torch.Generator().manual_seed(seed)
     sheet_x = xtr[torch.randperm(len(xtr), generator=g)[:16]].to(dev)
     sheet_t = other_targets(ytr[:16].to(dev), k, g)
+    with torch.no_grad():
+        sheet_s = clf(sheet_x).argmax(1) if gen.meta.source else None
     bar = tqdm(
         range(r.epochs),
         desc=f"train advgan vs {gen.meta.classifier}",
@@ -185,16 +189,18 @@ def _fit(
                 continue
             x = augment(xtr[idx].to(dev), AUG, g)
             y = ytr[idx].to(dev)
+            with torch.no_grad():  # what the classifier sees in the clean face
+                src = clf(x).argmax(1) if gen.meta.source else None
             for _ in range(r.d_steps):  # the discriminator: real faces vs perturbed ones
                 with torch.no_grad():
-                    fake = (x + gen(x, other_targets(y, k, g))).clamp(0, 1)
+                    fake = (x + gen(x, other_targets(y, k, g), src)).clamp(0, 1)
                 ld = F.softplus(-disc(x)).mean() + F.softplus(disc(fake)).mean()
                 opt_d.zero_grad(set_to_none=True)
                 ld.backward()
                 opt_d.step()
                 sums["d"] += ld.item() * len(idx) / r.d_steps
             t = other_targets(y, k, g)
-            delta = gen(x, t)
+            delta = gen(x, t, src)
             xa = (x + delta).clamp(0, 1)
             copies = [round_ste(xa * 255.0) / 255.0] + [
                 transforms.sample(xa) for _ in range(r.eot_copies)
@@ -224,7 +230,7 @@ def _fit(
         if (epoch + 1) % r.sheet_every == 0 or epoch + 1 == r.epochs:
             gen.eval()
             with torch.no_grad():
-                faces = (sheet_x + gen(sheet_x, sheet_t)).clamp(0, 1)
+                faces = (sheet_x + gen(sheet_x, sheet_t, sheet_s)).clamp(0, 1)
             write_sheet(samples_dir / f"epoch-{epoch + 1:03d}.png", faces)
 
 
@@ -253,7 +259,8 @@ def heldout_figures(
     t = choose_targets(logits, "random", torch.Generator().manual_seed(seed)).to(dev)
     outs = []
     for i in range(0, len(x), 256):
-        d = perturbation(gen, x[i : i + 256], t[i : i + 256], None)
+        src = logits[i : i + 256].argmax(1) if gen.meta.source else None
+        d = perturbation(gen, x[i : i + 256], t[i : i + 256], None, src)
         outs.append(quantize8((x[i : i + 256] + d).clamp(0, 1)))
     xa = torch.cat(outs)
     ok = predict(clf, xa).argmax(1) == t
