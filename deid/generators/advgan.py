@@ -39,6 +39,8 @@ class GeneratorMeta:
         scale: the network works at 1/scale of ``size`` (2 or 4; the per-target maps at 1/2).
         source: also conditioned on the classifier's prediction on the clean face (one more
             classifier pass per face, which tells it which identity to move away from).
+        full_maps: the per-identity maps at the full input resolution (else half): finer
+            patterns, at no cost per face.
         classifier: name or path of the classifier it was trained against.
         fingerprint: :func:`classifier_fingerprint` of that classifier's weights.
         data: dataset, split and number of training faces.
@@ -55,6 +57,7 @@ class GeneratorMeta:
     embed: int = 8
     scale: int = 2
     source: bool = False
+    full_maps: bool = False
     classifier: str = ""
     fingerprint: str = ""
     data: dict[str, Any] = field(default_factory=dict)
@@ -92,7 +95,8 @@ class AdvGenerator(nn.Module):
     average-pooled, the target's embedding joins it as extra channels, one strided
     convolution reaches the bottleneck, where two convolutions with a target-dependent
     per-channel scale and shift (FiLM) work, and the decoder comes back. A learned
-    perturbation of the target (at half resolution) is added before the ``tanh``, and, with
+    perturbation of the target (at half resolution, or full with ``meta.full_maps``) is
+    added before the ``tanh``, and, with
     ``meta.source``, one of the identity the classifier sees in the clean face (whose
     embedding also joins the target's). The result is upsampled bilinearly to the input size:
     it is smooth at the scale of 2 pixels, which H.264 and JPEG keep better than pixel-level
@@ -120,6 +124,8 @@ class AdvGenerator(nn.Module):
         self.meta = meta
         c, w, e, k = meta.channels, meta.width, meta.embed, meta.num_classes
         h2, w2 = (meta.size[0] + 1) // 2, (meta.size[1] + 1) // 2
+        if meta.full_maps:
+            h2, w2 = meta.size
         self.embedding = nn.Embedding(k, e)
         self.enc1 = _conv(c + e, w)
         self.enc2 = _conv(w, 2 * w, stride=2)
@@ -153,9 +159,12 @@ class AdvGenerator(nn.Module):
         b = b + self.mid2(m)
         up = F.interpolate(b, size=q, mode="bilinear", align_corners=False)
         d = self.out(F.leaky_relu(self.dec(torch.cat([up, a], 1)), 0.2))
-        if tuple(q) != half:
-            d = F.interpolate(d, size=half, mode="bilinear", align_corners=False)
-        raw = F.interpolate(d + maps, size=(h, w), mode="bilinear", align_corners=False)
+        if self.meta.full_maps:
+            raw = F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False) + maps
+        else:
+            if tuple(q) != half:
+                d = F.interpolate(d, size=half, mode="bilinear", align_corners=False)
+            raw = F.interpolate(d + maps, size=(h, w), mode="bilinear", align_corners=False)
         return self.meta.eps * torch.tanh(raw)
 
     # -- checkpoints ---------------------------------------------------------------------------

@@ -100,11 +100,17 @@ def train_advgan(
         embed=recipe.embed,
         scale=recipe.scale,
         source=recipe.source,
+        full_maps=recipe.full_maps,
         classifier=str(classifier),
         fingerprint=classifier_fingerprint(clf),
         data={"dataset": ds.name, "split": ds.split, "n_train": len(xtr), "n_test": len(xte)},
         command=command or " ".join(["deid", *map(shlex.quote, sys.argv[1:])]),
-        training={**recipe.describe(), "seed": seed, "aug": AUG, "torch": torch.__version__},
+        training={
+            **recipe.describe(),
+            "seed": seed,
+            "aug": AUG if recipe.augment else {},
+            "torch": torch.__version__,
+        },
     )
     gen = AdvGenerator(gmeta).to(dev)
     disc = Discriminator(meta.channels).to(dev)
@@ -187,7 +193,7 @@ def _fit(
             idx = perm[i : i + r.batch_size]
             if len(idx) < 2:
                 continue
-            x = augment(xtr[idx].to(dev), AUG, g)
+            x = augment(xtr[idx].to(dev), AUG, g) if r.augment else xtr[idx].to(dev)
             y = ytr[idx].to(dev)
             with torch.no_grad():  # what the classifier sees in the clean face
                 src = clf(x).argmax(1) if gen.meta.source else None
