@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--no-h264", action="store_true", help="skip the H.264 round trip")
+    ap.add_argument("--weights", help="a generator checkpoint (default: the shipped one)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -74,6 +75,8 @@ def main() -> None:
     )
     results = {}
     for label, (name, kw) in ROWS.items():
+        if name == "advgan" and args.weights:
+            kw = {**kw, "weights": args.weights}
         cls, cfg = ATTACKS[name]
         attack = cls(cfg(**kw))
         attack(model, x[:2], t[:2])  # load the generator, warm up
