@@ -83,6 +83,7 @@ PIPELINE_ATTACKS = (
     "ead",
     "onepixel",
     "universal",
+    "advgan",
 )
 DEFAULT_ATTACK = "ifgsm"
 

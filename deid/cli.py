@@ -49,10 +49,17 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from deid.generators.recipes import add_advgan_flags
     from deid.models.recipes import RECIPES, add_training_flags
 
-    p = sub.add_parser("train", help="train an identity classifier")
-    p.add_argument("preset", choices=sorted(RECIPES))
+    p = sub.add_parser(
+        "train", help="train an identity classifier, or an AdvGAN generator against one"
+    )
+    p.add_argument(
+        "preset",
+        choices=[*sorted(RECIPES), "advgan"],
+        help="a classifier preset, or advgan (with --classifier)",
+    )
     p.add_argument(
         "-o",
         "--output",
@@ -79,6 +86,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     add_training_flags(p)
+    add_advgan_flags(p)
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -169,6 +177,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "deid " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.preset == "advgan":
+        return _train_advgan(args, command, str(resolve_device(args.device)))
+    if args.classifier:
+        raise ConfigError("--classifier only applies to `deid train advgan`")
     _, metrics = train_classifier(
         args.preset,
         args.output,
@@ -182,6 +194,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         **training_options(args),
     )
     sys.stdout.write(json.dumps({k: v for k, v in metrics.items() if k != "split"}) + "\n")
+    return 0
+
+
+def _train_advgan(args: argparse.Namespace, command: str, device: str) -> int:
+    from deid.generators.recipes import advgan_recipe
+    from deid.generators.train_advgan import train_advgan
+    from deid.models.recipes import training_options
+
+    if not args.classifier:
+        raise ConfigError("deid train advgan: expected --classifier yaleb-mlp|celeba-cnn|PATH")
+    if any(training_options(args).values()) or args.min_std or args.split != "random":
+        raise ConfigError("deid train advgan: the classifier-training flags do not apply")
+    _, figures = train_advgan(
+        args.classifier,
+        args.output,
+        advgan_recipe(args.classifier, args),
+        data=args.data,
+        seed=args.seed,
+        device=device,
+        command=command,
+        samples_dir=args.samples_dir,
+    )
+    sys.stdout.write(json.dumps(figures) + "\n")
     return 0
 
 

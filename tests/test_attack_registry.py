@@ -113,7 +113,7 @@ def test_a_new_attack_is_one_module_and_one_registry_line(
     # the registry and its derived views
     assert ATTACKS[rfgsm] == (RFGSM, RFGSMConfig)
     assert DEFAULT_TARGET[rfgsm] == "nearest"
-    assert f"universal, {rfgsm}\n" in _run_help(capsys, monkeypatch)
+    assert f"advgan, {rfgsm}\n" in _run_help(capsys, monkeypatch)
     # the settings (Settings was built before the registration: the union was rebuilt)
     s = load_settings(
         overrides={"pipeline": {"device": "cpu"}, "attack": {"name": rfgsm, "eps": "24/255"}}

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
+from deid.attacks.advgan import AdvGAN, AdvGANConfig
 from deid.attacks.base import Attack, AttackConfigBase
 from deid.attacks.conceal import Conceal, ConcealConfig
 from deid.attacks.cw import CW, CWConfig
@@ -116,6 +117,8 @@ register(EAD, EADConfig)
 register(VAT, VATConfig)
 register(OnePixel, OnePixelConfig)
 register(Universal, UniversalConfig)
+# one forward pass of a trained generator (issue 13)
+register(AdvGAN, AdvGANConfig)
 
 AttackConfig = config_union()
 """The union of the registered configs (Settings' ``attack`` field type); kept current by

@@ -1,0 +1,226 @@
+"""AdvGAN's networks: a generator of bounded, target-conditioned perturbations and the small
+discriminator that trains it, with their checkpoint format.
+
+Paper: Xiao, Li, Zhu, He, Liu, Song, "Generating Adversarial Examples with Adversarial
+Networks", IJCAI 2018, https://arxiv.org/abs/1801.02610. The generator here is conditioned on
+the target identity (a learned embedding, broadcast as extra input channels and as a
+per-channel scale and shift of the bottleneck, plus a learned low-resolution perturbation
+per target), so one network serves every target of a classifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deid.errors import CheckpointError
+
+FORMAT = "deid-advgan/1"
+
+
+@dataclass
+class GeneratorMeta:
+    """Everything needed to rebuild a generator and to know what it is for.
+
+    Attributes:
+        channels: 1 (grayscale) or 3 (RGB): the classifier's input channels.
+        size: (H, W) the generator works at: the classifier's (aligned) input size.
+        num_classes: the classifier's identities (the targets it can aim at).
+        eps: L-inf bound of the perturbation, in [0, 1] pixel units.
+        width: channels of the first layer (the bottleneck has twice as many).
+        embed: size of the target embedding.
+        scale: the network works at 1/scale of ``size`` (2 or 4; the per-target maps at 1/2).
+        source: also conditioned on the classifier's prediction on the clean face (one more
+            classifier pass per face, which tells it which identity to move away from).
+        full_maps: the per-identity maps at the full input resolution (else half): finer
+            patterns, at no cost per face.
+        classifier: name or path of the classifier it was trained against.
+        fingerprint: :func:`classifier_fingerprint` of that classifier's weights.
+        data: dataset, split and number of training faces.
+        command: the command line that made it.
+        training: hyper-parameters, seed, seconds.
+        figures: held-out figures measured at the end of training.
+    """
+
+    channels: int
+    size: tuple[int, int]
+    num_classes: int
+    eps: float
+    width: int = 16
+    embed: int = 8
+    scale: int = 2
+    source: bool = False
+    full_maps: bool = False
+    classifier: str = ""
+    fingerprint: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    command: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> GeneratorMeta:
+        d = json.loads(text)
+        d["size"] = tuple(d["size"])
+        return cls(**d)
+
+
+def classifier_fingerprint(classifier: nn.Module) -> str:
+    """sha256 (first 16 hex digits) of a classifier's weights: which generator goes with it."""
+    h = hashlib.sha256()
+    for k, v in sorted(classifier.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride, 1)
+
+
+class AdvGenerator(nn.Module):
+    """G(x, target[, source]) -> a perturbation within ``eps`` in L-inf (``eps * tanh``).
+
+    A small encoder-decoder at 1/``scale`` of the input resolution: the face is
+    average-pooled, the target's embedding joins it as extra channels, one strided
+    convolution reaches the bottleneck, where two convolutions with a target-dependent
+    per-channel scale and shift (FiLM) work, and the decoder comes back. A learned
+    perturbation of the target (at half resolution, or full with ``meta.full_maps``) is
+    added before the ``tanh``, and, with
+    ``meta.source``, one of the identity the classifier sees in the clean face (whose
+    embedding also joins the target's). The result is upsampled bilinearly to the input size:
+    it is smooth at the scale of 2 pixels, which H.264 and JPEG keep better than pixel-level
+    noise, and costs little (the network runs at a quarter or a sixteenth of the pixels).
+
+    Args:
+        meta: sizes (``channels``, ``size``, ``num_classes``, ``eps``, ``width``, ``embed``,
+            ``scale``, ``source``).
+
+    Shape:
+        - x: (N, channels, H, W) float in [0, 1], (H, W) = ``meta.size``.
+        - target: (N,) int64 in 0..num_classes-1.
+        - source: (N,) int64, the classifier's prediction on ``x`` (``meta.source`` only).
+        - output: (N, channels, H, W), each value in [-eps, eps].
+
+    Example:
+        >>> g = AdvGenerator(GeneratorMeta(channels=1, size=(48, 42), num_classes=5, eps=0.1))
+        >>> d = g(torch.rand(2, 1, 48, 42), torch.tensor([0, 3]))
+        >>> d.shape, bool(d.abs().max() <= 0.1)
+        (torch.Size([2, 1, 48, 42]), True)
+    """
+
+    def __init__(self, meta: GeneratorMeta) -> None:
+        super().__init__()
+        self.meta = meta
+        c, w, e, k = meta.channels, meta.width, meta.embed, meta.num_classes
+        h2, w2 = (meta.size[0] + 1) // 2, (meta.size[1] + 1) // 2
+        if meta.full_maps:
+            h2, w2 = meta.size
+        self.embedding = nn.Embedding(k, e)
+        self.enc1 = _conv(c + e, w)
+        self.enc2 = _conv(w, 2 * w, stride=2)
+        self.film = nn.Linear(e, 4 * w)
+        self.mid1 = _conv(2 * w, 2 * w)
+        self.mid2 = _conv(2 * w, 2 * w)
+        self.dec = _conv(2 * w + w, w)
+        self.out = _conv(w, c)
+        self.target_map = nn.Parameter(0.1 * torch.randn(k, c, h2, w2))
+        if meta.source:
+            self.source_embedding = nn.Embedding(k, e)
+            self.source_map = nn.Parameter(torch.zeros(k, c, h2, w2))
+
+    def forward(self, x: Tensor, target: Tensor, source: Tensor | None = None) -> Tensor:
+        h, w = x.shape[-2:]
+        half = ((h + 1) // 2, (w + 1) // 2)
+        emb = self.embedding(target)
+        maps = self.target_map[target]
+        if self.meta.source:
+            if source is None:
+                raise ValueError("this generator is conditioned on the source identity too")
+            emb = emb + self.source_embedding(source)
+            maps = maps + self.source_map[source]
+        v = F.avg_pool2d(x, self.meta.scale, ceil_mode=True) * 2.0 - 1.0
+        q = v.shape[-2:]
+        v = torch.cat([v, emb[:, :, None, None].expand(-1, -1, *q)], 1)
+        a = F.leaky_relu(self.enc1(v), 0.2)
+        b = F.leaky_relu(self.enc2(a), 0.2)
+        gamma, beta = self.film(emb)[:, :, None, None].chunk(2, 1)
+        m = F.leaky_relu(self.mid1(b) * (1 + gamma) + beta, 0.2)
+        b = b + self.mid2(m)
+        up = F.interpolate(b, size=q, mode="bilinear", align_corners=False)
+        d = self.out(F.leaky_relu(self.dec(torch.cat([up, a], 1)), 0.2))
+        if self.meta.full_maps:
+            raw = F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False) + maps
+        else:
+            if tuple(q) != half:
+                d = F.interpolate(d, size=half, mode="bilinear", align_corners=False)
+            raw = F.interpolate(d + maps, size=(h, w), mode="bilinear", align_corners=False)
+        return self.meta.eps * torch.tanh(raw)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self, path: Path | str) -> None:
+        """Write ``path`` (``torch.load(weights_only=True)``-safe) and its metadata as JSON
+        beside it (``.json``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"format": FORMAT, "meta": self.meta.to_json(), "state_dict": state}, tmp)
+        tmp.replace(path)
+        path.with_suffix(".json").write_text(self.meta.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: Path | str, device: torch.device | str = "cpu") -> AdvGenerator:
+        """Load a checkpoint written by :meth:`save` (weights_only: no code is unpickled)."""
+        meta = read_meta(path)
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+        g = cls(meta)
+        g.load_state_dict(blob["state_dict"])
+        return g.to(device).eval()
+
+
+def read_meta(path: Path | str) -> GeneratorMeta:
+    """The metadata of a generator checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"AdvGAN generator checkpoint not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a deid AdvGAN checkpoint ({e})") from e
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a deid AdvGAN checkpoint (format {FORMAT})")
+    return GeneratorMeta.from_json(blob["meta"])
+
+
+class Discriminator(nn.Module):
+    """Real face or face + perturbation? Three strided convolutions with spectral norm,
+    global average pooling and a linear score (a logit: > 0 says real)."""
+
+    def __init__(self, channels: int, width: int = 16) -> None:
+        super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
+        self.convs = nn.ModuleList(
+            [
+                sn(nn.Conv2d(channels, width, 4, 2, 1)),
+                sn(nn.Conv2d(width, 2 * width, 4, 2, 1)),
+                sn(nn.Conv2d(2 * width, 4 * width, 4, 2, 1)),
+            ]
+        )
+        self.head = sn(nn.Linear(4 * width, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        v = x * 2.0 - 1.0
+        for conv in self.convs:
+            v = F.leaky_relu(conv(v), 0.2)
+        return self.head(v.mean((2, 3))).squeeze(1)

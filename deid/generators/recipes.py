@@ -1,0 +1,113 @@
+"""``deid train advgan``'s presets and flags: plain data, no torch (building the command line
+stays quick); :mod:`deid.generators.train_advgan` does the training."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from deid.argtypes import fraction
+from deid.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AdvGANRecipe:
+    """How an AdvGAN generator is trained against one classifier.
+
+    Attributes:
+        eps: L-inf bound of the perturbation (pixels in [0, 1]).
+        epochs, batch_size: passes over the classifier's training split, faces per step.
+        lr, lr_d: Adam learning rates of the generator and the discriminator.
+        lr_map: Adam learning rate of the generator's per-target perturbation maps.
+        width, embed, scale, source, full_maps: the generator
+            (:class:`deid.generators.advgan.GeneratorMeta`).
+        kappa: C&W margin: the target's logit must beat every other by this.
+        lambda_gan: weight of the generator's GAN loss (non-saturating).
+        lambda_hinge: weight of the hinge on the perturbation's RMS above ``hinge`` x eps.
+        hinge: the RMS (a fraction of eps) the hinge lets pass free.
+        d_steps: discriminator steps per generator step (k of the seed's minibatch algorithm).
+        eot_copies: transformed copies per face (deid.attacks.eot), besides the 8-bit one.
+        augment: jitter the training faces a little (brightness, contrast, shifts). Off for
+            the Yale B MLP: the jitter alone confuses it, so the generator learns less.
+        sheet_every: a contact sheet of perturbed faces every this many epochs.
+    """
+
+    eps: float = 16 / 255
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_d: float = 2e-4
+    lr_map: float = 0.02
+    width: int = 16
+    embed: int = 8
+    scale: int = 2
+    source: bool = False
+    full_maps: bool = False
+    kappa: float = 3.0
+    lambda_gan: float = 0.05
+    lambda_hinge: float = 0.5
+    hinge: float = 0.7
+    d_steps: int = 1
+    eot_copies: int = 2
+    augment: bool = True
+    sheet_every: int = 5
+
+    def describe(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["eps_255"] = round(self.eps * 255, 3)
+        return d
+
+
+ADVGAN_RECIPES: dict[str, AdvGANRecipe] = {
+    # the MLP costs ~0.06 ms a face: a network at 1/16 of the pixels, told the identity the
+    # MLP sees (one more MLP pass), is about as cheap
+    "yaleb-mlp": AdvGANRecipe(
+        width=12,
+        scale=4,
+        source=True,
+        full_maps=True,
+        epochs=40,
+        augment=False,
+        hinge=0.85,
+        lambda_hinge=0.25,
+    ),
+    "celeba-cnn": AdvGANRecipe(width=32, scale=4, epochs=5, eot_copies=1),
+}
+
+
+def add_advgan_flags(p: Any) -> None:
+    """``deid train advgan``'s flags (an argparse parser)."""
+    g = p.add_argument_group("advgan (deid train advgan --classifier NAME)")
+    g.add_argument(
+        "--classifier",
+        help="the classifier to fool: yaleb-mlp, celeba-cnn or a checkpoint path",
+    )
+    g.add_argument("--linf", type=fraction, help="L-inf bound of the perturbation (16/255)")
+    g.add_argument("--lambda-gan", type=float, help="weight of the GAN loss")
+    g.add_argument("--lambda-hinge", type=float, help="weight of the hinge on the norm")
+    g.add_argument("--d-steps", type=int, help="discriminator steps per generator step (k)")
+    g.add_argument("--samples-dir", type=Path, help="contact sheets (default: beside -o)")
+
+
+def advgan_recipe(classifier: str, args: Any) -> AdvGANRecipe:
+    """The preset for ``classifier`` (its shipped name; a path gets the CelebA CNN's), with
+    the flags' changes."""
+    r = ADVGAN_RECIPES.get(classifier, ADVGAN_RECIPES["celeba-cnn"])
+    changes = {
+        k: v
+        for k, v in {
+            "eps": getattr(args, "linf", None),
+            "epochs": getattr(args, "epochs", None),
+            "lambda_gan": getattr(args, "lambda_gan", None),
+            "lambda_hinge": getattr(args, "lambda_hinge", None),
+            "d_steps": getattr(args, "d_steps", None),
+        }.items()
+        if v is not None
+    }
+    r = replace(r, **changes)
+    if not 0.0 < r.eps <= 1.0:
+        raise ConfigError(f"--linf must be in (0, 1] (e.g. 16/255), got {r.eps}")
+    if r.d_steps < 0 or r.epochs < 1:
+        raise ConfigError("--d-steps must be >= 0 and --epochs >= 1")
+    return r
