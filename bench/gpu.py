@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from deid.errors import ConfigError
     from deid.pipeline import resolve_device
 
     device = resolve_device(args.device).type
@@ -174,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
                 if i == 0 and device == "cuda":  # the first run pays CUDA's start-up
                     warmup = run_mode(clip, label, mode, device, args.classifier)["wall_s"]
                 row = run_mode(clip, label, mode, device, args.classifier)
+            except ConfigError as e:  # e.g. no generator trained for this classifier
+                result["notes"].append(f"{mode}: cannot run here: {e}")
+                bench.say(f"{mode}: cannot run here: {e}")
+                break
             except Exception as e:  # noqa: BLE001 - a failed mode is a row, the others still run
                 row = {"clip": label, "config": f"deid {mode}", "error": f"{type(e).__name__}: {e}"}
             row["warmup_s"] = warmup

@@ -46,7 +46,7 @@ def test_gpu_bench_dry_run_on_the_cpu(tmp_path: Path, data_dir: Path) -> None:
         assert row["frames"] == 2 and row["fps"] > 0
         assert set(row["stage_fps"]) == {"detect", "attack", "encode", "verify"}
         assert row["warmup_s"] is None  # a warm-up run only on CUDA
-    # modes this checkout lacks are named, not silently dropped
+    # modes this checkout lacks, or cannot run with the classifier, are named, not dropped
     assert all(
         m in " ".join(result["notes"]) or any(row.get("mode") == m for row in result["rows"])
         for m in ("advgan", "replace")
