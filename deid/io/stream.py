@@ -132,8 +132,9 @@ class StreamSource:
         options: dict[str, str] = {}
         if self.url:
             _check_scheme(str(src), "input")
-            # start with little probing and no input buffering: latency, not throughput
-            options = {"fflags": "nobuffer", "probesize": "1000000", "analyzeduration": "1000000"}
+            # little probing, so the first frame comes soon (not fflags=nobuffer: it throws the
+            # probed packets away, the first keyframe with them)
+            options = {"probesize": "32768", "analyzeduration": "500000"}
             if str(src).startswith("rtsp://"):
                 options["rtsp_transport"] = "tcp"
         elif not Path(src).is_file():
@@ -239,6 +240,8 @@ class StreamSink:
         self.pix_fmt = pix_fmt
         try:
             options = {"rtsp_transport": "tcp"} if fmt == "rtsp" else {}
+            if fmt == "mpegts":  # PES lengths let a demuxer pass a frame on as it ends
+                options["omit_video_pes_length"] = "0"
             self._container = av.open(target, mode="w", format=fmt, options=options)
             s = self._container.add_stream("libx264", rate=rate)
             s.width, s.height, s.pix_fmt = width, height, pix_fmt

@@ -13,7 +13,8 @@ turn comes (its *age*, from arrival to now) against ``max_latency``:
 * **degraded**: detect, then obscure every detected face (its aligned square and its box grown
   by ``tracking.margin``) without attacking - when the attack would not fit;
 * **dropped**: not sent at all - when even detection would not fit (age plus the measured
-  detection time over the budget), or when the input queue is full (the oldest frame goes).
+  detection time over the budget) and a newer frame is waiting, or when the input queue is
+  full (the oldest frame goes).
   A frame is never sent without detection having run on it: obscuring only the last known
   faces would miss a face that has just come into view.
 
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 
 from deid.align import obscure, paste_back
-from deid.io.stream import SourceFrame, StreamSink, StreamSource
+from deid.io.stream import SourceFrame, StreamSink, StreamSource, is_url
 from deid.pipeline.protect import ProtectContext
 from deid.pipeline.resources import Resources
 from deid.pipeline.stages import TargetMemory, classify, crop, detect, iou
@@ -72,6 +73,7 @@ class StreamOptions:
         stats_every: seconds between progress logs (0: none).
         obscure_only: never attack; obscure every face (the cheapest safe mode).
         preset: x264 preset of the output.
+        warm_size: (height, width) to warm up at before a URL source is opened.
     """
 
     max_latency: float = 1.0
@@ -81,6 +83,7 @@ class StreamOptions:
     stats_every: float = 5.0
     obscure_only: bool = False
     preset: str = "ultrafast"
+    warm_size: tuple[int, int] = (720, 1280)
 
 
 @dataclass
@@ -209,15 +212,17 @@ class FrameProtector:
         self.detect_cost = 0.0
         self.attack_cost = 0.0
 
-    def warm_up(self, height: int, width: int) -> None:
-        """Run detection on a frame of the stream's size and the protection step on one face,
-        to load everything and measure both costs before the first real frame."""
+    def warm_up(self, height: int, width: int, protect: bool = True) -> None:
+        """Run detection on a frame of the stream's size and (with ``protect``) the protection
+        step on one face, to load everything and measure both costs before the first real
+        frame."""
         rng = np.random.default_rng(0)
         frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-        t0 = time.monotonic()
-        detect(self.res.detector, [frame])
-        self.detect_cost = time.monotonic() - t0
-        if self.opts.obscure_only:
+        for _ in range(2):  # the first call pays for lazy initialisation
+            t0 = time.monotonic()
+            detect(self.res.detector, [frame])
+            self.detect_cost = time.monotonic() - t0
+        if self.opts.obscure_only or not protect:
             return
         size = max(8, min(height, width, 96))
         face = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -244,10 +249,11 @@ class FrameProtector:
         )
         return res.protector.protect(crops, ctx)
 
-    def __call__(self, sf: SourceFrame, live: bool) -> np.ndarray | None:
-        """The frame to send, or None to drop it."""
+    def __call__(self, sf: SourceFrame, live: bool, newer: bool = False) -> np.ndarray | None:
+        """The frame to send, or None to drop it (only when a ``newer`` frame is waiting:
+        the newest frame is always processed, late or not, so the stream goes on)."""
         budget = self.opts.max_latency
-        if live and time.monotonic() - sf.arrival + self.detect_cost > budget:
+        if live and newer and time.monotonic() - sf.arrival + self.detect_cost > budget:
             return None
         t0 = time.monotonic()
         dets = detect(self.res.detector, [sf.image])[0]
@@ -295,6 +301,12 @@ def _identity_theta() -> np.ndarray:
     return np.array([[1, 0, 0], [0, 1, 0]], np.float32)
 
 
+def _waiting(q: queue.Queue[Any]) -> bool:
+    """Whether a frame (not the end) is waiting in ``q``."""
+    with q.mutex:
+        return any(x is not _END for x in q.queue)
+
+
 def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
     """Put with back pressure; False if ``stop`` was set while waiting."""
     while not stop.is_set():
@@ -328,11 +340,17 @@ def run_stream(
     """
     opts = opts or StreamOptions()
     stop = stop or threading.Event()
-    source = StreamSource(src, realtime=opts.realtime, idle_timeout=opts.idle_timeout)
-    live = source.url or source.realtime
     stats = StreamStats()
     protector = FrameProtector(res, opts, stats)
-    protector.warm_up(source.height, source.width)
+    if is_url(src):  # warm up before the feed is opened: its data would wait meanwhile
+        protector.warm_up(*opts.warm_size)
+    log.info("stream: opening %s", src)
+    source = StreamSource(src, realtime=opts.realtime, idle_timeout=opts.idle_timeout)
+    live = source.url or source.realtime
+    if not is_url(src):
+        protector.warm_up(source.height, source.width)
+    elif (source.height, source.width) != tuple(opts.warm_size):
+        protector.warm_up(source.height, source.width, protect=False)
     sink = StreamSink(
         dst, source.width, source.height, source.rate, res.settings.pipeline.crf, opts.preset
     )
@@ -386,7 +404,7 @@ def run_stream(
                     continue
                 if sf is _END:
                     break
-                out = protector(sf, live)
+                out = protector(sf, live, newer=_waiting(inq))
                 if out is None:
                     with stats.lock:
                         stats.dropped += 1
