@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
+import threading
 from pathlib import Path
 
 from deid.argtypes import SETTING_FLAGS, add_setting_flags, setting_overrides
@@ -73,6 +76,29 @@ def cmd_stream(args: argparse.Namespace) -> int:
         obscure_only=args.obscure_only,
         preset=args.preset,
     )
-    summary = run_stream(args.src, args.dst, Resources.load(settings), opts)
+    try:
+        summary = run_stream(args.src, args.dst, Resources.load(settings), opts)
+    except BaseException as e:
+        _exit_if_busy(e)
+        raise
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0
+
+
+def _exit_if_busy(e: BaseException) -> None:
+    """Exit at once, the output being finished, on Ctrl-C or SIGTERM (so the stop takes well
+    under a second: no interpreter and torch teardown), and on an error while a stream thread
+    is still inside torch or a network read (a stop does not wait for the frame in hand; left
+    to the interpreter's shutdown, such a thread aborts the process: ``terminate called
+    without an active exception``). The message and exit code are those of
+    :func:`deid.cli.main`."""
+    known = {"KeyboardInterrupt": ("interrupted", 130), "Terminated": ("terminated (SIGTERM)", 143)}
+    busy = [t for t in threading.enumerate() if t.name.startswith("deid-stream-") and t.is_alive()]
+    if type(e).__name__ not in known and not busy:
+        return
+    what, code = known.get(type(e).__name__, (f"error: {e}", getattr(e, "exit_code", 1)))
+    sys.stdout.flush()
+    sys.stderr.write(f"deid: {what}\n")
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)

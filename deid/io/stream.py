@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import av
@@ -152,7 +153,9 @@ class StreamSource:
         if self.url:
             ctx.thread_type = "SLICE"  # frame threads hold frames back
         self.width, self.height = ctx.width, ctx.height
-        self.rate = Fraction(self._stream.average_rate or self._stream.guessed_rate or 25)
+        rate = Fraction(self._stream.average_rate or self._stream.guessed_rate or 25)
+        self.rate = rate if 0 < rate <= 240 else Fraction(25)  # probed mid-stream: unsure
+        self.bad_packets = 0
 
     def frames(self, stop: Callable[[], bool] = lambda: False) -> Iterator[SourceFrame]:
         """Decoded frames in order until the source ends, breaks or ``stop()`` is true.
@@ -161,24 +164,34 @@ class StreamSource:
         a warning; a file that cannot be decoded raises :class:`InputError`.
         """
         t0 = pts0 = None
-        index = 0
+        for index, frame in enumerate(self._decoded()):
+            if stop():
+                return
+            pts = float(frame.time) if frame.time is not None else index / float(self.rate)
+            if pts0 is None:
+                pts0, t0 = pts, time.monotonic()
+            rel = pts - pts0
+            assert t0 is not None
+            if self.realtime:
+                while (wait := t0 + rel - time.monotonic()) > 0:
+                    if stop():
+                        return
+                    time.sleep(min(wait, 0.05))
+            image = frame.to_ndarray(format="rgb24")
+            yield SourceFrame(index, rel, image, time.monotonic())
+
+    def _decoded(self) -> Iterator[Any]:
+        """av frames; a URL's undecodable packets (joined mid-stream, before a keyframe; a
+        lost datagram) are skipped and counted in :attr:`bad_packets`."""
         try:
-            for frame in self._container.decode(self._stream):
-                if stop():
-                    return
-                pts = float(frame.time) if frame.time is not None else index / float(self.rate)
-                if pts0 is None:
-                    pts0, t0 = pts, time.monotonic()
-                rel = pts - pts0
-                assert t0 is not None
-                if self.realtime:
-                    while (wait := t0 + rel - time.monotonic()) > 0:
-                        if stop():
-                            return
-                        time.sleep(min(wait, 0.05))
-                image = frame.to_ndarray(format="rgb24")
-                yield SourceFrame(index, rel, image, time.monotonic())
-                index += 1
+            for packet in self._container.demux(self._stream):
+                try:
+                    yield from self._stream.decode(packet)
+                except av.InvalidDataError as e:
+                    if not self.url:
+                        raise
+                    self.bad_packets += 1
+                    log.debug("%s: skipped an undecodable packet (%s)", self.src, e)
         except (av.FFmpegError, OSError) as e:
             if not self.url:
                 raise InputError(Path(str(self.src)), f"decoding failed ({e})") from e
@@ -220,18 +233,12 @@ class StreamSink:
         self._last: int | None = None
         self.tmp: Path | None = None
         target = str(dst)
+        fmt = self.format_of(dst)
         if self.url:
-            scheme = _check_scheme(target, "output")
-            fmt = SINK_FORMATS.get(scheme)
-            if fmt is None:
-                raise OutputError(Path(target), f"expected one of {sorted(SINK_FORMATS)} URLs")
             if fmt == "mpegts" and "pkt_size" not in target:
                 target += ("&" if "?" in target else "?") + "pkt_size=1316"  # 7 TS packets
         else:
             path = Path(dst)
-            fmt = FILE_FORMATS.get(path.suffix.lower())
-            if fmt is None:
-                raise OutputError(path, f"expected a video suffix in {sorted(FILE_FORMATS)}")
             path.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = tmp_beside(path)
             target = str(self.tmp)
@@ -261,6 +268,23 @@ class StreamSink:
         except _AV_ERRORS as e:
             self._discard()
             raise OutputError(Path(str(dst)), f"cannot open the output ({e})") from e
+
+    @staticmethod
+    def format_of(dst: str | Path) -> str:
+        """The container ``dst`` gets (checks its scheme or suffix before anything opens).
+
+        Raises:
+            OutputError: an unknown scheme or suffix, or a protocol this FFmpeg lacks.
+        """
+        if is_url(dst):
+            fmt = SINK_FORMATS.get(_check_scheme(str(dst), "output"))
+            if fmt is None:
+                raise OutputError(Path(str(dst)), f"expected one of {sorted(SINK_FORMATS)} URLs")
+            return fmt
+        fmt = FILE_FORMATS.get(Path(dst).suffix.lower())
+        if fmt is None:
+            raise OutputError(Path(dst), f"expected a video suffix in {sorted(FILE_FORMATS)}")
+        return fmt
 
     def write(self, image: np.ndarray, pts: float) -> None:
         """Encode one RGB frame at ``pts`` seconds (increasing; a repeat is nudged forward)."""

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from deid.align import obscure, paste_back
+from deid.errors import OutputError
 from deid.io.stream import SourceFrame, StreamSink, StreamSource, is_url
 from deid.pipeline.protect import ProtectContext
 from deid.pipeline.resources import Resources
@@ -340,6 +341,7 @@ def run_stream(
     """
     opts = opts or StreamOptions()
     stop = stop or threading.Event()
+    StreamSink.format_of(dst)  # a wrong output fails now, not after the first frame
     stats = StreamStats()
     protector = FrameProtector(res, opts, stats)
     if is_url(src):  # warm up before the feed is opened: its data would wait meanwhile
@@ -349,11 +351,6 @@ def run_stream(
     live = source.url or source.realtime
     if not is_url(src):
         protector.warm_up(source.height, source.width)
-    elif (source.height, source.width) != tuple(opts.warm_size):
-        protector.warm_up(source.height, source.width, protect=False)
-    sink = StreamSink(
-        dst, source.width, source.height, source.rate, res.settings.pipeline.crf, opts.preset
-    )
     log.info(
         "stream: %s (%dx%d at %s fps%s) -> %s, max latency %.2f s",
         src,
@@ -418,6 +415,7 @@ def run_stream(
             _put(outq, _END, stop)
 
     def encode() -> None:
+        sink: StreamSink | None = None
         try:
             while not stop.is_set():
                 try:
@@ -427,6 +425,11 @@ def run_stream(
                 if item is _END:
                     break
                 out, sf = item
+                if sink is None:  # sized by the first frame (a feed joined mid-way may
+                    # not say its size before)
+                    h, w = out.shape[:2]
+                    crf = res.settings.pipeline.crf
+                    sink = StreamSink(dst, w, h, source.rate, crf, opts.preset)
                 sink.write(out, sf.pts)
                 with stats.lock:
                     stats.frames_out += 1
@@ -436,8 +439,12 @@ def run_stream(
             stop.set()
         finally:
             try:
+                if sink is None:
+                    raise OutputError(Path(str(dst)), "no frame was sent")
                 sink.close()
+                log.debug("stream: %s finished, %d frames", dst, sink.frames_written)
             except BaseException as e:  # noqa: BLE001
+                log.error("stream: %s", e)
                 errors.append(e)
 
     threads = {
