@@ -59,10 +59,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_stream(args: argparse.Namespace) -> int:
     from deid.config import load_settings
     from deid.io import Artefact, check_writes
-    from deid.io.stream import is_url
+    from deid.io.stream import StreamSink, check_protocol, is_url
     from deid.pipeline import Resources
     from deid.pipeline.stream import StreamOptions, run_stream
 
+    if is_url(args.src):  # before the models load
+        check_protocol(args.src, "input")
+    StreamSink.format_of(args.dst)
     if not is_url(args.dst):
         reads = [] if is_url(args.src) else [("input", args.src)]
         check_writes(reads, [Artefact("output", Path(args.dst))])

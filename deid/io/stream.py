@@ -75,14 +75,16 @@ def protocols() -> dict[str, frozenset[str]]:
     return found
 
 
-def _check_scheme(url: str, direction: str) -> str:
+def check_protocol(url: str, direction: str) -> str:
+    """The scheme of ``url``, checked against this FFmpeg's ``input`` or ``output``
+    protocols (:class:`InputError` / :class:`OutputError` naming what it has)."""
     scheme = urlsplit(url).scheme.lower()
     have = protocols()[direction]
     # rtsp is a demuxer/muxer over tcp/udp, not a protocol of its own
     needed = {"rtsp": "tcp"}.get(scheme, scheme)
     if have and needed not in have:
         raise (InputError if direction == "input" else OutputError)(
-            Path(url),
+            url,
             f"this FFmpeg build (PyAV {av.__version__}) has no {scheme!r} {direction} "
             f"protocol; it has: {', '.join(sorted(have))}",
         )
@@ -132,7 +134,7 @@ class StreamSource:
         self.realtime = realtime and not self.url
         options: dict[str, str] = {}
         if self.url:
-            _check_scheme(str(src), "input")
+            check_protocol(str(src), "input")
             # little probing, so the first frame comes soon (not fflags=nobuffer: it throws the
             # probed packets away, the first keyframe with them)
             options = {"probesize": "32768", "analyzeduration": "500000"}
@@ -148,7 +150,7 @@ class StreamSource:
             )
             self._stream = self._container.streams.video[0]
         except (av.FFmpegError, OSError, IndexError) as e:
-            raise InputError(Path(str(src)), f"cannot open the video stream ({e})") from e
+            raise InputError(str(src), f"cannot open the video stream ({e})") from e
         ctx = self._stream.codec_context
         if self.url:
             ctx.thread_type = "SLICE"  # frame threads hold frames back
@@ -194,7 +196,7 @@ class StreamSource:
                     log.debug("%s: skipped an undecodable packet (%s)", self.src, e)
         except (av.FFmpegError, OSError) as e:
             if not self.url:
-                raise InputError(Path(str(self.src)), f"decoding failed ({e})") from e
+                raise InputError(str(self.src), f"decoding failed ({e})") from e
             log.warning("%s: the stream broke or went quiet (%s); ending", self.src, e)
 
     def close(self) -> None:
@@ -267,7 +269,7 @@ class StreamSink:
             self._stream = s
         except _AV_ERRORS as e:
             self._discard()
-            raise OutputError(Path(str(dst)), f"cannot open the output ({e})") from e
+            raise OutputError(str(dst), f"cannot open the output ({e})") from e
 
     @staticmethod
     def format_of(dst: str | Path) -> str:
@@ -277,9 +279,9 @@ class StreamSink:
             OutputError: an unknown scheme or suffix, or a protocol this FFmpeg lacks.
         """
         if is_url(dst):
-            fmt = SINK_FORMATS.get(_check_scheme(str(dst), "output"))
+            fmt = SINK_FORMATS.get(check_protocol(str(dst), "output"))
             if fmt is None:
-                raise OutputError(Path(str(dst)), f"expected one of {sorted(SINK_FORMATS)} URLs")
+                raise OutputError(str(dst), f"expected one of {sorted(SINK_FORMATS)} URLs")
             return fmt
         fmt = FILE_FORMATS.get(Path(dst).suffix.lower())
         if fmt is None:
@@ -298,7 +300,7 @@ class StreamSink:
             for packet in self._stream.encode(vf):
                 self._container.mux(packet)
         except _AV_ERRORS as e:
-            raise OutputError(Path(str(self.dst)), f"sending frame failed ({e})") from e
+            raise OutputError(str(self.dst), f"sending frame failed ({e})") from e
         self._last = tick
         self.frames_written += 1
 
@@ -309,7 +311,7 @@ class StreamSink:
             return
         if self.frames_written == 0:
             self._discard()
-            raise OutputError(Path(str(self.dst)), "no frame was written")
+            raise OutputError(str(self.dst), "no frame was written")
         try:
             for packet in self._stream.encode():
                 self._container.mux(packet)
@@ -318,7 +320,7 @@ class StreamSink:
                 self.tmp.replace(Path(self.dst))
         except _AV_ERRORS as e:
             self._discard()
-            raise OutputError(Path(str(self.dst)), f"cannot finish the output ({e})") from e
+            raise OutputError(str(self.dst), f"cannot finish the output ({e})") from e
         self._closed = True
 
     def _discard(self) -> None:

@@ -49,7 +49,7 @@ import torch
 
 from deid.align import obscure, paste_back
 from deid.errors import OutputError
-from deid.io.stream import SourceFrame, StreamSink, StreamSource, is_url
+from deid.io.stream import SourceFrame, StreamSink, StreamSource, check_protocol, is_url
 from deid.pipeline.protect import ProtectContext
 from deid.pipeline.resources import Resources
 from deid.pipeline.stages import TargetMemory, classify, crop, detect, iou
@@ -213,17 +213,16 @@ class FrameProtector:
         self.detect_cost = 0.0
         self.attack_cost = 0.0
 
-    def warm_up(self, height: int, width: int, protect: bool = True) -> None:
-        """Run detection on a frame of the stream's size and (with ``protect``) the protection
-        step on one face, to load everything and measure both costs before the first real
-        frame."""
+    def warm_up(self, height: int, width: int) -> None:
+        """Run detection on a frame of the stream's size and the protection step on one face,
+        to load everything and measure both costs before the first real frame."""
         rng = np.random.default_rng(0)
         frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         for _ in range(2):  # the first call pays for lazy initialisation
             t0 = time.monotonic()
             detect(self.res.detector, [frame])
             self.detect_cost = time.monotonic() - t0
-        if self.opts.obscure_only or not protect:
+        if self.opts.obscure_only:
             return
         size = max(8, min(height, width, 96))
         face = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -341,7 +340,10 @@ def run_stream(
     """
     opts = opts or StreamOptions()
     stop = stop or threading.Event()
-    StreamSink.format_of(dst)  # a wrong output fails now, not after the first frame
+    # a wrong source or output fails now, not after the warm-up or the first frame
+    if is_url(src):
+        check_protocol(str(src), "input")
+    StreamSink.format_of(dst)
     stats = StreamStats()
     protector = FrameProtector(res, opts, stats)
     if is_url(src):  # warm up before the feed is opened: its data would wait meanwhile
@@ -440,7 +442,7 @@ def run_stream(
         finally:
             try:
                 if sink is None:
-                    raise OutputError(Path(str(dst)), "no frame was sent")
+                    raise OutputError(str(dst), "no frame was sent")
                 sink.close()
                 log.debug("stream: %s finished, %d frames", dst, sink.frames_written)
             except BaseException as e:  # noqa: BLE001
