@@ -217,3 +217,49 @@ def test_sigterm_stops_within_a_second_with_a_readable_output(
     got = read_timed(out)
     assert 1 <= len(got) < 80
     assert not list(tmp_path.glob(".*"))
+
+
+def test_stop_event_ends_an_in_process_stream_within_a_second(
+    tmp_path: Path, photo: np.ndarray, res: Resources
+) -> None:
+    """Setting ``stop`` (what the CLI does on a signal) returns within a second with the
+    output finished and readable."""
+    make_clip(tmp_path / "in.mp4", photo, 80)  # 10 s in real time
+    out = tmp_path / "out.mp4"
+    stop = threading.Event()
+    result: dict = {}
+    seen: list[int] = []
+
+    def on_stats(s: dict) -> None:
+        seen.append(s["frames_out"])
+
+    opts = StreamOptions(obscure_only=True, stats_every=0.1)
+    t = threading.Thread(
+        target=lambda: result.update(
+            run_stream(tmp_path / "in.mp4", out, res, opts, stop=stop, on_stats=on_stats)
+        )
+    )
+    t.start()
+    deadline = time.monotonic() + 60
+    while not (seen and seen[-1] >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    t0 = time.monotonic()
+    t.join(10)
+    assert time.monotonic() - t0 < 1.0
+    assert 2 <= result["frames_out"] < 80
+    assert len(read_timed(out)) == result["frames_out"]
+
+
+def test_tracks_cover_a_face_the_detector_missed() -> None:
+    """A face missed for up to max_gap frames is returned at its predicted box, then dropped."""
+    from deid.pipeline.stream import FaceTracks
+
+    tracks = FaceTracks(iou_threshold=0.3, max_gap=2)
+    assert tracks.update(0, np.array([[100, 100, 140, 150]])) == []
+    assert tracks.update(1, np.array([[104, 100, 144, 150]])) == []
+    missed = tracks.update(2, np.zeros((0, 4)))
+    assert len(missed) == 1
+    assert np.allclose(missed[0], [106, 100, 146, 150])  # moving right, half the last step kept
+    assert len(tracks.update(3, np.zeros((0, 4)))) == 1
+    assert tracks.update(4, np.zeros((0, 4))) == []  # past max_gap
