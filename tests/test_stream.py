@@ -98,7 +98,7 @@ def exposed(res: Resources, before: list[np.ndarray], after: list[np.ndarray]) -
     )
 
 
-@pytest.mark.slow  # 17-25 s on the shared 2-core machine (models load here)
+@pytest.mark.slow  # 17-36 s on the shared 2-core machine (models load here)
 def test_file_to_file_keeps_every_frame_and_protects_faces(
     tmp_path: Path, photo: np.ndarray, res: Resources
 ) -> None:
@@ -123,6 +123,7 @@ def read_timed_frames(path: Path) -> list[np.ndarray]:
     return [f for _, f in read_timed(path)]
 
 
+@pytest.mark.slow  # 8-39 s on the shared 2-core machine
 def test_overload_degrades_to_obscuring_and_never_sends_a_clear_face(
     tmp_path: Path, photo: np.ndarray, res: Resources
 ) -> None:
