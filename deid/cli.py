@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("deid.eval.cli", fromlist=["add_parser"]).add_parser(sub)
     _add_data(sub)
     __import__("deid.batch").batch.add_parser(sub)
+    __import__("deid.stream").stream.add_parser(sub)
     __import__("deid.report.html", fromlist=["add_parser"]).add_parser(sub)
     __import__("deid.service.cli").service.cli.add_parser(sub)
     return parser
