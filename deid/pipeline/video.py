@@ -56,6 +56,7 @@ from deid.io import (
     tmp_beside,
     writing,
 )
+from deid.pipeline.keyframes import KeyframeDetector
 from deid.pipeline.protect import ProtectContext
 from deid.pipeline.report import (
     AnalysedFace,
@@ -75,7 +76,7 @@ from deid.pipeline.report import (
     face_totals,
 )
 from deid.pipeline.resources import Resources
-from deid.pipeline.stages import classify, crop, detect
+from deid.pipeline.stages import classify, crop
 from deid.pipeline.steps import Step, Timer, run_steps
 from deid.pipeline.tracking import plan_tracks
 from deid.pipeline.verify import needs_repair, record_crop, verify_frames
@@ -162,11 +163,13 @@ def analyse(
     timer = Timer()
     faces: list[list[AnalysedFace]] = []
     batch_frames = res.settings.detector.batch_frames
+    # keyframes counted from the chunk's first frame: each chunk is analysed on its own
+    detector = KeyframeDetector(res.detector, res.settings.detector.keyframe_interval)
     with timer("decode"):
         frames = [f for _, f in _frames(Path(input), layout, chunk)]
     for batch in iter_batches(frames, batch_frames):
         with timer("detect"):
-            dets = detect(res.detector, batch)
+            dets = detector.detect(batch)
         with timer("classify"):
             crops = crop(batch, dets, res.classifier)
             logits = (
@@ -190,6 +193,7 @@ def analyse(
         faces.extend(per_frame)
         if on_frames is not None:
             on_frames(len(batch))
+    log.debug("chunk %d: detection %s", chunk.index, detector.stats.as_dict())
     return Analysis(
         chunk=chunk.index, start=chunk.start, faces=faces, seconds=timer.rounded()
     ).wire()
