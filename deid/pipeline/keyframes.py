@@ -24,6 +24,7 @@ frame is detected in full, as before.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -71,6 +72,7 @@ class KeyframeStats:
     full: int = 0
     fallbacks: int = 0
     windows: int = 0
+    back: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
@@ -79,6 +81,7 @@ class KeyframeStats:
             "full": self.full,
             "fallbacks": self.fallbacks,
             "windows": self.windows,
+            "back": self.back,
             "reasons": dict(self.reasons),
         }
 
@@ -110,9 +113,12 @@ class KeyframeDetector:
         self._index = 0
         self._tracks: list[_Track] = []
         self._prev_grey: np.ndarray | None = None
+        self._shifts: list[tuple[float, float]] = []  # pan from the frame before, grey px
+        self._back_steps: dict[int, int] = defaultdict(int)
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-        """Faces of the next frames of the chunk, in order."""
+        """Faces of the next frames of the chunk, in order (forward only: a face first found
+        in a frame is not looked for in the frames before; :meth:`detect_chunk` does)."""
         self.stats.frames += len(frames)
         if self.interval == 1:  # every frame in full, in one batched call (as before)
             self.stats.full += len(frames)
@@ -123,13 +129,56 @@ class KeyframeDetector:
             if self._index % self.interval == 0 or self._prev_grey is None:
                 d = self.detector.detect([frame])[0]
                 self.stats.full += 1
-                self._prev_grey = _grey(frame)
+                grey = _grey(frame)
+                self._shifts.append(
+                    (0.0, 0.0) if self._prev_grey is None else _change(self._prev_grey, grey)[0]
+                )
+                self._prev_grey = grey
             else:
                 d = self._between(frame)
             self._follow(d)
             out.append(d)
             self._index += 1
         return out
+
+    def detect_chunk(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        """Faces of all the frames of a chunk: :meth:`detect`, then backwards, each face that
+        first shows in a frame is looked for in a window in the frames before (down to
+        :data:`KEEP` frames, or until it is not found), so that a face the keyframe missed
+        is not missed until the frame it is first found in."""
+        out = self.detect(frames)
+        if self.interval == 1:
+            return out
+        for t in range(len(frames) - 1, 0, -1):
+            self._extend_back(frames, out, t)
+        return out
+
+    def _extend_back(self, frames: Sequence[np.ndarray], out: list[Detections], t: int) -> None:
+        """Looks for the faces of frame ``t`` that frame ``t - 1`` lacks in ``t - 1``."""
+        cur, prev = out[t], out[t - 1]
+        if not len(cur):
+            return
+        dx, dy = (CHANGE_SCALE * v for v in self._shifts[t])
+        back = cur.boxes - np.array([dx, dy, dx, dy], np.float32)
+        new = np.ones(len(cur), bool)
+        if len(prev):
+            new = box_iou(back, prev.boxes).max(1) < 0.3
+        if not new.any() or self._back_steps[t] >= KEEP:
+            return
+        h, w = frames[t - 1].shape[:2]
+        rects = [_grow(b, w, h, 0.0, 0.0, 0) for b in back[new]]
+        found = self._windows(frames[t - 1], rects)
+        if not len(found):
+            return
+        m = box_iou(found.boxes, back[new]) >= 0.3
+        if len(prev):
+            m &= (box_iou(found.boxes, prev.boxes) < 0.3).all(1)[:, None]
+        add = m.any(1)
+        if not add.any():
+            return
+        self.stats.back += int(add.sum())
+        self._back_steps[t - 1] = self._back_steps[t] + 1
+        out[t - 1] = _merge(prev, found.select(add))
 
     # -- the frames in between ---------------------------------------------------------------
     def _between(self, frame: np.ndarray) -> Detections:
@@ -138,6 +187,7 @@ class KeyframeDetector:
         assert self._prev_grey is not None
         shift, changed = _change(self._prev_grey, grey)
         self._prev_grey = grey
+        self._shifts.append(shift)
         dx, dy = shift[0] * CHANGE_SCALE, shift[1] * CHANGE_SCALE
         face_rects = [_grow(t.box, w, h, dx, dy, t.missed) for t in self._tracks]
         rects = list(face_rects)
@@ -243,6 +293,17 @@ class KeyframeDetector:
             if not hit and t.missed < KEEP
         ]
         self._tracks = found + kept
+
+
+def _merge(a: Detections, b: Detections) -> Detections:
+    """The faces of ``a`` and ``b`` of one frame, top to bottom, left to right."""
+    boxes = np.concatenate([a.boxes, b.boxes])
+    order = np.lexsort((boxes[:, 0], boxes[:, 1]))
+    return Detections(
+        boxes[order],
+        np.concatenate([a.scores, b.scores])[order],
+        np.concatenate([a.landmarks, b.landmarks])[order],
+    )
 
 
 def _grey(frame: np.ndarray) -> np.ndarray:

@@ -167,9 +167,17 @@ def analyse(
     detector = KeyframeDetector(res.detector, res.settings.detector.keyframe_interval)
     with timer("decode"):
         frames = [f for _, f in _frames(Path(input), layout, chunk)]
-    for batch in iter_batches(frames, batch_frames):
+    chunk_dets = None
+    if detector.interval > 1:  # faces are also looked for backwards: the chunk at once
         with timer("detect"):
-            dets = detector.detect(batch)
+            chunk_dets = detector.detect_chunk(frames)
+    for start, batch in _numbered(iter(frames), batch_frames, 0):
+        with timer("detect"):
+            dets = (
+                detector.detect(batch)
+                if chunk_dets is None
+                else chunk_dets[start : start + len(batch)]
+            )
         with timer("classify"):
             crops = crop(batch, dets, res.classifier)
             logits = (
