@@ -24,7 +24,6 @@ frame is detected in full, as before.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -114,7 +113,6 @@ class KeyframeDetector:
         self._tracks: list[_Track] = []
         self._prev_grey: np.ndarray | None = None
         self._shifts: list[tuple[float, float]] = []  # pan from the frame before, grey px
-        self._back_steps: dict[int, int] = defaultdict(int)
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         """Faces of the next frames of the chunk, in order (forward only: a face first found
@@ -142,43 +140,47 @@ class KeyframeDetector:
         return out
 
     def detect_chunk(self, frames: Sequence[np.ndarray]) -> list[Detections]:
-        """Faces of all the frames of a chunk: :meth:`detect`, then backwards, each face that
-        first shows in a frame is looked for in a window in the frames before (down to
-        :data:`KEEP` frames, or until it is not found), so that a face the keyframe missed
-        is not missed until the frame it is first found in."""
+        """Faces of all the frames of a chunk: :meth:`detect`, then backwards, each face of a
+        frame that the frame before lacks is looked for in a window there, and further back
+        for up to :data:`KEEP` frames in which it is not found, so that a face the keyframe
+        missed is found before the frame it was first found in, as a full detection of
+        every frame would."""
         out = self.detect(frames)
         if self.interval == 1:
             return out
+        pending: list[tuple[np.ndarray, int]] = []  # (box in frame t, frames missed)
         for t in range(len(frames) - 1, 0, -1):
-            self._extend_back(frames, out, t)
+            dx, dy = (CHANGE_SCALE * v for v in self._shifts[t])
+            move = np.array([dx, dy, dx, dy], np.float32)
+            seeds = [(b, 0) for b in out[t].boxes] + pending
+            prev = out[t - 1]
+            boxes = np.array([b for b, _ in seeds], np.float32).reshape(-1, 4) - move
+            todo = np.ones(len(seeds), bool)
+            if len(prev) and len(seeds):
+                todo = box_iou(boxes, prev.boxes).max(1) < 0.3
+            if not todo.any():
+                pending = []
+                continue
+            h, w = frames[t - 1].shape[:2]
+            idx = np.flatnonzero(todo)
+            rects = [_grow(boxes[i], w, h, 0.0, 0.0, seeds[i][1]) for i in idx]
+            found = self._windows(frames[t - 1], rects)
+            hit = np.zeros(len(idx), bool)
+            if len(found):
+                m = box_iou(found.boxes, boxes[idx]) >= 0.3
+                if len(prev):
+                    m &= (box_iou(found.boxes, prev.boxes) < 0.3).all(1)[:, None]
+                add = m.any(1)
+                hit = m.any(0)
+                if add.any():
+                    self.stats.back += int(add.sum())
+                    out[t - 1] = _merge(prev, found.select(add))
+            pending = [
+                (boxes[i], seeds[i][1] + 1)
+                for i, h_ in zip(idx, hit, strict=True)
+                if not h_ and seeds[i][1] + 1 < KEEP
+            ]
         return out
-
-    def _extend_back(self, frames: Sequence[np.ndarray], out: list[Detections], t: int) -> None:
-        """Looks for the faces of frame ``t`` that frame ``t - 1`` lacks in ``t - 1``."""
-        cur, prev = out[t], out[t - 1]
-        if not len(cur):
-            return
-        dx, dy = (CHANGE_SCALE * v for v in self._shifts[t])
-        back = cur.boxes - np.array([dx, dy, dx, dy], np.float32)
-        new = np.ones(len(cur), bool)
-        if len(prev):
-            new = box_iou(back, prev.boxes).max(1) < 0.3
-        if not new.any() or self._back_steps[t] >= KEEP:
-            return
-        h, w = frames[t - 1].shape[:2]
-        rects = [_grow(b, w, h, 0.0, 0.0, 0) for b in back[new]]
-        found = self._windows(frames[t - 1], rects)
-        if not len(found):
-            return
-        m = box_iou(found.boxes, back[new]) >= 0.3
-        if len(prev):
-            m &= (box_iou(found.boxes, prev.boxes) < 0.3).all(1)[:, None]
-        add = m.any(1)
-        if not add.any():
-            return
-        self.stats.back += int(add.sum())
-        self._back_steps[t - 1] = self._back_steps[t] + 1
-        out[t - 1] = _merge(prev, found.select(add))
 
     # -- the frames in between ---------------------------------------------------------------
     def _between(self, frame: np.ndarray) -> Detections:
