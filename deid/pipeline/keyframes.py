@@ -58,6 +58,8 @@ FULL_AREA = 0.35
 BUCKETS = (32, 48, 64, 96, 128, 192, 256, 384, 512)
 #: Windows longer than the largest bucket are cut into pieces overlapping this much.
 PIECE_OVERLAP = 96
+#: px: a window's detection this close to a window edge inside the frame is dropped.
+EDGE = 2.0
 #: Two detections of one frame whose boxes overlap more than this are one face.
 SAME_FACE_IOU = 0.4
 
@@ -234,6 +236,7 @@ class KeyframeDetector:
     def _windows(self, frame: np.ndarray, rects: Sequence[Rect]) -> Detections:
         """Faces in ``rects`` of ``frame``: each padded to a bucket size, searched by shape
         in one call, mapped back, duplicates merged."""
+        h, w = frame.shape[:2]
         pieces = [p for r in rects for p in _pieces(r)]
         self.stats.windows += len(pieces)
         if not pieces:
@@ -250,11 +253,24 @@ class KeyframeDetector:
                 c[: y2 - y1, : x2 - x1] = frame[y1:y2, x1:x2]
                 crops.append(c)
             for k, d in zip(idx, self.detector.detect(crops, edge_pad=0), strict=True):
-                x1, y1 = pieces[k][:2]
+                x1, y1, x2, y2 = pieces[k]
                 off = np.array([x1, y1], np.float32)
-                boxes.append(d.boxes + np.tile(off, 2))
-                scores.append(d.scores)
-                marks.append(d.landmarks + off)
+                b = d.boxes + np.tile(off, 2)
+                # a box reaching a window edge inside the frame may be a face cut by the
+                # window (a part of a face, or of a face's window, looks like a face): the
+                # face lies whole in its own window
+                cut = np.zeros(len(b), bool)
+                if x1 > 0:
+                    cut |= b[:, 0] < x1 + EDGE
+                if x2 < w:
+                    cut |= b[:, 2] > x2 - EDGE
+                if y1 > 0:
+                    cut |= b[:, 1] < y1 + EDGE
+                if y2 < h:
+                    cut |= b[:, 3] > y2 - EDGE
+                boxes.append(b[~cut])
+                scores.append(d.scores[~cut])
+                marks.append(d.landmarks[~cut] + off)
         b = np.concatenate(boxes).astype(np.float32)
         if not len(b):
             return Detections.empty()
