@@ -85,7 +85,7 @@ class DetectorConfig(_Strict):
         "copy enlarged by this factor: small faces are found more often",
     )
     keyframe_interval: int = Field(
-        5,
+        1,
         ge=1,
         le=300,
         description="videos: every n-th frame of a chunk is detected in full, the frames in "
