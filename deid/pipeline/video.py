@@ -56,6 +56,7 @@ from deid.io import (
     tmp_beside,
     writing,
 )
+from deid.pipeline.keyframes import KeyframeDetector
 from deid.pipeline.protect import ProtectContext
 from deid.pipeline.report import (
     AnalysedFace,
@@ -76,7 +77,7 @@ from deid.pipeline.report import (
     judge_totals,
 )
 from deid.pipeline.resources import Resources
-from deid.pipeline.stages import classify, crop, detect
+from deid.pipeline.stages import classify, crop
 from deid.pipeline.steps import Step, Timer, run_steps
 from deid.pipeline.tracking import plan_tracks
 from deid.pipeline.verify import (
@@ -167,6 +168,10 @@ def analyse(
 ) -> dict[str, Any]:
     """Detect and classify the faces of one chunk (``on_frames(n)`` after each batch).
 
+    With ``detector.keyframe_interval`` > 1 the chunk's frames are detected first, all at
+    once (:meth:`KeyframeDetector.detect_chunk` also searches backwards), then classified
+    batch by batch.
+
     Returns:
         the chunk's :class:`Analysis` (JSON form): per frame its faces, each with box, score,
         landmarks and logits.
@@ -175,11 +180,21 @@ def analyse(
     timer = Timer()
     faces: list[list[AnalysedFace]] = []
     batch_frames = res.settings.detector.batch_frames
+    # keyframes counted from the chunk's first frame: each chunk is analysed on its own
+    detector = KeyframeDetector(res.detector, res.settings.detector.keyframe_interval)
     with timer("decode"):
         frames = [f for _, f in _frames(Path(input), layout, chunk)]
-    for batch in iter_batches(frames, batch_frames):
+    chunk_dets = None
+    if detector.interval > 1:  # faces are also looked for backwards: the chunk at once
         with timer("detect"):
-            dets = detect(res.detector, batch)
+            chunk_dets = detector.detect_chunk(frames)
+    for start, batch in _numbered(iter(frames), batch_frames, 0):
+        with timer("detect"):
+            dets = (
+                detector.detect(batch)
+                if chunk_dets is None
+                else chunk_dets[start : start + len(batch)]
+            )
         with timer("classify"):
             crops = crop(batch, dets, res.classifier)
             logits = (
@@ -203,6 +218,7 @@ def analyse(
         faces.extend(per_frame)
         if on_frames is not None:
             on_frames(len(batch))
+    log.debug("chunk %d: detection %s", chunk.index, detector.stats.as_dict())
     return Analysis(
         chunk=chunk.index, start=chunk.start, faces=faces, seconds=timer.rounded()
     ).wire()
