@@ -99,7 +99,7 @@ def pedestrians(args: argparse.Namespace, detector: Any) -> list[dict[str, Any]]
 def agreement(full: list, key: list) -> dict[str, int]:
     """Faces of every-frame detection that keyframe detection also found (box IoU >= 0.5),
     and keyframe faces that every-frame detection did not find."""
-    from deid.pipeline.keyframes import box_iou
+    from deid.pipeline.tracking import iou_matrix as box_iou
 
     found = extra = total = 0
     for a, b in zip(full, key, strict=True):

@@ -15,7 +15,8 @@ from deid.detect import build_detector
 from deid.io import read_frames, write_video
 from deid.pipeline import Resources, run
 from deid.pipeline import video as job
-from deid.pipeline.keyframes import KeyframeDetector, box_iou
+from deid.pipeline.keyframes import KeyframeDetector
+from deid.pipeline.tracking import iou_matrix as box_iou
 
 from .conftest import SCENES
 from .test_video_job import face_frames, write_clip

@@ -44,6 +44,7 @@ from deid.eval.drone import (
     drone_still,
     size_bucket,
 )
+from deid.pipeline.tracking import iou_matrix as iou
 
 #: IoU at which a detection finds a face (else: its centre inside the face's box).
 MATCH_IOU = 0.3
@@ -55,16 +56,6 @@ DEFACE_PYTHON = REPO_ROOT / "bench" / ".venv-deface" / "bin" / "python"
 Boxes = np.ndarray
 #: A detector under test: frames in, boxes per frame and seconds per frame out.
 DetectFn = Callable[[Sequence[np.ndarray]], tuple[list[Boxes], list[float]]]
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU of x1, y1, x2, y2 boxes."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def match(truth: np.ndarray, dets: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ import torch
 from torchvision.ops import nms
 
 from deid.detect import Detector
+from deid.pipeline.tracking import iou_matrix as box_iou
 from deid.types import Detections
 
 #: A face's window: its box grown by this much of its longer side on every side.
@@ -406,13 +407,3 @@ def _pieces(r: Rect) -> list[Rect]:
 
 def _bucket(n: int) -> int:
     return next(b for b in BUCKETS if n <= b)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU of x1, y1, x2, y2 boxes."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
