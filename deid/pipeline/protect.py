@@ -118,6 +118,10 @@ class GeneratorConfig(AttackConfigBase):
         None, description="an attack run on the generated faces (its defaults, targeted)"
     )
 
+    then_params: dict[str, Any] = Field(
+        default_factory=dict, description="settings of the `then` attack (else its defaults)"
+    )
+
     @field_validator("then")
     @classmethod
     def _then_is_an_attack(cls, v: str | None) -> str | None:
@@ -198,7 +202,12 @@ class GeneratorProtector:
             sub = [crops[i] for i in idx]
             x, theta = to_batch(sub, ctx.device)
             landmarks = torch.tensor(np.stack([_crop_landmarks(c) for c in sub]))
-            tracks = torch.tensor([c.track for c in sub], dtype=torch.int64)
+            # a face of a still has no track (-1): give each its own id, so each gets its own
+            # new face (a generator keyed by the track would give them all one)
+            tracks = torch.tensor(
+                [c.track if c.track >= 0 else -1 - (c.frame * 100_000 + c.face) for c in sub],
+                dtype=torch.int64,
+            )
             y = self.generator.generate(x, landmarks.to(ctx.device), tracks.to(ctx.device))
             if y.shape != x.shape:
                 raise ShapeError(f"generator {self.name!r} output", tuple(y.shape), str(x.shape))
@@ -240,8 +249,19 @@ def build_protector(cfg: AttackConfigBase) -> Protector:
     name = getattr(cfg, "name", None)
     if name in GENERATORS:
         then = getattr(cfg, "then", None)
-        follow = build_attack(attack_config(then, targeted=True)) if then else None
+        params = dict(getattr(cfg, "then_params", None) or {})
+        follow = build_attack(attack_config(then, targeted=True, **params)) if then else None
         return GeneratorProtector(name, GENERATORS[name](cfg), follow)
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; available: {sorted(ATTACKS)}")
     return AttackProtector(name, build_attack(cfg))
+
+
+def _register_builtin() -> None:
+    from deid.generators.replace import ReplaceConfig, build
+
+    if "replace" not in GENERATORS:
+        register_generator("replace", build, ReplaceConfig)
+
+
+_register_builtin()

@@ -1,0 +1,119 @@
+"""``--attack replace``: every face is replaced by a generated face of no one, one new face per
+track, pasted back with a soft mask and colour-matched; then (by default) a few targeted
+I-FGSM steps with EOT make deid's classifier see the chosen target identity in it.
+
+The face generator (:mod:`deid.generators.facegan`) works on crops aligned by the five
+landmarks to the template it was trained with; here each face crop is warped to that
+aligned square, its inner region is generated, and the result is warped back into the
+crop's own pixels. Faces larger than the generator's 64 px are upsampled (bilinear): the
+new face is softer than the frame around it, which is what a viewer notices first on large
+faces; its mean colour is matched to the original face's so that lighting and skin tone
+fit the scene.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from deid.align import similarity
+from deid.generators.facegan import FaceGenerator, z_for_tracks
+from deid.models import WEIGHTS_DIR
+from deid.pipeline.protect import GeneratorConfig
+
+SHIPPED = WEIGHTS_DIR / "facegan-celeba.pt"
+
+
+class ReplaceConfig(GeneratorConfig):
+    """``attack: {name: replace, ...}``."""
+
+    name: Literal["replace"] = "replace"
+    generator: Path | None = Field(
+        None, description="a face generator checkpoint (default: the shipped facegan-celeba.pt)"
+    )
+    seed: int = Field(0, description="seeds each track's latent: the same seed, the same faces")
+    colour_match: bool = Field(True, description="match the new face's mean colour to the old")
+    then: str | None = Field(
+        "ifgsm", description="an attack run on the replaced faces (targeted); null: none"
+    )
+    then_params: dict[str, Any] = Field(
+        default_factory=lambda: {"steps": 10, "eps": 8 / 255, "alpha": 2 / 255},
+        description="settings of the `then` attack (its defaults for the rest, EOT included)",
+    )
+
+
+class ReplaceFaces:
+    """The :class:`~deid.pipeline.protect.Generator` of ``--attack replace``."""
+
+    def __init__(self, cfg: ReplaceConfig, device: torch.device | str = "cpu") -> None:
+        self.cfg = cfg
+        self.gen = FaceGenerator.load(cfg.generator or SHIPPED, device)
+        self.template = np.asarray(self.gen.meta.template, np.float64)
+
+    @torch.no_grad()
+    def generate(self, crops: Tensor, landmarks: Tensor, track_ids: Tensor) -> Tensor:
+        dev = crops.device
+        if next(self.gen.parameters()).device != dev:
+            self.gen.to(dev)  # the pipeline's device (--device)
+        x = crops.float()
+        n, _, h, w = x.shape
+        gh, gw = self.gen.meta.size
+        to_crop = torch.stack([self._theta(lm, (h, w)) for lm in landmarks.cpu().numpy()]).to(dev)
+        # crop -> aligned square (what the generator was trained on)
+        grid = F.affine_grid(to_crop, [n, 3, gh, gw], align_corners=False)
+        aligned = F.grid_sample(
+            x, grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
+        mask = self.gen.mask(n, dev)
+        z = z_for_tracks(track_ids.cpu(), self.gen.meta.z_dim, self.cfg.seed).to(dev)
+        face = self.gen(aligned, mask, z)
+        if self.cfg.colour_match:
+            face = _match_mean(face, aligned, mask)
+        # aligned square -> crop pixels: invert the affine map
+        back = F.affine_grid(_invert(to_crop), [n, 3, h, w], align_corners=False)
+        face_c = F.grid_sample(
+            face, back, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        mask_c = F.grid_sample(
+            mask, back, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        return (mask_c * face_c + (1 - mask_c) * x).clamp(0, 1)
+
+    def _theta(self, lm: np.ndarray, hw: tuple[int, int]) -> Tensor:
+        """(2, 3) affine map from the aligned square's normalised coords to the crop's."""
+        h, w = hw
+        gh, gw = self.gen.meta.size
+        if not np.isfinite(lm).all():  # no landmarks: the crop is the aligned square
+            return torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
+        dst = self.template * np.array([gw, gh])
+        minv = np.linalg.inv(similarity(lm, dst))  # aligned px -> crop px
+        d_out = np.array([[gw / 2, 0, gw / 2], [0, gh / 2, gh / 2], [0, 0, 1]])
+        n_in = np.array([[2 / w, 0, -1], [0, 2 / h, -1], [0, 0, 1]])
+        return torch.tensor((n_in @ minv @ d_out)[:2], dtype=torch.float32)
+
+
+def _invert(theta: Tensor) -> Tensor:
+    full = torch.cat(
+        [theta, torch.tensor([0, 0, 1.0], device=theta.device).expand(len(theta), 1, 3)], 1
+    )
+    return torch.linalg.inv(full)[:, :2]
+
+
+def _match_mean(face: Tensor, original: Tensor, mask: Tensor) -> Tensor:
+    """Shift the generated face's mean colour inside the mask to the original's (lighting
+    and skin tone of the scene; a mean colour identifies no one)."""
+    wsum = mask.sum((2, 3), keepdim=True).clamp_min(1e-6)
+    mu_f = (face * mask).sum((2, 3), keepdim=True) / wsum
+    mu_o = (original * mask).sum((2, 3), keepdim=True) / wsum
+    return (face + (mu_o - mu_f)).clamp(0, 1)
+
+
+def build(cfg: ReplaceConfig) -> ReplaceFaces:
+    """The registry's factory (the generator follows the crops to the pipeline's device)."""
+    return ReplaceFaces(cfg)

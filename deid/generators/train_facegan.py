@@ -1,0 +1,285 @@
+"""Training of the face-replacement generator (``deid train facegan``).
+
+The seed's minibatch GAN algorithm (k discriminator steps per generator step), with what
+data-efficient GAN training does for a small set (4k CelebA faces): DiffAugment for both
+players, spectral norm in the discriminator, a lazy R1 penalty on real crops, an
+exponential moving average of the generator's weights, hinge losses. The generator also
+minimises an L1 reconstruction of the ring around the region (its output must meet the
+context where the soft mask blends them) and a mode-seeking term (Mao et al. 2019: two
+latents for one context must give two faces), so the latent, kept per track in a video,
+decides the new face:
+
+    L_D = E[relu(1 - D(A(x), m))] + E[relu(1 + D(A(x~), m))] + gamma/2 E[|grad D(A(x))|^2]
+    L_G = -E[D(A(x~), m)] + lambda_ring E[|G - x| (1 - m)] + lambda_ms relu(1 - r / r0),
+    r = |G1 - G2|_m / |z1 - z2|
+
+with x~ = m G(x, m, z) + (1 - m) x, A the augmentation, m a jittered elliptical mask.
+
+Data: the CelebA subset's training split, minus ``holdout_identities`` identities held out
+entirely (their faces are real people the generator never saw: the reference for "no real
+person", see :mod:`deid.eval.replace`); the file's test split is never used.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from deid.data import load_dataset
+from deid.data.datasets import FaceDataset, dataset_file
+from deid.generators.facegan import (
+    FaceDiscriminator,
+    FaceGANMeta,
+    FaceGenerator,
+    diff_augment,
+    ellipse_mask,
+)
+from deid.generators.train_advgan import write_sheet
+from deid.io import Artefact, check_writes
+from deid.models import load_classifier
+from deid.models.train import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def holdout_split(ds: FaceDataset, n_identities: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, held-out identity labels): the train split minus every image of
+    ``n_identities`` identities drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    held = np.sort(rng.permutation(ds.num_classes)[:n_identities])
+    train = ds.train[~np.isin(ds.labels[ds.train], held)]
+    return train, held
+
+
+def train_facegan(
+    out: Path,
+    *,
+    data: Path | None = None,
+    epochs: int = 40,
+    batch_size: int = 32,
+    width: int = 24,
+    z_dim: int = 64,
+    region: tuple[float, float, float, float] = (0.5, 0.56, 0.40, 0.46),
+    holdout_identities: int = 25,
+    seed: int = 0,
+    device: str = "cpu",
+    command: str = "",
+    samples_dir: Path | None = None,
+    max_seconds: float | None = None,
+    limit: int | None = None,
+) -> tuple[FaceGenerator, dict[str, Any]]:
+    """Train a face generator on the CelebA subset and write it to ``out``.
+
+    Args:
+        epochs: passes over the training faces.
+        region: the replaced ellipse (cx, cy, rx, ry) as fractions of the crop.
+        holdout_identities: identities kept out of training entirely.
+        samples_dir: write a sheet of generated faces (composites) every few epochs.
+        max_seconds: stop after this long (at an epoch's end), keeping what was learned.
+        limit: use only this many training faces (tests).
+
+    Returns:
+        the generator (EMA weights) and its figures.
+    """
+    check_writes(
+        [("dataset", dataset_file("celeba", data))],
+        [
+            Artefact("checkpoint", out),
+            Artefact("checkpoint metadata", out.with_suffix(".json")),
+            Artefact("contact sheets", samples_dir, folder=True) if samples_dir else None,
+        ],
+    )
+    seed_everything(seed)
+    dev = torch.device(device)
+    ds = load_dataset("celeba", data)
+    train_idx, held = holdout_split(ds, holdout_identities, seed)
+    if limit:
+        train_idx = train_idx[:limit]
+    x_all, _ = ds.tensors_at(train_idx)
+    clf_template = load_classifier("celeba-cnn").meta.template
+    meta = FaceGANMeta(
+        size=tuple(x_all.shape[-2:]),  # type: ignore[arg-type]
+        template=[[float(v) for v in p] for p in clf_template],
+        region=region,
+        z_dim=z_dim,
+        width=width,
+        data={
+            "dataset": "celeba",
+            "file": ds.split.get("file", ""),
+            "split": "the file's train split (its test split is never used)",
+            "train_faces": len(train_idx),
+            "holdout_identities": [int(v) for v in held],
+            "holdout_seed": seed,
+        },
+        command=command,
+    )
+    g = FaceGenerator(meta).to(dev)
+    d = FaceDiscriminator(width).to(dev)
+    ema = copy.deepcopy(g).eval()
+    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.0, 0.99))
+    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.0, 0.99))
+    hp = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": 2e-4,
+        "betas": [0.0, 0.99],
+        "k_discriminator_steps": 1,
+        "r1_gamma": 1.0,
+        "r1_every": 4,
+        "lambda_ring": 10.0,
+        "lambda_ms": 1.0,
+        "ms_target": 0.1,
+        "ema": 0.999,
+        "mask_jitter": 0.12,
+        "augment": "DiffAugment: colour, translation 1/8, cutout 1/2; horizontal flips",
+        "seed": seed,
+    }
+    gen = torch.Generator().manual_seed(seed)
+    half = batch_size // 2
+    steps_per_epoch = max(1, len(x_all) // half)
+    fixed = _fixed_batch(x_all, meta, 16, seed)
+    t0 = time.time()
+    last: dict[str, float] = {}
+    step = 0
+    done_epochs = 0
+    for epoch in range(epochs):
+        order = torch.randperm(len(x_all), generator=gen)
+        bar = tqdm(range(steps_per_epoch), desc=f"facegan {epoch + 1}/{epochs}", leave=False)
+        for i in bar:
+            idx = order[i * half : (i + 1) * half]
+            xb = x_all[idx]
+            flip = torch.rand(len(xb), generator=gen) < 0.5
+            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+            x = torch.cat([xb, xb]).to(dev)  # two latents per context (mode seeking)
+            m1 = ellipse_mask(len(xb), meta.size, region, meta.feather, 0.12, gen)
+            m = torch.cat([m1, m1]).to(dev)
+            z = torch.randn(len(x), z_dim, generator=gen).to(dev)
+            # -- discriminator
+            with torch.no_grad():
+                fake = m * g(x, m, z) + (1 - m) * x
+            real_a, real_m = diff_augment(x, m, gen)
+            fake_a, fake_m = diff_augment(fake, m, gen)
+            r1 = step % hp["r1_every"] == 0
+            if r1:
+                real_a = real_a.detach().requires_grad_(True)
+            d_real = d(real_a, real_m)
+            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d(fake_a, fake_m)).mean()
+            if r1:
+                (grad,) = torch.autograd.grad(d_real.sum(), real_a, create_graph=True)
+                loss_d = loss_d + hp["r1_gamma"] / 2 * grad.pow(2).flatten(1).sum(1).mean() * 4
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            # -- generator
+            gx = g(x, m, z)
+            fake = m * gx + (1 - m) * x
+            fake_a, fake_m = diff_augment(fake, m, gen)
+            adv = -d(fake_a, fake_m).mean()
+            ring = ((gx - x).abs() * (1 - m)).mean() / (1 - m).mean().clamp_min(1e-6)
+            mm = m1.to(dev)
+            lz = ((gx[:half] - gx[half:]).abs() * mm).sum() / (3 * mm.sum()).clamp_min(1e-6)
+            lz = lz / (z[:half] - z[half:]).abs().mean()
+            ms = F.relu(hp["ms_target"] - lz) / hp["ms_target"]
+            loss_g = adv + hp["lambda_ring"] * ring + hp["lambda_ms"] * ms
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            with torch.no_grad():
+                for pe, pg in zip(ema.parameters(), g.parameters(), strict=True):
+                    pe.lerp_(pg, 1 - hp["ema"])
+                for be, bg in zip(ema.buffers(), g.buffers(), strict=True):
+                    be.copy_(bg)
+            step += 1
+            last = {
+                "d": float(loss_d.detach()),
+                "g_adv": float(adv.detach()),
+                "ring_l1": float(ring.detach()),
+                "ms_ratio": float(lz.detach()),
+            }
+            bar.set_postfix({k: f"{v:.3f}" for k, v in last.items()})
+        done_epochs = epoch + 1
+        if samples_dir is not None and (done_epochs % 5 == 0 or done_epochs == epochs):
+            write_sheet(samples_dir / f"epoch-{done_epochs:03d}.png", _samples(ema, fixed))
+        ema.meta.training = {
+            **hp,
+            "epochs_done": done_epochs,
+            "steps": step,
+            "seconds": round(time.time() - t0, 1),
+            "last_losses": last,
+        }
+        ema.save(out)  # a checkpoint every epoch: an interrupted run keeps what it learned
+        log.info("epoch %d: %s (%.0f s)", done_epochs, last, time.time() - t0)
+        if max_seconds is not None and time.time() - t0 > max_seconds:
+            log.info("stopping after %d epochs: --max-seconds %s reached", done_epochs, max_seconds)
+            break
+    figures = own_classifier_figures(ema, ds, held, seed)
+    ema.meta.figures = figures
+    ema.meta.training = {**ema.meta.training, "epochs_done": done_epochs}
+    ema.save(out)
+    return ema, figures
+
+
+def _fixed_batch(x: Tensor, meta: FaceGANMeta, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed + 1)
+    idx = torch.randperm(len(x), generator=g)[: n // 2]
+    ctx = torch.cat([x[idx], x[idx]])
+    return ctx, torch.randn(len(ctx), meta.z_dim, generator=g)
+
+
+@torch.no_grad()
+def _samples(g: FaceGenerator, fixed: tuple[Tensor, Tensor]) -> Tensor:
+    """Composites of fixed contexts with two latents each (rows: latent 1, latent 2)."""
+    dev = next(g.parameters()).device
+    x, z = fixed
+    x = x.to(dev)
+    return g.composite(x, g.mask(len(x), dev), z.to(dev)).cpu()
+
+
+@torch.no_grad()
+def own_classifier_figures(
+    g: FaceGenerator, ds: FaceDataset, held: np.ndarray, seed: int, n: int = 300
+) -> dict[str, Any]:
+    """What deid's own CelebA classifier sees in replaced faces of the held-out test split:
+    the share it still gives the original identity (clean: its test accuracy) and the
+    generator's ring error. The independent judge's figures are made by
+    ``deid eval replace`` (training code never uses the judge)."""
+    clf = load_classifier("celeba-cnn")
+    dev = next(g.parameters()).device
+    clf = clf.to(dev)
+    rng = np.random.default_rng(seed)
+    test = ds.test[~np.isin(ds.labels[ds.test], held)]
+    idx = np.sort(rng.permutation(test)[: min(n, len(test))])
+    x, y = ds.tensors_at(idx)
+    x, y = x.to(dev), y.to(dev)
+    z = torch.randn(len(x), g.meta.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
+    m = g.mask(len(x), dev)
+    out = g(x, m, z)
+    xr = m * out + (1 - m) * x
+    xr = torch.round(xr * 255) / 255
+    clean = clf(x).argmax(1) == y
+    after = clf(xr).argmax(1) == y
+    ring = float(((out - x).abs() * (1 - m)).mean() / (1 - m).mean())
+    return {
+        "n": len(idx),
+        "own_classifier_clean_accuracy": round(float(clean.float().mean()), 4),
+        "own_classifier_still_recognised": round(float(after.float().mean()), 4),
+        "ring_l1": round(ring, 4),
+        "data": "CelebA test split of the identities the generator trained on",
+    }
+
+
+def region_default() -> tuple[float, float, float, float]:
+    """The replaced region of the shipped generator (see deid/weights/README.md)."""
+    return FaceGANMeta().region
+
+
+__all__ = ["holdout_split", "own_classifier_figures", "region_default", "train_facegan"]
