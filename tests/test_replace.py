@@ -187,3 +187,24 @@ def test_run_replace_on_a_photo_writes_faces_the_judge_does_not_link(tmp_path: P
     assert all(not j["linked"] and j["natural"] for j in judged), judged
     assert rep["judge"]["totals"]["natural_unlinkable"] == 1.0
     assert rep["totals"]["fail_closed"] == 0  # replaced and targeted, not obscured
+
+
+@needs_judge
+@pytest.mark.slow
+def test_eval_replace_reports_regions_no_one_and_realism(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "replace.json"
+    assert main(["eval", "replace", "-n", "6", "--gallery-per-id", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "whole crop" in text and "Fréchet" in text
+    t = json.loads(out.read_text())
+    regions = {r["region"]: r for r in t["regions"]}
+    assert len(regions) == 6 and all(0 <= r["unlinkable"] <= 1 for r in regions.values())
+    # another real person over the whole crop: the judge sees that person, not the original
+    assert regions["whole crop"]["unlinkable"] >= 5 / 6
+    g = t["generator_row"]
+    assert g["same_latent_identical"] is True
+    assert t["no_one"]["n"] == 6 and "generated_on_unseen_contexts" in t["no_one"]
+    fd = t["realism_frechet"]
+    assert fd["none (clean)"] < fd["pixelate"]  # the measure ranks a destroyed face as unreal

@@ -524,6 +524,9 @@ def _add_replace(esub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("-n", type=int, default=200, help="faces per study")
     p.add_argument("--generator", type=Path, help="face generator (default: the shipped one)")
+    p.add_argument(
+        "--gallery-per-id", type=int, default=5, help="training faces per identity (no-one)"
+    )
     p.add_argument("--data", type=Path, help="dataset npz (default: under DEID_DATA_DIR)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
@@ -547,6 +550,7 @@ def cmd_replace(args: argparse.Namespace) -> int:
         generator=str(args.generator) if args.generator else None,
         data=args.data,
         seed=args.seed,
+        gallery_per_id=args.gallery_per_id,
         progress=lambda line: sys.stderr.write(line + "\n"),
     )
     sys.stdout.write(format_replace(table) + "\n")

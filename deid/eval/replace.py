@@ -16,8 +16,9 @@ of itself there: 97% verification accuracy):
   the generator's training. A generator that copied training faces would give smaller
   distances than real unseen people do.
 * **realism**: a Fréchet distance between real held-out faces and processed ones, on the
-  penultimate features of deid's CelebA CNN (FID's recipe with deid's own network instead
-  of Inception, which is not installed here; read it as a ranking of modes, not as FID).
+  penultimate features of deid's CelebA CNN, in their top 32 principal directions (FID's
+  recipe with deid's own network instead of Inception, which is not installed here; read it
+  as a ranking of modes, not as FID).
 """
 
 from __future__ import annotations
@@ -50,12 +51,18 @@ def _quantiles(d: np.ndarray) -> dict[str, float]:
     }
 
 
-def frechet(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between two Gaussians fitted to feature sets (FID's formula)."""
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    covmean = np.real(covmean)
+def frechet(a: np.ndarray, b: np.ndarray, dims: int = 32) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (FID's formula), in the
+    top ``dims`` principal directions of ``a`` (with a few hundred faces, a covariance of
+    all 256 features would be singular)."""
+    k = max(1, min(dims, len(a) // 4, a.shape[1]))
+    mu = a.mean(0)
+    _, _, vt = np.linalg.svd(a - mu, full_matrices=False)
+    pa, pb = (a - mu) @ vt[:k].T, (b - mu) @ vt[:k].T
+    mu1, mu2 = pa.mean(0), pb.mean(0)
+    s1 = np.atleast_2d(np.cov(pa, rowvar=False))
+    s2 = np.atleast_2d(np.cov(pb, rowvar=False))
+    covmean = np.real(linalg.sqrtm(s1 @ s2))
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
@@ -64,9 +71,11 @@ def replace_table(
     generator: str | None = None,
     data: Any = None,
     seed: int = 0,
+    gallery_per_id: int = 5,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """The three studies (see the module's doc). ``n`` faces per study."""
+    """The four studies (see the module's doc): ``n`` faces per study; the no-one gallery
+    holds ``gallery_per_id`` training faces of every identity the generator trained on."""
     say = progress or (lambda _s: None)
     j = require_judge()
     gen = FaceGenerator.load(generator or SHIPPED)
@@ -140,7 +149,7 @@ def replace_table(
     # -- no one: nearest training identity, generated vs real unseen people
     train_idx, _ = holdout_split(ds, len(held), int(meta.data.get("holdout_seed", 0)))
     per_id = [
-        rng.permutation(train_idx[ds.labels[train_idx] == k])[:5]
+        rng.permutation(train_idx[ds.labels[train_idx] == k])[:gallery_per_id]
         for k in np.unique(ds.labels[train_idx])
     ]
     gallery = np.sort(np.concatenate(per_id))
@@ -162,7 +171,8 @@ def replace_table(
         return np.linalg.norm(desc[:, None] - g_desc[None], axis=2).min(1)
 
     no_one = {
-        "gallery": f"{len(gallery)} training faces of the generator (5 per identity, "
+        "gallery": f"{len(gallery)} training faces of the generator ({gallery_per_id} per "
+        "identity, "
         f"{len(per_id)} identities)",
         "real_unseen_people": _quantiles(nearest(u_desc)),
         "generated_on_unseen_contexts": _quantiles(nearest(gu_desc)),
