@@ -35,7 +35,14 @@ from deid.attacks.base import Attack, AttackConfigBase, from_uint8, perturbation
 from deid.attacks.registry import ATTACKS, attack_config, build_attack, register, unregister
 from deid.errors import ConfigError, ShapeError
 from deid.models import FaceClassifier
-from deid.pipeline.stages import FaceOutcome, attack_faces, batches, psnr, to_batch
+from deid.pipeline.stages import (
+    FaceOutcome,
+    attack_faces,
+    batches,
+    halving_on_oom,
+    psnr,
+    to_batch,
+)
 from deid.targets import TargetMode
 from deid.types import FaceCrop
 
@@ -198,7 +205,8 @@ class GeneratorProtector:
     @torch.no_grad()
     def _generate(self, crops: Sequence[FaceCrop], ctx: ProtectContext) -> ProtectResult:
         outcomes: list[FaceOutcome | None] = [None] * len(crops)
-        for idx in batches(crops, ctx.batch_size):
+
+        def run(idx: list[int]) -> None:
             sub = [crops[i] for i in idx]
             x, theta = to_batch(sub, ctx.device)
             landmarks = torch.tensor(np.stack([_crop_landmarks(c) for c in sub]))
@@ -233,6 +241,9 @@ class GeneratorProtector:
                     norms={k: float(v[j]) for k, v in norms.items()},
                     psnr=psnr(px[j, :h, :w], crops[i].pixels),
                 )
+
+        for idx in batches(crops, ctx.batch_size):
+            halving_on_oom(run, idx)
         return [o for o in outcomes if o is not None]
 
 

@@ -7,8 +7,9 @@ one kind of protection step). Verification and repair on the written file are in
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,8 @@ from deid.attacks.base import Attack, to_uint8
 from deid.detect import Detector
 from deid.models import FaceClassifier
 from deid.types import Detections, FaceCrop
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,6 +69,33 @@ def batches(crops: Sequence[FaceCrop], size: int) -> Iterator[list[int]]:
     )
     for i in range(0, len(order), size):
         yield order[i : i + size]
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an accelerator running out of memory (CUDA's, or another backend's
+    RuntimeError saying so)."""
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    )
+
+
+def halving_on_oom(run: Callable[[list[int]], None], idx: list[int]) -> None:
+    """``run(idx)``; if the device runs out of memory, ``run`` each half instead (and so on
+    down to one face, which is re-raised): a batch too large for the GPU's free memory is
+    met by smaller batches, never by a crash of the job."""
+    try:
+        run(idx)
+    except Exception as e:
+        if not is_out_of_memory(e) or len(idx) <= 1:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        mid = len(idx) // 2
+        log.warning(
+            "out of memory on a batch of %d faces: trying %d and %d", len(idx), mid, len(idx) - mid
+        )
+        halving_on_oom(run, idx[:mid])
+        halving_on_oom(run, idx[mid:])
 
 
 @torch.no_grad()
@@ -205,32 +235,49 @@ def attack_faces(
     for g in (False, True):
         members = [i for i in range(len(crops)) if grey[i] == g]
         for sub in batches([crops[i] for i in members], batch_size) if members else ():
-            idx = [members[k] for k in sub]
-            x, theta = to_batch([crops[i] for i in idx], device)
-            t = targets[idx].to(device)
-            model = classifier.bind(theta)
-            r: AttackResult = attack(GreyInput(model) if g else model, x, t)
-            adv, success, logits = to_uint8(r.images), r.success.cpu(), r.logits
-            if g:
-                adv = np.stack([gray_like(a) for a in adv])
-                with torch.no_grad():
-                    logits = model(
-                        torch.from_numpy(adv).permute(0, 3, 1, 2).float().div(255).to(device)
-                    )
-                success = success & (logits.argmax(1) == t).cpu()
-            probs = torch.softmax(logits.float(), 1).cpu()
-            for j, i in enumerate(idx):
-                h, w = crops[i].pixels.shape[:2]
-                px = adv[j, :h, :w]
-                outcomes[i] = FaceOutcome(
-                    pixels=px,
-                    success=bool(success[j]),
-                    steps=int(r.steps[j]),
-                    pred=int(preds[i]),
-                    target=int(targets[i]),
-                    final=int(probs[j].argmax()),
-                    final_conf=float(probs[j].max()),
-                    norms={k: float(v[j]) for k, v in r.norms.items()},
-                    psnr=psnr(px, crops[i].pixels),
-                )
+            halving_on_oom(
+                lambda idx, g=g: _attack_batch(
+                    attack, classifier, crops, targets, preds, device, idx, g, outcomes
+                ),
+                [members[k] for k in sub],
+            )
     return [o for o in outcomes if o is not None]
+
+
+def _attack_batch(
+    attack: Attack,
+    classifier: FaceClassifier,
+    crops: Sequence[FaceCrop],
+    targets: torch.Tensor,
+    preds: torch.Tensor,
+    device: torch.device,
+    idx: list[int],
+    g: bool,
+    outcomes: list[FaceOutcome | None],
+) -> None:
+    """Attack the crops at ``idx`` (all grey when ``g``) into ``outcomes``."""
+    x, theta = to_batch([crops[i] for i in idx], device)
+    t = targets[idx].to(device)
+    model = classifier.bind(theta)
+    r: AttackResult = attack(GreyInput(model) if g else model, x, t)
+    adv, success, logits = to_uint8(r.images), r.success.cpu(), r.logits
+    if g:
+        adv = np.stack([gray_like(a) for a in adv])
+        with torch.no_grad():
+            logits = model(torch.from_numpy(adv).permute(0, 3, 1, 2).float().div(255).to(device))
+        success = success & (logits.argmax(1) == t).cpu()
+    probs = torch.softmax(logits.float(), 1).cpu()
+    for j, i in enumerate(idx):
+        h, w = crops[i].pixels.shape[:2]
+        px = adv[j, :h, :w]
+        outcomes[i] = FaceOutcome(
+            pixels=px,
+            success=bool(success[j]),
+            steps=int(r.steps[j]),
+            pred=int(preds[i]),
+            target=int(targets[i]),
+            final=int(probs[j].argmax()),
+            final_conf=float(probs[j].max()),
+            norms={k: float(v[j]) for k, v in r.norms.items()},
+            psnr=psnr(px, crops[i].pixels),
+        )
