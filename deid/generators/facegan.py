@@ -127,7 +127,7 @@ class _Up(nn.Module):
         self.film = nn.Linear(z_dim, 2 * cout)
 
     def forward(self, x: Tensor, skip: Tensor, z: Tensor) -> Tensor:
-        x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         v = F.leaky_relu(self.conv1(torch.cat([x, skip], 1)), 0.2)
         gamma, beta = self.film(z)[:, :, None, None].chunk(2, 1)
         v = self.norm(self.conv2(v)) * (1 + gamma) + beta
