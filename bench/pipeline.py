@@ -43,7 +43,24 @@ DEFACE_VERSION = "1.5.0"
 DEFACE_BACKEND = "onnxrt"
 SOURCE = "scenes/pedestrians_walking_1080p.mp4"
 SIZES = {"1080p": (1920, 1080), "720p": (1280, 720)}
-ATTACK = {"name": "ifgsm", "steps": 10}
+ATTACK: dict[str, Any] = {"name": "ifgsm", "steps": 10}
+#: --attack choices: the bench's I-FGSM (the rows of the README's old tables), and face
+#: replacement with (``replace``) or without (``replace-only``) its targeted follow-up
+ATTACKS: dict[str, dict[str, Any]] = {
+    "ifgsm10": {"name": "ifgsm", "steps": 10},
+    "replace": {"name": "replace"},
+    "replace-only": {"name": "replace", "then": None},
+}
+
+
+def attack_label() -> str:
+    """How the rows name the attack: ``ifgsm 10 steps``, ``replace``, ``replace, then none``."""
+    if ATTACK["name"] == "ifgsm":
+        return f"ifgsm {ATTACK['steps']} steps"
+    extra = ", ".join(f"{k} {'none' if v is None else v}" for k, v in ATTACK.items() if k != "name")
+    return ATTACK["name"] + (f" ({extra})" if extra else "")
+
+
 STAGES = ("detect", "attack", "encode", "verify")
 
 
@@ -342,9 +359,7 @@ def run_deid_api(
     t = time.perf_counter()
     report = run(clip, out, settings, progress=False)
     wall = time.perf_counter() - t
-    config = f"deid API, ifgsm {ATTACK['steps']} steps, verify {'on' if verify else 'off'}" + _kf(
-        keyframes
-    )
+    config = f"deid API, {attack_label()}, verify {'on' if verify else 'off'}" + _kf(keyframes)
     row = deid_row(report, wall, config, out)
     row["torch_threads"] = torch.get_num_threads()
     # outside the report's total: building the detector, classifier and attack
@@ -361,8 +376,7 @@ def deid_env(
 ) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        DEID_ATTACK__NAME=ATTACK["name"],
-        DEID_ATTACK__STEPS=str(ATTACK["steps"]),
+        **{f"DEID_ATTACK__{k.upper()}": "null" if v is None else str(v) for k, v in ATTACK.items()},
         DEID_PIPELINE__DEVICE="cpu",
         DEID_PIPELINE__VERIFY="true",
     )
@@ -395,7 +409,7 @@ def run_deid_cli(
     wall, rc, output = time_command(
         cmd, out.with_suffix(".log"), deid_env(threads, classifier, keyframes)
     )
-    config = f"deid CLI, ifgsm {ATTACK['steps']} steps, verify on, whole command" + _kf(keyframes)
+    config = f"deid CLI, {attack_label()}, verify on, whole command" + _kf(keyframes)
     if rc != 0:
         say(f"deid CLI {label} FAILED (exit {rc}):\n{tail(output)}")
         return {"tool": "deid", "config": config, "wall_s": wall, "error": tail(output)}
@@ -429,7 +443,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"torch {m['torch']} (threads: default {m['torch_threads_default']}, "
         f"used {result['torch_threads_used']}, OMP_NUM_THREADS={m['omp_num_threads_env']}); "
         f"deid {m['deid']}, classifier {result['classifier']}, "
-        f"attack {ATTACK['name']} {ATTACK['steps']} steps, device cpu.",
+        f"attack {attack_label()}, device cpu.",
     ]
     d = result.get("deface")
     said = sorted({ln for r in result["rows"] for ln in r.get("backend_lines", [])})
@@ -502,9 +516,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--skip-cli", action="store_true", help="no whole-command deid rows")
     ap.add_argument(
+        "--attack",
+        choices=list(ATTACKS),
+        default="ifgsm10",
+        help="deid's protection (default ifgsm10: I-FGSM, 10 steps, the old tables' rows)",
+    )
+    ap.add_argument(
         "--clips", nargs="+", choices=list(SIZES), default=list(SIZES), help="which clips"
     )
     args = ap.parse_args(argv)
+    ATTACK.clear()
+    ATTACK.update(ATTACKS[args.attack])
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     say("importing deid and torch")
