@@ -84,6 +84,7 @@ PIPELINE_ATTACKS = (
     "onepixel",
     "universal",
     "advgan",
+    "replace",
 )
 DEFAULT_ATTACK = "ifgsm"
 

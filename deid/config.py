@@ -617,6 +617,6 @@ def load_settings(
         raise ConfigError(format_validation_error(e, names, redact)) from None
 
 
-# The built-in generators (``attack.name: replace``) register themselves with the protection
-# step's module; importing it here makes their names valid in every settings file.
-import deid.pipeline.protect  # noqa: E402,F401
+# The built-in generators (``attack.name: replace``) register themselves on import; importing
+# them here makes their names valid in every settings file.
+import deid.generators.builtin  # noqa: E402,F401

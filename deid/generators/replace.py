@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from deid.align import similarity
+from deid.generators.base import GeneratorConfig
 from deid.generators.facegan import FaceGenerator, z_for_tracks
+from deid.geometry import similarity
 from deid.models import WEIGHTS_DIR
-from deid.pipeline.protect import GeneratorConfig
 
 SHIPPED = WEIGHTS_DIR / "facegan-celeba.pt"
 

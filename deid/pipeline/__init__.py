@@ -20,6 +20,13 @@ Where each part lives:
 * :mod:`~deid.pipeline.driver`: :func:`run` (``deid run``).
 """
 
+from deid.generators.base import (
+    GENERATORS,
+    Generator,
+    GeneratorConfig,
+    register_generator,
+    unregister_generator,
+)
 from deid.io import report_path
 from deid.pipeline.driver import run
 from deid.pipeline.image import (
@@ -32,16 +39,11 @@ from deid.pipeline.image import (
     run_images,
 )
 from deid.pipeline.protect import (
-    GENERATORS,
     AttackProtector,
-    Generator,
-    GeneratorConfig,
     GeneratorProtector,
     ProtectContext,
     Protector,
     build_protector,
-    register_generator,
-    unregister_generator,
 )
 from deid.pipeline.report import (
     Analysis,

@@ -1,4 +1,5 @@
-"""The protection step: what replaces a face's pixels, chosen by name from one registry.
+"""The protection step: what replaces a face's pixels, chosen by name from one registry
+(the generators' contract and registry live in :mod:`deid.generators.base`).
 
 Two kinds of protection share ``attack.name`` (and ``deid run --attack NAME``):
 
@@ -14,26 +15,30 @@ Both return one :class:`~deid.pipeline.stages.FaceOutcome` per crop, so what fol
 same for either: a failed face is obscured, the written file is re-read and verified, a face
 still recognised there is obscured (fail closed), and a video's faces keep their track.
 
-A generator is one module and one line::
+A generator is one module and one line (``register_generator`` from
+:mod:`deid.generators.base`, also exported by :mod:`deid.pipeline`)::
 
     register_generator("grey", lambda cfg: GreyFaces())   # then `deid run --attack grey`
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from pydantic import Field, create_model, field_validator
 from torch import Tensor
 
 from deid.align import gray_like, is_gray
 from deid.attacks.base import Attack, AttackConfigBase, from_uint8, perturbation_norms, to_uint8
-from deid.attacks.registry import ATTACKS, attack_config, build_attack, register, unregister
+from deid.attacks.registry import ATTACKS, attack_config, build_attack
 from deid.errors import ConfigError, ShapeError
+from deid.generators.base import (
+    GENERATORS,
+    Generator,
+)
 from deid.models import FaceClassifier
 from deid.pipeline.stages import (
     FaceOutcome,
@@ -43,7 +48,6 @@ from deid.pipeline.stages import (
     psnr,
     to_batch,
 )
-from deid.targets import TargetMode
 from deid.types import FaceCrop
 
 
@@ -96,90 +100,6 @@ class AttackProtector:
             ctx.device,
             ctx.batch_size,
         )
-
-
-@runtime_checkable
-class Generator(Protocol):
-    """Maps face crops to new faces.
-
-    Shape:
-        crops: (B, 3, H, W) float32 in [0, 1] (a batch of crops of different sizes is
-            edge-padded at the bottom and right to the largest).
-        landmarks: (B, 5, 2) float32 eyes, nose, mouth corners in crop pixels (x, y).
-        track_ids: (B,) int64: the same id for the same person in every frame of a video
-            (a generator keyed by it keeps a person's new face consistent).
-        returns: (B, 3, H, W) float in [0, 1], the same shape.
-    """
-
-    def generate(self, crops: Tensor, landmarks: Tensor, track_ids: Tensor) -> Tensor: ...
-
-
-class GeneratorConfig(AttackConfigBase):
-    """The ``attack`` section when it names a generator: the fields every attack has
-    (``batch_size``, ``target`` for a following attack) and ``then``."""
-
-    default_target: ClassVar[TargetMode] = "least-likely"
-
-    name: str
-    then: str | None = Field(
-        None, description="an attack run on the generated faces (its defaults, targeted)"
-    )
-
-    then_params: dict[str, Any] = Field(
-        default_factory=dict, description="settings of the `then` attack (else its defaults)"
-    )
-
-    @field_validator("then")
-    @classmethod
-    def _then_is_an_attack(cls, v: str | None) -> str | None:
-        if v is not None and (v not in ATTACKS or v in GENERATORS):
-            attacks = [n for n in ATTACKS if n not in GENERATORS]
-            raise ValueError(f"unknown attack {v!r}; available: {sorted(attacks)}")
-        return v
-
-
-#: Builds a generator from its ``attack`` settings.
-GeneratorFactory = Callable[[Any], Generator]
-
-GENERATORS: dict[str, GeneratorFactory] = {}
-"""Every registered generator by name (each is also an entry of the attack registry, so the
-settings and ``--attack`` accept its name)."""
-
-
-def register_generator(
-    name: str, factory: GeneratorFactory, config: type[GeneratorConfig] | None = None
-) -> None:
-    """Make a generator available as ``attack.name: <name>`` (``deid run --attack <name>``).
-
-    Args:
-        name: the generator's name.
-        factory: ``factory(cfg) -> Generator`` (``cfg``: its validated settings).
-        config: its settings, a :class:`GeneratorConfig` subclass with
-            ``name: Literal[<name>] = <name>``; None: no settings of its own.
-
-    Raises:
-        ValueError: the name is taken (by an attack or a generator).
-    """
-    if name in ATTACKS:
-        raise ValueError(f"{name!r} is already registered ({ATTACKS[name].attack})")
-    if config is None:
-        config = create_model(  # type: ignore[call-overload]
-            f"{name.title().replace('-', '')}GeneratorConfig",
-            __base__=GeneratorConfig,
-            name=(Literal[name], name),
-        )
-    GENERATORS[name] = factory
-    try:
-        register(factory, config)  # type: ignore[arg-type]
-    except BaseException:
-        del GENERATORS[name]
-        raise
-
-
-def unregister_generator(name: str) -> None:
-    """Remove the generator called ``name`` (KeyError if there is none)."""
-    del GENERATORS[name]
-    unregister(name)
 
 
 class GeneratorProtector:
@@ -266,13 +186,3 @@ def build_protector(cfg: AttackConfigBase) -> Protector:
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; available: {sorted(ATTACKS)}")
     return AttackProtector(name, build_attack(cfg))
-
-
-def _register_builtin() -> None:
-    from deid.generators.replace import ReplaceConfig, build
-
-    if "replace" not in GENERATORS:
-        register_generator("replace", build, ReplaceConfig)
-
-
-_register_builtin()
