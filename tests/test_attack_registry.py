@@ -18,10 +18,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from deid.attacks import ATTACKS, DEFAULT_TARGET, build_attack
+from deid.attacks import ATTACKS, DEFAULT_TARGET, build_attack, registry
 from deid.attacks.base import AttackConfigBase, AttackResult, Budget
 from deid.attacks.iterative import Running, clip_ball, iterate
-from deid.attacks import registry
 from deid.attacks.registry import pipeline_attacks, register, unregister
 from deid.cli import main as cli_main
 from deid.config import Settings, load_settings
