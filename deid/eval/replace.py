@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import linalg
+from scipy import linalg, stats
 
 from deid import __version__
 from deid.attacks.base import from_uint8, to_uint8
 from deid.data import load_dataset
+from deid.eval.heldout import detected, utility_detector
 from deid.eval.privacy import obscured, require_judge
 from deid.generators.facegan import FaceGenerator, ellipse_mask
 from deid.generators.replace import SHIPPED, ReplaceConfig, ReplaceFaces
@@ -134,6 +135,12 @@ def replace_table(
     g2 = to_uint8(rep.generate(x, nan, ids + 10_000))
     d1 = j.descriptors(g1)
     d2 = j.descriptors(g2)
+    mtcnn = utility_detector("cpu")
+    found = detected(mtcnn, from_uint8(g1))
+    found_clean = detected(mtcnn, x)
+    # the judge's own rate for two different real people at this size: the ceiling
+    other = lab[:, None] != lab[None]
+    pair_d = np.linalg.norm(clean[:, None] - clean[None], axis=2)[np.triu(other, 1)]
     vs_orig = np.linalg.norm(d1 - clean, axis=1)
     two_tracks = np.linalg.norm(d1 - d2, axis=1)
     gen_row = {
@@ -142,6 +149,9 @@ def replace_table(
         "two_latents_apart": round(float((two_tracks >= j.threshold).mean()), 4),
         "two_latents_distance": _quantiles(two_tracks),
         "same_latent_identical": bool(np.array_equal(g1, g1b)),
+        "mtcnn_finds": round(float(found.mean()), 4),
+        "mtcnn_finds_clean": round(float(found_clean.mean()), 4),
+        "different_real_people_apart": round(float((pair_d >= j.threshold).mean()), 4),
         "s_per_face": round(s_face, 4),
     }
     say(f"generator: {gen_row['unlinkable']:.0%} unlinkable ({time.perf_counter() - t0:.0f} s)")
@@ -170,12 +180,18 @@ def replace_table(
     def nearest(desc: np.ndarray) -> np.ndarray:
         return np.linalg.norm(desc[:, None] - g_desc[None], axis=2).min(1)
 
+    near_real, near_gen = nearest(u_desc), nearest(gu_desc)
+    # one-sided: are generated faces closer to the training identities than real outsiders?
+    mw = stats.mannwhitneyu(near_gen, near_real, alternative="less")
+    ks = stats.ks_2samp(near_gen, near_real)
     no_one = {
         "gallery": f"{len(gallery)} training faces of the generator ({gallery_per_id} per "
         "identity, "
         f"{len(per_id)} identities)",
-        "real_unseen_people": _quantiles(nearest(u_desc)),
-        "generated_on_unseen_contexts": _quantiles(nearest(gu_desc)),
+        "real_unseen_people": _quantiles(near_real),
+        "generated_on_unseen_contexts": _quantiles(near_gen),
+        "mann_whitney_generated_closer_p": float(mw.pvalue),
+        "ks_two_sample": {"statistic": round(float(ks.statistic), 4), "p": float(ks.pvalue)},
         "n": len(unseen),
     }
     say(f"no one: ({time.perf_counter() - t0:.0f} s)")
@@ -235,6 +251,9 @@ def format_replace(t: dict[str, Any]) -> str:
         f"| distance to the original: p5 / median | {dq['p5']:.2f} / {dq['median']:.2f} |",
         f"| two latents on one face: judged different people | {g['two_latents_apart']:.0%} |",
         f"| same latent twice: identical | {g['same_latent_identical']} |",
+        f"| MTCNN finds a face (clean: {g['mtcnn_finds_clean']:.0%}) | {g['mtcnn_finds']:.0%} |",
+        "| the judge's rate for two different real people (the ceiling) | "
+        f"{g['different_real_people_apart']:.0%} |",
         f"| s per face | {g['s_per_face']:.4f} |",
     ]
     no = t["no_one"]
@@ -251,6 +270,12 @@ def format_replace(t: dict[str, Any]) -> str:
             f"| {k.replace('_', ' ')} | {q['p5']:.2f} | {q['median']:.2f} | {q['p95']:.2f} "
             f"| {q['under_0.6']:.0%} |"
         )
+    lines += [
+        "",
+        "Generated closer to the training identities than real outsiders? Mann-Whitney "
+        f"(one-sided) p = {no['mann_whitney_generated_closer_p']:.3g}; two-sample KS D = "
+        f"{no['ks_two_sample']['statistic']:.3f}, p = {no['ks_two_sample']['p']:.3g}.",
+    ]
     lines += [
         "",
         "| Fréchet distance to real held-out faces (deid CNN features) | value |",
