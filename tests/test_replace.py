@@ -208,3 +208,12 @@ def test_eval_replace_reports_regions_no_one_and_realism(
     assert t["no_one"]["n"] == 6 and "generated_on_unseen_contexts" in t["no_one"]
     fd = t["realism_frechet"]
     assert fd["none (clean)"] < fd["pixelate"]  # the measure ranks a destroyed face as unreal
+
+
+def test_eval_dataset_covers_replace(tmp_path: Path) -> None:
+    out = tmp_path / "ds.json"
+    argv = ["eval", "dataset", "--attack", "replace", "-n", "6", "--no-detect", "--quiet"]
+    assert main([*argv, "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["success"] >= 5 / 6  # the targeted steps after the generator reach the target
+    assert row["original_recognised"] <= 1 / 6  # and the classifier no longer sees the original

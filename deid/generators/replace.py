@@ -20,14 +20,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 
+from deid.attacks.base import Attack, AttackResult, perturbation_norms, quantize8
+from deid.attacks.registry import attack_config, build_attack
 from deid.generators.base import GeneratorConfig
 from deid.generators.facegan import FaceGenerator, z_for_tracks
 from deid.geometry import similarity
 from deid.models import WEIGHTS_DIR
 
 SHIPPED = WEIGHTS_DIR / "facegan-celeba.pt"
+_LUMA = (0.299, 0.587, 0.114)
 
 
 class ReplaceConfig(GeneratorConfig):
@@ -49,12 +52,46 @@ class ReplaceConfig(GeneratorConfig):
 
 
 class ReplaceFaces:
-    """The :class:`~deid.pipeline.protect.Generator` of ``--attack replace``."""
+    """The :class:`~deid.pipeline.protect.Generator` of ``--attack replace``.
+
+    Called as an attack (``replace(model, x, target)``, on faces that are already aligned
+    squares, as ``deid eval dataset`` hands them) it replaces every face (each its own
+    latent), writes it to 8 bits and runs the ``then`` attack toward ``target``; without
+    ``then``, success means the target was reached anyway (the generated face is not aimed
+    at anyone).
+    """
 
     def __init__(self, cfg: ReplaceConfig, device: torch.device | str = "cpu") -> None:
         self.cfg = cfg
         self.gen = FaceGenerator.load(cfg.generator or SHIPPED, device)
         self.template = np.asarray(self.gen.meta.template, np.float64)
+        self._then: Attack | None = None
+        if cfg.then:
+            self._then = build_attack(attack_config(cfg.then, targeted=True, **cfg.then_params))
+
+    def __call__(self, model: nn.Module, x: Tensor, target: Tensor) -> AttackResult:
+        grey = x.shape[1] == 1
+        x3 = x.expand(-1, 3, -1, -1) if grey else x
+        nan = torch.full((len(x), 5, 2), float("nan"))
+        with torch.no_grad():
+            new = self.generate(x3, nan, torch.arange(len(x), device=x.device))
+        if grey:
+            new = (new * torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1)).sum(1, True)
+        new = quantize8(new)
+        if self._then is not None:
+            r = self._then(model, new, target)
+            images, steps = r.images, r.steps
+        else:
+            images, steps = new, torch.zeros(len(x), dtype=torch.int64)
+        with torch.no_grad():
+            logits = model(images)
+        return AttackResult(
+            images=images,
+            success=(logits.argmax(1) == target).cpu(),
+            steps=steps.cpu(),
+            logits=logits,
+            norms=perturbation_norms(x, images),
+        )
 
     @torch.no_grad()
     def generate(self, crops: Tensor, landmarks: Tensor, track_ids: Tensor) -> Tensor:
