@@ -4,6 +4,7 @@ new face per track), and ``deid run --attack replace`` on a real photo, judged."
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -217,3 +218,47 @@ def test_eval_dataset_covers_replace(tmp_path: Path) -> None:
     row = json.loads(out.read_text())["rows"][0]
     assert row["success"] >= 5 / 6  # the targeted steps after the generator reach the target
     assert row["original_recognised"] <= 1 / 6  # and the classifier no longer sees the original
+
+
+@pytest.mark.slow
+def test_replace_on_a_clip_slice_keeps_one_face_per_track(tmp_path: Path) -> None:
+    """Six frames of the pedestrian clip at 960x540: every face replaced and targeted (or
+    obscured), the frame count kept, and a track's new face changes from frame to frame no
+    more than 1.5x as much as the original face did (no flicker)."""
+    import cv2
+
+    from deid.io import probe_video, read_frames, write_video
+    from deid.pipeline import run
+
+    clip = SCENES / "pedestrians_walking_1080p.mp4"
+    if not clip.is_file():
+        pytest.skip("shared clip not found")
+    frames = [
+        cv2.resize(f, (960, 540), interpolation=cv2.INTER_AREA)
+        for _, f in zip(range(6), read_frames(clip), strict=False)
+    ]
+    part, out = tmp_path / "part.mp4", tmp_path / "out.mp4"
+    write_video(part, frames, probe_video(clip).rate, crf=12)
+    s = load_settings(overrides={"pipeline": {"device": "cpu"}, "attack": {"name": "replace"}})
+    rep = run(part, out, s, progress=False)
+    assert probe_video(out).frame_count == 6
+    t = rep["totals"]
+    assert t["faces"] >= 12 and t["unprotected_faces"] == 0
+    faces = rep["faces_detail"]
+    assert sum(f["action"] == "attacked" for f in faces) >= 0.8 * len(faces)
+    written = list(read_frames(out))
+    by_track: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    for f in faces:
+        x1, y1, x2, y2 = f["region"]
+        a = cv2.resize(frames[f["frame"]][y1:y2, x1:x2], (48, 48)).astype(np.float32)
+        b = cv2.resize(written[f["frame"]][y1:y2, x1:x2], (48, 48)).astype(np.float32)
+        by_track.setdefault(f["track"], []).append((f["frame"], a, b))
+    d_in, d_out = [], []
+    for seq in by_track.values():
+        seq.sort(key=lambda r: r[0])
+        for (i, a0, b0), (j, a1, b1) in itertools.pairwise(seq):
+            if j == i + 1:
+                d_in.append(np.abs(a1 - a0).mean())
+                d_out.append(np.abs(b1 - b0).mean())
+    assert len(d_in) >= 10
+    assert np.mean(d_out) <= 1.5 * np.mean(d_in), (np.mean(d_out), np.mean(d_in))
