@@ -81,6 +81,16 @@ def check_eval_writes(
     check_writes(reads, writes)
 
 
+def require_judge(command: str) -> None:
+    """Stop with the install command when the judge's extra is missing."""
+    from deid import judge
+
+    if not judge.available():
+        raise judge.JudgeMissingError(
+            f"{command} needs the face-recognition judge; install it with {judge.INSTALL_HINT}"
+        )
+
+
 def _json_artefact(path: Path | None) -> Artefact | None:
     from deid.io import Artefact
 
@@ -445,13 +455,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     if args.run:
         return _judge_run(args)
     check_eval_writes([_json_artefact(args.json)], args.data, [args.classifier], args.config)
-    from deid import judge
-
-    if not judge.available():
-        raise judge.JudgeMissingError(
-            f"deid eval privacy needs the face-recognition judge; install it with "
-            f"{judge.INSTALL_HINT}"
-        )
+    require_judge("deid eval privacy")
     from deid.eval import privacy
 
     if args.calibrate:
@@ -480,7 +484,6 @@ def cmd_privacy(args: argparse.Namespace) -> int:
 
 
 def _judge_run(args: argparse.Namespace) -> int:
-    from deid import judge
     from deid.errors import InputError
     from deid.io import check_writes
 
@@ -495,11 +498,7 @@ def _judge_run(args: argparse.Namespace) -> int:
     check_writes(
         [("run report", args.run), ("input", src), ("output", dst)], [_json_artefact(args.json)]
     )
-    if not judge.available():
-        raise judge.JudgeMissingError(
-            f"deid eval privacy needs the face-recognition judge; install it with "
-            f"{judge.INSTALL_HINT}"
-        )
+    require_judge("deid eval privacy")
     from deid.eval.privacy import format_judged_run, judge_run
 
     rep = judge_run(report, src, dst)
@@ -509,9 +508,9 @@ def _judge_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------
 # deid eval replace
-
-
+# --------------------------------------------------------------------------------------------
 def _add_replace(esub: argparse._SubParsersAction) -> None:
     p = esub.add_parser(
         "replace",
@@ -536,13 +535,7 @@ def _add_replace(esub: argparse._SubParsersAction) -> None:
 def cmd_replace(args: argparse.Namespace) -> int:
     _check_n(args.n)
     check_eval_writes([_json_artefact(args.json)], args.data, [], None)
-    from deid import judge
-
-    if not judge.available():
-        raise judge.JudgeMissingError(
-            f"deid eval replace needs the face-recognition judge; install it with "
-            f"{judge.INSTALL_HINT}"
-        )
+    require_judge("deid eval replace")
     from deid.eval.replace import format_replace, replace_table
 
     table = replace_table(

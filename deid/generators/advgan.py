@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deid.errors import CheckpointError
+from deid.checkpoint import read_checkpoint, write_checkpoint
 
 FORMAT = "deid-advgan/1"
 
@@ -171,35 +171,20 @@ class AdvGenerator(nn.Module):
     def save(self, path: Path | str) -> None:
         """Write ``path`` (``torch.load(weights_only=True)``-safe) and its metadata as JSON
         beside it (``.json``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"format": FORMAT, "meta": self.meta.to_json(), "state_dict": state}, tmp)
-        tmp.replace(path)
-        path.with_suffix(".json").write_text(self.meta.to_json() + "\n")
+        write_checkpoint(path, FORMAT, self.meta.to_json(), self)
 
     @classmethod
     def load(cls, path: Path | str, device: torch.device | str = "cpu") -> AdvGenerator:
         """Load a checkpoint written by :meth:`save` (weights_only: no code is unpickled)."""
-        meta = read_meta(path)
-        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-        g = cls(meta)
+        blob = read_checkpoint(path, FORMAT, "AdvGAN", "AdvGAN generator")
+        g = cls(GeneratorMeta.from_json(blob["meta"]))
         g.load_state_dict(blob["state_dict"])
         return g.to(device).eval()
 
 
 def read_meta(path: Path | str) -> GeneratorMeta:
     """The metadata of a generator checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"AdvGAN generator checkpoint not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a deid AdvGAN checkpoint ({e})") from e
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a deid AdvGAN checkpoint (format {FORMAT})")
+    blob = read_checkpoint(path, FORMAT, "AdvGAN", "AdvGAN generator")
     return GeneratorMeta.from_json(blob["meta"])
 
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deid.errors import CheckpointError
+from deid.checkpoint import read_checkpoint, write_checkpoint
 
 FORMAT = "deid-facegan/1"
 
@@ -192,26 +192,12 @@ class FaceGenerator(nn.Module):
     def save(self, path: Path | str) -> None:
         """Write ``path`` (``torch.load(weights_only=True)``-safe) and its metadata as JSON
         beside it (``.json``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"format": FORMAT, "meta": self.meta.to_json(), "state_dict": state}, tmp)
-        tmp.replace(path)
-        path.with_suffix(".json").write_text(self.meta.to_json() + "\n")
+        write_checkpoint(path, FORMAT, self.meta.to_json(), self)
 
     @classmethod
     def load(cls, path: Path | str, device: torch.device | str = "cpu") -> FaceGenerator:
         """Load a checkpoint written by :meth:`save` (weights_only: no code is unpickled)."""
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"face generator checkpoint not found: {path}")
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"{path}: not a deid face generator checkpoint ({e})") from e
-        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-            raise CheckpointError(f"{path}: not a deid face generator checkpoint ({FORMAT})")
+        blob = read_checkpoint(path, FORMAT, "face generator")
         g = cls(FaceGANMeta.from_json(blob["meta"]))
         g.load_state_dict(blob["state_dict"])
         return g.to(device).eval()

@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deid.errors import CheckpointError
+from deid.checkpoint import read_checkpoint, write_checkpoint
 from deid.models.nets import build_net
+
+FORMAT = "deid-classifier/1"
 
 # RGB -> luma, ITU-R BT.601 (what cv2.cvtColor and PIL's "L" use).
 _LUMA = (0.299, 0.587, 0.114)
@@ -187,30 +189,12 @@ class FaceClassifier(nn.Module):
     def save(self, path: Path | str) -> None:
         """Write ``path`` (weights + metadata, ``torch.load(weights_only=True)``-safe) and a
         human-readable ``path.with_suffix('.json')``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(
-            {"format": "deid-classifier/1", "meta": self.meta.to_json(), "state_dict": state}, tmp
-        )
-        tmp.replace(path)
-        path.with_suffix(".json").write_text(self.meta.to_json() + "\n")
+        write_checkpoint(path, FORMAT, self.meta.to_json(), self.net)
 
     @classmethod
     def load(cls, path: Path | str, device: torch.device | str = "cpu") -> FaceClassifier:
         """Load a checkpoint written by :meth:`save` (weights_only: no code is unpickled)."""
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"classifier checkpoint not found: {path}")
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"{path}: not a deid classifier checkpoint ({e})") from e
-        if not isinstance(blob, dict) or blob.get("format") != "deid-classifier/1":
-            raise CheckpointError(
-                f"{path}: not a deid classifier checkpoint (format deid-classifier/1)"
-            )
+        blob = read_checkpoint(path, FORMAT, "classifier")
         meta = ClassifierMeta.from_json(blob["meta"])
         net = build_net(
             meta.arch, meta.arch_params, meta.channels, meta.input_size, meta.num_classes
