@@ -201,7 +201,7 @@ def test_eval_replace_reports_regions_no_one_and_realism(
     assert "whole crop" in text and "Fréchet" in text
     t = json.loads(out.read_text())
     regions = {r["region"]: r for r in t["regions"]}
-    assert len(regions) == 6 and all(0 <= r["unlinkable"] <= 1 for r in regions.values())
+    assert len(regions) == 9 and all(0 <= r["unlinkable"] <= 1 for r in regions.values())
     # another real person over the whole crop: the judge sees that person, not the original
     assert regions["whole crop"]["unlinkable"] >= 5 / 6
     g = t["generator_row"]

@@ -40,7 +40,7 @@ from deid.generators.replace import SHIPPED, ReplaceConfig, ReplaceFaces
 from deid.generators.train_facegan import holdout_split
 from deid.models import load_classifier
 
-RADII = (0.30, 0.36, 0.42, 0.46, 0.52)
+RADII = (0.12, 0.18, 0.24, 0.30, 0.36, 0.42, 0.46, 0.52)
 
 
 def _quantiles(d: np.ndarray) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """``--attack replace``: every face is replaced by a generated face of no one, one new face per
 track, pasted back with a soft mask and colour-matched; then (by default) a few targeted
-I-FGSM steps with EOT make deid's classifier see the chosen target identity in it.
+I-FGSM steps with EOT (as configs/default.yaml's I-FGSM: 16/255, 4 copies, margin 2) make
+deid's classifier see the chosen target identity in it.
 
 The face generator (:mod:`deid.generators.facegan`) works on crops aligned by the five
 landmarks to the template it was trained with; here each face crop is warped to that
@@ -46,7 +47,12 @@ class ReplaceConfig(GeneratorConfig):
         "ifgsm", description="an attack run on the replaced faces (targeted); null: none"
     )
     then_params: dict[str, Any] = Field(
-        default_factory=lambda: {"steps": 10, "eps": 8 / 255, "alpha": 2 / 255},
+        default_factory=lambda: {
+            "steps": 10,
+            "eps": 16 / 255,
+            "alpha": 2 / 255,
+            "eot": {"enabled": True, "samples": 4, "margin": 2.0},
+        },
         description="settings of the `then` attack (its defaults for the rest, EOT included)",
     )
 
