@@ -51,8 +51,9 @@ BLACK_BOX = {"spsa", "onepixel"}
 UNTARGETED_ONLY = {"vat"}
 # attacks that need a generator trained against the classifier (not the tiny net, and only
 # yaleb-mlp has a shipped one): their contract and a pipeline run are tested with a
-# generator of their own and the shipped one (tests/test_advgan.py)
-TRAINED = {"advgan"}
+# generator of their own and the shipped one (tests/test_advgan.py); `replace` is a face
+# generator trained on 64 px CelebA crops, tested in tests/test_replace.py
+TRAINED = {"advgan", "replace"}
 # what each attack must reach on the tiny net (the rest: the mask must merely be right)
 STRONG = {"ifgsm", "illc", "pgd", "mifgsm", "realistic", "cw", "conceal", "lbfgs", "deepfool",
           "jsma", "ead"}  # fmt: skip
