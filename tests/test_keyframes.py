@@ -56,6 +56,13 @@ def _boxes(analysis: dict) -> list[np.ndarray]:
 
 
 def test_keyframe_analysis_finds_the_faces_of_every_frame_analysis(pedestrians: Path) -> None:
+    """Recall as detecting every frame: every face found in full is found between keyframes
+    too, and the clip's people (faces of 24 px and more) are the same boxes both ways. A
+    window may add a tiny detection (< 24 px) that the full frame does not give: in a window
+    the detector sees that spot at other pyramid scales, and what it makes of a patch at its
+    size limit varies with the CPU's float path (one CI machine found a 13 px box on the
+    background that this one does not). A false positive costs a perturbed patch of ground;
+    a miss would be a leak, so only misses fail."""
     every = Resources.load(_settings(1))
     keyed = Resources.load(_settings(4))
     layout = job.split(pedestrians, 8)
@@ -63,11 +70,19 @@ def test_keyframe_analysis_finds_the_faces_of_every_frame_analysis(pedestrians: 
     a = _boxes(job.analyse(pedestrians, layout, chunk, every))
     b = _boxes(job.analyse(pedestrians, layout, chunk, keyed))
     assert sum(len(x) for x in a) >= 4 * FRAMES  # the clip's people are found at all
-    for fa, fb in zip(a, b, strict=True):
-        assert len(fa) == len(fb)
-        if len(fa):
-            m = box_iou(fa, fb)
-            assert (m.max(1) >= 0.5).all() and (m.max(0) >= 0.5).all()
+    extra = 0
+    for k, (fa, fb) in enumerate(zip(a, b, strict=True)):
+        assert len(fb) >= len(fa), k
+        if not len(fa):
+            extra += len(fb)
+            continue
+        m = box_iou(fa, fb) if len(fb) else np.zeros((len(fa), 0), np.float32)
+        assert (m.max(1, initial=0) >= 0.5).all(), (k, fa, fb)  # no face of a full pass missed
+        unmatched = fb[m.max(0) < 0.5]
+        sides = np.maximum(unmatched[:, 2] - unmatched[:, 0], unmatched[:, 3] - unmatched[:, 1])
+        assert (sides < 24).all(), (k, unmatched)  # the people: the same boxes both ways
+        extra += len(unmatched)
+    assert extra <= 2, extra
 
 
 def test_frames_between_keyframes_are_searched_around_the_faces() -> None:

@@ -250,6 +250,12 @@ def test_stop_event_ends_an_in_process_stream_within_a_second(
     assert time.monotonic() - t0 < 1.0
     assert 2 <= result["frames_out"] < 80
     assert len(read_timed(out)) == result["frames_out"]
+    # the threads left on the frame in hand finish it and end (one still inside torch when
+    # the interpreter exits would abort it: "terminate called without an active exception")
+    for th in threading.enumerate():
+        if th.name.startswith("deid-stream-"):
+            th.join(10)
+            assert not th.is_alive(), th.name
 
 
 def test_tracks_cover_a_face_the_detector_missed() -> None:

@@ -33,6 +33,7 @@ finished with the frames already encoded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -464,6 +465,8 @@ def run_stream(
                 _log_stats(stats.summary(), on_stats)
     finally:
         stop.set()
+        with contextlib.suppress(queue.Full):  # wake the encoder now, not at its next poll
+            outq.put_nowait(_END)
         threads["encode"].join(0.8)  # the output is finished with what was encoded
         for t in threads.values():
             t.join(0.05)
