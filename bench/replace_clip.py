@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=10)
     ap.add_argument("--clip", choices=list(bench.SIZES), default="720p")
     ap.add_argument("--then", default="ifgsm", help="the attack after the generator, or none")
+    ap.add_argument("--then-params", type=json.loads, help="JSON over the `then` attack's defaults")
     ap.add_argument("--crf", type=int, default=23)
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", type=Path)
@@ -87,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         attack["then"] = None
     else:
         attack["then"] = args.then
+        if args.then_params:
+            from deid.generators.replace import ReplaceConfig
+
+            attack["then_params"] = {**ReplaceConfig().then_params, **args.then_params}
     pipeline: dict[str, Any] = {"device": "cpu", "crf": args.crf}
     if args.threads:
         pipeline["threads"] = args.threads

@@ -239,10 +239,59 @@ def footprint_mask(crop: FaceCrop) -> np.ndarray:
     return cv2.dilate(mask, np.ones((3, 3), np.uint8)).astype(bool)
 
 
-def paste_back(frame: np.ndarray, crop: FaceCrop, pixels: np.ndarray) -> None:
-    """Write ``pixels`` (h, w, 3) uint8 into ``frame`` (in place) inside the crop's footprint."""
+def _box_distance(box: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
+    """(h, w) over ``region``: each pixel centre's distance to ``box``'s centre in units of
+    the box's half sides (Chebyshev): <= 1 inside the box."""
+    x1, y1, x2, y2 = region
+    b = np.asarray(box, np.float64)
+    cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+    hx, hy = max((b[2] - b[0]) / 2, 0.5), max((b[3] - b[1]) / 2, 0.5)
+    dx = np.abs(np.arange(x1, x2, dtype=np.float64) + 0.5 - cx) / hx
+    dy = np.abs(np.arange(y1, y2, dtype=np.float64) + 0.5 - cy) / hy
+    return np.maximum(dx[None, :], dy[:, None])
+
+
+def owned_masks(crops: Sequence[FaceCrop]) -> list[np.ndarray]:
+    """Each crop's footprint (:func:`footprint_mask`) less the pixels that belong to another
+    face of the same frame: where footprints overlap, a pixel goes to the face whose box
+    centre is nearest (in units of the box's size; the earlier face on a tie).
+
+    A crop is the square the classifier sees, larger than the face, so two people side by
+    side have overlapping crops; pasting whole footprints one after another would write the
+    first face's pixels (its original ones, with a perturbation) over part of the second's
+    new face, or undo part of a face obscured before it. Pasted through these masks, every
+    face keeps its own protected pixels.
+    """
+    masks = [footprint_mask(c) for c in crops]
+    for i, ci in enumerate(crops):
+        di: np.ndarray | None = None
+        ax1, ay1, ax2, ay2 = ci.region
+        for j, cj in enumerate(crops):
+            if j == i or cj.frame != ci.frame:
+                continue
+            bx1, by1, bx2, by2 = cj.region
+            x1, y1, x2, y2 = max(ax1, bx1), max(ay1, by1), min(ax2, bx2), min(ay2, by2)
+            if x1 >= x2 or y1 >= y2:
+                continue
+            if di is None:
+                di = _box_distance(ci.box, ci.region)
+            inter = (x1, y1, x2, y2)
+            dj = _box_distance(cj.box, inter)
+            mine = di[y1 - ay1 : y2 - ay1, x1 - ax1 : x2 - ax1]
+            theirs = footprint_mask(cj)[y1 - by1 : y2 - by1, x1 - bx1 : x2 - bx1]
+            lost = theirs & ((dj <= mine) if j < i else (dj < mine))
+            masks[i][y1 - ay1 : y2 - ay1, x1 - ax1 : x2 - ax1] &= ~lost
+    return masks
+
+
+def paste_back(
+    frame: np.ndarray, crop: FaceCrop, pixels: np.ndarray, mask: np.ndarray | None = None
+) -> None:
+    """Write ``pixels`` (h, w, 3) uint8 into ``frame`` (in place) inside the crop's footprint,
+    or inside ``mask`` (the crop's part of it: :func:`owned_masks`)."""
     x1, y1, x2, y2 = crop.region
-    mask = footprint_mask(crop)
+    if mask is None:
+        mask = footprint_mask(crop)
     region = frame[y1:y2, x1:x2]
     region[mask] = pixels[mask]
 

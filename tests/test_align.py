@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from deid.align import estimate_template, face_crop, footprint_mask, obscure, paste_back, similarity
+from deid.align import (
+    estimate_template,
+    face_crop,
+    footprint_mask,
+    obscure,
+    owned_masks,
+    paste_back,
+    similarity,
+)
 from deid.detect import DETECTORS, Detector
 from deid.detect.mtcnn import build_mtcnn
 from deid.models.classifier import warp
@@ -102,6 +110,39 @@ def test_paste_back_writes_only_the_footprint() -> None:
     same = frame.copy()
     paste_back(same, c, c.pixels)
     assert np.array_equal(same, frame)
+
+
+def test_overlapping_crops_split_their_overlap_by_the_nearest_face() -> None:
+    """Two faces side by side (their crops overlap): the owned masks are disjoint, cover the
+    two footprints together, and each face's box lies in its own mask."""
+    from deid.align import crop_faces
+
+    frame = _smooth_frame()
+    boxes = np.array([[100, 60, 160, 120], [150, 62, 210, 122]], np.float32)
+    lms = np.stack([TEMPLATE * 60 + b[:2] for b in boxes]).astype(np.float32)
+    det = Detections(boxes, np.array([0.99, 0.99], np.float32), lms)
+    a, b = crop_faces([frame], [det], TEMPLATE, (64, 64))
+    ma, mb = owned_masks([a, b])
+    fa, fb = footprint_mask(a), footprint_mask(b)
+    assert fa.sum() > ma.sum() and fb.sum() > mb.sum()  # each gave up part of its crop
+
+    def whole(c: FaceCrop, m: np.ndarray) -> np.ndarray:
+        out = np.zeros(frame.shape[:2], bool)
+        x1, y1, x2, y2 = c.region
+        out[y1:y2, x1:x2] = m
+        return out
+
+    assert not (whole(a, ma) & whole(b, mb)).any()
+    assert np.array_equal(whole(a, ma) | whole(b, mb), whole(a, fa) | whole(b, fb))
+    for c, m in ((a, ma), (b, mb)):  # the face's own box (inner part) is its own
+        x1, y1, x2, y2 = (int(v) for v in c.box)
+        assert whole(c, m)[y1 + 5 : y2 - 5, x1 + 5 : x2 - 5].all()
+    # pasted through the masks, in either order, each face keeps its own pixels
+    for order in ((a, ma, 10), (b, mb, 200)), ((b, mb, 200), (a, ma, 10)):
+        out = frame.copy()
+        for c, m, v in order:
+            paste_back(out, c, np.full_like(c.pixels, v), m)
+        assert (out[70:110, 110:140] == 10).all() and (out[72:112, 170:200] == 200).all()
 
 
 @pytest.mark.parametrize("mode", ["pixelate", "blur", "black"])

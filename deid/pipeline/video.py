@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deid.align import face_crop, obscure, paste_back
+from deid.align import face_crop, obscure, owned_masks, paste_back
 from deid.errors import OutputError
 from deid.io import (
     REPRODUCIBLE_X264,
@@ -288,16 +288,19 @@ def _grown_box_crop(frame_shape: tuple[int, ...], box: Sequence[float], margin: 
 def _compose(
     frame: np.ndarray, recs: Sequence[FaceRecord], pixels: dict[int, np.ndarray], res: Resources
 ) -> np.ndarray:
-    """The output frame: each face's protected pixels pasted, or the face obscured."""
+    """The output frame: each face's protected pixels pasted (each face's own part of its
+    crop where crops overlap: :func:`~deid.align.owned_masks`), then the faces that are not
+    attacked obscured (last, so that no paste undoes them)."""
     out = frame.copy()
     mode = res.settings.pipeline.fallback
+    pasted = [r for r in recs if r.attacked]
+    crops = [record_crop(r, frame) for r in pasted]
+    for r, c, m in zip(pasted, crops, owned_masks(crops), strict=True):
+        paste_back(out, c, pixels[r.rid], m)
     for r in recs:
-        c = record_crop(r, out)
-        if r.attacked:
-            paste_back(out, c, pixels[r.rid])
-        else:
+        if not r.attacked:
             how = obscured_with(r, mode)
-            obscure(out, c, how)
+            obscure(out, record_crop(r, out), how)
             obscure(out, _grown_box_crop(out.shape, r.box, res.settings.tracking.margin), how)
     return out
 
