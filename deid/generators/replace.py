@@ -71,9 +71,8 @@ class ReplaceFaces:
         self.cfg = cfg
         self.gen = FaceGenerator.load(cfg.generator or SHIPPED, device)
         self.template = np.asarray(self.gen.meta.template, np.float64)
-        self._then: Attack | None = None
-        if cfg.then:
-            self._then = build_attack(attack_config(cfg.then, targeted=True, **cfg.then_params))
+        self._then: Attack | None = None  # built on the first call as an attack (in the
+        # pipeline, the GeneratorProtector runs `then` itself)
 
     def __call__(self, model: nn.Module, x: Tensor, target: Tensor) -> AttackResult:
         grey = x.shape[1] == 1
@@ -84,6 +83,10 @@ class ReplaceFaces:
         if grey:
             new = (new * torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1)).sum(1, True)
         new = quantize8(new)
+        if self.cfg.then and self._then is None:
+            self._then = build_attack(
+                attack_config(self.cfg.then, targeted=True, **self.cfg.then_params)
+            )
         if self._then is not None:
             r = self._then(model, new, target)
             images, steps = r.images, r.steps
