@@ -4,13 +4,33 @@ unpickled), written atomically, with the metadata as JSON beside it."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
 
 from deid.errors import CheckpointError
+
+
+class JsonMeta:
+    """``to_json`` / ``from_json`` for a checkpoint's metadata dataclass (the fields named in
+    ``TUPLES`` come back as tuples)."""
+
+    TUPLES: ClassVar[tuple[str, ...]] = ("size",)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        d = json.loads(text)
+        for k in cls.TUPLES:
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
 
 
 def write_checkpoint(path: Path | str, fmt: str, meta_json: str, module: nn.Module) -> None:

@@ -11,8 +11,7 @@ per target), so one network serves every target of a classifier.
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deid.checkpoint import read_checkpoint, write_checkpoint
+from deid.checkpoint import JsonMeta, read_checkpoint, write_checkpoint
 
 FORMAT = "deid-advgan/1"
 
 
 @dataclass
-class GeneratorMeta:
+class GeneratorMeta(JsonMeta):
     """Everything needed to rebuild a generator and to know what it is for.
 
     Attributes:
@@ -64,15 +63,6 @@ class GeneratorMeta:
     command: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> GeneratorMeta:
-        d = json.loads(text)
-        d["size"] = tuple(d["size"])
-        return cls(**d)
 
 
 def classifier_fingerprint(classifier: nn.Module) -> str:

@@ -15,22 +15,21 @@ landmarks to the classifier's template, so eyes, nose and mouth sit at fixed pla
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deid.checkpoint import read_checkpoint, write_checkpoint
+from deid.checkpoint import JsonMeta, read_checkpoint, write_checkpoint
 
 FORMAT = "deid-facegan/1"
 
 
 @dataclass
-class FaceGANMeta:
+class FaceGANMeta(JsonMeta):
     """Everything needed to rebuild a face generator and to know what it is.
 
     Attributes:
@@ -48,6 +47,8 @@ class FaceGANMeta:
         figures: figures measured at the end of training.
     """
 
+    TUPLES: ClassVar[tuple[str, ...]] = ("size", "region")
+
     size: tuple[int, int] = (64, 64)
     template: list[list[float]] = field(default_factory=list)
     region: tuple[float, float, float, float] = (0.5, 0.56, 0.40, 0.46)
@@ -58,16 +59,6 @@ class FaceGANMeta:
     command: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> FaceGANMeta:
-        d = json.loads(text)
-        d["size"] = tuple(d["size"])
-        d["region"] = tuple(d["region"])
-        return cls(**d)
 
 
 def ellipse_mask(
