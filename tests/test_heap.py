@@ -1,6 +1,6 @@
-"""deid.heap: with glibc's mmap threshold fixed, freed large blocks leave the process (a
-long video's resident memory stays flat); by default they stay in a heap that small live
-blocks pin."""
+"""deid.heap: freed large blocks that small live blocks pin in glibc's heap stay resident
+(a long video's resident size crept with every frame) until :func:`deid.heap.trim` gives
+their pages back."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ import sys
 def rss():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) // 1024 for l in f if l.startswith("VmRSS"))
-if sys.argv[1] == "fixed":
-    from deid.heap import fix_mmap_threshold
-    assert fix_mmap_threshold() and fix_mmap_threshold()  # once, then a no-op
 b = bytearray(8 << 20); del b  # glibc's threshold follows the largest block freed
 big, pins = [], []
 for _ in range(200):
-    big.append(bytearray(1 << 20))  # 1 MB, written (zero-filled)
+    big.append(bytearray(1 << 20))  # 1 MB from the heap, written (zero-filled)
     pins.append(bytearray(1024))  # a small malloc block after each, kept
 before = rss()
 del big
+if sys.argv[1] == "trimmed":
+    from deid.heap import trim
+    assert trim()
 print(before - rss())
 """
 
@@ -44,10 +44,10 @@ def _released(mode: str) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_fixed_threshold_returns_freed_frames_to_the_system() -> None:
-    from deid.heap import fix_mmap_threshold
+def test_trim_returns_freed_heap_pages_to_the_system() -> None:
+    from deid.heap import trim
 
-    if not fix_mmap_threshold():
+    if not trim():
         pytest.skip("not glibc")
     assert _released("plain") < 50  # MB: the heap keeps what the small blocks pin
-    assert _released("fixed") > 150  # of 200 MB freed
+    assert _released("trimmed") > 150  # of 200 MB freed

@@ -16,7 +16,6 @@ from deid.attacks.base import Attack
 from deid.config import Settings
 from deid.detect import Detector, build_detector
 from deid.errors import ConfigError, DeidError
-from deid.heap import fix_mmap_threshold
 from deid.models import FaceClassifier, load_classifier
 from deid.pipeline.protect import AttackProtector, Protector, build_protector
 from deid.targets import TARGET_MODES
@@ -74,7 +73,6 @@ class Resources:
 
     @classmethod
     def load(cls, settings: Settings) -> Resources:
-        fix_mmap_threshold()  # a long video's resident memory stays flat (deid.heap)
         if settings.pipeline.threads:
             torch.set_num_threads(settings.pipeline.threads)
         device = resolve_device(settings.pipeline.device)

@@ -21,6 +21,7 @@ from deid.align import crop_faces, gray_like, is_gray
 from deid.attacks import AttackResult
 from deid.attacks.base import Attack, to_uint8
 from deid.detect import Detector
+from deid.heap import trim
 from deid.models import FaceClassifier
 from deid.types import Detections, FaceCrop
 
@@ -31,8 +32,11 @@ log = logging.getLogger(__name__)
 # stages
 # --------------------------------------------------------------------------------------------
 def detect(detector: Detector, frames: Sequence[np.ndarray]) -> list[Detections]:
-    """Stage: faces of every frame (one batched detector call)."""
-    return detector.detect(frames)
+    """Stage: faces of every frame (one batched detector call); then the C heap's free pages
+    (the detector's pyramid) go back to the system (:mod:`deid.heap`)."""
+    dets = detector.detect(frames)
+    trim()
+    return dets
 
 
 def crop(

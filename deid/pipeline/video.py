@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from deid.align import face_crop, obscure, owned_masks, paste_back
 from deid.errors import OutputError
+from deid.heap import trim
 from deid.io import (
     REPRODUCIBLE_X264,
     WRITABLE_VIDEO_FORMATS,
@@ -152,8 +153,15 @@ def split(input: Path | str, chunk_frames: int) -> dict[str, Any]:
     ).wire()
 
 
-def _frames(input: Path, layout: Layout, chunk: Chunk) -> list[tuple[int, np.ndarray]]:
-    return list(read_range(input, chunk.start, chunk.stop, _table(layout)))
+def _frames(input: Path, layout: Layout, chunk: Chunk, timer: Timer) -> Iterator[np.ndarray]:
+    """The chunk's frames, decoded one at a time as they are taken (decoding timed)."""
+    it = read_range(input, chunk.start, chunk.stop, _table(layout))
+    while True:
+        with timer("decode"):
+            item = next(it, None)
+        if item is None:
+            return
+        yield item[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,19 +190,22 @@ def analyse(
     batch_frames = res.settings.detector.batch_frames
     # keyframes counted from the chunk's first frame: each chunk is analysed on its own
     detector = KeyframeDetector(res.detector, res.settings.detector.keyframe_interval)
-    with timer("decode"):
-        frames = [f for _, f in _frames(Path(input), layout, chunk)]
+    frames: Iterator[np.ndarray] = _frames(Path(input), layout, chunk, timer)
     chunk_dets = None
     if detector.interval > 1:  # faces are also looked for backwards: the chunk at once
+        held = list(frames)  # (the chunk's frames in memory: keyframes only)
         with timer("detect"):
-            chunk_dets = detector.detect_chunk(frames)
-    for start, batch in _numbered(iter(frames), batch_frames, 0):
+            chunk_dets = detector.detect_chunk(held)
+        frames = iter(held)
+    # otherwise frames are decoded batch by batch: no pass holds a chunk
+    for start, batch in _numbered(frames, batch_frames, 0):
         with timer("detect"):
             dets = (
                 detector.detect(batch)
                 if chunk_dets is None
                 else chunk_dets[start : start + len(batch)]
             )
+            trim()  # the detector's freed pyramid leaves the process (deid.heap)
         with timer("classify"):
             crops = crop(batch, dets, res.classifier)
             logits = (
