@@ -296,6 +296,16 @@ def paste_back(
     region[mask] = pixels[mask]
 
 
+def paste_owned(
+    frames: Sequence[np.ndarray], crops: Sequence[FaceCrop], pixels: Sequence[np.ndarray]
+) -> None:
+    """Paste each crop's ``pixels`` into ``frames[crop.frame]`` (in place) through its part
+    of the footprints (:func:`owned_masks`): overlapping crops never write over each other's
+    faces. Obscure faces after this, so that no paste undoes it."""
+    for c, px, m in zip(crops, pixels, owned_masks(crops), strict=True):
+        paste_back(frames[c.frame], c, px, m)
+
+
 def pixelate(rgb: np.ndarray, blocks: int = 8) -> np.ndarray:
     """``rgb`` (h, w, 3) as ``blocks`` area-averaged blocks across (as many down as keep them
     square), at its own size: no recognisable detail is left."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deid.align import obscure, owned_masks, paste_back
+from deid.align import obscure, paste_owned
 from deid.config import Settings
 from deid.errors import InputError, OutputError
 from deid.io import IMAGE_EXTS, list_images, read_image, tmp_beside, write_image, writing
@@ -103,13 +103,10 @@ def process_frames(
         outcomes = res.protector.protect(crops, ctx)
     fallback = res.settings.pipeline.fallback
     with timer("paste"):
-        # each face's own part of its crop where crops overlap; obscuring last, so that no
-        # paste undoes it
-        ok = [k for k, o in enumerate(outcomes) if o.success]
-        for k, m in zip(ok, owned_masks([crops[k] for k in ok]), strict=True):
-            paste_back(out[crops[k].frame], crops[k], outcomes[k].pixels, m)
+        done = [(c, o.pixels) for c, o in zip(crops, outcomes, strict=True) if o.success]
+        paste_owned(out, [c for c, _ in done], [px for _, px in done])
         for c, o in zip(crops, outcomes, strict=True):
-            if not o.success:
+            if not o.success:  # after the pastes: none undoes it
                 obscure(out[c.frame], c, fallback)
         for i, (c, o) in enumerate(zip(crops, outcomes, strict=True)):
             rec = FaceRecord(

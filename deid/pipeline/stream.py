@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deid.align import obscure, owned_masks, paste_back
+from deid.align import obscure, paste_owned
 from deid.errors import OutputError
 from deid.io.stream import SourceFrame, StreamSink, StreamSource, check_protocol, is_url
 from deid.pipeline.protect import ProtectContext
@@ -272,9 +272,8 @@ class FrameProtector:
             t0 = time.monotonic()
             outcomes = self._protect(crops)
             self.attack_cost = 0.7 * self.attack_cost + 0.3 * (time.monotonic() - t0) / len(crops)
-            ok = [k for k, o in enumerate(outcomes) if o.success]
-            for k, m in zip(ok, owned_masks([crops[k] for k in ok]), strict=True):
-                paste_back(out, crops[k], outcomes[k].pixels, m)
+            done = [(c, o.pixels) for c, o in zip(crops, outcomes, strict=True) if o.success]
+            paste_owned([out], [c for c, _ in done], [px for _, px in done])
             for c, o in zip(crops, outcomes, strict=True):
                 if not o.success:  # after the pastes: none undoes it
                     failed += 1

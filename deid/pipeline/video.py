@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deid.align import face_crop, obscure, owned_masks, paste_back
+from deid.align import face_crop, obscure, paste_owned
 from deid.errors import OutputError
 from deid.heap import trim
 from deid.io import (
@@ -305,9 +305,7 @@ def _compose(
     out = frame.copy()
     mode = res.settings.pipeline.fallback
     pasted = [r for r in recs if r.attacked]
-    crops = [record_crop(r, frame) for r in pasted]
-    for r, c, m in zip(pasted, crops, owned_masks(crops), strict=True):
-        paste_back(out, c, pixels[r.rid], m)
+    paste_owned([out], [record_crop(r, frame) for r in pasted], [pixels[r.rid] for r in pasted])
     for r in recs:
         if not r.attacked:
             how = obscured_with(r, mode)
