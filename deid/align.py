@@ -262,7 +262,8 @@ def owned_masks(crops: Sequence[FaceCrop]) -> list[np.ndarray]:
     new face, or undo part of a face obscured before it. Pasted through these masks, every
     face keeps its own protected pixels.
     """
-    masks = [footprint_mask(c) for c in crops]
+    feet = [footprint_mask(c) for c in crops]
+    masks = [f.copy() for f in feet]
     for i, ci in enumerate(crops):
         di: np.ndarray | None = None
         ax1, ay1, ax2, ay2 = ci.region
@@ -278,7 +279,7 @@ def owned_masks(crops: Sequence[FaceCrop]) -> list[np.ndarray]:
             inter = (x1, y1, x2, y2)
             dj = _box_distance(cj.box, inter)
             mine = di[y1 - ay1 : y2 - ay1, x1 - ax1 : x2 - ax1]
-            theirs = footprint_mask(cj)[y1 - by1 : y2 - by1, x1 - bx1 : x2 - bx1]
+            theirs = feet[j][y1 - by1 : y2 - by1, x1 - bx1 : x2 - bx1]
             lost = theirs & ((dj <= mine) if j < i else (dj < mine))
             masks[i][y1 - ay1 : y2 - ay1, x1 - ax1 : x2 - ax1] &= ~lost
     return masks

@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 
 from deid.align import face_crop, obscure, paste_owned
 from deid.errors import OutputError
-from deid.heap import trim
 from deid.io import (
     REPRODUCIBLE_X264,
     WRITABLE_VIDEO_FORMATS,
@@ -78,7 +77,7 @@ from deid.pipeline.report import (
     judge_totals,
 )
 from deid.pipeline.resources import Resources
-from deid.pipeline.stages import classify, crop
+from deid.pipeline.stages import classify, crop, detect
 from deid.pipeline.steps import Step, Timer, run_steps
 from deid.pipeline.tracking import plan_tracks
 from deid.pipeline.verify import (
@@ -201,11 +200,10 @@ def analyse(
     for start, batch in _numbered(frames, batch_frames, 0):
         with timer("detect"):
             dets = (
-                detector.detect(batch)
+                detect(detector, batch)  # (then the freed pyramid leaves: deid.heap)
                 if chunk_dets is None
                 else chunk_dets[start : start + len(batch)]
             )
-            trim()  # the detector's freed pyramid leaves the process (deid.heap)
         with timer("classify"):
             crops = crop(batch, dets, res.classifier)
             logits = (
