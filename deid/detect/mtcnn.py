@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from deid.detect.mtcnn_fast import detect_faces
 from deid.detect.tiling import RawDetections, TiledDetector, no_detections, tiling_options
 
 if TYPE_CHECKING:
@@ -93,6 +94,9 @@ class MTCNNDetector(TiledDetector):
             select_largest=False,
             device=self.device,
         )
+        # channels-last weights: the networks run about 2x faster on the CPU (mtcnn_fast)
+        for net in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet):
+            net.to(memory_format=torch.channels_last)
         # the same networks, looking for faces `upscale` times larger in enlarged frames
         self._mtcnn_enlarged = copy.copy(self._mtcnn)
         self._mtcnn_enlarged.min_face_size = self.min_face_size * self.upscale
@@ -133,17 +137,16 @@ def build_mtcnn(cfg: DetectorSettings, device: torch.device | str = "cpu") -> MT
 
 
 def _detect(mtcnn: Any, images: Sequence[np.ndarray]) -> list[RawDetections]:
+    """facenet-pytorch's MTCNN stages, batched (:mod:`deid.detect.mtcnn_fast`)."""
     with torch.inference_mode():
-        boxes, probs, points = mtcnn.detect(np.stack(images), landmarks=True)
-    return [_as_arrays(b, p, lm) for b, p, lm in zip(boxes, probs, points, strict=True)]
-
-
-def _as_arrays(boxes: object, probs: object, points: object) -> RawDetections:
-    # facenet-pytorch returns None for no face and object arrays under NumPy 2
-    if boxes is None or len(boxes) == 0:  # type: ignore[arg-type]
-        return no_detections()
-    return (
-        np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-        np.asarray(probs, dtype=np.float32).reshape(-1),
-        np.asarray(points, dtype=np.float32).reshape(-1, 5, 2),
-    )
+        found = detect_faces(
+            images,
+            mtcnn.pnet,
+            mtcnn.rnet,
+            mtcnn.onet,
+            mtcnn.min_face_size,
+            mtcnn.thresholds,
+            mtcnn.factor,
+            mtcnn.device,
+        )
+    return [raw if len(raw[0]) else no_detections() for raw in found]
