@@ -244,7 +244,7 @@ class KeyframeDetector:
             return Detections.empty()
         groups: dict[tuple[int, int], list[int]] = {}
         for k, (x1, y1, x2, y2) in enumerate(pieces):
-            groups.setdefault((_bucket(y2 - y1), _bucket(x2 - x1)), []).append(k)
+            groups.setdefault((bucket(y2 - y1), bucket(x2 - x1)), []).append(k)
         boxes, scores, marks = [], [], []
         for (bh, bw), idx in groups.items():
             crops = []
@@ -405,5 +405,6 @@ def _pieces(r: Rect) -> list[Rect]:
     ]
 
 
-def _bucket(n: int) -> int:
+def bucket(n: int) -> int:
+    """The smallest of :data:`BUCKETS` that holds ``n`` px."""
     return next(b for b in BUCKETS if n <= b)
