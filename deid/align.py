@@ -307,6 +307,28 @@ def paste_owned(
         paste_back(frames[c.frame], c, px, m)
 
 
+def compose_owned(crops: Sequence[FaceCrop], pixels: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each crop as it will read once every crop of its frame is pasted through its owned
+    mask (:func:`paste_owned`): ``pixels[i]`` with the parts of it that other faces own
+    taken from those faces' ``pixels``. An attack run on these crops steers what the written
+    frame will hold, not a crop whose neighbour is about to be replaced under it."""
+    masks = owned_masks(crops)
+    out = [np.array(px, copy=True) for px in pixels]
+    for i, ci in enumerate(crops):
+        ax1, ay1, ax2, ay2 = ci.region
+        for j, cj in enumerate(crops):
+            if j == i or cj.frame != ci.frame:
+                continue
+            bx1, by1, bx2, by2 = cj.region
+            x1, y1, x2, y2 = max(ax1, bx1), max(ay1, by1), min(ax2, bx2), min(ay2, by2)
+            if x1 >= x2 or y1 >= y2:
+                continue
+            theirs = masks[j][y1 - by1 : y2 - by1, x1 - bx1 : x2 - bx1]
+            mine = out[i][y1 - ay1 : y2 - ay1, x1 - ax1 : x2 - ax1]
+            mine[theirs] = pixels[j][y1 - by1 : y2 - by1, x1 - bx1 : x2 - bx1][theirs]
+    return out
+
+
 def pixelate(rgb: np.ndarray, blocks: int = 8) -> np.ndarray:
     """``rgb`` (h, w, 3) as ``blocks`` area-averaged blocks across (as many down as keep them
     square), at its own size: no recognisable detail is left."""

@@ -145,6 +145,35 @@ def test_overlapping_crops_split_their_overlap_by_the_nearest_face() -> None:
         assert (out[70:110, 110:140] == 10).all() and (out[72:112, 170:200] == 200).all()
 
 
+def test_composed_crops_read_as_the_written_frame() -> None:
+    """A crop composed with its neighbour's new pixels (what an attack after a generator
+    steers) reads, inside its own footprint, exactly as the frame reads once both are
+    pasted through their owned masks; outside the overlap it is its own pixels."""
+    from deid.align import compose_owned, crop_faces, paste_owned
+
+    frame = _smooth_frame()
+    boxes = np.array([[100, 60, 160, 120], [150, 62, 210, 122], [20, 150, 70, 200]], np.float32)
+    lms = np.stack([TEMPLATE * (b[2] - b[0]) + b[:2] for b in boxes]).astype(np.float32)
+    det = Detections(boxes, np.full(3, 0.99, np.float32), lms)
+    crops = crop_faces([frame], [det], TEMPLATE, (64, 64))
+    rng = np.random.default_rng(1)
+    new = [rng.integers(0, 256, c.pixels.shape, dtype=np.uint8) for c in crops]
+    composed = compose_owned(crops, new)
+    written = frame.copy()
+    paste_owned([written], crops, new)
+    for c, px, m in zip(crops, composed, owned_masks(crops), strict=True):
+        x1, y1, x2, y2 = c.region
+        foot = footprint_mask(c)
+        assert np.array_equal(px[foot], written[y1:y2, x1:x2][foot])
+        assert np.array_equal(px[m], new[crops.index(c)][m])
+    a, b, alone = composed
+    assert not np.array_equal(a, new[0]) and not np.array_equal(b, new[1])  # they overlap
+    assert np.array_equal(alone, new[2])  # no neighbour: untouched
+    # composing again changes nothing (what is pasted is what was composed)
+    again = compose_owned(crops, composed)
+    assert all(np.array_equal(x, y) for x, y in zip(again, composed, strict=True))
+
+
 @pytest.mark.parametrize("mode", ["pixelate", "blur", "black"])
 def test_obscure_destroys_detail_inside_the_footprint(mode: str) -> None:
     rng = np.random.default_rng(0)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from deid.align import gray_like, is_gray
+from deid.align import compose_owned, gray_like, is_gray
 from deid.attacks.base import Attack, AttackConfigBase, from_uint8, perturbation_norms, to_uint8
 from deid.attacks.registry import ATTACKS, attack_config, build_attack
 from deid.errors import ConfigError, ShapeError
@@ -114,7 +114,10 @@ class GeneratorProtector:
         generated = self._generate(crops, ctx)
         if self.then is None:
             return generated
-        new = [replace(c, pixels=o.pixels) for c, o in zip(crops, generated, strict=True)]
+        # attack each new face as the frame will hold it: where its crop overlaps another
+        # face's, with that face's new pixels (a crop is larger than its face)
+        composed = compose_owned(crops, [o.pixels for o in generated])
+        new = [replace(c, pixels=px) for c, px in zip(crops, composed, strict=True)]
         attacked = attack_faces(
             self.then, ctx.classifier, new, ctx.targets, ctx.preds, ctx.device, ctx.batch_size
         )
