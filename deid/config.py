@@ -160,6 +160,13 @@ class PipelineConfig(_Strict):
     threads: int | None = Field(
         None, ge=1, le=256, description="torch CPU threads (None: torch default)"
     )
+    judge_workers: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="processes the judge's descriptors are computed in (dlib's network runs "
+        "on one core); None: one per usable CPU; 1: in deid's own process",
+    )
 
     @field_validator("device")
     @classmethod

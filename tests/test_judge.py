@@ -213,6 +213,28 @@ def test_descriptor_shape_and_the_same_image(celeba_test: tuple[np.ndarray, np.n
 
 
 @needs_judge
+def test_worker_processes_give_the_same_descriptors(
+    celeba_test: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """dlib describes on one core and holds the GIL: several faces are shared by worker
+    processes (``pipeline.judge_workers``), with the descriptors of describing them here."""
+    j = judge.load_judge()
+    x, _ = celeba_test
+    faces = [*x[:20], x[20].mean(2).astype(np.uint8)]  # a grey one among them
+    here = j.descriptors(faces)
+    shared = j.descriptors(faces, workers=2)
+    assert shared.shape == (21, DESCRIPTOR_DIM) and shared.dtype == np.float32
+    np.testing.assert_array_equal(shared, here)
+    assert len(judge._WORKERS) == 2 and all(w.poll() is None for w in judge._WORKERS)
+    # too few faces for a worker each: described here
+    np.testing.assert_array_equal(j.descriptors(faces[:9], workers=2), here[:9])
+    with pytest.raises(ValueError, match="uint8"):  # checked before anything is sent
+        j.descriptors([*faces[:16], x[0].astype(np.float32)], workers=2)
+    judge._close_workers()
+    assert judge._WORKERS == []
+
+
+@needs_judge
 def test_different_people_are_apart_and_the_same_person_is_near(
     celeba_test: tuple[np.ndarray, np.ndarray],
 ) -> None:

@@ -30,7 +30,13 @@ Example::
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import importlib.util
+import os
+import pickle
+import subprocess
+import sys
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -160,10 +166,31 @@ class Judge:
         v = self._recognizer.compute_face_descriptor(img, shape, 0, CHIP_PADDING)
         return np.asarray(v, np.float32)
 
-    def descriptors(self, faces: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        """(N, 128) float32 descriptors of N face crops (see :meth:`descriptor`)."""
+    def descriptors(
+        self, faces: Sequence[np.ndarray] | np.ndarray, workers: int | None = 1
+    ) -> np.ndarray:
+        """(N, 128) float32 descriptors of N face crops (see :meth:`descriptor`).
+
+        Args:
+            workers: processes that share the faces (dlib's network runs on one core and
+                holds the GIL, so threads do not help): 1 (default) describes them here;
+                ``None``: one per usable CPU. A list shorter than :data:`PARALLEL_MIN` a
+                worker is described here; the descriptors are the same either way.
+        """
         if not len(faces):
             return np.zeros((0, DESCRIPTOR_DIM), np.float32)
+        n = _workers(workers, len(faces))
+        if n > 1:
+            parts = [[_rgb(f) for f in faces[i::n]] for i in range(n)]
+            try:
+                done = _map(parts)
+            except (OSError, EOFError, pickle.UnpicklingError):  # a worker died: here
+                pass
+            else:
+                out = np.empty((len(faces), DESCRIPTOR_DIM), np.float32)
+                for i, d in enumerate(done):
+                    out[i::n] = d
+                return out
         return np.stack([self.descriptor(f) for f in faces])
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
@@ -181,6 +208,61 @@ class Judge:
 def load_judge() -> Judge:
     """The process's judge (the models load once, in about a second)."""
     return Judge()
+
+
+#: Faces a worker must get at least for :meth:`Judge.descriptors` to use several processes
+#: (a worker's first call loads the models, about a second).
+PARALLEL_MIN = 8
+_WORKERS: list[Any] = []
+
+
+def _workers(asked: int | None, faces: int) -> int:
+    if asked is None:
+        asked = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return max(1, min(asked, faces // PARALLEL_MIN))
+
+
+def _map(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Each part described by its own worker process, all at once.
+
+    Workers are fresh interpreters (``python -m deid.judge.worker``) started on first use
+    and kept for the process's life, so nothing of the caller (its ``__main__``, torch's
+    threads) is copied or re-run; they talk over pipes. Daemonic processes (Celery's
+    workers) may start them too, which multiprocessing forbids.
+    """
+    while len(_WORKERS) < len(parts):
+        _WORKERS.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "deid.judge.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+        )
+        if len(_WORKERS) == 1:
+            atexit.register(_close_workers)
+    try:
+        for w, part in zip(_WORKERS, parts, strict=False):
+            pickle.dump(part, w.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            w.stdin.flush()
+        out = [pickle.load(w.stdout) for w, _ in zip(_WORKERS, parts, strict=False)]
+    except (OSError, EOFError, pickle.UnpicklingError):
+        _close_workers()
+        raise
+    for d in out:
+        if isinstance(d, BaseException):  # the worker's own error, raised here
+            raise d
+    return out
+
+
+def _close_workers() -> None:
+    for w in _WORKERS:
+        with contextlib.suppress(OSError):
+            w.stdin.close()
+        try:
+            w.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            w.kill()
+    _WORKERS.clear()
 
 
 def _rgb(face: np.ndarray) -> np.ndarray:

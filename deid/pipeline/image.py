@@ -171,9 +171,10 @@ def _verify(r: ImageRun) -> None:
             verify_frames([r.written], r.records, r.res, first)
         if r.state.judged:
             assert r.frame is not None
+            workers = r.res.settings.pipeline.judge_workers
             with r.timer("judge"):
-                describe_originals([r.frame], r.records, first)
-                judge_written([r.written], r.records, first)
+                describe_originals([r.frame], r.records, first, workers)
+                judge_written([r.written], r.records, first, workers=workers)
 
 
 def _repair(r: ImageRun) -> None:
@@ -191,7 +192,9 @@ def _repair(r: ImageRun) -> None:
         if not r.state.judged:
             break
         with r.timer("judge"):
-            judge_written([read_image(r.tmp)], r.records, first, after_repair=True)
+            judge_written(
+                [read_image(r.tmp)], r.records, first, after_repair=True, workers=p.judge_workers
+            )
 
 
 def _publish(r: ImageRun) -> None:

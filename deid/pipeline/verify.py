@@ -268,10 +268,14 @@ def _judgeable(px: np.ndarray) -> bool:
 
 
 def describe_originals(
-    frames: Sequence[np.ndarray], records: Sequence[FaceRecord], first_frame: int
+    frames: Sequence[np.ndarray],
+    records: Sequence[FaceRecord],
+    first_frame: int,
+    workers: int | None = 1,
 ) -> None:
     """The judge's descriptor of each face in its input frame, kept on the record
-    (:meth:`FaceRecord.describe`); one batch. A face under 8 px is not judged."""
+    (:meth:`FaceRecord.describe`); one batch, shared by ``workers`` processes
+    (``pipeline.judge_workers``). A face under 8 px is not judged."""
     recs, faces = [], []
     for r in records:
         px = region_pixels(r.region, frames[r.frame - first_frame])
@@ -279,7 +283,7 @@ def describe_originals(
             recs.append(r)
             faces.append(px)
     if recs:
-        for r, d in zip(recs, judge.load_judge().descriptors(faces), strict=True):
+        for r, d in zip(recs, judge.load_judge().descriptors(faces, workers), strict=True):
             r.describe(d)
 
 
@@ -288,10 +292,12 @@ def judge_written(
     records: Sequence[FaceRecord],
     first_frame: int,
     after_repair: bool = False,
+    workers: int | None = 1,
 ) -> int:
     """Judge each described face in the written frames (sets ``record.judge``); one batch.
 
     Args:
+        workers: processes that share the batch's descriptors (``pipeline.judge_workers``).
         after_repair: the frames are the repaired file's; a repaired face keeps its
             distance from before the repair as ``distance_before_repair``. (Judge every face
             of a repaired file again, not only the obscured ones: a re-encoded video
@@ -304,7 +310,9 @@ def judge_written(
     if not recs:
         return 0
     j = judge.load_judge()
-    desc = j.descriptors([region_pixels(r.region, frames[r.frame - first_frame]) for r in recs])
+    desc = j.descriptors(
+        [region_pixels(r.region, frames[r.frame - first_frame]) for r in recs], workers
+    )
     for r, d in zip(recs, desc, strict=True):
         assert r.original is not None
         dist = float(judge.distance(r.original, d))

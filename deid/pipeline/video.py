@@ -467,6 +467,7 @@ def _encode(r: ChunkRender) -> None:
                         [f for _, _, f in batch],
                         [x for recs in by_frame.values() for x in recs],
                         batch[0][0],
+                        r.res.settings.pipeline.judge_workers,
                     )
             with r.timer("encode"):
                 for fi, pts, frame in batch:
@@ -494,7 +495,9 @@ def _verify(r: ChunkRender) -> None:
                 verify_frames(batch, recs, r.res, start)
                 if r.judged:
                     with r.timer("judge"):
-                        judge_written(batch, recs, start)
+                        judge_written(
+                            batch, recs, start, workers=r.res.settings.pipeline.judge_workers
+                        )
 
 
 def _repair(r: ChunkRender) -> None:
@@ -527,7 +530,7 @@ def _repair(r: ChunkRender) -> None:
                     x for fi in range(start, start + len(batch)) for x in r.by_frame.get(fi, [])
                 ]
                 if recs:
-                    judge_written(batch, recs, start, after_repair=True)
+                    judge_written(batch, recs, start, after_repair=True, workers=p.judge_workers)
 
 
 def _publish(r: ChunkRender) -> None:
