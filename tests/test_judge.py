@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +233,33 @@ def test_worker_processes_give_the_same_descriptors(
         j.descriptors([*faces[:16], x[0].astype(np.float32)], workers=2)
     judge._close_workers()
     assert judge._WORKERS == []
+
+
+@needs_judge
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_workers(
+    celeba_test: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """Celery's prefork pool forks a process that may already hold workers: the child must
+    not talk on its parent's pipes (the replies would interleave), and the parent's workers
+    must keep working."""
+    j = judge.load_judge()
+    x, _ = celeba_test
+    faces = list(x[:16])
+    here = j.descriptors(faces)
+    np.testing.assert_array_equal(j.descriptors(faces, workers=2), here)
+    parents = [w.pid for w in judge._WORKERS]
+    pid = os.fork()
+    if pid == 0:  # the child: its own workers, the same descriptors
+        ok = np.array_equal(j.descriptors(faces, workers=2), here)
+        ok &= all(w.pid not in parents for w in judge._WORKERS)
+        judge._close_workers()
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    np.testing.assert_array_equal(j.descriptors(faces, workers=2), here)
+    assert [w.pid for w in judge._WORKERS] == parents
+    judge._close_workers()
 
 
 @needs_judge

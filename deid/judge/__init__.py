@@ -37,6 +37,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -214,6 +215,9 @@ def load_judge() -> Judge:
 #: (a worker's first call loads the models, about a second).
 PARALLEL_MIN = 8
 _WORKERS: list[Any] = []
+_WORKERS_PID = [0]  # the process that started them (a forked child starts its own)
+_WORKERS_LOCK = threading.Lock()  # one batch at a time on the pipes
+_AT_EXIT: list[Any] = []
 
 
 def _workers(asked: int | None, faces: int) -> int:
@@ -230,6 +234,14 @@ def _map(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
     threads) is copied or re-run; they talk over pipes. Daemonic processes (Celery's
     workers) may start them too, which multiprocessing forbids.
     """
+    with _WORKERS_LOCK:
+        return _map_locked(parts)
+
+
+def _map_locked(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
+    if _WORKERS and _WORKERS_PID[0] != os.getpid():
+        _WORKERS.clear()  # the parent's, inherited by fork: theirs to use and close
+    _WORKERS_PID[0] = os.getpid()
     while len(_WORKERS) < len(parts):
         _WORKERS.append(
             subprocess.Popen(
@@ -238,8 +250,8 @@ def _map(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
                 stdout=subprocess.PIPE,
             )
         )
-        if len(_WORKERS) == 1:
-            atexit.register(_close_workers)
+        if not _AT_EXIT:
+            _AT_EXIT.append(atexit.register(_close_workers))
     try:
         for w, part in zip(_WORKERS, parts, strict=False):
             pickle.dump(part, w.stdin, protocol=pickle.HIGHEST_PROTOCOL)
@@ -255,6 +267,9 @@ def _map(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
 
 
 def _close_workers() -> None:
+    if _WORKERS_PID[0] != os.getpid():
+        _WORKERS.clear()
+        return
     for w in _WORKERS:
         with contextlib.suppress(OSError):
             w.stdin.close()

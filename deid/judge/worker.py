@@ -4,6 +4,7 @@ until stdin closes. Its parent is deid itself, over a private pipe."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 
@@ -11,7 +12,12 @@ from deid.judge import load_judge
 
 
 def main() -> None:
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdin = sys.stdin.buffer
+    # the pipe to the parent on a descriptor of its own; anything a library prints to
+    # stdout goes to stderr instead of into the replies
+    stdout = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     while True:
         try:
             faces = pickle.load(stdin)
