@@ -129,8 +129,9 @@ def machine_info() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # clips
 # --------------------------------------------------------------------------------------------
-def build_clips(n: int) -> dict[str, Path]:
-    """The first ``n`` frames of the shared video at 1080p and 720p (H.264, crf 12)."""
+def build_clips(n: int, start: int = 0) -> dict[str, Path]:
+    """``n`` frames of the shared video from frame ``start`` (the first ``n`` by default) at
+    1080p and 720p (H.264, crf 12)."""
     import cv2
 
     from deid.data.datasets import data_dir
@@ -140,15 +141,16 @@ def build_clips(n: int) -> dict[str, Path]:
     if not src.is_file():
         sys.exit(f"bench: source video not found: {src} (set DEID_DATA_DIR)")
     info = probe_video(src)
-    if not 1 <= n <= info.frame_count:
-        sys.exit(f"bench: --frames must be in 1..{info.frame_count}, got {n}")
-    clips = {name: OUT_DIR / f"pedestrians_{name}_{n}f.mp4" for name in SIZES}
+    if not 1 <= n <= info.frame_count - start:
+        sys.exit(f"bench: --frames must be in 1..{info.frame_count - start}, got {n}")
+    tag = f"{start}+{n}f" if start else f"{n}f"
+    clips = {name: OUT_DIR / f"pedestrians_{name}_{tag}.mp4" for name in SIZES}
     if all(_clip_ok(clips[k], n, SIZES[k]) for k in SIZES):
         say(f"reusing clips {', '.join(p.name for p in clips.values())}")
         return clips
-    say(f"decoding the first {n} frames of {src}")
+    say(f"decoding frames {start}..{start + n - 1} of {src}")
     it = read_frames(src)
-    frames = [f for _, f in zip(range(n), it, strict=False)]
+    frames = [f for i, f in zip(range(start + n), it, strict=False) if i >= start]
     it.close()  # type: ignore[attr-defined]
     for name, (w, h) in SIZES.items():
         say(f"writing {clips[name].name} ({w}x{h}, {n} frames, crf 12)")

@@ -70,10 +70,14 @@ def flicker(src: Path, out: Path, faces: list[dict[str, Any]]) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=10)
+    ap.add_argument("--start", type=int, default=0, help="the clip's first frame (default 0)")
     ap.add_argument("--clip", choices=list(bench.SIZES), default="720p")
     ap.add_argument("--then", default="ifgsm", help="the attack after the generator, or none")
     ap.add_argument("--then-params", type=json.loads, help="JSON over the `then` attack's defaults")
     ap.add_argument("--crf", type=int, default=23)
+    ap.add_argument(
+        "--region-scale", type=float, help="attack.region_scale (default: the config's)"
+    )
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -82,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     from deid.pipeline import run
 
     bench.OUT_DIR.mkdir(parents=True, exist_ok=True)
-    clip = bench.build_clips(args.frames)[args.clip]
+    clip = bench.build_clips(args.frames, args.start)[args.clip]
     attack: dict[str, Any] = {"name": "replace"}
+    if args.region_scale is not None:
+        attack["region_scale"] = args.region_scale
     if args.then.lower() in ("none", "null"):
         attack["then"] = None
     else:
@@ -96,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         pipeline["threads"] = args.threads
     settings = load_settings(overrides={"attack": attack, "pipeline": pipeline})
-    out = bench.OUT_DIR / f"replace_{args.clip}_{args.frames}f.mp4"
+    tag = f"{args.start}+{args.frames}f" if args.start else f"{args.frames}f"
+    out = bench.OUT_DIR / f"replace_{args.clip}_{tag}.mp4"
     bench.say(f"deid --attack replace ({attack}) on {clip.name} -> {out.name}, crf {args.crf}")
     rep = run(clip, out, settings, progress=False)
     faces = rep["faces_detail"]
@@ -105,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "clip": args.clip,
         "frames": args.frames,
+        "start": args.start,
         "attack": attack,
         "crf": args.crf,
         "faces": len(faces),

@@ -164,6 +164,20 @@ def test_replacement_changes_only_the_face_region_one_face_per_track() -> None:
     assert (out[0] - out[2]).abs().mean() > 0.01  # another track, another face
 
 
+def test_region_scale_grows_the_replaced_region_within_the_trained_range() -> None:
+    rng = np.random.default_rng(0)
+    crop = torch.from_numpy(rng.random((3, 240, 200), np.float32))[None]
+    lm = torch.from_numpy(box_landmarks(np.array([70.0, 80.0, 130.0, 150.0])))[None]
+    area = {}
+    for scale in (0.9, 1.0, 1.1):
+        rep = ReplaceFaces(ReplaceConfig(then=None, region_scale=scale))
+        out = rep.generate(crop, lm, torch.tensor([3]))
+        area[scale] = int(((out - crop).abs().amax(1)[0] > 1e-6).sum())
+    assert area[0.9] < area[1.0] < area[1.1]
+    with pytest.raises(ValueError, match="region_scale"):
+        ReplaceConfig(region_scale=1.3)  # beyond the masks the generator was trained on
+
+
 @needs_judge
 def test_run_replace_on_a_photo_writes_faces_the_judge_does_not_link(tmp_path: Path) -> None:
     out = tmp_path / "couple.jpg"

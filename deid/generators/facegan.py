@@ -175,9 +175,13 @@ class FaceGenerator(nn.Module):
         """The crop with its masked region replaced by the generated face."""
         return mask * self(x, mask, z) + (1 - mask) * x
 
-    def mask(self, n: int, device: torch.device | str = "cpu") -> Tensor:
-        """The generator's own region as a soft mask, (n, 1, H, W)."""
-        return ellipse_mask(n, self.meta.size, self.meta.region, self.meta.feather, device=device)
+    def mask(self, n: int, device: torch.device | str = "cpu", scale: float = 1.0) -> Tensor:
+        """The generator's own region as a soft mask, (n, 1, H, W); ``scale`` enlarges the
+        ellipse's radii (training jittered them by ``training["mask_jitter"]``, so scales
+        within 1 +- that are masks the generator has seen)."""
+        cx, cy, rx, ry = self.meta.region
+        region = (cx, cy, rx * scale, ry * scale)
+        return ellipse_mask(n, self.meta.size, region, self.meta.feather, device=device)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, path: Path | str) -> None:

@@ -43,6 +43,13 @@ class ReplaceConfig(GeneratorConfig):
     )
     seed: int = Field(0, description="seeds each track's latent: the same seed, the same faces")
     colour_match: bool = Field(True, description="match the new face's mean colour to the old")
+    region_scale: float = Field(
+        1.0,
+        ge=0.85,
+        le=1.15,
+        description="the replaced ellipse's radii over the generator's own region (its "
+        "training jittered them by up to 12%)",
+    )
     then: str | None = Field(
         "ifgsm", description="an attack run on the replaced faces (targeted); null: none"
     )
@@ -116,7 +123,7 @@ class ReplaceFaces:
         aligned = F.grid_sample(
             x, grid, mode="bilinear", padding_mode="border", align_corners=False
         )
-        mask = self.gen.mask(n, dev)
+        mask = self.gen.mask(n, dev, self.cfg.region_scale)
         z = z_for_tracks(track_ids.cpu(), self.gen.meta.z_dim, self.cfg.seed).to(dev)
         face = self.gen(aligned, mask, z)
         if self.cfg.colour_match:
