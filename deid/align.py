@@ -9,7 +9,7 @@ inside the classifier (differentiably), so adversarial pixels paste back one to 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import cv2
@@ -264,25 +264,40 @@ def owned_masks(crops: Sequence[FaceCrop]) -> list[np.ndarray]:
     """
     feet = [footprint_mask(c) for c in crops]
     masks = [f.copy() for f in feet]
+    near, of = np.zeros((0, 0)), -1  # crop i's distances (the pairs come i by i)
+    for i, j, mine, theirs in _overlaps(crops):
+        ci, cj = crops[i], crops[j]
+        if of != i:
+            near, of = _box_distance(ci.box, ci.region), i
+        rows, cols = theirs
+        bx1, by1 = cj.region[:2]
+        inter = (bx1 + cols.start, by1 + rows.start, bx1 + cols.stop, by1 + rows.stop)
+        dj = _box_distance(cj.box, inter)
+        lost = feet[j][theirs] & ((dj <= near[mine]) if j < i else (dj < near[mine]))
+        masks[i][mine] &= ~lost
+    return masks
+
+
+Window = tuple[slice, slice]
+
+
+def _overlaps(crops: Sequence[FaceCrop]) -> Iterator[tuple[int, int, Window, Window]]:
+    """Every ordered pair ``(i, j)`` of crops of one frame whose regions overlap, with the
+    overlap as (rows, columns) slices of crop ``i``'s pixels and of crop ``j``'s."""
     for i, ci in enumerate(crops):
-        di: np.ndarray | None = None
         ax1, ay1, ax2, ay2 = ci.region
         for j, cj in enumerate(crops):
             if j == i or cj.frame != ci.frame:
                 continue
             bx1, by1, bx2, by2 = cj.region
             x1, y1, x2, y2 = max(ax1, bx1), max(ay1, by1), min(ax2, bx2), min(ay2, by2)
-            if x1 >= x2 or y1 >= y2:
-                continue
-            if di is None:
-                di = _box_distance(ci.box, ci.region)
-            inter = (x1, y1, x2, y2)
-            dj = _box_distance(cj.box, inter)
-            mine = di[y1 - ay1 : y2 - ay1, x1 - ax1 : x2 - ax1]
-            theirs = feet[j][y1 - by1 : y2 - by1, x1 - bx1 : x2 - bx1]
-            lost = theirs & ((dj <= mine) if j < i else (dj < mine))
-            masks[i][y1 - ay1 : y2 - ay1, x1 - ax1 : x2 - ax1] &= ~lost
-    return masks
+            if x1 < x2 and y1 < y2:
+                yield (
+                    i,
+                    j,
+                    (slice(y1 - ay1, y2 - ay1), slice(x1 - ax1, x2 - ax1)),
+                    (slice(y1 - by1, y2 - by1), slice(x1 - bx1, x2 - bx1)),
+                )
 
 
 def paste_back(
@@ -314,18 +329,9 @@ def compose_owned(crops: Sequence[FaceCrop], pixels: Sequence[np.ndarray]) -> li
     frame will hold, not a crop whose neighbour is about to be replaced under it."""
     masks = owned_masks(crops)
     out = [np.array(px, copy=True) for px in pixels]
-    for i, ci in enumerate(crops):
-        ax1, ay1, ax2, ay2 = ci.region
-        for j, cj in enumerate(crops):
-            if j == i or cj.frame != ci.frame:
-                continue
-            bx1, by1, bx2, by2 = cj.region
-            x1, y1, x2, y2 = max(ax1, bx1), max(ay1, by1), min(ax2, bx2), min(ay2, by2)
-            if x1 >= x2 or y1 >= y2:
-                continue
-            theirs = masks[j][y1 - by1 : y2 - by1, x1 - bx1 : x2 - bx1]
-            mine = out[i][y1 - ay1 : y2 - ay1, x1 - ax1 : x2 - ax1]
-            mine[theirs] = pixels[j][y1 - by1 : y2 - by1, x1 - bx1 : x2 - bx1][theirs]
+    for i, j, mine, theirs in _overlaps(crops):
+        owned = masks[j][theirs]
+        out[i][mine][owned] = pixels[j][theirs][owned]
     return out
 
 
