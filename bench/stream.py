@@ -192,7 +192,7 @@ class Receiver(threading.Thread):
 # --------------------------------------------------------------------------------------------
 def unprocessed_faces(
     sent: np.ndarray, got: np.ndarray, boxes: np.ndarray
-) -> tuple[int, list[float]]:
+) -> tuple[int, list[float], float]:
     diff = np.abs(sent.astype(np.float32) - got.astype(np.float32)).mean(2)
     mask = np.ones(diff.shape, bool)
     h, w = diff.shape
@@ -206,7 +206,7 @@ def unprocessed_faces(
     bg = float(diff[mask].mean()) if mask.any() else 0.0
     threshold = max(4.0, 3 * bg)
     mads = [float(diff[y1:y2, x1:x2].mean()) for x1, y1, x2, y2 in rects]
-    return sum(m < threshold for m in mads), mads
+    return sum(m < threshold for m in mads), mads, threshold
 
 
 def pct(v: list[float], p: float) -> float | None:
@@ -261,12 +261,22 @@ def run_once(
     rx.join(30)
     load1 = os.getloadavg()[0]
     lat = [rx.got[i][0] - sent[i] for i in sorted(rx.got) if i in sent]
-    unprocessed, faces = 0, 0
+    unprocessed, faces, which = 0, 0, []
     for i, (_, img) in rx.got.items():
         if i < len(frames):
-            u, mads = unprocessed_faces(frames[i], img, boxes[i])
+            u, mads, threshold = unprocessed_faces(frames[i], img, boxes[i])
             unprocessed += u
             faces += len(mads)
+            which += [
+                {
+                    "frame": i,
+                    "box": [round(float(v), 1) for v in b],
+                    "mad": round(m, 2),
+                    "threshold": round(threshold, 2),
+                }
+                for b, m in zip(boxes[i], mads, strict=False)
+                if m < threshold
+            ]
     p50 = pct(lat, 50)
     return {
         "fps": fps,
@@ -282,6 +292,7 @@ def run_once(
         else None,
         "faces_checked": faces,
         "unprocessed_faces": unprocessed,
+        "unprocessed": which,  # frame, reference box, mean difference and its threshold
         "load_avg": [round(load0, 2), round(load1, 2)],
     }
 

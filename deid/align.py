@@ -372,11 +372,18 @@ def obscure(frame: np.ndarray, crop: FaceCrop, mode: str = "pixelate", strength:
 def template_detector() -> Detector:
     """The detector of :func:`estimate_template`: MTCNN (the template is a crop convention of
     MTCNN's landmarks) for faces from 40 px with p >= 0.8 (crops are upscaled to 160 px)."""
-    from deid.config import DetectorConfig
+    from deid.config import MTCNN_THRESHOLDS, DetectorConfig
     from deid.detect import build_detector
 
     return build_detector(
-        DetectorConfig(name="mtcnn", min_face_size=40, min_score=0.8, tile=None, upscale=1)
+        DetectorConfig(
+            name="mtcnn",
+            min_face_size=40,
+            min_score=0.8,
+            tile=None,
+            upscale=1,
+            thresholds=MTCNN_THRESHOLDS,
+        )
     )
 
 

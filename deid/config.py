@@ -37,6 +37,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+#: MTCNN's own P/R/O-Net thresholds (facenet-pytorch's defaults): deid's data preparation and
+#: its utility check detect with these; the pipeline's default takes R-Net's down to 0.6.
+MTCNN_THRESHOLDS = (0.6, 0.7, 0.7)
+
+
 class DetectorConfig(_Strict):
     """Which face detector, and how it searches. Drone faces are small: the default looks
     for faces from 12 px on a copy of the frame enlarged 2x (README "Detection at drone
@@ -50,8 +55,8 @@ class DetectorConfig(_Strict):
 
     name: str = Field("mtcnn", description="the face detector: a name in deid.detect.DETECTORS")
     min_face_size: int = Field(12, ge=8, le=1000)
-    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
-    min_score: float = Field(0.9, ge=0.0, le=1.0)
+    thresholds: tuple[float, float, float] = (0.6, 0.6, 0.7)
+    min_score: float = Field(0.85, ge=0.0, le=1.0)
     max_side: int | None = Field(
         None, ge=160, description="detect on a copy downscaled to this side"
     )
