@@ -372,19 +372,9 @@ def obscure(frame: np.ndarray, crop: FaceCrop, mode: str = "pixelate", strength:
 def template_detector() -> Detector:
     """The detector of :func:`estimate_template`: MTCNN (the template is a crop convention of
     MTCNN's landmarks) for faces from 40 px with p >= 0.8 (crops are upscaled to 160 px)."""
-    from deid.config import MTCNN_THRESHOLDS, DetectorConfig
-    from deid.detect import build_detector
+    from deid.detect import plain_mtcnn
 
-    return build_detector(
-        DetectorConfig(
-            name="mtcnn",
-            min_face_size=40,
-            min_score=0.8,
-            tile=None,
-            upscale=1,
-            thresholds=MTCNN_THRESHOLDS,
-        )
-    )
+    return plain_mtcnn(min_face_size=40, min_score=0.8)
 
 
 def estimate_template(images: np.ndarray, min_found: int = 10) -> np.ndarray:

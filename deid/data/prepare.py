@@ -73,19 +73,9 @@ def celeba_detector() -> _Detector:
     """The detector :func:`prepare_celeba` aligns with: MTCNN (the shipped CelebA crops are
     aligned by its landmarks) for faces from 30 px with p >= 0.9, on copies downscaled to
     :data:`DETECT_MAX_SIDE` (no tiling)."""
-    from deid.config import MTCNN_THRESHOLDS, DetectorConfig
-    from deid.detect import build_detector
+    from deid.detect import plain_mtcnn
 
-    cfg = DetectorConfig(
-        name="mtcnn",
-        thresholds=MTCNN_THRESHOLDS,
-        min_face_size=30,
-        min_score=0.9,
-        max_side=DETECT_MAX_SIDE,
-        tile=None,
-        upscale=1,
-    )
-    return build_detector(cfg)
+    return plain_mtcnn(min_face_size=30, min_score=0.9, max_side=DETECT_MAX_SIDE)
 
 
 # --------------------------------------------------------------------------------------------

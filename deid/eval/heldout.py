@@ -169,18 +169,9 @@ def detection_frames(x: torch.Tensor, margin: float = DETECT_MARGIN) -> list[np.
 def utility_detector(device: torch.device | str = "cpu") -> Detector:
     """The detector of the utility check (:func:`detected`): MTCNN for faces from 20 px with
     p >= 0.9, at full resolution (crops in frames are small; no tiling or padding)."""
-    from deid.config import MTCNN_THRESHOLDS, DetectorConfig
-    from deid.detect import build_detector
+    from deid.detect import plain_mtcnn
 
-    cfg = DetectorConfig(
-        name="mtcnn",
-        min_face_size=20,
-        min_score=0.9,
-        tile=None,
-        upscale=1,
-        thresholds=MTCNN_THRESHOLDS,
-    )
-    return build_detector(cfg, device)
+    return plain_mtcnn(min_face_size=20, min_score=0.9, device=device)
 
 
 def detected(detector: Detector, x: torch.Tensor, batch: int = 64) -> np.ndarray:
