@@ -2,11 +2,11 @@
 
 facenet-pytorch's ``detect_face`` cuts every candidate box of the P-Net out of the frame and
 resamples it to 24x24 (then 48x48) in its own ``interpolate`` call: with faces searched from
-12 px on a frame enlarged 2x, the P-Net passes several hundred candidates per frame, and
-these calls took about a third of the detection time on the CPU. Here the crops of all
-candidates come in one gather from an integral image (the same area averaging, bin for bin,
-as torch's ``interpolate(mode="area")``), and the three networks run on channels-last
-tensors (about 2x faster on the CPU, the same outputs to float rounding). Everything else,
+12 px on a frame enlarged 2x, the P-Net passes several hundred candidates per frame. Here
+the candidates of one clipped size are resampled together, in one ``interpolate`` call (the
+same area averaging, so the same crops), and the three networks run on channels-last
+tensors (about 2x faster convolutions on the CPU, the same outputs to float rounding).
+Everything else,
 the pyramid, the thresholds, the NMS steps and the box regression, is facenet-pytorch's own
 code, so the detections are the same (``tests/test_mtcnn_fast.py`` compares them).
 """
