@@ -372,7 +372,7 @@ def obscure(frame: np.ndarray, crop: FaceCrop, mode: str = "pixelate", strength:
 def template_detector() -> Detector:
     """The detector of :func:`estimate_template`: MTCNN (the template is a crop convention of
     MTCNN's landmarks) for faces from 40 px with p >= 0.8 (crops are upscaled to 160 px)."""
-    from deid.detect import plain_mtcnn
+    from deid.detect.plain import plain_mtcnn
 
     return plain_mtcnn(min_face_size=40, min_score=0.8)
 

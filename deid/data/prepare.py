@@ -73,7 +73,7 @@ def celeba_detector() -> _Detector:
     """The detector :func:`prepare_celeba` aligns with: MTCNN (the shipped CelebA crops are
     aligned by its landmarks) for faces from 30 px with p >= 0.9, on copies downscaled to
     :data:`DETECT_MAX_SIDE` (no tiling)."""
-    from deid.detect import plain_mtcnn
+    from deid.detect.plain import plain_mtcnn
 
     return plain_mtcnn(min_face_size=30, min_score=0.9, max_side=DETECT_MAX_SIDE)
 

@@ -3,13 +3,7 @@
 
 from deid.detect.base import Detector
 from deid.detect.mtcnn import MTCNNDetector
-from deid.detect.registry import (
-    DETECTORS,
-    DetectorFactory,
-    build_detector,
-    plain_mtcnn,
-    register_detector,
-)
+from deid.detect.registry import DETECTORS, DetectorFactory, build_detector, register_detector
 from deid.detect.tiling import RawDetections, TiledDetector, no_detections, tile_grid
 
 __all__ = [
@@ -21,7 +15,6 @@ __all__ = [
     "TiledDetector",
     "build_detector",
     "no_detections",
-    "plain_mtcnn",
     "register_detector",
     "tile_grid",
 ]

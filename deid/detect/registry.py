@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -33,27 +32,6 @@ def register_detector(name: str, factory: DetectorFactory) -> None:
     if name in DETECTORS:
         raise ValueError(f"detector {name!r} is already registered ({DETECTORS[name]!r})")
     DETECTORS[name] = factory
-
-
-def plain_mtcnn(
-    min_face_size: int, min_score: float, device: torch.device | str = "cpu", **options: Any
-) -> Detector:
-    """MTCNN as facenet-pytorch ships it: its own thresholds
-    (:data:`deid.config.MTCNN_THRESHOLDS`), no enlarging, no tiling (``options``: other
-    ``detector`` settings). deid's data preparation, template and utility check use it, so
-    their crops and figures do not move with the pipeline's drone defaults."""
-    from deid.config import MTCNN_THRESHOLDS, DetectorConfig
-
-    cfg = DetectorConfig(
-        name="mtcnn",
-        min_face_size=min_face_size,
-        min_score=min_score,
-        thresholds=MTCNN_THRESHOLDS,
-        tile=None,
-        upscale=1,
-        **options,
-    )
-    return build_detector(cfg, device)
 
 
 def build_detector(cfg: DetectorSettings, device: torch.device | str = "cpu") -> Detector:

@@ -169,7 +169,7 @@ def detection_frames(x: torch.Tensor, margin: float = DETECT_MARGIN) -> list[np.
 def utility_detector(device: torch.device | str = "cpu") -> Detector:
     """The detector of the utility check (:func:`detected`): MTCNN for faces from 20 px with
     p >= 0.9, at full resolution (crops in frames are small; no tiling or padding)."""
-    from deid.detect import plain_mtcnn
+    from deid.detect.plain import plain_mtcnn
 
     return plain_mtcnn(min_face_size=20, min_score=0.9, device=device)
 
