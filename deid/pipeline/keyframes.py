@@ -246,13 +246,10 @@ class KeyframeDetector:
         for k, (x1, y1, x2, y2) in enumerate(pieces):
             groups.setdefault((bucket(y2 - y1), bucket(x2 - x1)), []).append(k)
         boxes, scores, marks = [], [], []
-        for (bh, bw), idx in groups.items():
-            crops = []
-            for k in idx:
-                x1, y1, x2, y2 = pieces[k]
-                c = np.zeros((bh, bw, 3), np.uint8)
-                c[: y2 - y1, : x2 - x1] = frame[y1:y2, x1:x2]
-                crops.append(c)
+        for idx in groups.values():
+            crops = [
+                pad_to_bucket(frame[y1:y2, x1:x2]) for x1, y1, x2, y2 in (pieces[k] for k in idx)
+            ]
             for k, d in zip(idx, self.detector.detect(crops, edge_pad=0), strict=True):
                 x1, y1, x2, y2 = pieces[k]
                 off = np.array([x1, y1], np.float32)
@@ -403,6 +400,18 @@ def _pieces(r: Rect) -> list[Rect]:
     return [
         (x, y, min(x + top, x2), min(y + top, y2)) for y in starts(y1, y2) for x in starts(x1, x2)
     ]
+
+
+def pad_to_bucket(window: np.ndarray) -> np.ndarray:
+    """``window`` on black, right and bottom, up to the next bucket side on each axis (one
+    larger than the largest bucket: as it is; an empty one: all black), so windows of
+    similar sizes share a shape and are searched in one detector call."""
+    h, w = window.shape[:2]
+    if max(h, w) > BUCKETS[-1]:
+        return window
+    out = np.zeros((bucket(h), bucket(w), 3), np.uint8)
+    out[:h, :w] = window
+    return out
 
 
 def bucket(n: int) -> int:

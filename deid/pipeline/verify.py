@@ -23,7 +23,7 @@ from deid import judge
 from deid.align import obscure
 from deid.config import Settings
 from deid.detect import Detector
-from deid.pipeline.keyframes import BUCKETS, bucket
+from deid.pipeline.keyframes import pad_to_bucket
 from deid.pipeline.report import FaceJudge, FaceRecord, JudgeSummary, Verified, judge_totals
 from deid.pipeline.resources import Resources
 from deid.pipeline.stages import classify, crop, detect, iou
@@ -54,7 +54,7 @@ def detect_around(
             m = round(context * max(x2 - x1, y2 - y1))
             wx1, wy1 = max(0, x1 - m), max(0, y1 - m)
             wx2, wy2 = min(fw, x2 + m), min(fh, y2 + m)
-            windows.append(_padded(frames[fi][wy1:wy2, wx1:wx2]))
+            windows.append(pad_to_bucket(frames[fi][wy1:wy2, wx1:wx2]))
             where.append((fi, wx1, wy1))
     found: dict[int, list[tuple[np.ndarray, float, np.ndarray]]] = defaultdict(list)
     for (fi, ox, oy), d in zip(
@@ -78,16 +78,6 @@ def detect_around(
                 np.stack([f[2] for f in faces]).astype(np.float32),
             )
         )
-    return out
-
-
-def _padded(window: np.ndarray) -> np.ndarray:
-    """``window`` on black, right and bottom, up to the next bucket side (larger: as it is)."""
-    h, w = window.shape[:2]
-    if max(h, w) > BUCKETS[-1] or h == 0 or w == 0:
-        return window
-    out = np.zeros((bucket(h), bucket(w), 3), np.uint8)
-    out[:h, :w] = window
     return out
 
 
