@@ -137,6 +137,15 @@ _SETTING_FLAG_TABLE: tuple[tuple[str, str, dict[str, Any]], ...] = (
         "--chunk-frames",
         {"type": int, "help": "frames per chunk (default from settings)"},
     ),
+    (
+        "pipeline.workers",
+        "--workers",
+        {
+            "type": int,
+            "help": "processes that analyse and render a video's chunks (each loads the "
+            "models; at most one per chunk; the output is the same)",
+        },
+    ),
 )
 # The setting each settings flag sets: what setting_overrides makes of the flag, and what a
 # message about its value names (load_settings(..., flags=SETTING_FLAGS)).

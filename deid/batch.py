@@ -426,7 +426,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config", help="YAML file or a name in configs/ (default: configs/default.yaml)"
     )
-    add_setting_flags(p, "--classifier", "--attack", "--device")
+    add_setting_flags(p, "--classifier", "--attack", "--device", "--workers")
     p.add_argument("--force", action="store_true", help="redo files the manifest says are done")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_batch)

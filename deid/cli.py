@@ -34,7 +34,16 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config", help="YAML file or a name in configs/ (default: configs/default.yaml)"
     )
-    add_setting_flags(p, *ATTACK_FLAGS, "--device", "--fallback", "--strict", "--no-verify")
+    add_setting_flags(
+        p,
+        *ATTACK_FLAGS,
+        "--device",
+        "--fallback",
+        "--strict",
+        "--no-verify",
+        "--chunk-frames",
+        "--workers",
+    )
     p.add_argument(
         "--contact-sheet",
         type=Path,

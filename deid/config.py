@@ -172,6 +172,14 @@ class PipelineConfig(_Strict):
         description="processes the judge's descriptors are computed in (dlib's network runs "
         "on one core); None: one per usable CPU; 1: in deid's own process",
     )
+    workers: int | None = Field(
+        1,
+        ge=1,
+        le=256,
+        description="processes that analyse and render a video's chunks in `deid run` (each "
+        "loads the models; torch's threads and the judge's processes are shared out among "
+        "them); None: one per usable CPU; at most one per chunk. The output is the same",
+    )
 
     @field_validator("device")
     @classmethod

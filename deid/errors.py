@@ -6,10 +6,28 @@ from pathlib import Path
 from typing import Any
 
 
+def rebuild_exception(
+    cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]
+) -> Any:
+    """An exception of ``cls`` with its message ``args`` and attributes, made without calling
+    its ``__init__`` (whose parameters may differ from ``args``)."""
+    e = cls.__new__(cls)
+    BaseException.__init__(e, *args)
+    e.__dict__.update(state)
+    return e
+
+
 class DeidError(Exception):
-    """Base class of every error deid raises on purpose."""
+    """Base class of every error deid raises on purpose.
+
+    It pickles with its attributes whatever its constructor takes, so an error raised in a
+    worker process (``pipeline.workers``) reaches the caller as itself.
+    """
 
     exit_code = 2
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (rebuild_exception, (type(self), self.args, dict(self.__dict__)))
 
 
 class PathError(DeidError):

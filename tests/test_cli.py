@@ -272,7 +272,7 @@ def test_data_prepare_errors(tmp_path: Path, capsys) -> None:
 # The settings flags each command takes, and a value of each with the override it makes.
 SETTINGS_FLAGS_OF = {
     "run": ["--classifier", "--attack", "--target", "--eps", "--steps", "--device", "--fallback"],
-    "batch": ["--classifier", "--attack", "--device"],
+    "batch": ["--classifier", "--attack", "--device", "--workers"],
     "submit": ["--classifier", "--attack", "--target", "--eps", "--steps", "--fallback"],
 }
 FLAG_VALUES = {
@@ -284,6 +284,7 @@ FLAG_VALUES = {
     "--device": ("cpu", ("pipeline", "device", "cpu")),
     "--fallback": ("black", ("pipeline", "fallback", "black")),
     "--chunk-frames": ("7", ("pipeline", "chunk_frames", 7)),
+    "--workers": ("2", ("pipeline", "workers", 2)),
 }
 
 
@@ -298,7 +299,7 @@ def test_settings_flags_make_the_same_overrides_in_run_batch_and_submit(command:
     base = [command, "in", "-o", "out"]
     assert setting_overrides(parser.parse_args(base)) == {}
     flags = SETTINGS_FLAGS_OF[command] + {
-        "run": ["--no-verify"],
+        "run": ["--no-verify", "--chunk-frames", "--workers"],
         "submit": ["--no-verify", "--chunk-frames"],
     }.get(command, [])
     argv, expected = list(base), {}

@@ -303,3 +303,55 @@ def test_segments_encode_to_the_same_bytes_in_every_process(tmp_path: Path) -> N
     digests = {p.communicate(timeout=300)[0].strip() for p in procs}
     assert all(p.returncode == 0 for p in procs)
     assert len(digests) == 1, digests
+
+
+def test_worker_processes_give_the_bytes_and_report_of_one_process(
+    tmp_path: Path, resources: Resources
+) -> None:
+    """`pipeline.workers: 2`: chunks analysed and rendered in two spawned processes; the
+    video, the report's faces and the contact sheet's thumbnails are those of one process."""
+    src = write_clip(tmp_path / "in.mp4", face_frames(), audio=False)
+    one, two = tmp_path / "one.mp4", tmp_path / "two.mp4"
+    thumbs1: list = []
+    r1 = job.run_video(src, one, resources, progress=False, thumbnails=thumbs1)
+    settings = resources.settings.model_copy(
+        update={
+            "pipeline": resources.settings.pipeline.model_copy(update={"workers": 2, "threads": 1})
+        }
+    )
+    res2 = Resources(**{**resources.__dict__, "settings": settings})
+    thumbs2: list = []
+    r2 = job.run_video(src, two, res2, progress=False, thumbnails=thumbs2)
+    assert r2["video"]["chunks"] == 4
+    assert two.read_bytes() == one.read_bytes()
+    assert r2["faces_detail"] == r1["faces_detail"] and r2["totals"] == r1["totals"]
+    assert len(thumbs2) == len(thumbs1) > 0
+    for a, b in zip(thumbs1, thumbs2, strict=True):
+        assert a.keys() == b.keys()
+        assert all(np.array_equal(a[k], b[k]) for k in a if isinstance(a[k], np.ndarray))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "one.mp4", "two.mp4"]
+
+
+def test_an_error_in_a_worker_process_reaches_the_caller_as_itself(
+    tmp_path: Path, resources: Resources
+) -> None:
+    """A chunk refused in its worker (a segment path that is not a video) reaches the caller
+    as the same error, with its attributes (OutputError's constructor takes two)."""
+    from deid.errors import OutputError
+    from deid.pipeline.pool import ChunkPool
+
+    src = write_clip(tmp_path / "in.mp4", face_frames(), audio=False)
+    layout = job.split(src, 7)
+    chunks = job.chunks_of(layout)
+    pool = ChunkPool(resources.settings, 2)
+    try:
+        analyses = pool.map(job.analyse, [(src, layout, c) for c in chunks], chunks, print)
+        plan = job.plan(layout, analyses, resources)
+        parts = [tmp_path / f"part{c.index}.avi" for c in chunks]
+        calls = [(src, layout, plan, c, p, False) for c, p in zip(chunks, parts, strict=True)]
+        with pytest.raises(OutputError) as caught:
+            pool.map(job.render_chunk, calls, chunks, print)
+    finally:
+        pool.close()
+    assert caught.value.path == parts[0] and "segment suffix" in caught.value.reason
+    assert not any(p.exists() for p in parts)

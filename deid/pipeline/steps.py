@@ -15,9 +15,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from deid.errors import DeidError
+from deid.errors import DeidError, rebuild_exception
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,14 @@ class StepFailed(Exception):
         self.step = step
         self.cause = cause
         super().__init__(f"step {step!r} failed: {type(cause).__name__}: {cause}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # from a worker process: the cause as its text (it may not pickle)
+        state = {
+            **self.__dict__,
+            "cause": RuntimeError(f"{type(self.cause).__name__}: {self.cause}"),
+        }
+        return (rebuild_exception, (type(self), self.args, state))
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from deid.io import (
     writing,
 )
 from deid.pipeline.keyframes import KeyframeDetector
+from deid.pipeline.pool import ChunkPool, pool_size
 from deid.pipeline.protect import ProtectContext
 from deid.pipeline.report import (
     AnalysedFace,
@@ -99,6 +100,7 @@ log = logging.getLogger(__name__)
 
 # Encoder threads of segments: fixed so the bytes do not depend on the machine's core count.
 SEGMENT_THREADS = 2
+MAX_THUMBNAILS = 24  # faces a run keeps for its contact sheet
 
 
 def _table(layout: Layout) -> FrameTable | None:
@@ -567,7 +569,7 @@ def render(
     res: Resources,
     out: Path | str,
     thumbnails: list[dict[str, Any]] | None = None,
-    max_thumbnails: int = 24,
+    max_thumbnails: int = MAX_THUMBNAILS,
     on_frames: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Protect, paste, encode, verify and repair one chunk; the segment lands at ``out``
@@ -602,6 +604,21 @@ def render(
     run_steps(RENDER_STEPS, job, cleanup=_cleanup)
     assert job.report is not None
     return job.report.wire()
+
+
+def render_chunk(
+    input: str,
+    layout: dict[str, Any],
+    plan: dict[str, Any],
+    chunk: Chunk,
+    out: str,
+    thumbnails: bool,
+    res: Resources,
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """:func:`render` as a worker process runs it: (the chunk report, its thumbnails when
+    ``thumbnails``)."""
+    thumbs: list[dict[str, Any]] | None = [] if thumbnails else None
+    return render(input, layout, plan, chunk, res, out, thumbs), thumbs
 
 
 def _thumbs(
@@ -824,6 +841,7 @@ class VideoJob:
     parts: list[Path] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
+    pool: ChunkPool | None = None  # worker processes (pipeline.workers > 1)
 
     @property
     def chunks(self) -> list[Chunk]:
@@ -847,10 +865,25 @@ def _split(j: VideoJob) -> None:
         j.work = Path(tempfile.mkdtemp(prefix=f".{j.output.name}.parts-", dir=j.output.parent))
 
 
+def _pool(j: VideoJob) -> ChunkPool | None:
+    """The job's worker processes (``pipeline.workers``), started on first use; None: the
+    chunks run in this process."""
+    if j.pool is None:
+        n = pool_size(j.res.settings.pipeline.workers, len(j.chunks))
+        if n > 1:
+            j.pool = ChunkPool(j.res.settings, n)
+    return j.pool
+
+
 def _analyse(j: VideoJob) -> None:
     # one bar per pass: each counts every frame once, and its ETA is its own pass's speed
     # (analysis is several times faster than the attack)
     with _bar("analyse", j.input, Layout.of(j.layout), j.progress) as bar:
+        pool = _pool(j)
+        if pool is not None:
+            calls = [(str(j.input), j.layout, c) for c in j.chunks]
+            j.analyses = pool.map(analyse, calls, j.chunks, lambda c: bar.update(c.frames))
+            return
         j.analyses = [analyse(j.input, j.layout, c, j.res, on_frames=bar.update) for c in j.chunks]
 
 
@@ -861,6 +894,21 @@ def _plan(j: VideoJob) -> None:
 def _render(j: VideoJob) -> None:
     assert j.work is not None
     with _bar("render", j.input, Layout.of(j.layout), j.progress) as bar:
+        pool = _pool(j)
+        if pool is not None:
+            parts = [j.work / f"{c.index:05d}{segment_suffix(j.output)}" for c in j.chunks]
+            keep = j.thumbnails is not None
+            calls = [
+                (str(j.input), j.layout, j.plan, c, str(p), keep)
+                for c, p in zip(j.chunks, parts, strict=True)
+            ]
+            done = pool.map(render_chunk, calls, j.chunks, lambda c: bar.update(c.frames))
+            for (report, thumbs), part in zip(done, parts, strict=True):
+                j.reports.append(report)
+                j.parts.append(part)
+                if j.thumbnails is not None and thumbs:  # as one process fills them
+                    j.thumbnails.extend(thumbs[: max(0, MAX_THUMBNAILS - len(j.thumbnails))])
+            return
         for c in j.chunks:
             part = j.work / f"{c.index:05d}{segment_suffix(j.output)}"
             report = render(
@@ -875,6 +923,9 @@ def _assemble(j: VideoJob) -> None:
 
 
 def _remove_work(j: VideoJob) -> None:
+    if j.pool is not None:
+        j.pool.close()
+        j.pool = None
     if j.work is not None:
         shutil.rmtree(j.work, ignore_errors=True)
 
