@@ -136,7 +136,9 @@ def test_replace_is_a_registered_generator_with_a_targeted_follow_up() -> None:
     assert isinstance(s.attack, ReplaceConfig) and s.attack.then == "ifgsm"
     p = build_protector(s.attack)
     assert isinstance(p, GeneratorProtector) and p.then is not None
-    assert p.then.cfg.steps == 10  # then_params reach the attack
+    assert p.then.cfg.steps == 20 and p.then.cfg.eot.enabled  # the default then_params
+    seven = load_settings(None, {"attack": {"name": "replace", "then_params": {"steps": 7}}})
+    assert build_protector(seven.attack).then.cfg.steps == 7  # then_params reach the attack
     bare = load_settings(None, {"attack": {"name": "replace", "then": None}}).attack
     assert build_protector(bare).then is None
     meta = json.loads(SHIPPED.with_suffix(".json").read_text())
@@ -276,3 +278,52 @@ def test_replace_on_a_clip_slice_keeps_one_face_per_track(tmp_path: Path) -> Non
                 d_out.append(np.abs(b1 - b0).mean())
     assert len(d_in) >= 10
     assert np.mean(d_out) <= 1.5 * np.mean(d_in), (np.mean(d_out), np.mean(d_in))
+
+
+@pytest.mark.parametrize("escalate", [32 / 255, None])
+def test_faces_whose_targeted_steps_run_out_get_a_second_round_in_a_larger_ball(
+    escalate: float | None,
+) -> None:
+    """`escalate_eps`: a face whose `then` steps all ran (here: 1 step, a margin no face
+    reaches) gets as many steps again, and stays within `escalate_eps` of its generated face
+    (the first round alone: within the `then` eps)."""
+    from deid.detect import build_detector
+    from deid.models import load_classifier
+    from deid.pipeline.protect import ProtectContext
+    from deid.pipeline.stages import classify, crop, detect
+
+    from .conftest import scene
+
+    s = load_settings(
+        None,
+        {
+            "attack": {
+                "name": "replace",
+                "then_params": {
+                    "steps": 1,
+                    "eps": 8 / 255,
+                    "alpha": 8 / 255,  # one step crosses the first ball
+                    "eot": {"enabled": True, "samples": 2, "margin": 1000.0},
+                },
+                "escalate_eps": escalate,
+            }
+        },
+    )
+    frame = scene("astronaut_single_face.png")
+    clf = load_classifier("celeba-cnn", "cpu")
+    crops = crop([frame], detect(build_detector(s.detector, "cpu"), [frame]), clf)
+    assert len(crops) == 1
+    logits = classify(clf, crops, torch.device("cpu"))
+    preds = logits.argmax(1)
+    targets = logits.argmin(1)
+    p = build_protector(s.attack)
+    assert (p.escalate is not None) == (escalate is not None)
+    generated = p._generate(crops, ProtectContext(clf, targets, preds, torch.device("cpu"), 8))
+    torch.manual_seed(0)
+    out = p.protect(crops, ProtectContext(clf, targets, preds, torch.device("cpu"), 8))[0]
+    linf = np.abs(out.pixels.astype(int) - generated[0].pixels.astype(int)).max() / 255
+    assert out.norms["linf"] == pytest.approx(linf, abs=1e-6)
+    if escalate is None:
+        assert out.steps == 1 and linf <= 8 / 255 + 1e-6
+    else:
+        assert out.steps == 2 and 8 / 255 < linf <= 32 / 255 + 1e-6

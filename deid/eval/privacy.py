@@ -41,6 +41,7 @@ from deid.eval.common import dataset_of, finite_mean, psnr, sample_index
 from deid.eval.heldout import detected, detection_frames, utility_detector
 from deid.eval.survival import base_attack
 from deid.models import FaceClassifier, load_classifier
+from deid.pipeline.protect import escalation
 from deid.targets import choose_targets
 from deid.types import FaceCrop
 
@@ -404,7 +405,16 @@ def _replaced(
     target = DEFAULT_TARGET[cfg.name]
     t = choose_targets(logits, target, torch.Generator().manual_seed(seed)).to(x.device)
     att = build_attack(acfg)
-    out = [att(model, new[i : i + bs], t[i : i + bs]).images for i in range(0, len(x), bs)]
+    second = escalation(att, cfg.then, cfg.then_params, cfg)  # as the pipeline's replace
+    out = []
+    for i in range(0, len(x), bs):
+        r = att(model, new[i : i + bs], t[i : i + bs])
+        images = r.images.detach().clone()
+        budget = getattr(acfg, "steps", None)
+        hard = (r.steps >= budget).to(images.device) if budget else None
+        if second is not None and hard is not None and bool(hard.any()):
+            images[hard] = second(model, images[hard], t[i : i + bs][hard]).images.detach()
+        out.append(images)
     settings = cfg.model_dump(mode="json") | {"then_config": acfg.model_dump(mode="json")}
     return to_uint8(torch.cat(out).detach()), t, settings
 

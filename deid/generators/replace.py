@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from deid.attacks.base import Attack, AttackResult, perturbation_norms, quantize8
+from deid.attacks.base import Attack, AttackResult, Budget, perturbation_norms, quantize8
 from deid.attacks.registry import attack_config, build_attack
 from deid.generators.base import GeneratorConfig
 from deid.generators.facegan import FaceGenerator, z_for_tracks
@@ -55,12 +55,20 @@ class ReplaceConfig(GeneratorConfig):
     )
     then_params: dict[str, Any] = Field(
         default_factory=lambda: {
-            "steps": 10,
+            "steps": 20,
             "eps": 16 / 255,
             "alpha": 2 / 255,
             "eot": {"enabled": True, "samples": 4, "margin": 2.0},
         },
         description="settings of the `then` attack (its defaults for the rest, EOT included)",
+    )
+    escalate_eps: Budget | None = Field(
+        32 / 255,
+        gt=0.0,
+        le=1.0,
+        description="a face whose targeted steps all ran without reaching their margin (most "
+        "are small faces) gets as many steps again from there, within this L-inf distance of "
+        "its generated face (larger than the `then` attack's eps); null: no second round",
     )
 
 

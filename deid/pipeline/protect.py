@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -105,10 +105,17 @@ class AttackProtector:
 class GeneratorProtector:
     """A generator, optionally followed by an attack on its output."""
 
-    def __init__(self, name: str, generator: Generator, then: Attack | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        generator: Generator,
+        then: Attack | None = None,
+        escalate: Attack | None = None,
+    ) -> None:
         self.name = name
         self.generator = generator
         self.then = then
+        self.escalate = escalate  # a second round for faces whose `then` steps all ran
 
     def protect(self, crops: Sequence[FaceCrop], ctx: ProtectContext) -> ProtectResult:
         generated = self._generate(crops, ctx)
@@ -121,9 +128,39 @@ class GeneratorProtector:
         attacked = attack_faces(
             self.then, ctx.classifier, new, ctx.targets, ctx.preds, ctx.device, ctx.batch_size
         )
+        if self.escalate is not None:
+            self._escalate(new, attacked, ctx)
         for c, o in zip(crops, attacked, strict=True):
             o.psnr = psnr(o.pixels, c.pixels)  # against the original face
         return attacked
+
+    def _escalate(
+        self, new: Sequence[FaceCrop], attacked: list[FaceOutcome], ctx: ProtectContext
+    ) -> None:
+        """Faces whose ``then`` steps all ran without stopping early (the margin, on every
+        EOT copy, not reached: small faces, mostly) get the escalation attack from where
+        they are, in place: its ball adds to the first, so the written face stays within
+        ``escalate_eps`` of its generated face."""
+        budget = getattr(getattr(self.then, "cfg", None), "steps", None)
+        hard = [i for i, o in enumerate(attacked) if budget is not None and o.steps >= budget]
+        if not hard:
+            return
+        again = [replace(new[i], pixels=attacked[i].pixels) for i in hard]
+        idx = torch.as_tensor(hard)
+        more = attack_faces(
+            self.escalate,
+            ctx.classifier,
+            again,
+            ctx.targets[idx],
+            ctx.preds[idx],
+            ctx.device,
+            ctx.batch_size,
+        )
+        for i, o in zip(hard, more, strict=True):
+            o.steps += attacked[i].steps
+            start, end = from_uint8(new[i].pixels[None]), from_uint8(o.pixels[None])
+            o.norms = {k: float(v[0]) for k, v in perturbation_norms(start, end).items()}
+            attacked[i] = o
 
     @torch.no_grad()
     def _generate(self, crops: Sequence[FaceCrop], ctx: ProtectContext) -> ProtectResult:
@@ -185,7 +222,21 @@ def build_protector(cfg: AttackConfigBase) -> Protector:
         then = getattr(cfg, "then", None)
         params = dict(getattr(cfg, "then_params", None) or {})
         follow = build_attack(attack_config(then, targeted=True, **params)) if then else None
-        return GeneratorProtector(name, GENERATORS[name](cfg), follow)
+        return GeneratorProtector(
+            name, GENERATORS[name](cfg), follow, escalation(follow, then, params, cfg)
+        )
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; available: {sorted(ATTACKS)}")
     return AttackProtector(name, build_attack(cfg))
+
+
+def escalation(
+    follow: Attack | None, then: str | None, params: dict[str, Any], cfg: AttackConfigBase
+) -> Attack | None:
+    """The second round of a generator's ``then`` attack (``escalate_eps``): the same attack
+    with the ball that is left between its own eps and ``escalate_eps``."""
+    top = getattr(cfg, "escalate_eps", None)
+    eps = getattr(getattr(follow, "cfg", None), "eps", None)
+    if follow is None or top is None or eps is None or top <= eps:
+        return None
+    return build_attack(attack_config(then, targeted=True, **{**params, "eps": top - eps}))
