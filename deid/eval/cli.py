@@ -572,6 +572,12 @@ def _add_detection(esub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=1, help="CPU threads of each detector")
     p.add_argument("--device", default="cpu", help="deid's detector: cpu, cuda or cuda:N")
     p.add_argument("--no-deface", action="store_true", help="deid's figures only")
+    p.add_argument(
+        "--no-tracked",
+        action="store_true",
+        help="skip the clip's 'deid, tracked' row (the faces the video pipeline protects: "
+        "detections and the faces its tracks fill in)",
+    )
     p.add_argument("--deface-python", type=Path, help="Python with deface 1.5.0 installed")
     p.add_argument("--data", type=Path, help="the shared data folder (default DEID_DATA_DIR)")
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
@@ -596,6 +602,7 @@ def cmd_detection(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         data=args.data,
+        tracked=not args.no_tracked,
     )
     sys.stdout.write(format_detection(table) + "\n")
     if args.json:
