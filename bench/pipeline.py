@@ -44,9 +44,11 @@ DEFACE_BACKEND = "onnxrt"
 SOURCE = "scenes/pedestrians_walking_1080p.mp4"
 SIZES = {"1080p": (1920, 1080), "720p": (1280, 720)}
 ATTACK: dict[str, Any] = {"name": "ifgsm", "steps": 10}
-#: --attack choices: the bench's I-FGSM (the rows of the README's old tables), and face
-#: replacement with (``replace``) or without (``replace-only``) its targeted follow-up
+#: --attack choices: the default configuration's attack, the bench's I-FGSM (the rows of the
+#: README's old tables), and face replacement with (``replace``) or without
+#: (``replace-only``) its targeted follow-up
 ATTACKS: dict[str, dict[str, Any]] = {
+    "default": {},  # configs/default.yaml's attack: I-FGSM, 20 steps, EOT
     "ifgsm10": {"name": "ifgsm", "steps": 10},
     "replace": {"name": "replace"},
     "replace-only": {"name": "replace", "then": None},
@@ -55,6 +57,8 @@ ATTACKS: dict[str, dict[str, Any]] = {
 
 def attack_label() -> str:
     """How the rows name the attack: ``ifgsm 10 steps``, ``replace``, ``replace, then none``."""
+    if not ATTACK:
+        return "the default attack (ifgsm, 20 steps, EOT)"
     if ATTACK["name"] == "ifgsm":
         return f"ifgsm {ATTACK['steps']} steps"
     extra = ", ".join(f"{k} {'none' if v is None else v}" for k, v in ATTACK.items() if k != "name")
