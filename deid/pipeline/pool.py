@@ -67,7 +67,6 @@ class ChunkPool:
     """``workers`` processes, each with the models loaded, that analyse and render chunks."""
 
     def __init__(self, settings: Settings, workers: int) -> None:
-        self.workers = workers
         own = worker_settings(settings, workers)
         self._ex = ProcessPoolExecutor(
             workers,

@@ -157,6 +157,8 @@ class GeneratorProtector:
             ctx.batch_size,
         )
         for i, o in zip(hard, more, strict=True):
+            if attacked[i].success and not o.success:
+                continue  # the first round's face reads as the target; the second's does not
             o.steps += attacked[i].steps
             start, end = from_uint8(new[i].pixels[None]), from_uint8(o.pixels[None])
             o.norms = {k: float(v[0]) for k, v in perturbation_norms(start, end).items()}
