@@ -41,7 +41,7 @@ from deid.eval.common import dataset_of, finite_mean, psnr, sample_index
 from deid.eval.heldout import detected, detection_frames, utility_detector
 from deid.eval.survival import base_attack
 from deid.models import FaceClassifier, load_classifier
-from deid.pipeline.protect import escalation
+from deid.pipeline.protect import escalation, kept_second, ran_out
 from deid.targets import choose_targets
 from deid.types import FaceCrop
 
@@ -406,14 +406,16 @@ def _replaced(
     t = choose_targets(logits, target, torch.Generator().manual_seed(seed)).to(x.device)
     att = build_attack(acfg)
     second = escalation(att, cfg.then, cfg.then_params, cfg)  # as the pipeline's replace
-    budget = getattr(acfg, "steps", None)
     out = []
     for i in range(0, len(x), bs):
         r = att(model, new[i : i + bs], t[i : i + bs])
         images = r.images.detach().clone()
-        hard = (r.steps >= budget).to(images.device) if budget else None
-        if second is not None and hard is not None and bool(hard.any()):
-            images[hard] = second(model, images[hard], t[i : i + bs][hard]).images.detach()
+        hard = ran_out(att, r.steps.cpu()).nonzero().flatten()
+        if second is not None and len(hard):
+            on = hard.to(images.device)
+            r2 = second(model, images[on], t[i : i + bs][on])
+            keep = kept_second(r.success.cpu()[hard], r2.success.cpu()).to(images.device)
+            images[on[keep]] = r2.images.detach()[keep]
         out.append(images)
     settings = cfg.model_dump(mode="json") | {"then_config": acfg.model_dump(mode="json")}
     return to_uint8(torch.cat(out).detach()), t, settings

@@ -141,8 +141,8 @@ class GeneratorProtector:
         EOT copy, not reached: small faces, mostly) get the escalation attack from where
         they are, in place: its ball adds to the first, so the written face stays within
         ``escalate_eps`` of its generated face."""
-        budget = getattr(getattr(self.then, "cfg", None), "steps", None)
-        hard = [i for i, o in enumerate(attacked) if budget is not None and o.steps >= budget]
+        ran = ran_out(self.then, torch.tensor([o.steps for o in attacked]))
+        hard = ran.nonzero().flatten().tolist()
         if not hard:
             return
         again = [replace(new[i], pixels=attacked[i].pixels) for i in hard]
@@ -156,9 +156,13 @@ class GeneratorProtector:
             ctx.device,
             ctx.batch_size,
         )
-        for i, o in zip(hard, more, strict=True):
-            if attacked[i].success and not o.success:
-                continue  # the first round's face reads as the target; the second's does not
+        keep = kept_second(
+            torch.tensor([attacked[i].success for i in hard]),
+            torch.tensor([o.success for o in more]),
+        )
+        for i, o, k in zip(hard, more, keep.tolist(), strict=True):
+            if not k:
+                continue
             o.steps += attacked[i].steps
             start, end = from_uint8(new[i].pixels[None]), from_uint8(o.pixels[None])
             o.norms = {k: float(v[0]) for k, v in perturbation_norms(start, end).items()}
@@ -230,6 +234,19 @@ def build_protector(cfg: AttackConfigBase) -> Protector:
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack {name!r}; available: {sorted(ATTACKS)}")
     return AttackProtector(name, build_attack(cfg))
+
+
+def ran_out(then: Attack | None, steps: Tensor) -> Tensor:
+    """(N,) bool: the faces whose ``then`` attack used all its steps (none stopped early at
+    its margin): those the second round (:func:`escalation`) is for."""
+    budget = getattr(getattr(then, "cfg", None), "steps", None)
+    return steps >= budget if budget is not None else torch.zeros(len(steps), dtype=torch.bool)
+
+
+def kept_second(first: Tensor, second: Tensor) -> Tensor:
+    """(N,) bool: which second-round results replace the first round's, by their success:
+    all but those where the first round reached the target and the second did not."""
+    return second | ~first
 
 
 def escalation(
