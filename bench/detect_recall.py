@@ -94,7 +94,7 @@ def _sweep_line(r: dict[str, Any]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--stills", type=int, default=2, help="1920x1080 stills of 80 faces")
+    p.add_argument("--stills", type=int, default=8, help="1920x1080 stills of 80 faces (default 8)")
     p.add_argument("--clip-frames", type=int, default=30, help="frames of the panning clip")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="CPU threads of each detector")

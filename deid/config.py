@@ -57,6 +57,14 @@ class DetectorConfig(_Strict):
     min_face_size: int = Field(12, ge=8, le=1000)
     thresholds: tuple[float, float, float] = (0.6, 0.6, 0.7)
     min_score: float = Field(0.85, ge=0.0, le=1.0)
+    track_score: float | None = Field(
+        0.6,
+        ge=0.0,
+        le=1.0,
+        description="videos: a detection scoring from this up to min_score is kept only in a "
+        "track that also holds one of min_score or more (hysteresis: a small face the detector "
+        "is unsure of in some frames stays detected there); null, or min_score or more: off",
+    )
     max_side: int | None = Field(
         None, ge=160, description="detect on a copy downscaled to this side"
     )
@@ -121,6 +129,21 @@ class DetectorConfig(_Strict):
                 f"tile_overlap ({self.tile_overlap}) must be smaller than tile ({self.tile})"
             )
         return self
+
+    def for_tracks(self) -> DetectorConfig:
+        """The settings video analysis detects with: faces down to ``track_score`` (MTCNN's
+        last stage no stricter), which :func:`deid.pipeline.tracking.plan_tracks` keeps only
+        in tracks confirmed by a face of ``min_score``. On whole frames without ``edge_pad``
+        the faces of ``min_score`` and more are exactly this detector's (MTCNN's and deid's
+        merging keep the stronger of overlapping boxes); in tiled (4K) or padded frames a
+        weaker box more inside the frame or window can stand in for a stronger one over the
+        same face."""
+        if self.track_score is None or self.track_score >= self.min_score:
+            return self
+        p, r, o = self.thresholds
+        return self.model_copy(
+            update={"min_score": self.track_score, "thresholds": (p, r, min(o, self.track_score))}
+        )
 
 
 class ClassifierConfig(_Strict):

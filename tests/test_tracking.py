@@ -102,3 +102,39 @@ def test_extrapolation_stops_at_the_frame_edge() -> None:
             x1, y1, x2, y2 = f["box"]
             assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
     assert plan["frames"][5] == []  # the face left the frame
+
+
+def _scored(x: float, y: float, score: float, size: float = 16.0) -> dict:
+    return {**face(x, y, size), "score": score}
+
+
+def test_hysteresis_keeps_weak_detections_only_in_confirmed_tracks() -> None:
+    """A small face scored 0.7 in most frames and 0.9 in one is kept in all of them; a patch
+    of ground scored 0.7 now and then, never more, is dropped, and counted."""
+    n = 10
+    faces: list[list[dict]] = [[] for _ in range(n)]
+    for t in range(n):
+        faces[t].append(_scored(100 + 2 * t, 50, 0.9 if t == 6 else 0.7))
+        if t in (2, 3, 4):
+            faces[t].append(_scored(400, 300, 0.75))
+    plan = plan_tracks(faces, 640, 480, "least-likely", 4, extend=0, min_score=0.85)
+    (track,) = plan["tracks"]
+    assert track["id"] == 0 and track["detected"] == n and track["best_score"] == 0.9
+    assert all([f["kind"] for f in fr] == ["detected"] for fr in plan["frames"])
+    assert all(fr[0]["box"][0] < 200 for fr in plan["frames"])  # the ground patch is gone
+    assert plan["unconfirmed"] == 3
+    # without the hysteresis the patch is a track of its own; with a bar no detection
+    # reaches, nothing is left
+    assert len(plan_tracks(faces, 640, 480, "least-likely", 4)["tracks"]) == 2
+    none = plan_tracks(faces, 640, 480, "least-likely", 4, min_score=0.95)
+    assert none["tracks"] == [] and none["unconfirmed"] == n + 3
+
+
+def test_dropped_tracks_leave_dense_ids_in_order_of_appearance() -> None:
+    faces = [
+        [_scored(10, 10, 0.7), _scored(200, 10, 0.9), _scored(400, 10, 0.95)] for _ in range(4)
+    ]
+    plan = plan_tracks(faces, 640, 480, "least-likely", 4, min_score=0.85)
+    assert [t["id"] for t in plan["tracks"]] == [0, 1]
+    assert [[f["track"] for f in fr] for fr in plan["frames"]] == [[0, 1]] * 4
+    assert plan["frames"][0][0]["box"][0] == 200

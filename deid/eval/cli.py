@@ -566,7 +566,9 @@ def _add_detection(esub: argparse._SubParsersAction) -> None:
         "whose box has IoU >= 0.3 with it or whose centre lies inside it.",
     )
     p.add_argument("--config", help="settings YAML or configs/ name (its detector section)")
-    p.add_argument("--stills", type=int, default=2, help="stills of 80 faces (default 2)")
+    p.add_argument(
+        "--stills", type=int, default=8, help="stills of 80 faces (default 8: 128 per size bucket)"
+    )
     p.add_argument("--clip-frames", type=int, default=30, help="frames of the clip (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="CPU threads of each detector")

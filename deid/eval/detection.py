@@ -239,7 +239,7 @@ def drone_sets(
 
 def detection_table(
     config: str | Path | None = None,
-    stills: int = 2,
+    stills: int = 8,
     clip_frames: int = 30,
     seed: int = 0,
     deface: bool = True,

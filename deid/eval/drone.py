@@ -233,18 +233,23 @@ def _textures() -> dict[str, np.ndarray]:
     return {name: getattr(skimage.data, name)() for name in TEXTURES}
 
 
-def ground(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+def ground(rng: np.random.Generator, width: int, height: int, tiling: str = "wrap") -> np.ndarray:
     """A (height, width, 3) float32 ground: patches of grass, gravel and brick, each
-    scikit-image texture tinted, scaled 0.4-1.2x (a gravel stone
-    of 5-15 px, as a drone sees it over 20-40 px faces) and mirror-tiled, blended along smooth
-    random borders."""
+    scikit-image texture tinted, scaled 0.4-1.2x (a gravel stone of 5-15 px, as a drone sees
+    it over 20-40 px faces) and tiled, blended along smooth random borders.
+
+    ``tiling`` is :func:`numpy.pad`'s mode. ``"wrap"`` (since 2026-12-05) repeats each
+    texture as it is; ``"symmetric"`` (before) mirrors it at every tile border, and those
+    borders are lines of exact left-right or up-down symmetry that no ground has: in the
+    gravel they drew kaleidoscope patterns that MTCNN took for faces: most of the false
+    positives measured before (README "Detection at drone altitude")."""
     tex = _textures()
     layers, weights = [], []
     for name, tint in TEXTURES.items():
         t = tex[name].astype(np.float32)
         zoom = rng.uniform(0.4, 1.2)
         t = cv2.resize(t, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_CUBIC)
-        tiled = np.pad(t, ((0, height), (0, width)), mode="symmetric")
+        tiled = np.pad(t, ((0, height), (0, width)), mode=tiling)
         oy, ox = rng.integers(0, t.shape[0]), rng.integers(0, t.shape[1])
         g = tiled[oy : oy + height, ox : ox + width]
         layers.append(np.clip(g[..., None] * np.float32(tint) * rng.uniform(0.9, 1.1), 0, 255))

@@ -132,13 +132,16 @@ class TrackPlan(Artefact):
     extrapolated: int
     pred: int
     target: int
+    best_score: float | None = None  # the detector's highest score in the track
 
 
 class Plan(Artefact):
-    """Tracks and the faces to protect in every frame (:func:`deid.pipeline.video.plan`)."""
+    """Tracks and the faces to protect in every frame (:func:`deid.pipeline.video.plan`).
+    ``unconfirmed``: detections dropped because their track held none of ``min_score``."""
 
     frames: list[list[PlannedFace]]
     tracks: list[TrackPlan]
+    unconfirmed: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,6 +386,7 @@ class TrackReport(Artefact):
     extrapolated: int
     pred: str
     target: str
+    best_score: float | None = None
     targets_used: list[str]
     attacked: int
     obscured: int

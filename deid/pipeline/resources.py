@@ -46,6 +46,13 @@ class Resources:
     classifier: FaceClassifier
     protector: Protector
     target_mode: str | int
+    #: the detector video analysis uses: down to ``detector.track_score``
+    #: (:meth:`deid.config.DetectorConfig.for_tracks`; ``detector`` itself when it is off)
+    track_detector: Detector | None = None
+
+    def __post_init__(self) -> None:
+        if self.track_detector is None:
+            self.track_detector = self.detector
 
     @property
     def attack(self) -> Attack | None:
@@ -77,12 +84,16 @@ class Resources:
             torch.set_num_threads(settings.pipeline.threads)
         device = resolve_device(settings.pipeline.device)
         detector = build_detector(settings.detector, device)
+        tracking = settings.detector.for_tracks()
+        track_detector = (
+            detector if tracking is settings.detector else build_detector(tracking, device)
+        )
         classifier = load_classifier(settings.classifier.name, device)
         protector = build_protector(settings.attack)
         mode = resolve_target(
             settings.attack.target, settings.attack.name, classifier.meta.class_names
         )
-        return cls(settings, device, detector, classifier, protector, mode)
+        return cls(settings, device, detector, classifier, protector, mode, track_detector)
 
 
 def resolve_target(target: str | int | None, attack: str, class_names: Sequence[str]) -> str | int:

@@ -13,7 +13,12 @@ get right where it matters for privacy:
 * **ends**: ``extend`` frames before a track's first and after its last detection are covered
   at the extrapolated box (a face is usually visible a little before MTCNN locks on);
 * **one target per track**: the target identity is chosen once, from the track's mean logits,
-  so it never flickers from frame to frame.
+  so it never flickers from frame to frame;
+* **hysteresis** (``min_score``): detections come down to the detector's lower
+  ``track_score``, and a track is kept only when one of its detections scores ``min_score``
+  or more, as ByteTrack keeps low-score boxes only where they continue a track. A small face
+  the detector is sure of in some frames and unsure of in others stays detected in all of
+  them; a patch of ground it is never sure of is dropped.
 
 Everything here is plain numpy/scipy over JSON-able dicts: the plan is computed once per job
 and shipped to every render chunk.
@@ -183,6 +188,7 @@ def plan_tracks(
     iou_threshold: float = 0.3,
     max_gap: int = 5,
     extend: int = 2,
+    min_score: float = 0.0,
 ) -> dict[str, Any]:
     """Tracks, filled gaps and one target per track, for a whole video.
 
@@ -194,12 +200,16 @@ def plan_tracks(
         class_count: number of identities of the classifier.
         seed: seeds ``random`` targets (per track, so chunking does not change them).
         iou_threshold, max_gap, extend: see :func:`associate` and the module docstring.
+        min_score: a track none of whose detections scores this much is dropped (its
+            detections are counted in ``unconfirmed``); 0 keeps every track.
 
     Returns:
         ``{"frames": [[face, ...] per frame], "tracks": [summary, ...]}`` where each face is
         ``{"track", "kind": detected|interpolated|extrapolated, "box", "landmarks", "score",
         "pred", "target"}`` and each summary has ``id, first, last, detected, interpolated,
-        extrapolated, pred, target``. JSON-able.
+        extrapolated, pred, target, best_score``; and ``"unconfirmed"``, the number of
+        detections dropped by ``min_score``. Track ids are dense, in order of appearance.
+        JSON-able.
     """
     n = len(faces)
     ids = associate(
@@ -207,14 +217,17 @@ def plan_tracks(
         iou_threshold,
         max_gap,
     )
-    obs: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    found: dict[int, list[tuple[int, dict[str, Any]]]] = {}
     for fi, (fr, fids) in enumerate(zip(faces, ids, strict=True)):
         for face, tid in zip(fr, fids, strict=True):
-            obs.setdefault(tid, []).append((fi, face))
+            found.setdefault(tid, []).append((fi, face))
+    confirmed = [
+        seq for _, seq in sorted(found.items()) if max(f["score"] for _, f in seq) >= min_score
+    ]
+    unconfirmed = sum(len(seq) for seq in found.values()) - sum(len(seq) for seq in confirmed)
     out_frames: list[list[dict[str, Any]]] = [[] for _ in range(n)]
     tracks: list[dict[str, Any]] = []
-    for tid in sorted(obs):
-        seq = obs[tid]
+    for tid, seq in enumerate(confirmed):
         logits = torch.tensor(np.mean([f["logits"] for _, f in seq], axis=0))[None]
         pred = int(logits.argmax())
         track_conf = float(torch.softmax(logits[0], 0)[pred])
@@ -251,8 +264,9 @@ def plan_tracks(
                 **counts,
                 "pred": pred,
                 "target": target,
+                "best_score": round(max(float(f["score"]) for _, f in seq), 4),
             }
         )
     for fr in out_frames:
         fr.sort(key=lambda f: f["track"])
-    return {"frames": out_frames, "tracks": tracks}
+    return {"frames": out_frames, "tracks": tracks, "unconfirmed": unconfirmed}

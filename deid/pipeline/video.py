@@ -190,7 +190,8 @@ def analyse(
     faces: list[list[AnalysedFace]] = []
     batch_frames = res.settings.detector.batch_frames
     # keyframes counted from the chunk's first frame: each chunk is analysed on its own
-    detector = KeyframeDetector(res.detector, res.settings.detector.keyframe_interval)
+    # faces down to detector.track_score: the plan keeps the weaker ones in confirmed tracks
+    detector = KeyframeDetector(res.track_detector, res.settings.detector.keyframe_interval)
     frames: Iterator[np.ndarray] = _frames(Path(input), layout, chunk, timer)
     chunk_dets = None
     if detector.interval > 1:  # faces are also looked for backwards: the chunk at once
@@ -265,6 +266,7 @@ def plan(
         iou_threshold=t.iou,
         max_gap=t.max_gap,
         extend=t.extend,
+        min_score=res.settings.detector.min_score,
     )
     return Plan.model_validate(out).wire()
 
