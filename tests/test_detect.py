@@ -149,7 +149,7 @@ def test_every_module_gets_its_detector_from_the_builder(monkeypatch: pytest.Mon
     utility_detector("cpu")
     plain = {"name": "mtcnn", "thresholds": (0.6, 0.7, 0.7), "max_side": None, "tile": None}
     plain |= {"factor": 0.709, "upscale": 1.0}  # plain MTCNN, not the drone defaults
-    plain |= {"keyframe_interval": 1}  # every image detected in full
+    plain |= {"keyframe_interval": 1, "track_score": None}  # every image on its own
     assert [(c.model_dump(exclude={"tile_overlap", "batch_frames"}), d) for c, d in built] == [
         ({**plain, "min_face_size": 40, "min_score": 0.8, "edge_pad": 0}, torch.device("cpu")),
         (

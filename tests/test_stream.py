@@ -263,10 +263,29 @@ def test_tracks_cover_a_face_the_detector_missed() -> None:
     from deid.pipeline.stream import FaceTracks
 
     tracks = FaceTracks(iou_threshold=0.3, max_gap=2)
-    assert tracks.update(0, np.array([[100, 100, 140, 150]])) == []
-    assert tracks.update(1, np.array([[104, 100, 144, 150]])) == []
-    missed = tracks.update(2, np.zeros((0, 4)))
+    assert tracks.update(0, np.array([[100, 100, 140, 150]]))[0] == []
+    assert tracks.update(1, np.array([[104, 100, 144, 150]]))[0] == []
+    missed, _ = tracks.update(2, np.zeros((0, 4)))
     assert len(missed) == 1
-    assert np.allclose(missed[0], [106, 100, 146, 150])  # moving right, half the last step kept
-    assert len(tracks.update(3, np.zeros((0, 4)))) == 1
-    assert tracks.update(4, np.zeros((0, 4))) == []  # past max_gap
+    # moving right: 4 px a frame, damped to 0.8 of it
+    assert np.allclose(missed[0], [107.2, 100, 147.2, 150])
+    assert len(tracks.update(3, np.zeros((0, 4)))[0]) == 1
+    assert tracks.update(4, np.zeros((0, 4)))[0] == []  # past max_gap
+
+
+def test_weak_detections_only_continue_tracks() -> None:
+    """Online hysteresis: a box scored under min_score starts no track and is not a face on
+    its own; where it continues a track of a face found surely before, it is."""
+    from deid.pipeline.stream import FaceTracks
+
+    tracks = FaceTracks(iou_threshold=0.3, max_gap=2, min_score=0.85)
+    face, ground = [100, 100, 116, 120], [400, 300, 416, 320]
+    missed, keep = tracks.update(0, np.array([ground]), np.array([0.7]))
+    assert missed == [] and keep.tolist() == [False] and tracks.tracker.live == []
+    missed, keep = tracks.update(1, np.array([face, ground]), np.array([0.9, 0.7]))
+    assert keep.tolist() == [True, False] and len(tracks.tracker.live) == 1
+    # the face, now scored 0.7, continues its track: kept, and nothing is missed
+    moved = [102, 100, 118, 120]
+    missed, keep = tracks.update(2, np.array([ground, moved]), np.array([0.7, 0.7]))
+    assert keep.tolist() == [False, True] and missed == []
+    assert np.allclose(tracks.tracker.live[0].boxes[-1], moved)

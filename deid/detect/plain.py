@@ -19,9 +19,9 @@ def plain_mtcnn(
     min_face_size: int, min_score: float, device: torch.device | str = "cpu", **options: Any
 ) -> Detector:
     """MTCNN with its own thresholds (:data:`deid.config.MTCNN_THRESHOLDS`), no enlarging, no
-    tiling (``options``: other ``detector`` settings). deid's data preparation, template and
-    utility check use it, so their crops and figures do not move with the pipeline's drone
-    defaults."""
+    tiling, no video hysteresis (``options``: other ``detector`` settings). deid's data
+    preparation, template and utility check use it, so their crops and figures do not move
+    with the pipeline's drone defaults."""
     cfg = DetectorConfig(
         name="mtcnn",
         min_face_size=min_face_size,
@@ -29,6 +29,7 @@ def plain_mtcnn(
         thresholds=MTCNN_THRESHOLDS,
         tile=None,
         upscale=1,
+        track_score=None,
         **options,
     )
     return build_detector(cfg, device)

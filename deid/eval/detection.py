@@ -212,6 +212,37 @@ def tracked_faces(settings: Any, device: str = "cpu") -> DetectFn:
     return run
 
 
+def stream_faces(settings: Any, device: str = "cpu") -> DetectFn:
+    """The faces ``deid stream`` obscures or protects in a clip, frame by frame as they come:
+    its detections (down to ``detector.track_score`` where they continue a track) and the
+    predicted boxes of faces it tracks but did not detect
+    (:meth:`deid.pipeline.stream.FrameProtector.locate`), on the frames as given. Seconds are
+    per frame."""
+    from deid.pipeline.resources import Resources
+    from deid.pipeline.stream import FrameProtector, StreamOptions, StreamStats
+
+    res = Resources.load(
+        settings.model_copy(
+            update={"pipeline": settings.pipeline.model_copy(update={"device": device})}
+        )
+    )
+
+    def run(frames: Sequence[np.ndarray]) -> tuple[list[Boxes], list[float]]:
+        fp = FrameProtector(res, StreamOptions(obscure_only=True), StreamStats())
+        FrameProtector(res, StreamOptions(obscure_only=True), StreamStats()).locate(
+            0, frames[0]
+        )  # warm-up, not timed
+        boxes, secs = [], []
+        for i, f in enumerate(frames):
+            t0 = time.perf_counter()
+            dets, missed = fp.locate(i, f)
+            secs.append(time.perf_counter() - t0)
+            boxes.append(np.concatenate([dets.boxes, np.reshape(missed, (-1, 4))]))
+        return [np.asarray(b, np.float32).reshape(-1, 4) for b in boxes], secs
+
+    return run
+
+
 # --------------------------------------------------------------------------------------------
 # the report
 # --------------------------------------------------------------------------------------------
@@ -256,8 +287,9 @@ def detection_table(
         config: YAML settings whose ``detector`` section deid uses (default: the defaults).
         overrides: settings over ``config``, nested (``{"detector": {"min_face_size": 12}}``).
         deface: also run deface (a :class:`ConfigError` when it cannot be run).
-        tracked: on the clip, also the row ``deid, tracked``: the faces the video pipeline
-            protects (detections and the faces its tracks fill in; :func:`tracked_faces`).
+        tracked: on the clip, also the rows ``deid, tracked``: the faces the video pipeline
+            protects (detections and the faces its tracks fill in; :func:`tracked_faces`),
+            and ``deid, stream``: those ``deid stream`` covers (:func:`stream_faces`).
         threads: CPU threads for each detector (torch's and onnxruntime's).
     """
     import torch
@@ -277,7 +309,14 @@ def detection_table(
     rows = []
     for ds in sets:
         faces = sum(int((~g).sum()) for g in ds.ignore)
-        clip = [("deid, tracked", tracked_faces(settings, device))] if tracked else []
+        clip = (
+            [
+                ("deid, tracked", tracked_faces(settings, device)),
+                ("deid, stream", stream_faces(settings, device)),
+            ]
+            if tracked
+            else []
+        )
         for name, fn in [*detectors, *(clip if ds.name == "clip" else [])]:
             boxes, secs = fn(ds.frames)
             rows.append(

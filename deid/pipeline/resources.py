@@ -4,7 +4,7 @@ classifier, the protection step and the target mode."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +46,20 @@ class Resources:
     classifier: FaceClassifier
     protector: Protector
     target_mode: str | int
-    #: the detector video analysis uses: down to ``detector.track_score``
-    #: (:meth:`deid.config.DetectorConfig.for_tracks`; ``detector`` itself when it is off)
-    track_detector: Detector | None = None
+    #: built on first use by :attr:`track_detector`
+    _track_detector: Detector | None = field(default=None, repr=False)
 
-    def __post_init__(self) -> None:
-        if self.track_detector is None:
-            self.track_detector = self.detector
+    @property
+    def track_detector(self) -> Detector:
+        """The detector video analysis and ``deid stream`` use: faces down to
+        ``detector.track_score`` (:meth:`deid.config.DetectorConfig.for_tracks`), built on
+        first use (``detector`` itself when the hysteresis is off)."""
+        if self._track_detector is None:
+            cfg = self.settings.detector.for_tracks()
+            self._track_detector = (
+                self.detector if cfg is self.settings.detector else build_detector(cfg, self.device)
+            )
+        return self._track_detector
 
     @property
     def attack(self) -> Attack | None:
@@ -84,16 +91,12 @@ class Resources:
             torch.set_num_threads(settings.pipeline.threads)
         device = resolve_device(settings.pipeline.device)
         detector = build_detector(settings.detector, device)
-        tracking = settings.detector.for_tracks()
-        track_detector = (
-            detector if tracking is settings.detector else build_detector(tracking, device)
-        )
         classifier = load_classifier(settings.classifier.name, device)
         protector = build_protector(settings.attack)
         mode = resolve_target(
             settings.attack.target, settings.attack.name, classifier.meta.class_names
         )
-        return cls(settings, device, detector, classifier, protector, mode, track_detector)
+        return cls(settings, device, detector, classifier, protector, mode)
 
 
 def resolve_target(target: str | int | None, attack: str, class_names: Sequence[str]) -> str | int:

@@ -53,9 +53,10 @@ from deid.errors import OutputError
 from deid.io.stream import SourceFrame, StreamSink, StreamSource, check_protocol, is_url
 from deid.pipeline.protect import ProtectContext
 from deid.pipeline.resources import Resources
-from deid.pipeline.stages import TargetMemory, classify, crop, detect, iou
+from deid.pipeline.stages import TargetMemory, classify, crop, detect
+from deid.pipeline.tracking import OnlineTracker
 from deid.targets import choose_targets
-from deid.types import FaceCrop
+from deid.types import Detections, FaceCrop
 
 log = logging.getLogger(__name__)
 
@@ -132,48 +133,32 @@ class StreamStats:
 
 
 class FaceTracks:
-    """Faces followed from frame to frame (IoU with a constant-velocity prediction), so that a
-    face the detector misses in one frame is still obscured where it should be."""
+    """Faces followed from frame to frame, so that a face the detector misses in one frame is
+    still obscured where it should be: the association of ``deid run``'s tracks
+    (:class:`deid.pipeline.tracking.OnlineTracker`: IoU with a constant-velocity prediction,
+    or close centres for small fast faces), one frame at a time.
 
-    def __init__(self, iou_threshold: float, max_gap: int) -> None:
-        self.iou = iou_threshold
+    Hysteresis, online (ByteTrack's rule): a detection scoring below ``min_score`` (down to
+    the detector's ``track_score``) starts no track; it is kept only where it continues a
+    track, i.e. a face the detector was sure of before."""
+
+    def __init__(self, iou_threshold: float, max_gap: int, min_score: float = 0.0) -> None:
         self.max_gap = max_gap
-        self.tracks: list[dict[str, Any]] = []  # box, vel (per frame), last (frame index)
+        self.min_score = min_score
+        self.tracker = OnlineTracker(iou_threshold, max_gap)
 
-    def _predict(self, t: dict[str, Any], index: int) -> np.ndarray:
-        return t["box"] + t["vel"] * (index - t["last"])
+    def update(
+        self, index: int, boxes: np.ndarray, scores: np.ndarray | None = None
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Link the boxes detected in frame ``index``.
 
-    def update(self, index: int, boxes: np.ndarray) -> list[np.ndarray]:
-        """Link the boxes detected in frame ``index``; returns the predicted boxes of the
-        tracks it did not find (still within ``max_gap`` frames), to be obscured."""
-        predicted = [self._predict(t, index) for t in self.tracks]
-        taken: set[int] = set()
-        for b in np.asarray(boxes, np.float64).reshape(-1, 4):
-            best, best_iou = -1, self.iou
-            for k, p in enumerate(predicted):
-                o = iou(b, p)
-                if k not in taken and o >= best_iou:
-                    best, best_iou = k, o
-            if best >= 0:
-                t = self.tracks[best]
-                gap = max(1, index - t["last"])
-                t["vel"] = 0.5 * t["vel"] + 0.5 * (b - t["box"]) / gap
-                t["box"], t["last"] = b, index
-                taken.add(best)
-            else:
-                self.tracks.append({"box": b, "vel": np.zeros(4), "last": index})
-                taken.add(len(self.tracks) - 1)
-                predicted.append(b)
-        missed = []
-        kept = []
-        for k, t in enumerate(self.tracks):
-            if k in taken:
-                kept.append(t)
-            elif index - t["last"] <= self.max_gap:
-                kept.append(t)
-                missed.append(predicted[k])
-        self.tracks = kept
-        return missed
+        Returns:
+            the predicted boxes of the tracks it did not find (last seen at most
+            ``max_gap`` frames before), to be obscured; and which of ``boxes`` are faces
+            ((K,) bool: False for a weak box that continues no track).
+        """
+        ids = self.tracker.step(index, boxes, scores, self.min_score)
+        return self.tracker.missing(index, self.max_gap), np.array(ids, int) >= 0
 
 
 def box_crop(shape: tuple[int, ...], box: Sequence[float], margin: float) -> FaceCrop:
@@ -208,7 +193,7 @@ class FrameProtector:
     def __init__(self, res: Resources, opts: StreamOptions, stats: StreamStats) -> None:
         self.res, self.opts, self.stats = res, opts, stats
         t = res.settings.tracking
-        self.tracks = FaceTracks(t.iou, t.max_gap)
+        self.tracks = FaceTracks(t.iou, t.max_gap, res.settings.detector.min_score)
         self.memory = TargetMemory(t.iou)
         self.generator = torch.Generator().manual_seed(res.settings.pipeline.seed)
         self.detect_cost = 0.0
@@ -221,7 +206,7 @@ class FrameProtector:
         frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         for _ in range(2):  # the first call pays for lazy initialisation
             t0 = time.monotonic()
-            detect(self.res.detector, [frame])
+            detect(self.res.track_detector, [frame])
             self.detect_cost = time.monotonic() - t0
         if self.opts.obscure_only:
             return
@@ -250,6 +235,14 @@ class FrameProtector:
         )
         return res.protector.protect(crops, ctx)
 
+    def locate(self, index: int, image: np.ndarray) -> tuple[Detections, list[np.ndarray]]:
+        """The faces of frame ``index``: its detections (down to ``detector.track_score``
+        where they continue a track, :class:`FaceTracks`) and the predicted boxes of tracked
+        faces it did not detect."""
+        dets = detect(self.res.track_detector, [image])[0]
+        missed, keep = self.tracks.update(index, dets.boxes, dets.scores)
+        return Detections(dets.boxes[keep], dets.scores[keep], dets.landmarks[keep]), missed
+
     def __call__(self, sf: SourceFrame, live: bool, newer: bool = False) -> np.ndarray | None:
         """The frame to send, or None to drop it (only when a ``newer`` frame is waiting:
         the newest frame is always processed, late or not, so the stream goes on)."""
@@ -257,9 +250,8 @@ class FrameProtector:
         if live and newer and time.monotonic() - sf.arrival + self.detect_cost > budget:
             return None
         t0 = time.monotonic()
-        dets = detect(self.res.detector, [sf.image])[0]
+        dets, missed = self.locate(sf.index, sf.image)
         self.detect_cost = 0.7 * self.detect_cost + 0.3 * (time.monotonic() - t0)
-        missed = self.tracks.update(sf.index, dets.boxes)
         crops = crop([sf.image], [dets], self.res.classifier)
         out = sf.image.copy()
         fallback = self.res.settings.pipeline.fallback

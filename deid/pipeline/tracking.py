@@ -66,7 +66,6 @@ class _Track:
     id: int
     frames: list[int] = field(default_factory=list)
     boxes: list[np.ndarray] = field(default_factory=list)
-    dets: list[int] = field(default_factory=list)  # index into the frame's detections
 
     def predict(self, frame: int) -> np.ndarray:
         """Constant-velocity box at ``frame`` from the last two observations (damped)."""
@@ -78,13 +77,96 @@ class _Track:
         return last + 0.8 * v * (frame - self.frames[-1])
 
 
+class OnlineTracker:
+    """SORT-style association one frame at a time: what :func:`associate` runs over a whole
+    video and ``deid stream`` runs live (:class:`deid.pipeline.stream.FaceTracks`).
+
+    Each live track predicts its box (:meth:`_Track.predict`); a frame's boxes are assigned
+    by the Hungarian algorithm on ``1 - IoU`` (plus a little centre distance), a pair being
+    allowed when the IoU reaches ``iou_threshold`` or, for small fast faces, when the centres
+    are within ``max_centre_distance`` mean box sides and the sizes agree within 2x. With
+    scores, the boxes of ``min_score`` and more are assigned first, the weaker ones then to
+    the tracks left (ByteTrack's two rounds), and only the former start tracks.
+    """
+
+    def __init__(
+        self, iou_threshold: float = 0.3, max_gap: int = 5, max_centre_distance: float = 1.0
+    ) -> None:
+        self.iou_threshold = iou_threshold
+        self.max_gap = max_gap
+        self.max_centre_distance = max_centre_distance
+        self.live: list[_Track] = []
+        self.next_id = 0
+
+    def _match(self, f: int, tracks: list[_Track], boxes: np.ndarray) -> list[tuple[int, int]]:
+        """(track index, box index) pairs for ``boxes`` among ``tracks`` at frame ``f``."""
+        if not tracks or not len(boxes):
+            return []
+        pred = np.stack([t.predict(f) for t in tracks])
+        iou = iou_matrix(pred, boxes)
+        dist = _centre_distance(pred, boxes)
+        side_p = (pred[:, 2:] - pred[:, :2]).mean(1)[:, None]
+        side_b = (boxes[:, 2:] - boxes[:, :2]).mean(1)[None]
+        ratio = np.maximum(side_p, side_b) / np.maximum(np.minimum(side_p, side_b), 1e-6)
+        ok = (iou >= self.iou_threshold) | ((dist <= self.max_centre_distance) & (ratio <= 2.0))
+        cost = np.where(ok, 1.0 - iou + 0.1 * dist, 1e6)
+        rows, cols = linear_sum_assignment(cost)
+        return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if ok[r, c]]
+
+    def step(
+        self,
+        f: int,
+        boxes: np.ndarray,
+        scores: np.ndarray | None = None,
+        min_score: float = 0.0,
+    ) -> list[int]:
+        """Link frame ``f``'s boxes ((K, 4), K may be 0); frames come in increasing order.
+
+        Returns:
+            per box its track id, or -1 for a weak box (under ``min_score``) that continues
+            no track.
+        """
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        self.live = [t for t in self.live if f - t.frames[-1] <= self.max_gap + 1]
+        strong = (
+            np.ones(len(boxes), bool)
+            if scores is None
+            else np.asarray(scores, np.float64) >= min_score
+        )
+        ids = [-1] * len(boxes)
+        free = list(range(len(self.live)))
+        for group in (np.flatnonzero(strong), np.flatnonzero(~strong)):
+            tracks = [self.live[k] for k in free]
+            taken = set()
+            for r, c in self._match(f, tracks, boxes[group]):
+                t, i = tracks[r], int(group[c])
+                # the last two observations are all a prediction needs (a stream runs for hours)
+                t.frames[:] = [*t.frames[-1:], f]
+                t.boxes[:] = [*t.boxes[-1:], boxes[i]]
+                ids[i] = t.id
+                taken.add(free[r])
+            free = [k for k in free if k not in taken]
+        for i in np.flatnonzero(strong):
+            if ids[i] < 0:
+                t = _Track(self.next_id, [f], [boxes[i]])
+                self.next_id += 1
+                self.live.append(t)
+                ids[i] = t.id
+        return ids
+
+    def missing(self, f: int, max_gap: int) -> list[np.ndarray]:
+        """Predicted boxes at frame ``f`` of the live tracks not seen in it, last seen at
+        most ``max_gap`` frames before."""
+        return [t.predict(f) for t in self.live if 0 < f - t.frames[-1] <= max_gap]
+
+
 def associate(
     boxes_per_frame: Sequence[np.ndarray],
     iou_threshold: float = 0.3,
     max_gap: int = 5,
     max_centre_distance: float = 1.0,
 ) -> list[list[int]]:
-    """Track ids for every detection of every frame.
+    """Track ids for every detection of every frame (:class:`OnlineTracker` over them all).
 
     Args:
         boxes_per_frame: per frame a (K, 4) array of boxes (K may be 0).
@@ -96,42 +178,8 @@ def associate(
     Returns:
         per frame, the track id of each detection (ids are dense, in order of appearance).
     """
-    live: list[_Track] = []
-    ended: list[_Track] = []
-    next_id = 0
-    ids: list[list[int]] = []
-    for f, boxes in enumerate(boxes_per_frame):
-        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-        still = []
-        for t in live:
-            (still if f - t.frames[-1] <= max_gap + 1 else ended).append(t)
-        live = still
-        frame_ids = [-1] * len(boxes)
-        if live and len(boxes):
-            pred = np.stack([t.predict(f) for t in live])
-            iou = iou_matrix(pred, boxes)
-            dist = _centre_distance(pred, boxes)
-            side_p = (pred[:, 2:] - pred[:, :2]).mean(1)[:, None]
-            side_b = (boxes[:, 2:] - boxes[:, :2]).mean(1)[None]
-            ratio = np.maximum(side_p, side_b) / np.maximum(np.minimum(side_p, side_b), 1e-6)
-            ok = (iou >= iou_threshold) | ((dist <= max_centre_distance) & (ratio <= 2.0))
-            cost = np.where(ok, 1.0 - iou + 0.1 * dist, 1e6)
-            rows, cols = linear_sum_assignment(cost)
-            for r, c in zip(rows, cols, strict=True):
-                if ok[r, c]:
-                    t = live[r]
-                    t.frames.append(f)
-                    t.boxes.append(boxes[c])
-                    t.dets.append(c)
-                    frame_ids[c] = t.id
-        for c in range(len(boxes)):
-            if frame_ids[c] < 0:
-                t = _Track(next_id, [f], [boxes[c]], [c])
-                next_id += 1
-                live.append(t)
-                frame_ids[c] = t.id
-        ids.append(frame_ids)
-    return ids
+    tracker = OnlineTracker(iou_threshold, max_gap, max_centre_distance)
+    return [tracker.step(f, boxes) for f, boxes in enumerate(boxes_per_frame)]
 
 
 def _clip_box(box: np.ndarray, width: int, height: int) -> np.ndarray | None:
