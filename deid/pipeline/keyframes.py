@@ -104,13 +104,18 @@ class KeyframeDetector:
     Args:
         detector: the full detector (:class:`deid.detect.Detector`).
         interval: every ``interval``-th frame (from the first) is a keyframe; 1: all.
+        follow_score: only faces scoring this much are followed (windows around them,
+            steady faces, the backward search); the weaker ones the detector returns (down to
+            ``detector.track_score``, for the plan's tracks to confirm) are reported, not
+            followed, so they neither add windows nor force full detections.
     """
 
-    def __init__(self, detector: Detector, interval: int) -> None:
+    def __init__(self, detector: Detector, interval: int, follow_score: float = 0.0) -> None:
         if interval < 1:
             raise ValueError(f"interval: expected >= 1, got {interval}")
         self.detector = detector
         self.interval = int(interval)
+        self.follow_score = float(follow_score)
         self.stats = KeyframeStats()
         self._index = 0
         self._tracks: list[_Track] = []
@@ -155,7 +160,8 @@ class KeyframeDetector:
         for t in range(len(frames) - 1, 0, -1):
             dx, dy = (CHANGE_SCALE * v for v in self._shifts[t])
             move = np.array([dx, dy, dx, dy], np.float32)
-            seeds = [(b, 0) for b in out[t].boxes] + pending
+            sure = out[t].boxes[out[t].scores >= self.follow_score]
+            seeds = [(b, 0) for b in sure] + pending
             prev = out[t - 1]
             boxes = np.array([b for b, _ in seeds], np.float32).reshape(-1, 4) - move
             todo = np.ones(len(seeds), bool)
@@ -283,6 +289,7 @@ class KeyframeDetector:
     def _follow(self, d: Detections) -> None:
         """Tracks: faces found now (each continuing the track it overlaps, if any), and
         those lost for at most :data:`KEEP` frames."""
+        d = d.select(d.scores >= self.follow_score)
         if len(d) and self._tracks:
             m = box_iou(d.boxes, np.array([t.box for t in self._tracks], np.float32)) >= 0.3
         else:

@@ -191,7 +191,11 @@ def analyse(
     batch_frames = res.settings.detector.batch_frames
     # keyframes counted from the chunk's first frame: each chunk is analysed on its own
     # faces down to detector.track_score: the plan keeps the weaker ones in confirmed tracks
-    detector = KeyframeDetector(res.track_detector, res.settings.detector.keyframe_interval)
+    detector = KeyframeDetector(
+        res.track_detector,
+        res.settings.detector.keyframe_interval,
+        follow_score=res.settings.detector.min_score,
+    )
     frames: Iterator[np.ndarray] = _frames(Path(input), layout, chunk, timer)
     chunk_dets = None
     if detector.interval > 1:  # faces are also looked for backwards: the chunk at once
