@@ -138,12 +138,20 @@ def test_job_steps_in_any_order_give_the_bytes_of_deid_run(
     """What the service does (chunks on different workers, in any order) equals `deid run`."""
     src = write_clip(tmp_path / "in.mp4", face_frames(), audio=False)
     single = tmp_path / "single.mp4"
-    run(src, single, resources.settings, progress=False, resources=resources)
+    first = run(src, single, resources.settings, progress=False, resources=resources)
 
     layout = job.split(src, 4)
     chunks = job.chunks_of(layout)
-    analyses = [job.analyse(src, layout, c, resources) for c in reversed(chunks)]
-    plan = job.plan(layout, json.loads(json.dumps(analyses)), resources)
+    analyses = json.loads(json.dumps([job.analyse(src, layout, c, resources) for c in chunks]))
+    # a weak detection (under detector.min_score) on its own, far from the face: the plan
+    # drops it with its unconfirmed track, so the bytes stay those of `deid run`, and the
+    # report counts it
+    weak = {**analyses[0]["faces"][0][0], "score": 0.7}
+    weak["box"] = [2.0, 2.0, 22.0, 26.0]
+    weak["landmarks"] = [[8.0, 10.0], [16.0, 10.0], [12.0, 15.0], [9.0, 20.0], [15.0, 20.0]]
+    analyses[0]["faces"][0].append(weak)
+    plan = job.plan(layout, analyses[::-1], resources)
+    assert plan["unconfirmed"] == first["totals"]["detections_unconfirmed"] + 1
     parts = {c.index: tmp_path / f"part{c.index}.mp4" for c in chunks}
     reports = [
         job.render(src, layout, plan, c, resources, parts[c.index]) for c in reversed(chunks)
@@ -151,8 +159,11 @@ def test_job_steps_in_any_order_give_the_bytes_of_deid_run(
     for c in chunks:
         assert job.chunk_ok(parts[c.index], c)
     out = tmp_path / "distributed.mp4"
-    job.assemble(src, layout, [parts[c.index] for c in reversed(chunks)], out, reports, resources)
+    report = job.assemble(
+        src, layout, [parts[c.index] for c in reversed(chunks)], out, reports, resources, plan
+    )
     assert out.read_bytes() == single.read_bytes()
+    assert report["totals"]["detections_unconfirmed"] == plan["unconfirmed"]
 
 
 def test_chunk_ok_rejects_missing_or_damaged_segments(tmp_path: Path, resources: Resources) -> None:

@@ -349,6 +349,8 @@ class Totals(Artefact):
     faces_interpolated: int | None = None
     faces_extrapolated: int | None = None
     tracks: int | None = None
+    # detections under detector.min_score in tracks none of whose faces reached it: dropped
+    detections_unconfirmed: int | None = None
     deidentified_on_output_rate: float | None = None
     repaired: int | None = None
     unprotected_faces: int

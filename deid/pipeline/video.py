@@ -712,6 +712,7 @@ def assemble(
         _tracks(plan),
         [Analysis.of(a) for a in analyses],
         info,
+        unconfirmed=_unconfirmed(plan),
     ).wire()
 
 
@@ -722,6 +723,13 @@ def _tracks(plan: Plan | dict[str, Any] | None) -> list[TrackPlan]:
     if isinstance(plan, Plan):
         return list(plan.tracks)
     return [TrackPlan.model_validate(t) for t in plan["tracks"]]
+
+
+def _unconfirmed(plan: Plan | dict[str, Any] | None) -> int | None:
+    """The plan's count of weak detections it dropped (None without a plan)."""
+    if plan is None:
+        return None
+    return plan.unconfirmed if isinstance(plan, Plan) else int(plan.get("unconfirmed", 0))
 
 
 def _too_small(layout: Layout, res: Resources) -> bool:
@@ -738,8 +746,10 @@ def job_report(
     planned_tracks: Sequence[TrackPlan],
     analyses: Sequence[Analysis],
     out_info: VideoInfo,
+    unconfirmed: int | None = None,
 ) -> RunReport:
-    """The report of a video job, merged from its chunk reports."""
+    """The report of a video job, merged from its chunk reports (``unconfirmed``: the plan's
+    count of weak detections dropped with their unconfirmed tracks)."""
     names = res.classifier.meta.class_names
     faces = [f for r in reports for f in r.faces]
     cov_faces = [n for r in reports for n in r.coverage.faces]
@@ -784,6 +794,7 @@ def job_report(
         faces_interpolated=sum(f.kind == "interpolated" for f in faces),
         faces_extrapolated=sum(f.kind == "extrapolated" for f in faces),
         tracks=len(tracks),
+        detections_unconfirmed=unconfirmed,
         deidentified_on_output_rate=deid_rate,
         repaired=sum(r.repaired for r in reports),
         unprotected_faces=sum(not f.protected for f in faces),
