@@ -58,12 +58,27 @@ class DetectorConfig(_Strict):
     thresholds: tuple[float, float, float] = (0.6, 0.6, 0.7)
     min_score: float = Field(0.85, ge=0.0, le=1.0)
     track_score: float | None = Field(
-        0.6,
+        None,
         ge=0.0,
         le=1.0,
         description="videos: a detection scoring from this up to min_score is kept only in a "
         "track that also holds one of min_score or more (hysteresis: a small face the detector "
         "is unsure of in some frames stays detected there); null, or min_score or more: off",
+    )
+    recheck_score: float | None = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="a detection scoring from this up to min_score gets a second look: its "
+        "surroundings enlarged so that the face is 48 px, searched again; kept when the look "
+        "scores min_score (deid.detect.tiling.TiledDetector.second_look); null: no second look",
+    )
+    confirm_score: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="the score a second look must reach (null: min_score); video analysis, "
+        "which lowers min_score to track_score, keeps it at min_score",
     )
     max_side: int | None = Field(
         None, ge=160, description="detect on a copy downscaled to this side"
@@ -142,7 +157,11 @@ class DetectorConfig(_Strict):
             return self
         p, r, o = self.thresholds
         return self.model_copy(
-            update={"min_score": self.track_score, "thresholds": (p, r, min(o, self.track_score))}
+            update={
+                "min_score": self.track_score,
+                "thresholds": (p, r, min(o, self.track_score)),
+                "confirm_score": self.confirm_score or self.min_score,
+            }
         )
 
 

@@ -216,16 +216,18 @@ def test_a_job_spec_without_limits_carries_the_service_defaults() -> None:
 def test_track_score_is_a_lower_bar_for_videos() -> None:
     from deid.config import DetectorConfig
 
-    d = DetectorConfig()
+    assert DetectorConfig().track_score is None  # off by default since the second look
+    d = DetectorConfig(track_score=0.6)
     t = d.for_tracks()
-    assert d.track_score is not None and t.min_score == d.track_score < d.min_score
+    assert t.min_score == d.track_score < d.min_score and t.confirm_score == d.min_score
     # MTCNN's last stage lets the weaker faces through; the other stages stay as they are
     assert t.thresholds[:2] == d.thresholds[:2] and t.thresholds[2] == min(
         d.thresholds[2], d.track_score
     )
     off = DetectorConfig(track_score=None)
     assert off.for_tracks() is off
-    high = DetectorConfig(min_score=0.5)  # a lower min_score than track_score turns it off
+    # a lower min_score than track_score turns it off
+    high = DetectorConfig(min_score=0.5, track_score=0.6)
     assert high.for_tracks() is high
     with pytest.raises(ValidationError, match="track_score"):
         DetectorConfig(track_score=1.5)

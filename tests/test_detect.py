@@ -118,7 +118,12 @@ def test_copies_too_small_in_the_downscaled_and_tiled_modes() -> None:
 def test_the_builder_makes_mtcnn_as_the_settings_describe() -> None:
     assert DetectorConfig().name == "mtcnn" and load_settings().detector.name == "mtcnn"
     cfg = DetectorConfig(
-        min_face_size=30, thresholds=(0.5, 0.6, 0.8), min_score=0.8, max_side=900, edge_pad=16
+        min_face_size=30,
+        thresholds=(0.5, 0.6, 0.8),
+        min_score=0.8,
+        max_side=900,
+        edge_pad=16,
+        recheck_score=None,
     )
     det = build_detector(cfg, "cpu")
     assert isinstance(det, MTCNNDetector) and isinstance(det, Detector)
@@ -150,6 +155,7 @@ def test_every_module_gets_its_detector_from_the_builder(monkeypatch: pytest.Mon
     plain = {"name": "mtcnn", "thresholds": (0.6, 0.7, 0.7), "max_side": None, "tile": None}
     plain |= {"factor": 0.709, "upscale": 1.0}  # plain MTCNN, not the drone defaults
     plain |= {"keyframe_interval": 1, "track_score": None}  # every image on its own
+    plain |= {"recheck_score": None, "confirm_score": None}  # no second look
     assert [(c.model_dump(exclude={"tile_overlap", "batch_frames"}), d) for c, d in built] == [
         ({**plain, "min_face_size": 40, "min_score": 0.8, "edge_pad": 0}, torch.device("cpu")),
         (
@@ -180,8 +186,8 @@ class BlobDetector(TiledDetector):
     """A single-scale detector of bright squares on black (one connected component each),
     recording the sizes of the images it is given."""
 
-    def __init__(self, **kw: object) -> None:
-        super().__init__(min_face_size=20, min_score=0.5, **kw)  # type: ignore[arg-type]
+    def __init__(self, min_score: float = 0.5, **kw: object) -> None:
+        super().__init__(min_face_size=20, min_score=min_score, **kw)  # type: ignore[arg-type]
         self.seen: list[tuple[int, ...]] = []
 
     def detect_single(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
@@ -310,3 +316,63 @@ def test_a_registered_detector_runs_the_pipeline_end_to_end(
     assert inner.mean() > 0.5, "the reported face was left unchanged"
     fx1, fy1, fx2, fy2 = real.boxes[0].round().astype(int)
     assert np.array_equal(after[fy1:fy2, fx1:fx2], img[fy1:fy2, fx1:fx2])
+
+
+class ShyBlobDetector(BlobDetector):
+    """:class:`BlobDetector` that is sure of a white square only when it is 40 px or more in
+    the image it is given (0.6 below), and never sure of a grey one (0.6 at any size): a
+    small face and a patch of ground, as the first pass of MTCNN sees them."""
+
+    def detect_single(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
+        out = []
+        for img, (b, _, lm) in zip(images, super().detect_single(images), strict=True):
+            side = np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+            white = np.array(
+                [img[int((y1 + y2) / 2), int((x1 + x2) / 2), 0] > 220 for x1, y1, x2, y2 in b],
+                bool,
+            ).reshape(-1)
+            out.append((b, np.where(white & (side >= 40), 0.95, 0.6).astype(np.float32), lm))
+        return out
+
+
+def test_the_second_look_confirms_small_faces_and_not_the_ground() -> None:
+    """An unsure detection (``recheck_score`` up to ``min_score``) is searched again in its
+    surroundings enlarged so that it is 48 px: a small white square that the detector is sure
+    of at that size is kept, with its box in frame pixels; a grey one, unsure at any size, is
+    dropped; a sure detection is not looked at again. Without the second look only the large
+    square is found."""
+    frame = _squares((400, 400), [(100, 100, 16), (40, 300, 60)])
+    frame[250:266, 250:266] = 160  # grey: bright enough to be a blob, never sure
+    plain = ShyBlobDetector(min_score=0.85)
+    assert plain.recheck_score is None
+    d = plain.detect([frame])[0]
+    assert len(d) == 1 and d.boxes[0].tolist() == [40, 300, 100, 360]
+
+    det = ShyBlobDetector(min_score=0.85, recheck_score=0.5)
+    d = det.detect([frame])[0]
+    order = np.argsort(d.boxes[:, 1])
+    assert len(d) == 2, d.boxes
+    assert np.abs(d.boxes[order[0]] - [100, 100, 116, 116]).max() <= 1.0
+    assert d.boxes[order[1]].tolist() == [40, 300, 100, 360]
+    assert (d.scores >= 0.85).all()
+    # two views per unsure blob (the white and the grey), each 48 px per box side
+    assert sorted(set(det.seen[1:])) == [(144, 144, 3), (192, 192, 3)]
+    assert det.seen.count((144, 144, 3)) == 2
+
+
+def test_the_second_look_settings() -> None:
+    """``recheck_score`` reaches MTCNN's last stage (unsure faces get through it) and is off
+    when null or not below the confirming score; video analysis, which lowers ``min_score``
+    to ``track_score``, keeps confirming at the pipeline's ``min_score``."""
+    cfg = load_settings().detector
+    assert cfg.recheck_score == 0.5 and cfg.confirm_score is None
+    det = build_detector(cfg, "cpu")
+    assert isinstance(det, MTCNNDetector)
+    assert (det.recheck_score, det.confirm_score, det.keep_score) == (0.5, 0.85, 0.5)
+    assert det._mtcnn.thresholds[2] == 0.5 and det._mtcnn_look.min_face_size == 20
+    tracks = build_detector(cfg.model_copy(update={"track_score": 0.6}).for_tracks(), "cpu")
+    assert (tracks.min_score, tracks.confirm_score) == (0.6, 0.85)  # type: ignore[attr-defined]
+    off = build_detector(cfg.model_copy(update={"recheck_score": None}), "cpu")
+    assert off.recheck_score is None and off._mtcnn.thresholds[2] == 0.7  # type: ignore[attr-defined]
+    high = build_detector(cfg.model_copy(update={"recheck_score": 0.9}), "cpu")
+    assert high.recheck_score is None  # type: ignore[attr-defined]

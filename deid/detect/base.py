@@ -23,6 +23,9 @@ class DetectorSettings(Protocol):
     tile: int | None
     tile_overlap: int
     edge_pad: int
+    upscale: float
+    recheck_score: float | None
+    confirm_score: float | None
 
 
 @runtime_checkable

@@ -20,6 +20,11 @@ from deid.detect.tiling import RawDetections, TiledDetector, no_detections, tili
 if TYPE_CHECKING:
     from deid.detect.base import DetectorSettings
 
+# the second look (TiledDetector.second_look) searches views in which the unsure box is
+# 48 px: faces from 20 px (a box may be loose), each stage lenient
+_LOOK_MIN_FACE = 20
+_LOOK_THRESHOLDS = (0.5, 0.5, 0.3)
+
 
 class MTCNNDetector(TiledDetector):
     """Batched MTCNN face detection returning :class:`deid.types.Detections`.
@@ -69,6 +74,8 @@ class MTCNNDetector(TiledDetector):
         nms_iou: float = 0.4,
         edge_pad: int = 0,
         upscale: float = 1.0,
+        recheck_score: float | None = None,
+        confirm_score: float | None = None,
     ) -> None:
         from facenet_pytorch import MTCNN
 
@@ -82,8 +89,13 @@ class MTCNNDetector(TiledDetector):
             nms_iou=nms_iou,
             edge_pad=edge_pad,
             upscale=upscale,
+            recheck_score=recheck_score,
+            confirm_score=confirm_score,
         )
         self.device = torch.device(device)
+        thresholds = list(thresholds)
+        if self.recheck_score is not None:  # the last stage lets the unsure faces through
+            thresholds[2] = min(thresholds[2], self.recheck_score)
         # draws from torch's RNG (the networks are initialised before their weights load)
         self._mtcnn = MTCNN(
             min_face_size=self.min_face_size,
@@ -100,6 +112,11 @@ class MTCNNDetector(TiledDetector):
         # the same networks, looking for faces `upscale` times larger in enlarged frames
         self._mtcnn_enlarged = copy.copy(self._mtcnn)
         self._mtcnn_enlarged.min_face_size = self.min_face_size * self.upscale
+        # the second look: faces of about LOOK_FACE px, every stage lenient (only a look
+        # scoring confirm_score changes anything)
+        self._mtcnn_look = copy.copy(self._mtcnn)
+        self._mtcnn_look.min_face_size = _LOOK_MIN_FACE
+        self._mtcnn_look.thresholds = list(_LOOK_THRESHOLDS)
 
     @classmethod
     def from_config(
@@ -123,6 +140,10 @@ class MTCNNDetector(TiledDetector):
     def detect_single(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
         """MTCNN on same-size images, unfiltered, as float32 arrays."""
         return _detect(self._mtcnn, images)
+
+    def detect_look(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
+        """MTCNN on the second look's views: faces from 20 px (the box is enlarged to 48)."""
+        return _detect(self._mtcnn_look, images)
 
     def detect_enlarged(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
         """MTCNN on frames enlarged by ``upscale``: faces from ``min_face_size * upscale`` px."""

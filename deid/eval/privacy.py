@@ -111,7 +111,8 @@ def scene_faces(
 
     folder = folder or data_dir() / "scenes"
     template = np.asarray(load_classifier("celeba-cnn").meta.template, np.float64)
-    det = build_detector(DetectorConfig(tile=None))
+    # no second look: the calibration set stays the faces it was measured on (README)
+    det = build_detector(DetectorConfig(tile=None, recheck_score=None))
     faces, photo = [], []
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in SCENE_SUFFIXES)
     for i, p in enumerate(paths):

@@ -158,7 +158,7 @@ class FaceTracks:
             ((K,) bool: False for a weak box that continues no track).
         """
         ids = self.tracker.step(index, boxes, scores, self.min_score)
-        return self.tracker.missing(index, self.max_gap), np.array(ids, int) >= 0
+        return self.tracker.missing(index, self.max_gap, 2), np.array(ids, int) >= 0
 
 
 def box_crop(shape: tuple[int, ...], box: Sequence[float], margin: float) -> FaceCrop:

@@ -154,10 +154,14 @@ class OnlineTracker:
                 ids[i] = t.id
         return ids
 
-    def missing(self, f: int, max_gap: int) -> list[np.ndarray]:
+    def missing(self, f: int, max_gap: int, min_hits: int = 1) -> list[np.ndarray]:
         """Predicted boxes at frame ``f`` of the live tracks not seen in it, last seen at
-        most ``max_gap`` frames before."""
-        return [t.predict(f) for t in self.live if 0 < f - t.frames[-1] <= max_gap]
+        most ``max_gap`` frames before, and seen in at least ``min_hits`` (1 or 2) frames."""
+        return [
+            t.predict(f)
+            for t in self.live
+            if 0 < f - t.frames[-1] <= max_gap and len(t.frames) >= min_hits
+        ]
 
 
 def associate(
