@@ -376,3 +376,20 @@ def test_the_second_look_settings() -> None:
     assert off.recheck_score is None and off._mtcnn.thresholds[2] == 0.7  # type: ignore[attr-defined]
     high = build_detector(cfg.model_copy(update={"recheck_score": 0.9}), "cpu")
     assert high.recheck_score is None  # type: ignore[attr-defined]
+
+
+def test_a_second_look_that_finds_a_face_twice_keeps_it_once() -> None:
+    """A box the second look moved onto a face another box already covers is merged with it
+    (the stronger stays); two boxes it left alone are never merged, however much they
+    overlap (two faces close together, as MTCNN gave them)."""
+    from deid.detect.tiling import _drop_moved_duplicates
+
+    boxes = np.array(
+        [[0, 0, 20, 20], [2, 0, 22, 20], [100, 0, 120, 20], [101, 1, 121, 21]], np.float32
+    )
+    scores = np.array([0.9, 0.95, 0.9, 0.88], np.float32)
+    raw = (boxes, scores, np.zeros((4, 5, 2), np.float32))
+    kept = _drop_moved_duplicates(raw, np.array([False, True, False, False]), 0.4)
+    assert kept[0].tolist() == boxes[[1, 2, 3]].tolist()  # the moved 0.95 wins its pair
+    kept = _drop_moved_duplicates(raw, np.zeros(4, bool), 0.4)
+    assert len(kept[0]) == 4
