@@ -160,7 +160,9 @@ class DetectorConfig(_Strict):
             update={
                 "min_score": self.track_score,
                 "thresholds": (p, r, min(o, self.track_score)),
-                "confirm_score": self.confirm_score or self.min_score,
+                "confirm_score": (
+                    self.min_score if self.confirm_score is None else self.confirm_score
+                ),
             }
         )
 

@@ -19,7 +19,8 @@ turn comes (its *age*, from arrival to now) against ``max_latency``:
   faces would miss a face that has just come into view.
 
 In every frame sent, faces tracked from earlier frames but not detected in this one (for up
-to ``tracking.max_gap`` frames, at their predicted box) are obscured too. Unlike ``deid run``
+to ``tracking.max_gap`` frames, at their predicted box; faces seen in two frames or more, so
+that a patch of ground mistaken once is not carried on) are obscured too. Unlike ``deid run``
 the stream does not re-read its own output (there is no time to): a face counts as protected
 when the protection step says so on the uint8 pixels, before encoding.
 
@@ -154,8 +155,9 @@ class FaceTracks:
 
         Returns:
             the predicted boxes of the tracks it did not find (last seen at most
-            ``max_gap`` frames before), to be obscured; and which of ``boxes`` are faces
-            ((K,) bool: False for a weak box that continues no track).
+            ``max_gap`` frames before, and seen in two frames or more), to be obscured;
+            and which of ``boxes`` are faces ((K,) bool: False for a weak box that
+            continues no track).
         """
         ids = self.tracker.step(index, boxes, scores, self.min_score)
         return self.tracker.missing(index, self.max_gap, 2), np.array(ids, int) >= 0
