@@ -70,7 +70,7 @@ def tile_grid(length: int, tile: int, overlap: int) -> tuple[list[int], int]:
 def tiling_options(cfg: DetectorSettings) -> dict[str, Any]:
     """:class:`TiledDetector`'s keyword arguments from the detector settings every detector
     shares (``min_face_size``, ``min_score``, ``max_side``, ``tile``, ``tile_overlap``,
-    ``edge_pad``)."""
+    ``edge_pad``, ``upscale``, ``recheck_score``, ``confirm_score``)."""
     return {
         "min_face_size": cfg.min_face_size,
         "min_score": cfg.min_score,
@@ -79,8 +79,8 @@ def tiling_options(cfg: DetectorSettings) -> dict[str, Any]:
         "tile_overlap": cfg.tile_overlap,
         "edge_pad": cfg.edge_pad,
         "upscale": cfg.upscale,
-        "recheck_score": getattr(cfg, "recheck_score", None),
-        "confirm_score": getattr(cfg, "confirm_score", None),
+        "recheck_score": cfg.recheck_score,
+        "confirm_score": cfg.confirm_score,
     }
 
 
@@ -163,7 +163,8 @@ class TiledDetector:
             else float(recheck_score)
         )
         # detections kept until the second look has seen them
-        self.keep_score = min(self.min_score, self.recheck_score or self.min_score)
+        unsure = self.min_score if self.recheck_score is None else self.recheck_score
+        self.keep_score = min(self.min_score, unsure)
 
     # -- what a subclass provides ----------------------------------------------------------
     def detect_single(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
