@@ -16,8 +16,8 @@ onnxruntime) into its own venv ``bench/.venv-deface`` if needed, and times on ea
   the row to compare with deface.
 
 ``--keyframes 1 10`` runs deid's rows once per ``detector.keyframe_interval`` given (1: every
-frame detected in full; default: the configuration's); ``--skip-cli`` leaves out the
-whole-command rows.
+frame detected in full; default: the configuration's), ``--precision float32 bfloat16`` once
+per ``pipeline.precision``; ``--skip-cli`` leaves out the whole-command rows.
 
 Progress goes to stderr, the Markdown table to stdout. Every output stays in ``bench/out/``.
 """
@@ -314,11 +314,17 @@ def deid_row(report: dict[str, Any], wall: float, config: str, out: Path) -> dic
 
 
 def deid_settings(
-    verify: bool, threads: int | None, classifier: str | None, keyframes: int | None = None
+    verify: bool,
+    threads: int | None,
+    classifier: str | None,
+    keyframes: int | None = None,
+    precision: str | None = None,
 ) -> Any:
     from deid.config import load_settings
 
     pipeline: dict[str, Any] = {"device": "cpu", "verify": verify}
+    if precision:
+        pipeline["precision"] = precision
     if threads:
         pipeline["threads"] = threads
     overrides: dict[str, Any] = {"attack": dict(ATTACK), "pipeline": pipeline}
@@ -342,8 +348,14 @@ def check_classifier(classifier: str | None) -> str:
     return name
 
 
-def _kf(keyframes: int | None) -> str:
-    return f", keyframes every {keyframes}" if keyframes else ""
+def _kf(keyframes: int | None, precision: str | None = None) -> str:
+    return (f", keyframes every {keyframes}" if keyframes else "") + (
+        f", precision {precision}" if precision else ""
+    )
+
+
+def _tag(keyframes: int | None, precision: str | None) -> str:
+    return (f"_kf{keyframes}" if keyframes else "") + (f"_{precision}" if precision else "")
 
 
 def run_deid_api(
@@ -353,32 +365,40 @@ def run_deid_api(
     threads: int | None,
     classifier: str | None,
     keyframes: int | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     import torch
 
     from deid.pipeline import run
 
-    settings = deid_settings(verify, threads, classifier, keyframes)
-    tag = ("verify" if verify else "noverify") + (f"_kf{keyframes}" if keyframes else "")
+    settings = deid_settings(verify, threads, classifier, keyframes, precision)
+    tag = ("verify" if verify else "noverify") + _tag(keyframes, precision)
     out = OUT_DIR / f"deid_api_{tag}_{label}.mp4"
     say(f"deid API {label}, verify {'on' if verify else 'off'} -> {out.name}")
     t = time.perf_counter()
     report = run(clip, out, settings, progress=False)
     wall = time.perf_counter() - t
-    config = f"deid API, {attack_label()}, verify {'on' if verify else 'off'}" + _kf(keyframes)
+    config = f"deid API, {attack_label()}, verify {'on' if verify else 'off'}" + _kf(
+        keyframes, precision
+    )
     row = deid_row(report, wall, config, out)
     row["torch_threads"] = torch.get_num_threads()
     # outside the report's total: building the detector, classifier and attack
     row["load_s"] = wall - report["seconds"]["total"]
+    t = report["totals"]
     say(
         f"deid API {label}: {wall:.2f} s, {row['fps']:.2f} frames/s, "
-        f"{row['faces']} faces, torch threads {row['torch_threads']}"
+        f"{row['faces']} faces ({t['attack_succeeded']} attacked, {t['fail_closed']} fail-closed; "
+        f"verified as target {t['verified_target_rate']}), torch threads {row['torch_threads']}"
     )
     return row
 
 
 def deid_env(
-    threads: int | None, classifier: str | None, keyframes: int | None = None
+    threads: int | None,
+    classifier: str | None,
+    keyframes: int | None = None,
+    precision: str | None = None,
 ) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -392,6 +412,8 @@ def deid_env(
         env["DEID_CLASSIFIER__NAME"] = classifier
     if keyframes:
         env["DEID_DETECTOR__KEYFRAME_INTERVAL"] = str(keyframes)
+    if precision:
+        env["DEID_PIPELINE__PRECISION"] = precision
     return env
 
 
@@ -406,16 +428,17 @@ def run_deid_cli(
     threads: int | None,
     classifier: str | None,
     keyframes: int | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     from deid.pipeline import report_path
 
-    out = OUT_DIR / f"deid_cli_{label}{f'_kf{keyframes}' if keyframes else ''}.mp4"
+    out = OUT_DIR / f"deid_cli_{label}{_tag(keyframes, precision)}.mp4"
     cmd = [*deid_exe(), "run", str(clip), "-o", str(out), "--quiet"]
     say(f"deid CLI {label}: {' '.join(cmd[1:])}")
     wall, rc, output = time_command(
-        cmd, out.with_suffix(".log"), deid_env(threads, classifier, keyframes)
+        cmd, out.with_suffix(".log"), deid_env(threads, classifier, keyframes, precision)
     )
-    config = f"deid CLI, {attack_label()}, verify on, whole command" + _kf(keyframes)
+    config = f"deid CLI, {attack_label()}, verify on, whole command" + _kf(keyframes, precision)
     if rc != 0:
         say(f"deid CLI {label} FAILED (exit {rc}):\n{tail(output)}")
         return {"tool": "deid", "config": config, "wall_s": wall, "error": tail(output)}
@@ -522,6 +545,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--skip-cli", action="store_true", help="no whole-command deid rows")
     ap.add_argument(
+        "--precision",
+        nargs="+",
+        choices=["auto", "float32", "bfloat16"],
+        help="deid's rows once per pipeline.precision given (default: the config's)",
+    )
+    ap.add_argument(
         "--attack",
         choices=list(ATTACKS),
         default="ifgsm10",
@@ -581,10 +610,13 @@ def main(argv: list[str] | None = None) -> int:
         if deface:
             rows.append(run_deface(clip, args.frames, label))
         for k in args.keyframes or [None]:
-            for verify in (False, True):
-                rows.append(run_deid_api(clip, label, verify, args.threads, args.classifier, k))
-            if not args.skip_cli:
-                rows.append(run_deid_cli(clip, label, args.threads, args.classifier, k))
+            for p in args.precision or [None]:
+                for verify in (False, True):
+                    rows.append(
+                        run_deid_api(clip, label, verify, args.threads, args.classifier, k, p)
+                    )
+                if not args.skip_cli:
+                    rows.append(run_deid_cli(clip, label, args.threads, args.classifier, k, p))
         for r in rows:
             r["clip"] = label
         result["rows"] += rows

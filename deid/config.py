@@ -206,6 +206,13 @@ class PipelineConfig(_Strict):
     )
     seed: int = 0
     device: str = "auto"
+    precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="the classifier's precision in an attack's gradient passes: bfloat16 "
+        "(a channels-last copy of the network; 2.5x faster on a CPU with AVX512-BF16) or float32; "
+        "auto: bfloat16 where the device has it natively. Every decision (early stop, "
+        "success, verification) is taken in float32",
+    )
     threads: int | None = Field(
         None, ge=1, le=256, description="torch CPU threads (None: torch default)"
     )

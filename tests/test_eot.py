@@ -211,3 +211,33 @@ def test_survival_cli(data_dir, tmp_path) -> None:
     assert table["rows"][0]["target_rate"] >= 0.8
     with pytest.raises(SystemExit):  # argparse names what --eot takes
         main(["eval", "survival", "--eot", "maybe"])
+
+
+@pytest.mark.parametrize("dy,dx", [(0.3, -0.7), (-1.0, 1.0), (2.5, -3.2), (0.0, 0.5)])
+def test_translate_is_bilinear_sampling_with_border_padding(dy: float, dx: float) -> None:
+    """The separable shift gives grid_sample's values (and so its gradients)."""
+    import torch.nn.functional as F
+
+    from deid.attacks.eot import translate
+
+    x = torch.rand(2, 3, 19, 23, generator=torch.Generator().manual_seed(1))
+    theta = torch.tensor([[1.0, 0.0, -2 * dx / 23], [0.0, 1.0, -2 * dy / 19]]).expand(2, 2, 3)
+    grid = F.affine_grid(theta, [2, 3, 19, 23], align_corners=False)
+    ref = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    assert torch.allclose(translate(x, dy, dx), ref, atol=1e-5)
+
+
+def test_block_quantise_is_the_matrix_dct() -> None:
+    from deid.attacks.eot import block_quantise, dct_matrix
+
+    plane = torch.rand(2, 1, 16, 24, generator=torch.Generator().manual_seed(2)) * 255
+    for b in (4, 8):
+        table = torch.full((b, b), 1e-3)  # no quantisation: DCT and inverse give the plane back
+        assert torch.allclose(block_quantise(plane, table), plane, atol=1e-2)
+        d = dct_matrix(b)
+        blocks = (plane - 128).reshape(2, 1, 16 // b, b, 24 // b, b).permute(0, 1, 2, 4, 3, 5)
+        coef = d @ blocks @ d.T
+        step = torch.full((b, b), 20.0)
+        want = d.T @ (torch.round(coef / 20) * 20) @ d
+        want = want.permute(0, 1, 2, 4, 3, 5).reshape(2, 1, 16, 24) + 128
+        assert torch.allclose(block_quantise(plane, step), want, atol=1e-3)

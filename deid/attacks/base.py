@@ -184,6 +184,14 @@ def select(model: nn.Module, idx: Tensor) -> nn.Module:
     return sel(idx) if callable(sel) else model
 
 
+def fast(model: nn.Module) -> nn.Module:
+    """The model for gradient passes. Classifiers set to a lower precision
+    (:meth:`deid.models.classifier.FaceClassifier.set_gradient_precision`) implement
+    ``fast()``; their logits serve gradients only, every decision is taken on ``model``'s."""
+    f = getattr(model, "fast", None)
+    return f() if callable(f) else model
+
+
 @contextlib.contextmanager
 def attack_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode and frozen weights for the duration of an attack (no weight gradients are

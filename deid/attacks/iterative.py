@@ -25,6 +25,7 @@ from deid.attacks.base import (
     AttackResult,
     attack_mode,
     check_images,
+    fast,
     grid_bounds,
     is_success,
     perturbation_norms,
@@ -138,6 +139,10 @@ def iterate(
     ``eot.robust`` of all copies do. ``success`` and ``logits`` always describe the
     returned pixels themselves.
 
+    A model with a lower-precision view for gradients (:func:`deid.attacks.base.fast`)
+    takes its gradient passes there; a sample stops only once the exact model confirms its
+    success, and the logits and success returned are the exact model's.
+
     Args:
         model: (N, C, H, W) [0, 1] -> (N, K) logits.
         images: (N, C, H, W) float in [0, 1].
@@ -161,24 +166,32 @@ def iterate(
     transforms = Transforms(eot) if eot is not None and eot.enabled else None
     with attack_mode(model):
         m = select(model, s.idx)
+        mf = fast(m)
         for t in range(steps + 1):
             last = t == steps
             x.requires_grad_(not last)
             with torch.set_grad_enabled(not last):
-                logits, copies = _forward(m, x, None if last else transforms)
+                logits, copies = _forward(m if last else mf, x, None if last else transforms)
             ok = is_success(logits.detach(), s.labels, cfg.targeted, cfg.margin)
             if last:
                 out.write(s, x, logits, ok, None)
                 break
             done = _finished(ok, copies, s.labels, cfg, eot) if cfg.early_stop else None
+            if done is not None and bool(done.any()) and mf is not m:
+                done, decided = _confirm(
+                    m, x, done, s.labels, cfg, eot if copies is not None else None
+                )
+            else:
+                decided = (logits, ok)
             if done is not None and bool(done.any()):
-                out.write(s, x, logits, ok, done)
+                out.write(s, x, decided[0], decided[1], done)
                 if bool(done.all()):
                     break
                 keep = ~done
                 grad = _gradient(x, logits, copies, s.labels, keep)[keep]
                 x, s = x.detach()[keep], s.keep(keep)
                 m = select(model, s.idx)
+                mf = fast(m)
             else:
                 grad = _gradient(x, logits, copies, s.labels, None)
                 x = x.detach()
@@ -234,6 +247,34 @@ def _finished(
     per_copy = is_success(copies.detach(), labels.repeat(reps), cfg.targeted, m).view(reps, -1)
     # copy 0 is the image itself: it must win by the margin too
     return per_copy[0] & (per_copy.float().mean(0) >= eot.robust - 1e-6)
+
+
+def _confirm(
+    model: nn.Module,
+    x: Tensor,
+    done: Tensor,
+    labels: Tensor,
+    cfg: SignConfig,
+    eot: EOTConfig | None,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Low-precision gradient passes: the samples in ``done`` stop only if the exact
+    ``model`` agrees (success by the margin, with EOT by its margin too). Returns the samples
+    to stop and, for writing them out, (M, K) logits and (M,) success, exact where stopping."""
+    idx = done.nonzero().squeeze(1)
+    with torch.no_grad():
+        exact = select(model, idx)(x.detach()[idx])
+    y = labels[idx]
+    ok = is_success(exact, y, cfg.targeted, cfg.margin)
+    stop = (
+        ok if eot is None else ok & is_success(exact, y, cfg.targeted, max(cfg.margin, eot.margin))
+    )
+    done = done.clone()
+    done[idx] = stop
+    logits = exact.new_zeros((len(x), exact.shape[1]))
+    logits[idx] = exact
+    success = torch.zeros_like(done)
+    success[idx] = ok
+    return done, (logits, success)
 
 
 def _gradient(

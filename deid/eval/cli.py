@@ -194,6 +194,12 @@ def _add_survival(esub: argparse._SubParsersAction) -> None:
     p.add_argument("--align", type=int, default=1, help="snap face corners to multiples of N px")
     p.add_argument("--data", type=Path)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="the attack's gradient passes, as pipeline.precision (default auto)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the figures as JSON")
     p.set_defaults(func=cmd_survival)
@@ -219,6 +225,7 @@ def cmd_survival(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         overrides={"steps": args.steps} if args.steps else None,
+        precision=args.precision,
     )
     sys.stdout.write(format_survival(table) + "\n")
     if args.json:

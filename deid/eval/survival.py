@@ -33,6 +33,7 @@ from deid.errors import ConfigError
 from deid.eval.common import dataset_of, finite_mean, psnr, sample_test
 from deid.io import read_frames, read_image, write_image, write_video
 from deid.models import FaceClassifier, load_classifier
+from deid.models.precision import resolve_precision
 from deid.targets import choose_targets
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def survival_table(
     device: str = "cpu",
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Targeted success after H.264 and JPEG round trips, with and without EOT.
 
@@ -134,6 +136,8 @@ def survival_table(
         device: torch device.
         seed: sample, layout and jitter seed.
         overrides: attack config fields to set (e.g. ``{"steps": 40}``).
+        precision: the gradient passes' precision, as ``pipeline.precision``
+            (:mod:`deid.models.precision`).
 
     Returns:
         A dict with the settings and one row per (eot, output).
@@ -147,6 +151,7 @@ def survival_table(
     eot = [False, True] if eot is None else eot
     dev = resolve_device(device)
     model: FaceClassifier = load_classifier(classifier, dev)
+    model.set_gradient_precision(resolve_precision(precision, dev))
     ds = dataset_of(model, data)
     x, y = sample_test(ds, n, seed)
     if x.shape[1] == 1:  # frames are RGB; the classifier takes luma itself
@@ -193,6 +198,7 @@ def survival_table(
         "frame_size": [FRAME_HW[1], FRAME_HW[0]],
         "clean_top1": round(float((pred == y).float().mean()), 4),
         "device": str(dev),
+        "precision": str(model._lowp[1]).removeprefix("torch.") if model._lowp else "float32",
         "torch_threads": torch.get_num_threads(),
         "configs": settings,
         "rows": rows,

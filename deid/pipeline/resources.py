@@ -17,6 +17,7 @@ from deid.config import Settings
 from deid.detect import Detector, build_detector
 from deid.errors import ConfigError, DeidError
 from deid.models import FaceClassifier, load_classifier
+from deid.models.precision import resolve_precision
 from deid.pipeline.protect import AttackProtector, Protector, build_protector
 from deid.targets import TARGET_MODES
 
@@ -92,6 +93,7 @@ class Resources:
         device = resolve_device(settings.pipeline.device)
         detector = build_detector(settings.detector, device)
         classifier = load_classifier(settings.classifier.name, device)
+        classifier.set_gradient_precision(resolve_precision(settings.pipeline.precision, device))
         protector = build_protector(settings.attack)
         mode = resolve_target(
             settings.attack.target, settings.attack.name, classifier.meta.class_names

@@ -1,0 +1,136 @@
+"""Lower precision in an attack's gradient passes (``pipeline.precision``): faster where the
+hardware has it, and never the basis of a decision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from deid.attacks import IFGSM, IFGSMConfig
+from deid.attacks.base import predict, quantize8
+from deid.attacks.eot import EOTConfig
+from deid.config import load_settings
+from deid.errors import ConfigError
+from deid.models import load_classifier
+from deid.models.precision import native_bfloat16, resolve_precision
+from deid.targets import choose_targets
+
+
+def test_resolve_precision() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("float32", cpu) is None
+    assert resolve_precision("bfloat16", cpu) is torch.bfloat16
+    assert resolve_precision("auto", cpu) == (torch.bfloat16 if native_bfloat16(cpu) else None)
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("float16", cpu)
+
+
+def test_the_setting_is_validated_and_read_from_the_environment(monkeypatch) -> None:
+    assert load_settings().pipeline.precision == "auto"
+    monkeypatch.setenv("DEID_PIPELINE__PRECISION", "float32")
+    assert load_settings().pipeline.precision == "float32"
+    monkeypatch.setenv("DEID_PIPELINE__PRECISION", "half")
+    with pytest.raises(ConfigError, match="precision"):
+        load_settings()
+
+
+def test_the_low_precision_view_is_a_copy_that_is_not_saved(tiny, faces, tmp_path) -> None:
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    assert tiny.fast() is tiny
+    tiny.set_gradient_precision(torch.bfloat16)
+    view = tiny.fast()
+    assert view is not tiny and not view.training
+    exact, low = predict(tiny, faces), predict(view, faces)
+    assert exact.dtype == low.dtype == torch.float32
+    assert not torch.equal(exact, low)  # bfloat16 really ran
+    assert torch.allclose(exact, low, atol=0.1 * float(exact.abs().max()))
+    assert torch.equal(exact.argmax(1), low.argmax(1))
+    # the classifier itself is untouched: same weights, same state dict, float32
+    after = tiny.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    tiny.save(tmp_path / "c.pt")
+    assert set(torch.load(tmp_path / "c.pt", weights_only=True)["state_dict"]) == set(
+        tiny.net.state_dict()
+    )
+    # bound to alignments, the view stays bound (per-face early stop selects subsets)
+    theta = torch.eye(2, 3).expand(len(faces), 2, 3)
+    bound = tiny.bind(theta)
+    assert bound.fast() is not bound
+    assert bound.fast().select(torch.tensor([1, 3]))(faces[[1, 3]]).shape == (2, 4)
+    tiny.set_gradient_precision(None)
+    assert tiny.fast() is tiny and tiny.bind(theta).fast().classifier is tiny
+
+
+class _Liar(nn.Module):
+    """A model whose gradient view always claims the target has won by a wide margin."""
+
+    def __init__(self, exact: nn.Module, target: int) -> None:
+        super().__init__()
+        self.exact = exact
+        self.target = target
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.exact(x)
+        return z + 100.0 * nn.functional.one_hot(torch.tensor(self.target), z.shape[1])
+
+
+class _Checked(nn.Module):
+    def __init__(self, exact: nn.Module, target: int) -> None:
+        super().__init__()
+        self.net = exact
+        self.view = _Liar(exact, target)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def fast(self) -> nn.Module:
+        return self.view
+
+
+@pytest.mark.parametrize("eot", [False, True])
+def test_a_face_stops_only_when_the_exact_model_agrees(tiny, faces, eot) -> None:
+    """The gradient view says every face has reached its target from the first step; the
+    exact model disagrees, so no face may stop there or be reported as a success."""
+    exact_logits = predict(tiny, faces)
+    target = int(exact_logits.mean(0).argmin())
+    keep = exact_logits.argmax(1) != target
+    x = faces[keep]
+    model = _Checked(tiny, target).eval()
+    cfg = IFGSMConfig(eps=1 / 255, alpha=1 / 255, steps=3, eot=EOTConfig(enabled=eot))
+    r = IFGSM(cfg)(model, x, torch.full((len(x),), target))
+    assert len(x) >= 4
+    assert not bool(r.success.any())  # the liar's gradient is the exact model's, eps tiny
+    assert r.steps.tolist() == [3] * len(x)  # nobody stopped early
+    assert torch.allclose(r.logits, predict(tiny, r.images), atol=1e-5)
+
+
+def test_bfloat16_attack_on_real_faces_reports_what_float32_sees(data_dir) -> None:
+    """I-FGSM with EOT on 16 held-out CelebA faces, gradients in bfloat16: the success and
+    logits it returns are the float32 classifier's on the 8-bit pixels it returns."""
+    from deid.eval.common import dataset_of, sample_test
+
+    model = load_classifier("celeba-cnn")
+    x, _ = sample_test(dataset_of(model), 16, seed=3)
+    x = x.float()
+    t = choose_targets(predict(model, x), "least-likely")
+    model.set_gradient_precision(torch.bfloat16)
+    r = IFGSM(IFGSMConfig(steps=20, eot=EOTConfig(enabled=True)))(model, x, t)
+    exact = predict(model, quantize8(r.images))
+    assert torch.allclose(r.logits, exact, atol=1e-4)
+    assert torch.equal(r.success, exact.argmax(1) == t)
+    assert float(r.success.float().mean()) >= 0.9
+    assert float((r.images - x).abs().max()) <= 16 / 255 + 1e-6
+
+
+def test_folding_the_batch_norms_keeps_the_function(tiny, faces) -> None:
+    import copy
+
+    from deid.models.precision import fold_batchnorm
+
+    net = fold_batchnorm(copy.deepcopy(tiny.net).eval())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in tiny.net.modules())  # a copy was folded
+    z = tiny.prepare(faces)
+    assert torch.allclose(net(z), tiny.net(z), atol=1e-4)
