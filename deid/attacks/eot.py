@@ -27,6 +27,7 @@ JPEG q90 too; the JPEG tables (``codec: jpeg`` or ``mixed``) remain for JPEG-onl
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -177,12 +178,13 @@ def block_quantise(
     b = table.shape[-1]
     n, c, h, w = plane.shape
     d = dct_matrix(b, plane.device, plane.dtype)
-    # the 2-D DCT of every b x b block as one strided convolution with the b*b basis images
-    # (basis[u, v] = outer(D[u], D[v])), and its inverse as the transposed convolution: the
-    # same sums as D @ block @ D.T, in two calls instead of thousands of tiny matrix products
-    basis = (d[:, None, :, None] * d[None, :, None, :]).reshape(b * b, 1, b, b)
-    coef = F.conv2d((plane - 128.0).reshape(n * c, 1, h, w), basis, stride=b)
-    t = table.to(plane.device, plane.dtype).reshape(b * b, 1, 1)
+    # every b x b block as a row of b*b pixels (pixel_unshuffle), times the b*b basis images
+    # (basis[u, v] = outer(D[u], D[v])): the same sums as D @ block @ D.T in one large matrix
+    # product, and the inverse in another (about 4x faster than a strided convolution)
+    basis = (d[:, None, :, None] * d[None, :, None, :]).reshape(b * b, b * b)
+    blocks = F.pixel_unshuffle((plane - 128.0).reshape(n * c, 1, h, w), b).permute(0, 2, 3, 1)
+    coef = blocks @ basis.T
+    t = table.to(plane.device, plane.dtype).reshape(b * b)
     if rounding == "cubic":
         coef = round_cubic(coef / t) * t
     elif deadzone == 0.5:
@@ -191,20 +193,30 @@ def block_quantise(
         u = coef / t
         q = torch.sign(u) * torch.floor(u.abs() + deadzone)
         coef = (u + (q - u).detach()) * t
-    return F.conv_transpose2d(coef, basis, stride=b).reshape(n, c, h, w) + 128.0
+    out = F.pixel_shuffle((coef @ basis).permute(0, 3, 1, 2), b)
+    return out.reshape(n, c, h, w) + 128.0
 
 
 def rgb_to_ycc(x: Tensor) -> Tensor:
     """(N, 3, H, W) RGB in 0..255 -> full-range YCbCr (JPEG's), 0..255."""
-    m = x.new_tensor(_RGB2YCC)
-    y = torch.einsum("ij,njhw->nihw", m, x)
-    return y + x.new_tensor([0.0, 128.0, 128.0]).view(1, 3, 1, 1)
+    return _mix(x, _RGB2YCC, (0.0, 128.0, 128.0))
 
 
 def ycc_to_rgb(y: Tensor) -> Tensor:
     """Inverse of :func:`rgb_to_ycc`."""
-    m = torch.linalg.inv(y.new_tensor(_RGB2YCC, dtype=torch.float64)).to(y.dtype)
-    return torch.einsum("ij,njhw->nihw", m, y - y.new_tensor([0.0, 128.0, 128.0]).view(1, 3, 1, 1))
+    m = torch.linalg.inv(torch.tensor(_RGB2YCC, dtype=torch.float64)).tolist()
+    return _mix(y - y.new_tensor([0.0, 128.0, 128.0]).view(1, 3, 1, 1), m)
+
+
+def _mix(
+    x: Tensor, m: Sequence[Sequence[float]], bias: Sequence[float] = (0.0, 0.0, 0.0)
+) -> Tensor:
+    """``out[:, i] = sum_j m[i][j] x[:, j] + bias[i]`` for 3 channels, as plane arithmetic
+    (an einsum or a 1x1 convolution costs several times more on the CPU at these sizes)."""
+    c = [x[:, j : j + 1] for j in range(3)]
+    return torch.cat(
+        [m[i][0] * c[0] + m[i][1] * c[1] + m[i][2] * c[2] + bias[i] for i in range(3)], 1
+    )
 
 
 def codec(
@@ -297,7 +309,8 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
         r = pad
     if r == 0:
         return x
-    v = F.pad(x, (r, r, r, r), mode="reflect")
+    # channels-last: the depthwise convolutions run about 2.7x faster on the CPU
+    v = F.pad(x.contiguous(memory_format=torch.channels_last), (r, r, r, r), mode="reflect")
     v = F.conv2d(v, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(v, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
