@@ -134,3 +134,16 @@ def test_folding_the_batch_norms_keeps_the_function(tiny, faces) -> None:
     assert any(isinstance(m, nn.BatchNorm2d) for m in tiny.net.modules())  # a copy was folded
     z = tiny.prepare(faces)
     assert torch.allclose(net(z), tiny.net(z), atol=1e-4)
+
+
+def test_the_low_precision_attack_runs_on_the_device(tiny, faces, device) -> None:
+    """bfloat16 gradient passes on the test device (``--device cuda`` on a GPU machine)."""
+    model = tiny.to(device)
+    model.set_gradient_precision(torch.bfloat16)
+    x = faces.to(device)
+    t = choose_targets(predict(model, x), "nearest")
+    r = IFGSM(IFGSMConfig(eps=32 / 255, steps=20, eot=EOTConfig(enabled=True)))(model, x, t)
+    assert r.images.device == x.device and r.images.dtype == torch.float32
+    exact = predict(model, quantize8(r.images))
+    assert torch.equal(r.success, exact.argmax(1) == t)
+    assert bool(r.success.float().mean() >= 0.5)
