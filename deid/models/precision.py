@@ -40,8 +40,10 @@ def _cpu_flags() -> frozenset[str]:
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 natively (elsewhere it is emulated, and slower
     than float32): CUDA cards that support it, CPUs with AVX512-BF16 or AMX-BF16."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cuda":  # emulated bfloat16 (cards before Ampere) is not native
+        return bool(
+            torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        )
     if device.type == "cpu":
         return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
     return False
