@@ -159,10 +159,10 @@ class FaceClassifier(nn.Module):
         """Run the gradient passes of attacks (:meth:`fast`) in ``dtype``, on a channels-last
         copy of the network in ``dtype`` with its batch norms folded into the convolutions
         (None or float32: no copy, full precision). On 128 CelebA faces, forward and
-        backward: 0.42 s in float32, 0.21 s under bfloat16 autocast, 0.17 s as here (2 threads,
-        AVX512-BF16). Every
-        other use of the classifier, and every decision an attack takes, stays float32
-        (:mod:`deid.models.precision`)."""
+        backward: 0.42 s in float32, 0.21 s under bfloat16 autocast, 0.17 s as here (2
+        threads, AVX512-BF16). Every other use of the classifier, and every decision an attack
+        takes, stays float32 (:mod:`deid.models.precision`). Call it after the classifier is
+        on its device: the copy does not follow ``.to()``."""
         if dtype is None or dtype == torch.float32:
             self._lowp = None
             return
