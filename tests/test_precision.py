@@ -147,3 +147,17 @@ def test_the_low_precision_attack_runs_on_the_device(tiny, faces, device) -> Non
     exact = predict(model, quantize8(r.images))
     assert torch.equal(r.success, exact.argmax(1) == t)
     assert bool(r.success.float().mean() >= 0.5)
+
+
+def test_the_report_says_which_precision_the_gradient_passes_ran_in(tmp_path, data_dir) -> None:
+    """A run's report records what ``pipeline.precision`` resolved to on its device."""
+    from deid.pipeline import run
+
+    src = data_dir / "scenes" / "astronaut_single_face.png"
+    for name in ("float32", "bfloat16"):
+        settings = load_settings(
+            overrides={"pipeline": {"device": "cpu", "precision": name, "verify": False}}
+        )
+        report = run(src, tmp_path / f"out_{name}.png", settings, progress=False)
+        assert report["gradient_precision"] == name
+        assert report["totals"]["faces"] == 1

@@ -198,7 +198,7 @@ def survival_table(
         "frame_size": [FRAME_HW[1], FRAME_HW[0]],
         "clean_top1": round(float((pred == y).float().mean()), 4),
         "device": str(dev),
-        "precision": str(model._lowp[1]).removeprefix("torch.") if model._lowp else "float32",
+        "precision": model.gradient_precision,
         "torch_threads": torch.get_num_threads(),
         "configs": settings,
         "rows": rows,

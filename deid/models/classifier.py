@@ -174,6 +174,11 @@ class FaceClassifier(nn.Module):
             p.requires_grad_(False)
         self._lowp = (net, dtype)
 
+    @property
+    def gradient_precision(self) -> str:
+        """``float32``, or the dtype :meth:`set_gradient_precision` set (``bfloat16``)."""
+        return "float32" if self._lowp is None else str(self._lowp[1]).removeprefix("torch.")
+
     def fast(self) -> nn.Module:
         """This classifier for an attack's gradient passes: itself, or with
         :meth:`set_gradient_precision` a view that runs the network in lower precision

@@ -409,6 +409,8 @@ class RunReport(Artefact):
     input: str
     output: str
     device: str
+    #: what ``pipeline.precision`` resolved to on this device (the attack's gradient passes)
+    gradient_precision: Literal["float32", "bfloat16"] = "float32"
     classifier: ClassifierInfo
     attack: dict[str, Any]
     target_mode: str | int

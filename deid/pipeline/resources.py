@@ -76,6 +76,7 @@ class Resources:
             "input": str(input),
             "output": str(output),
             "device": str(self.device),
+            "gradient_precision": self.classifier.gradient_precision,
             "classifier": {
                 "name": self.settings.classifier.name,
                 "dataset": cls.dataset,

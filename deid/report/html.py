@@ -565,7 +565,8 @@ def render_run(
 <p class='meta'>{_e(rep.get("kind"))} {_e(rep.get("input"))} &rarr; {_e(rep.get("output"))};
 classifier {_e(rep.get("classifier", {}).get("name"))}, attack
 {_e(rep.get("attack", {}).get("name"))} (target {_e(rep.get("target_mode"))}), device
-{_e(rep.get("device"))}, deid {_e(rep.get("deid_version"))}.</p>
+{_e(rep.get("device"))} (gradient passes in {_e(rep.get("gradient_precision", "float32"))}),
+deid {_e(rep.get("deid_version"))}.</p>
 {_run_kpis(rep.get("totals", {}))}
 <h2>Independent judge</h2>
 {_run_judge(rep)}
