@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--precision",
         nargs="+",
-        choices=["auto", "float32", "bfloat16"],
+        choices=["auto", "float32", "bfloat16"],  # deid.config.PRECISIONS (imported late here)
         help="deid's rows once per pipeline.precision given (default: the config's)",
     )
     ap.add_argument(

@@ -173,6 +173,11 @@ class ClassifierConfig(_Strict):
     name: str = "celeba-cnn"
 
 
+#: ``pipeline.precision``: an attack's gradient passes (:mod:`deid.models.precision`)
+Precision = Literal["auto", "float32", "bfloat16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
 class PipelineConfig(_Strict):
     """How frames flow through the stages."""
 
@@ -206,7 +211,7 @@ class PipelineConfig(_Strict):
     )
     seed: int = 0
     device: str = "auto"
-    precision: Literal["auto", "float32", "bfloat16"] = Field(
+    precision: Precision = Field(
         "auto",
         description="the classifier's precision in an attack's gradient passes: bfloat16 "
         "(a channels-last copy of the network; 2.5x faster on a CPU with AVX512-BF16) or float32; "

@@ -65,6 +65,7 @@ _RGB2YCC = (
     (-0.168735892, -0.331264108, 0.5),
     (0.5, -0.418687589, -0.081312411),
 )
+_YCC2RGB = torch.linalg.inv(torch.tensor(_RGB2YCC, dtype=torch.float64)).tolist()
 
 
 class EOTConfig(BaseModel):
@@ -204,8 +205,7 @@ def rgb_to_ycc(x: Tensor) -> Tensor:
 
 def ycc_to_rgb(y: Tensor) -> Tensor:
     """Inverse of :func:`rgb_to_ycc`."""
-    m = torch.linalg.inv(torch.tensor(_RGB2YCC, dtype=torch.float64)).tolist()
-    return _mix(y - y.new_tensor([0.0, 128.0, 128.0]).view(1, 3, 1, 1), m)
+    return _mix(y - y.new_tensor([0.0, 128.0, 128.0]).view(1, 3, 1, 1), _YCC2RGB)
 
 
 def _mix(

@@ -197,7 +197,7 @@ def _add_survival(esub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--precision",
         default="auto",
-        choices=["auto", "float32", "bfloat16"],
+        choices=["auto", "float32", "bfloat16"],  # deid.config.PRECISIONS (it loads torch)
         help="the attack's gradient passes, as pipeline.precision (default auto)",
     )
     p.add_argument("--seed", type=int, default=0)

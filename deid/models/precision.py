@@ -15,14 +15,10 @@ from __future__ import annotations
 import itertools
 from functools import cache
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-
-Precision = Literal["auto", "float32", "bfloat16"]
-PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
 
 
 @cache
@@ -66,7 +62,8 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if name == "auto":
         return torch.bfloat16 if native_bfloat16(device) else None
-    raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {name!r}")
+    # the choices are deid.config.PRECISIONS (not imported: the config imports the models)
+    raise ValueError(f"precision: expected one of ['auto', 'float32', 'bfloat16'], got {name!r}")
 
 
 def fold_batchnorm(net: nn.Module) -> nn.Module:
@@ -78,11 +75,11 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
     eval mode only: training would need the norms back."""
     for module in list(net.modules()):
         names = list(module._modules)
-        pairs: list[tuple[str, str]] = []
-        if isinstance(module, nn.Sequential):
-            pairs = list(itertools.pairwise(names))
-        else:
-            pairs = [(n, "bn" + n[4:]) for n in names if n.startswith("conv")]
+        pairs = (
+            list(itertools.pairwise(names))
+            if isinstance(module, nn.Sequential)
+            else [(n, "bn" + n[4:]) for n in names if n.startswith("conv")]
+        )
         for a, b in pairs:
             conv, bn = module._modules.get(a), module._modules.get(b)
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
