@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--region-scale", type=float, help="attack.region_scale (default: the config's)"
     )
+    ap.add_argument(
+        "--target", help="attack.target (default: replace's own, lookalike; e.g. least-likely)"
+    )
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     attack: dict[str, Any] = {"name": "replace"}
     if args.region_scale is not None:
         attack["region_scale"] = args.region_scale
+    if args.target:
+        attack["target"] = args.target
     if args.then.lower() in ("none", "null"):
         attack["then"] = None
     else:

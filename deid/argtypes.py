@@ -108,7 +108,11 @@ def attack_help() -> str:
 _SETTING_FLAG_TABLE: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("classifier.name", "--classifier", {"help": "yaleb-mlp, celeba-cnn, or a checkpoint path"}),
     ("attack.name", "--attack", {"help": attack_help}),  # from the registry, when declared
-    ("attack.target", "--target", {"help": "least-likely, nearest, random, or a class id / name"}),
+    (
+        "attack.target",
+        "--target",
+        {"help": "least-likely, nearest, random, lookalike, or a class id / name"},
+    ),
     ("attack.eps", "--eps", {"type": fraction, "help": "L-inf bound, e.g. 0.063 or 16/255"}),
     ("attack.steps", "--steps", {"type": int, "help": "attack iterations"}),
     ("pipeline.device", "--device", {"help": "auto, cpu, cuda or cuda:N"}),

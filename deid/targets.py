@@ -7,8 +7,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-TargetMode = Literal["least-likely", "nearest", "random"]
-TARGET_MODES = ("least-likely", "nearest", "random")
+TargetMode = Literal["least-likely", "nearest", "random", "lookalike"]
+TARGET_MODES = ("least-likely", "nearest", "random", "lookalike")
 
 
 def choose_targets(
@@ -23,6 +23,9 @@ def choose_targets(
         mode: ``least-likely`` (argmin p(y|x): the seed's ILLC, the hardest target),
             ``nearest`` (the second most likely class: the most plausible lookalike, so the
             smallest change), ``random`` (uniform over the other classes), or a class id.
+            ``lookalike`` is ``nearest`` here; a generator mode (``replace``) chooses it
+            again on the new face, as the identity the classifier sees most in it other than
+            the original's (:func:`deid.pipeline.protect.lookalike_targets`).
             A fixed id that is already a face's prediction falls back to ``nearest`` for it.
         generator: for ``random``.
 
@@ -43,7 +46,7 @@ def choose_targets(
         return torch.where(pred == fixed, nearest, fixed)
     if mode == "least-likely":
         return logits.argmin(1)
-    if mode == "nearest":
+    if mode in ("nearest", "lookalike"):
         return nearest
     if mode == "random":
         r = torch.randint(0, k - 1, (n,), generator=generator).to(logits.device)

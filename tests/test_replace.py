@@ -4,6 +4,7 @@ new face per track), and ``deid run --attack replace`` on a real photo, judged."
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -260,6 +261,9 @@ def test_replace_on_a_clip_slice_keeps_one_face_per_track(tmp_path: Path) -> Non
     assert probe_video(out).frame_count == 6
     t = rep["totals"]
     assert t["faces"] >= 12 and t["unprotected_faces"] == 0
+    # replace's lookalike target: one per track, never the track's own identity
+    for tr in rep["tracks"]:
+        assert len(tr["targets_used"]) <= 1 and tr["target"] != tr["pred"], tr
     faces = rep["faces_detail"]
     assert sum(f["action"] == "attacked" for f in faces) >= 0.8 * len(faces)
     written = list(read_frames(out))
@@ -327,3 +331,41 @@ def test_faces_whose_targeted_steps_run_out_get_a_second_round_in_a_larger_ball(
         assert out.steps == 1 and linf <= 8 / 255 + 1e-6
     else:
         assert out.steps == 2 and 8 / 255 < linf <= 32 / 255 + 1e-6
+
+
+def test_lookalike_target_is_chosen_on_the_new_face_unless_a_target_is_named() -> None:
+    """replace's default target (`lookalike`): the identity deid's classifier already sees
+    most in the generated face, other than the original's; the targeted steps then have
+    less way to go than toward the least-likely identity. A named target mode is kept."""
+    from deid.detect import build_detector
+    from deid.models import load_classifier
+    from deid.pipeline.protect import ProtectContext, crop_log_probs
+    from deid.pipeline.resources import resolve_target
+    from deid.pipeline.stages import classify, crop, detect
+
+    from .conftest import scene
+
+    s = load_settings(None, {"attack": {"name": "replace"}})
+    clf = load_classifier("celeba-cnn", "cpu")
+    assert resolve_target(s.attack.target, "replace", clf.meta.class_names) == "lookalike"
+    frame = scene("astronaut_single_face.png")
+    crops = crop([frame], detect(build_detector(s.detector, "cpu"), [frame]), clf)
+    cpu = torch.device("cpu")
+    logits = classify(clf, crops, cpu)
+    preds = logits.argmax(1)
+    p = build_protector(s.attack)
+    new = p._generate(crops, ProtectContext(clf, preds, preds, cpu, 8))
+    lp = crop_log_probs(clf, [dataclasses.replace(crops[0], pixels=new[0].pixels)], cpu, 8)[0]
+    lp[preds[0]] = float("-inf")
+    lookalike = int(lp.argmax())
+    outs = {}
+    for mode, provisional in [("lookalike", logits.topk(2).indices[0, 1:]), ("least-likely", None)]:
+        targets = provisional if provisional is not None else logits.argmin(1)
+        kept: dict[object, int] = {}
+        torch.manual_seed(0)
+        ctx = ProtectContext(clf, targets, preds, cpu, 8, mode, kept)
+        outs[mode] = p.protect(crops, ctx)[0]
+        assert outs[mode].success and outs[mode].final == outs[mode].target
+    assert outs["lookalike"].target == lookalike != int(preds[0])
+    assert outs["least-likely"].target == int(logits.argmin(1)[0])
+    assert outs["lookalike"].steps <= outs["least-likely"].steps

@@ -54,7 +54,8 @@ class AttackConfigBase(BaseModel):
     batch_size: int = Field(32, ge=1, le=4096, description="faces attacked together")
     target: str | int | None = Field(
         None,
-        description="least-likely, nearest, random, a class id or name (None: attack default)",
+        description="least-likely, nearest, random, lookalike, a class id or name (None: the "
+        "attack's default)",
     )
 
 

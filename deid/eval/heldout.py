@@ -272,6 +272,12 @@ def dataset_eval(
     pred0 = probs.argmax(1).numpy()
     mode = _target_mode(attack, target, attack_params)
     t = choose_targets(logits, mode, torch.Generator().manual_seed(seed)).to(dev)  # type: ignore[arg-type]
+    if mode == "lookalike":  # a generator's lookalike is chosen on its new faces
+        first = ATTACKS[attack][0](
+            attack_config(attack, **_attack_settings(attack, None, steps, attack_params))
+        )
+        if hasattr(first, "lookalike"):
+            t = first.lookalike(model, x, batch_size)
     detector = None
     det_clean = None
     if detect:

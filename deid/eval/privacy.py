@@ -41,7 +41,7 @@ from deid.eval.common import dataset_of, finite_mean, psnr, sample_index
 from deid.eval.heldout import detected, detection_frames, utility_detector
 from deid.eval.survival import base_attack
 from deid.models import FaceClassifier, load_classifier
-from deid.pipeline.protect import escalation, kept_second, ran_out
+from deid.pipeline.protect import escalation, kept_second, lookalike_targets, ran_out
 from deid.targets import choose_targets
 from deid.types import FaceCrop
 
@@ -404,7 +404,12 @@ def _replaced(
         return to_uint8(new), None, cfg.model_dump(mode="json")
     acfg = attack_config(cfg.then, targeted=True, **cfg.then_params)
     target = DEFAULT_TARGET[cfg.name]
-    t = choose_targets(logits, target, torch.Generator().manual_seed(seed)).to(x.device)
+    if target == "lookalike":  # chosen on the new face, as the pipeline does
+        with torch.no_grad():
+            lp = torch.log_softmax(predict(model, new).float(), 1).cpu()
+        t = lookalike_targets(lp, logits.argmax(1).cpu(), range(len(x))).to(x.device)
+    else:
+        t = choose_targets(logits, target, torch.Generator().manual_seed(seed)).to(x.device)
     att = build_attack(acfg)
     second = escalation(att, cfg.then, cfg.then_params, cfg)  # as the pipeline's replace
     out = []

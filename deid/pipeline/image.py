@@ -98,7 +98,13 @@ def process_frames(
                 )
     with timer("attack"):
         ctx = ProtectContext(
-            res.classifier, targets, preds, res.device, res.settings.attack.batch_size
+            res.classifier,
+            targets,
+            preds,
+            res.device,
+            res.settings.attack.batch_size,
+            res.target_mode,
+            state.memory.kept,
         )
         outcomes = res.protector.protect(crops, ctx)
     fallback = res.settings.pipeline.fallback

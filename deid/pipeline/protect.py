@@ -61,6 +61,12 @@ class ProtectContext:
         preds: (N,) int64 the classifier's identity of each clean crop.
         device: where to compute.
         batch_size: faces per batch.
+        target_mode: the target mode the targets were chosen by; a generator followed by
+            an attack re-chooses them from the new faces for ``lookalike``
+            (:func:`lookalike_targets`).
+        memory: kept by the caller for one video chunk, stream or folder: what a protector
+            decided for a track in one call and keeps for it in the next (the lookalike
+            targets).
     """
 
     classifier: FaceClassifier
@@ -68,6 +74,8 @@ class ProtectContext:
     preds: Tensor
     device: torch.device
     batch_size: int
+    target_mode: str | int | None = None
+    memory: dict[Any, Any] | None = None
 
 
 #: One outcome per crop, in the crops' order.
@@ -125,6 +133,14 @@ class GeneratorProtector:
         # face's, with that face's new pixels (a crop is larger than its face)
         composed = compose_owned(crops, [o.pixels for o in generated])
         new = [replace(c, pixels=px) for c, px in zip(crops, composed, strict=True)]
+        if ctx.target_mode == "lookalike":
+            targets = lookalike_targets(
+                crop_log_probs(ctx.classifier, new, ctx.device, ctx.batch_size),
+                ctx.preds,
+                [c.track for c in crops],
+                ctx.memory,
+            )
+            ctx = replace(ctx, targets=targets)
         attacked = attack_faces(
             self.then, ctx.classifier, new, ctx.targets, ctx.preds, ctx.device, ctx.batch_size
         )
@@ -211,6 +227,64 @@ class GeneratorProtector:
         for idx in batches(crops, ctx.batch_size):
             halving_on_oom(run, idx)
         return [o for o in outcomes if o is not None]
+
+
+@torch.no_grad()
+def crop_log_probs(
+    classifier: FaceClassifier, crops: Sequence[FaceCrop], device: torch.device, batch_size: int
+) -> Tensor:
+    """(N, K) float32 log-probabilities of the classifier on the crops (on the CPU)."""
+    out: list[Tensor | None] = [None] * len(crops)
+
+    def run(idx: list[int]) -> None:
+        x, theta = to_batch([crops[i] for i in idx], device)
+        lp = torch.log_softmax(classifier.bind(theta)(x).float(), 1).cpu()
+        for j, i in enumerate(idx):
+            out[i] = lp[j]
+
+    for idx in batches(crops, batch_size):
+        halving_on_oom(run, idx)
+    return torch.stack([o for o in out if o is not None])
+
+
+def lookalike_targets(
+    log_probs: Tensor,
+    preds: Tensor,
+    tracks: Sequence[int],
+    memory: dict[Any, Any] | None = None,
+) -> Tensor:
+    """The ``lookalike`` target of each new face: the identity the classifier already sees
+    most in it other than the original's, so the targeted steps have the least way to go.
+
+    One per track: the faces of a track in this call vote by their summed log-probabilities,
+    and a track decided in an earlier call (``memory``) keeps its target. A face without a
+    track (< 0) is decided alone.
+
+    Args:
+        log_probs: (N, K) the classifier's log-probabilities on the new faces.
+        preds: (N,) each face's original identity (never its target).
+        tracks: (N,) track ids.
+        memory: track -> target, read and updated (None: nothing kept).
+
+    Returns:
+        (N,) int64.
+    """
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(tracks):
+        groups.setdefault(int(t) if t >= 0 else -1 - i, []).append(i)
+    kept = memory if memory is not None else {}
+    out = torch.empty(len(log_probs), dtype=torch.int64)
+    for track, idx in groups.items():
+        banned = preds[idx].unique()
+        chosen = kept.get(("lookalike", track)) if track >= 0 else None
+        if chosen is None or chosen in banned.tolist():  # new, or its identity changed
+            score = log_probs[idx].sum(0)
+            score[banned] = float("-inf")  # never the original
+            chosen = int(score.argmax())
+            if track >= 0:
+                kept[("lookalike", track)] = chosen
+        out[idx] = chosen
+    return out
 
 
 def _crop_landmarks(c: FaceCrop) -> np.ndarray:

@@ -126,6 +126,7 @@ class TargetMemory:
         self.iou = iou
         self.prev: list[tuple[np.ndarray, int, int]] = []  # (box, track, target)
         self.next_track = 0
+        self.kept: dict[Any, Any] = {}  # what a protector keeps per track (ProtectContext)
 
     def assign(
         self, frame_crops: Sequence[FaceCrop], proposed: torch.Tensor, preds: torch.Tensor

@@ -233,7 +233,13 @@ class FrameProtector:
         if advance:
             targets = self.memory.assign(crops, targets, preds)
         ctx = ProtectContext(
-            res.classifier, targets, preds, res.device, res.settings.attack.batch_size
+            res.classifier,
+            targets,
+            preds,
+            res.device,
+            res.settings.attack.batch_size,
+            res.target_mode,
+            self.memory.kept if advance else None,
         )
         return res.protector.protect(crops, ctx)
 

@@ -28,7 +28,7 @@ import logging
 import math
 import shutil
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -378,6 +378,7 @@ def _protect_batch(
     records: list[FaceRecord],
     pixels: dict[int, np.ndarray],
     timer: Timer,
+    kept: dict[Any, Any],
 ) -> dict[int, list[FaceRecord]]:
     """Protect the planned faces of a batch of frames; returns their records by frame."""
     p = res.settings.pipeline
@@ -415,6 +416,8 @@ def _protect_batch(
             torch.tensor([f.pred for _, f in planned]),
             res.device,
             res.settings.attack.batch_size,
+            res.target_mode,
+            kept,
         )
         outcomes = res.protector.protect(crops, ctx)
     for (fi, face), c, o in zip(planned, crops, outcomes, strict=True):
@@ -452,6 +455,7 @@ class ChunkRender:
     timer: Timer = field(default_factory=Timer)
     records: list[FaceRecord] = field(default_factory=list)
     pixels: dict[int, np.ndarray] = field(default_factory=dict)
+    kept: dict[Any, Any] = field(default_factory=dict)  # the protector's per-track choices
     by_frame: dict[int, list[FaceRecord]] = field(default_factory=lambda: defaultdict(list))
     first: Path | None = None  # the first encoding
     final: Path | None = None  # the segment to publish (the first, or the repaired one)
@@ -467,7 +471,7 @@ def _encode(r: ChunkRender) -> None:
     r.first = r.final = tmp_beside(r.out, "pass1")
     with _writer(r.first, r.layout, p.crf) as writer:
         for batch in iter_batches(_indexed(r.input, r.layout, r.chunk), batch_frames):
-            by_frame = _protect_batch(batch, r.planned, r.res, r.records, r.pixels, r.timer)
+            by_frame = _protect_batch(batch, r.planned, r.res, r.records, r.pixels, r.timer, r.kept)
             r.by_frame.update(by_frame)
             if r.judged and by_frame:  # the originals' descriptors, while the frames are here
                 with r.timer("judge"):
@@ -772,7 +776,11 @@ def job_report(
                 **{
                     **t.model_dump(),
                     "pred": names[t.pred],
-                    "target": names[t.target],
+                    # what its faces were steered to (a generator's lookalike target is
+                    # chosen on the new face, after the plan)
+                    "target": Counter(f.target for f in fs).most_common(1)[0][0]
+                    if fs
+                    else names[t.target],
                 },
                 targets_used=sorted({f.target for f in fs}),
                 attacked=sum(f.attacked for f in fs),
