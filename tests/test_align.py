@@ -19,7 +19,8 @@ from deid.align import (
 from deid.detect import DETECTORS, Detector
 from deid.detect.mtcnn import build_mtcnn
 from deid.models.classifier import warp
-from deid.pipeline import classify, crop, to_batch
+from deid.pipeline import classify, crop, stages, to_batch
+from deid.pipeline.stages import batches
 from deid.types import Detections, FaceCrop
 
 from .conftest import DATA
@@ -192,8 +193,9 @@ def test_obscure_destroys_detail_inside_the_footprint(mode: str) -> None:
         obscure(out, c, "swirl")
 
 
-def test_padded_batches_classify_like_single_crops(tiny) -> None:
+def test_padded_batches_classify_like_single_crops(tiny, monkeypatch: pytest.MonkeyPatch) -> None:
     """to_batch's padding and theta adjustment do not change what the classifier sees."""
+    monkeypatch.setattr(stages, "MAX_PADDING", 1.0)  # one batch of three sizes, padded
     frame = _smooth_frame(480, 640)
     dets = []
     boxes, lms = [], []
@@ -211,6 +213,29 @@ def test_padded_batches_classify_like_single_crops(tiny) -> None:
     assert torch.allclose(batched, single, atol=1e-4)
     x, theta = to_batch(crops, torch.device("cpu"))
     assert x.shape[0] == 3 and theta.shape == (3, 2, 3)
+
+
+def test_batches_keep_padding_under_a_quarter_of_their_pixels() -> None:
+    """Crops are batched in order of area; a crop that would make more than MAX_PADDING of a
+    batch's pixels padding starts the next one; batch_size still bounds a batch."""
+    sizes = [(30, 30), (31, 29), (33, 33), (34, 30), (60, 58), (62, 62), (140, 120), (32, 32)]
+    z = np.zeros((2, 3), np.float32)
+    crops = [
+        FaceCrop(0, i, (0, 0, w, h), np.zeros((h, w, 3), np.uint8), z, np.zeros(4, np.float32))
+        for i, (h, w) in enumerate(sizes)
+    ]
+
+    def padding(b: list[int]) -> float:
+        hh = max(sizes[i][0] for i in b)
+        ww = max(sizes[i][1] for i in b)
+        return 1 - sum(sizes[i][0] * sizes[i][1] for i in b) / (len(b) * hh * ww)
+
+    out = list(batches(crops, 32))
+    assert sorted(i for b in out for i in b) == list(range(len(sizes)))
+    assert all(padding(b) <= stages.MAX_PADDING for b in out)
+    assert out == [[1, 0, 3, 7, 2], [4, 5], [6]]  # small, middle, large
+    assert list(batches(crops, 32, max_padding=1.0)) == [[1, 0, 3, 7, 2, 4, 5, 6]]
+    assert [len(b) for b in batches(crops, 2, max_padding=1.0)] == [2, 2, 2, 2]
 
 
 def test_template_is_estimated_with_the_builders_mtcnn(monkeypatch: pytest.MonkeyPatch) -> None:
