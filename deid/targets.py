@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -25,7 +26,7 @@ def choose_targets(
             smallest change), ``random`` (uniform over the other classes), or a class id.
             ``lookalike`` is ``nearest`` here; a generator mode (``replace``) chooses it
             again on the new face, as the identity the classifier sees most in it other than
-            the original's (:func:`deid.pipeline.protect.lookalike_targets`).
+            the original's (:func:`deid.targets.lookalike_targets`).
             A fixed id that is already a face's prediction falls back to ``nearest`` for it.
         generator: for ``random``.
 
@@ -52,3 +53,43 @@ def choose_targets(
         r = torch.randint(0, k - 1, (n,), generator=generator).to(logits.device)
         return r + (r >= pred).long()  # skip the predicted class
     raise ValueError(f"unknown target mode {mode!r}; available: {[*TARGET_MODES, '<class id>']}")
+
+
+def lookalike_targets(
+    log_probs: Tensor,
+    preds: Tensor,
+    tracks: Sequence[int],
+    memory: dict[Any, Any] | None = None,
+) -> Tensor:
+    """The ``lookalike`` target of each new face: the identity the classifier already sees
+    most in it other than the original's, so the targeted steps have the least way to go.
+
+    One per track: the faces of a track in this call vote by their summed log-probabilities,
+    and a track decided in an earlier call (``memory``) keeps its target. A face without a
+    track (< 0) is decided alone.
+
+    Args:
+        log_probs: (N, K) the classifier's log-probabilities on the new faces.
+        preds: (N,) each face's original identity (never its target).
+        tracks: (N,) track ids.
+        memory: track -> target, read and updated (None: nothing kept).
+
+    Returns:
+        (N,) int64.
+    """
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(tracks):
+        groups.setdefault(int(t) if t >= 0 else -1 - i, []).append(i)
+    kept = memory if memory is not None else {}
+    out = torch.empty(len(log_probs), dtype=torch.int64)
+    for track, idx in groups.items():
+        banned = preds[idx].unique()
+        chosen = kept.get(("lookalike", track)) if track >= 0 else None
+        if chosen is None or chosen in banned.tolist():  # new, or its identity changed
+            score = log_probs[idx].sum(0)
+            score[banned] = float("-inf")  # never the original
+            chosen = int(score.argmax())
+            if track >= 0:
+                kept[("lookalike", track)] = chosen
+        out[idx] = chosen
+    return out

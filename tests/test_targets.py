@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deid.targets import choose_targets
+from deid.targets import choose_targets, lookalike_targets
 
 LOGITS = torch.tensor([[3.0, 1.0, 2.0, -1.0], [0.0, 5.0, 4.0, 1.0], [1.0, 1.5, 0.5, 2.0]])
 
@@ -33,7 +33,6 @@ def test_bad_modes() -> None:
 
 
 def test_lookalike_is_one_target_per_track_never_the_original_and_kept() -> None:
-    from deid.pipeline.protect import lookalike_targets
 
     lp = torch.log_softmax(
         torch.tensor(

@@ -41,8 +41,8 @@ from deid.eval.common import dataset_of, finite_mean, psnr, sample_index
 from deid.eval.heldout import detected, detection_frames, utility_detector
 from deid.eval.survival import base_attack
 from deid.models import FaceClassifier, load_classifier
-from deid.pipeline.protect import escalation, kept_second, lookalike_targets, ran_out
-from deid.targets import choose_targets
+from deid.pipeline.protect import escalation, kept_second, ran_out
+from deid.targets import choose_targets, lookalike_targets
 from deid.types import FaceCrop
 
 log = logging.getLogger(__name__)

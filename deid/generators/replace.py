@@ -29,7 +29,7 @@ from deid.generators.base import GeneratorConfig
 from deid.generators.facegan import FaceGenerator, z_for_tracks
 from deid.geometry import similarity
 from deid.models import WEIGHTS_DIR
-from deid.targets import TargetMode
+from deid.targets import TargetMode, lookalike_targets
 
 SHIPPED = WEIGHTS_DIR / "facegan-celeba.pt"
 _LUMA = (0.299, 0.587, 0.114)
@@ -135,9 +135,7 @@ class ReplaceFaces:
     def lookalike(self, model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
         """(N,) the ``lookalike`` targets of aligned faces as calls on batches of
         ``batch_size`` replace them: for each new face, the identity ``model`` sees most in
-        it other than the original's (:func:`deid.pipeline.protect.lookalike_targets`)."""
-        from deid.pipeline.protect import lookalike_targets
-
+        it other than the original's (:func:`deid.targets.lookalike_targets`)."""
         lp, preds = [], []
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size]

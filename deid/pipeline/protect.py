@@ -48,6 +48,7 @@ from deid.pipeline.stages import (
     psnr,
     to_batch,
 )
+from deid.targets import lookalike_targets
 from deid.types import FaceCrop
 
 
@@ -63,7 +64,7 @@ class ProtectContext:
         batch_size: faces per batch.
         target_mode: the target mode the targets were chosen by; a generator followed by
             an attack re-chooses them from the new faces for ``lookalike``
-            (:func:`lookalike_targets`).
+            (:func:`deid.targets.lookalike_targets`).
         memory: kept by the caller for one video chunk, stream or folder: what a protector
             decided for a track in one call and keeps for it in the next (the lookalike
             targets).
@@ -245,46 +246,6 @@ def crop_log_probs(
     for idx in batches(crops, batch_size):
         halving_on_oom(run, idx)
     return torch.stack([o for o in out if o is not None])
-
-
-def lookalike_targets(
-    log_probs: Tensor,
-    preds: Tensor,
-    tracks: Sequence[int],
-    memory: dict[Any, Any] | None = None,
-) -> Tensor:
-    """The ``lookalike`` target of each new face: the identity the classifier already sees
-    most in it other than the original's, so the targeted steps have the least way to go.
-
-    One per track: the faces of a track in this call vote by their summed log-probabilities,
-    and a track decided in an earlier call (``memory``) keeps its target. A face without a
-    track (< 0) is decided alone.
-
-    Args:
-        log_probs: (N, K) the classifier's log-probabilities on the new faces.
-        preds: (N,) each face's original identity (never its target).
-        tracks: (N,) track ids.
-        memory: track -> target, read and updated (None: nothing kept).
-
-    Returns:
-        (N,) int64.
-    """
-    groups: dict[int, list[int]] = {}
-    for i, t in enumerate(tracks):
-        groups.setdefault(int(t) if t >= 0 else -1 - i, []).append(i)
-    kept = memory if memory is not None else {}
-    out = torch.empty(len(log_probs), dtype=torch.int64)
-    for track, idx in groups.items():
-        banned = preds[idx].unique()
-        chosen = kept.get(("lookalike", track)) if track >= 0 else None
-        if chosen is None or chosen in banned.tolist():  # new, or its identity changed
-            score = log_probs[idx].sum(0)
-            score[banned] = float("-inf")  # never the original
-            chosen = int(score.argmax())
-            if track >= 0:
-                kept[("lookalike", track)] = chosen
-        out[idx] = chosen
-    return out
 
 
 def _crop_landmarks(c: FaceCrop) -> np.ndarray:
