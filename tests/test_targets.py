@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deid.targets import choose_targets, lookalike_targets
+from deid.targets import LOOKALIKE_AVOID, choose_targets, lookalike_targets
 
 LOGITS = torch.tensor([[3.0, 1.0, 2.0, -1.0], [0.0, 5.0, 4.0, 1.0], [1.0, 1.5, 0.5, 2.0]])
 
@@ -32,30 +32,24 @@ def test_bad_modes() -> None:
         choose_targets(LOGITS, "farthest")  # type: ignore[arg-type]
 
 
-def test_lookalike_is_one_target_per_track_never_the_original_and_kept() -> None:
-
-    lp = torch.log_softmax(
-        torch.tensor(
-            [
-                [5.0, 4.0, 0.0, 0.0],  # track 7: the original (0) is still likeliest
-                [5.0, 0.0, 4.5, 0.0],  # track 7: 2 leads here, 1 over the track's faces
-                [5.0, 0.0, 3.0, 0.0],
-                [0.0, 1.0, 0.0, 3.0],  # a still (no track): decided alone
-            ]
-        ),
-        1,
-    )
-    preds = torch.tensor([0, 0, 0, 1])
+def test_lookalike_is_one_target_per_track_never_whom_the_original_resembles() -> None:
+    k = 10
+    original = torch.arange(k, 0, -1).float().repeat(4, 1)  # likeliest: 0, 1, 2, 3, 4, ...
+    new = torch.zeros(4, k)
+    new[0, [0, 5, 6]] = torch.tensor([9.0, 4.0, 0.0])  # the original (0) is still likeliest
+    new[1, [5, 6]] = torch.tensor([0.0, 4.5])  # 6 leads here, 5 over the track's faces
+    new[2, [5, 6]] = torch.tensor([3.0, 0.0])
+    new[3, [1, 7]] = torch.tensor([9.0, 3.0])  # a still: 1 is among the original's 5 likeliest
+    lp = torch.log_softmax(new, 1)
     kept: dict[object, int] = {}
-    t = lookalike_targets(lp, preds, [7, 7, 7, -1], kept)
-    assert t.tolist() == [2, 2, 2, 3]  # summed over the track: 2 (7.5) over 1 (4.0)
-    assert kept == {("lookalike", 7): 2}
+    t = lookalike_targets(lp, original, [7, 7, 7, -1], kept)
+    assert t.tolist() == [5, 5, 5, 7]
+    assert kept == {("lookalike", 7): 5}
     # the next call keeps track 7's target whatever its new faces lean to
-    t2 = lookalike_targets(lp[:1], preds[:1], [7], kept)
-    assert t2.tolist() == [2]
-    # unless that target has become the track's own identity: then it is chosen again
-    t3 = lookalike_targets(lp[:1], torch.tensor([2]), [7], kept)
-    assert t3.tolist() == [0] and kept[("lookalike", 7)] == 0
-    # without memory nothing is kept, and the target is never the original
-    t4 = lookalike_targets(lp, torch.tensor([1, 1, 1, 3]), [1, 1, 1, -1])
-    assert t4[0] != 1 and t4[3] != 3
+    assert lookalike_targets(lp[1:2], original[:1], [7], kept).tolist() == [5]
+    # unless that target has become one of the identities to avoid: then it is chosen again
+    t3 = lookalike_targets(lp[1:2], original[:1], [7], kept, preds=torch.tensor([5]))
+    assert t3.tolist() == [6] and kept[("lookalike", 7)] == 6
+    # without memory nothing is kept; never one of the original's 5 likeliest
+    t4 = lookalike_targets(lp, original, [1, 1, 1, -1])
+    assert all(v >= LOOKALIKE_AVOID for v in t4.tolist())

@@ -407,7 +407,7 @@ def _replaced(
     if target == "lookalike":  # chosen on the new face, as the pipeline does
         with torch.no_grad():
             lp = torch.log_softmax(predict(model, new).float(), 1).cpu()
-        t = lookalike_targets(lp, logits.argmax(1).cpu(), range(len(x))).to(x.device)
+        t = lookalike_targets(lp, logits.float().cpu(), range(len(x))).to(x.device)
     else:
         t = choose_targets(logits, target, torch.Generator().manual_seed(seed)).to(x.device)
     att = build_attack(acfg)

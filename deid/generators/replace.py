@@ -135,13 +135,14 @@ class ReplaceFaces:
     def lookalike(self, model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
         """(N,) the ``lookalike`` targets of aligned faces as calls on batches of
         ``batch_size`` replace them: for each new face, the identity ``model`` sees most in
-        it other than the original's (:func:`deid.targets.lookalike_targets`)."""
-        lp, preds = [], []
+        it, other than the original face's likeliest few
+        (:func:`deid.targets.lookalike_targets`)."""
+        lp, original = [], []
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size]
             lp.append(torch.log_softmax(model(self._new_faces(xb)).float(), 1).cpu())
-            preds.append(model(xb).argmax(1).cpu())
-        return lookalike_targets(torch.cat(lp), torch.cat(preds), [-1] * len(x)).to(x.device)
+            original.append(model(xb).float().cpu())
+        return lookalike_targets(torch.cat(lp), torch.cat(original), [-1] * len(x)).to(x.device)
 
     @torch.no_grad()
     def generate(self, crops: Tensor, landmarks: Tensor, track_ids: Tensor) -> Tensor:

@@ -137,9 +137,10 @@ class GeneratorProtector:
         if ctx.target_mode == "lookalike":
             targets = lookalike_targets(
                 crop_log_probs(ctx.classifier, new, ctx.device, ctx.batch_size),
-                ctx.preds,
+                crop_log_probs(ctx.classifier, crops, ctx.device, ctx.batch_size),
                 [c.track for c in crops],
                 ctx.memory,
+                ctx.preds,
             )
             ctx = replace(ctx, targets=targets)
         attacked = attack_faces(
