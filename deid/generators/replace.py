@@ -39,8 +39,9 @@ class ReplaceConfig(GeneratorConfig):
     """``attack: {name: replace, ...}``.
 
     Its target, unless ``attack.target`` names one, is ``lookalike``: each track's new face
-    is steered to the identity deid's classifier already sees most in it (other than the
-    original's), which takes a third of the steps ``least-likely`` does.
+    is steered to the identity deid's classifier already sees most in it, other than the
+    original face's likeliest few (:data:`deid.targets.LOOKALIKE_AVOID`), which takes a third
+    of the steps ``least-likely`` does.
     """
 
     default_target: ClassVar[TargetMode] = "lookalike"
