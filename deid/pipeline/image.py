@@ -21,7 +21,6 @@ from deid.align import obscure, paste_owned
 from deid.config import Settings
 from deid.errors import InputError, OutputError
 from deid.io import IMAGE_EXTS, list_images, read_image, tmp_beside, write_image, writing
-from deid.pipeline.protect import ProtectContext
 from deid.pipeline.report import FaceRecord, FailedInput, RunReport, Totals, face_totals
 from deid.pipeline.resources import Resources
 from deid.pipeline.stages import TargetMemory, classify, crop, detect
@@ -97,16 +96,7 @@ def process_frames(
                     [crops[i] for i in idx], proposed[idx], preds[idx]
                 )
     with timer("attack"):
-        ctx = ProtectContext(
-            res.classifier,
-            targets,
-            preds,
-            res.device,
-            res.settings.attack.batch_size,
-            res.target_mode,
-            state.memory.kept,
-        )
-        outcomes = res.protector.protect(crops, ctx)
+        outcomes = res.protector.protect(crops, res.context(targets, preds, state.memory.kept))
     fallback = res.settings.pipeline.fallback
     with timer("paste"):
         done = [(c, o.pixels) for c, o in zip(crops, outcomes, strict=True) if o.success]

@@ -18,7 +18,7 @@ from deid.detect import Detector, build_detector
 from deid.errors import ConfigError, DeidError
 from deid.models import FaceClassifier, load_classifier
 from deid.models.precision import resolve_precision
-from deid.pipeline.protect import AttackProtector, Protector, build_protector
+from deid.pipeline.protect import AttackProtector, ProtectContext, Protector, build_protector
 from deid.targets import TARGET_MODES
 
 
@@ -66,6 +66,21 @@ class Resources:
     def attack(self) -> Attack | None:
         """The attack of the protection step (None for a generator without one)."""
         return self.protector.attack if isinstance(self.protector, AttackProtector) else None
+
+    def context(
+        self, targets: torch.Tensor, preds: torch.Tensor, memory: dict[Any, Any] | None
+    ) -> ProtectContext:
+        """What the protection step gets besides the crops: the faces' targets and
+        identities, and ``memory``, kept by the caller per video chunk, stream or folder."""
+        return ProtectContext(
+            self.classifier,
+            targets,
+            preds,
+            self.device,
+            self.settings.attack.batch_size,
+            self.target_mode,
+            memory,
+        )
 
     def header(self, kind: str, input: Path, output: Path) -> dict[str, Any]:
         """The fields every report starts with: what ran, on what, with which settings."""

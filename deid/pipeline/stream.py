@@ -52,7 +52,6 @@ import torch
 from deid.align import obscure, paste_owned
 from deid.errors import OutputError
 from deid.io.stream import SourceFrame, StreamSink, StreamSource, check_protocol, is_url
-from deid.pipeline.protect import ProtectContext
 from deid.pipeline.resources import Resources
 from deid.pipeline.stages import TargetMemory, classify, crop, detect
 from deid.pipeline.tracking import OnlineTracker
@@ -232,16 +231,8 @@ class FrameProtector:
         targets = choose_targets(logits, res.target_mode, self.generator)  # type: ignore[arg-type]
         if advance:
             targets = self.memory.assign(crops, targets, preds)
-        ctx = ProtectContext(
-            res.classifier,
-            targets,
-            preds,
-            res.device,
-            res.settings.attack.batch_size,
-            res.target_mode,
-            self.memory.kept if advance else None,
-        )
-        return res.protector.protect(crops, ctx)
+        memory = self.memory.kept if advance else None
+        return res.protector.protect(crops, res.context(targets, preds, memory))
 
     def locate(self, index: int, image: np.ndarray) -> tuple[Detections, list[np.ndarray]]:
         """The faces of frame ``index``: its detections (down to ``detector.track_score``

@@ -58,7 +58,6 @@ from deid.io import (
 )
 from deid.pipeline.keyframes import KeyframeDetector
 from deid.pipeline.pool import ChunkPool, pool_size
-from deid.pipeline.protect import ProtectContext
 from deid.pipeline.report import (
     AnalysedFace,
     Analysis,
@@ -410,16 +409,9 @@ def _protect_batch(
     if not crops:
         return by_frame
     with timer("attack"):
-        ctx = ProtectContext(
-            res.classifier,
-            torch.tensor([f.target for _, f in planned]),
-            torch.tensor([f.pred for _, f in planned]),
-            res.device,
-            res.settings.attack.batch_size,
-            res.target_mode,
-            kept,
-        )
-        outcomes = res.protector.protect(crops, ctx)
+        targets = torch.tensor([f.target for _, f in planned])
+        preds = torch.tensor([f.pred for _, f in planned])
+        outcomes = res.protector.protect(crops, res.context(targets, preds, kept))
     for (fi, face), c, o in zip(planned, crops, outcomes, strict=True):
         rid = len(records)
         pixels[rid] = o.pixels
