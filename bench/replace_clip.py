@@ -7,6 +7,9 @@ crf 23, and prints from the run's report and the two files:
 * the independent judge (when ``deid[judge]`` is installed): faces unlinkable, faces left
   natural (replaced, not obscured) and unlinkable;
 * deid's classifier on the written file: the share of verified faces read as their target;
+* the judge's ceiling at these faces' sizes (:func:`judge_ceiling`): how often it does not
+  link two different real people at each size, beside how often it did not link this run's
+  faces of that size;
 * flicker: per track, the mean absolute change of the face region from one frame to the
   next (crops resized to 64x64) in the output, against the same in the input; the ratio
   out/in, over all tracks (1.0: the new face changes as much as the old one did);
@@ -64,6 +67,61 @@ def flicker(src: Path, out: Path, faces: list[dict[str, Any]]) -> dict[str, Any]
         "input_mean_change": round(float(np.mean(d_in)), 2),
         "output_mean_change": round(float(np.mean(d_out)), 2),
         "ratio": round(float(np.mean(d_out) / max(np.mean(d_in), 1e-6)), 3),
+    }
+
+
+#: Crop sizes (px) the judge's ceiling is measured at; each face counts at the nearest.
+CEILING_SIZES = (24, 32, 48, 64, 96, 128)
+
+
+def judge_ceiling(faces: list[dict[str, Any]], pairs: int = 200) -> dict[str, Any]:
+    """The judge's own limit at the faces' sizes: the share of pairs of *two different real
+    people* (held-out CelebA faces, resized to the size) it does not link, per size, beside
+    the share of this run's written faces it did not link at that size. No replacement can
+    be unlinked more often than two different people are."""
+    import cv2
+
+    from deid import judge
+    from deid.data import load_celeba
+
+    if not judge.available():
+        return {"status": "judge not installed"}
+    ds = load_celeba()
+    rng = np.random.default_rng(0)
+    test = np.asarray(ds.test)
+    a, b = rng.choice(test, pairs), rng.choice(test, pairs)
+    a, b = a[ds.labels[a] != ds.labels[b]], b[ds.labels[a] != ds.labels[b]]
+    j = judge.load_judge()
+    by_size: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for f in faces:
+        x1, y1, x2, y2 = f["region"]
+        if (f.get("judge") or {}).get("distance") is not None:
+            size = min(CEILING_SIZES, key=lambda s: abs(s - min(x2 - x1, y2 - y1)))
+            by_size[size].append(f)
+    rows = []
+    for size in sorted(by_size):
+
+        def small(ims: np.ndarray, s: int = size) -> np.ndarray:
+            return np.stack([cv2.resize(im, (s, s), interpolation=cv2.INTER_AREA) for im in ims])
+
+        d = np.linalg.norm(
+            j.descriptors(small(ds.images[a])) - j.descriptors(small(ds.images[b])), axis=1
+        )
+        fs = by_size[size]
+        rows.append(
+            {
+                "size": size,
+                "faces": len(fs),
+                "unlinkable": round(float(np.mean([not f["judge"]["linked"] for f in fs])), 4),
+                "two_people_unlinkable": round(float(np.mean(d[np.isfinite(d)] >= 0.6)), 4),
+            }
+        )
+    n = sum(r["faces"] for r in rows)
+    expected = sum(r["two_people_unlinkable"] * r["faces"] for r in rows) / max(n, 1)
+    return {
+        "pairs": len(a),
+        "by_size": rows,
+        "two_people_unlinkable_at_these_sizes": round(expected, 4),
     }
 
 
@@ -130,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "judge": judge.get("totals") if judge.get("status") == "judged" else judge,
         "flicker": flicker(clip, out, faces),
+        "judge_ceiling": judge_ceiling(faces) if judge.get("status") == "judged" else None,
         "seconds": rep["seconds"],
         "protect_s_per_face": round(rep["seconds"].get("attack", 0.0) / max(len(faces), 1), 4),
     }
