@@ -341,7 +341,7 @@ def test_lookalike_target_is_chosen_on_the_new_face_unless_a_target_is_named() -
     mode is kept."""
     from deid.detect import build_detector
     from deid.models import load_classifier
-    from deid.pipeline.protect import ProtectContext, crop_log_probs
+    from deid.pipeline.protect import ProtectContext
     from deid.pipeline.resources import resolve_target
     from deid.pipeline.stages import classify, crop, detect
 
@@ -357,7 +357,7 @@ def test_lookalike_target_is_chosen_on_the_new_face_unless_a_target_is_named() -
     preds = logits.argmax(1)
     p = build_protector(s.attack)
     new = p._generate(crops, ProtectContext(clf, preds, preds, cpu, 8))
-    lp = crop_log_probs(clf, [dataclasses.replace(crops[0], pixels=new[0].pixels)], cpu, 8)[0]
+    lp = classify(clf, [dataclasses.replace(crops[0], pixels=new[0].pixels)], cpu, 8)[0]
     lp[logits[0].topk(LOOKALIKE_AVOID).indices] = float("-inf")  # whom the original resembles
     lookalike = int(lp.argmax())
     outs = {}

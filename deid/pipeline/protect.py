@@ -44,6 +44,7 @@ from deid.pipeline.stages import (
     FaceOutcome,
     attack_faces,
     batches,
+    classify,
     halving_on_oom,
     psnr,
     to_batch,
@@ -136,8 +137,8 @@ class GeneratorProtector:
         new = [replace(c, pixels=px) for c, px in zip(crops, composed, strict=True)]
         if ctx.target_mode == "lookalike":
             targets = lookalike_targets(
-                crop_log_probs(ctx.classifier, new, ctx.device, ctx.batch_size),
-                crop_log_probs(ctx.classifier, crops, ctx.device, ctx.batch_size),
+                torch.log_softmax(classify(ctx.classifier, new, ctx.device, ctx.batch_size), 1),
+                classify(ctx.classifier, crops, ctx.device, ctx.batch_size),
                 [c.track for c in crops],
                 ctx.memory,
                 ctx.preds,
@@ -229,24 +230,6 @@ class GeneratorProtector:
         for idx in batches(crops, ctx.batch_size):
             halving_on_oom(run, idx)
         return [o for o in outcomes if o is not None]
-
-
-@torch.no_grad()
-def crop_log_probs(
-    classifier: FaceClassifier, crops: Sequence[FaceCrop], device: torch.device, batch_size: int
-) -> Tensor:
-    """(N, K) float32 log-probabilities of the classifier on the crops (on the CPU)."""
-    out: list[Tensor | None] = [None] * len(crops)
-
-    def run(idx: list[int]) -> None:
-        x, theta = to_batch([crops[i] for i in idx], device)
-        lp = torch.log_softmax(classifier.bind(theta)(x).float(), 1).cpu()
-        for j, i in enumerate(idx):
-            out[i] = lp[j]
-
-    for idx in batches(crops, batch_size):
-        halving_on_oom(run, idx)
-    return torch.stack([o for o in out if o is not None])
 
 
 def _crop_landmarks(c: FaceCrop) -> np.ndarray:
