@@ -371,3 +371,29 @@ def test_lookalike_target_is_chosen_on_the_new_face_unless_a_target_is_named() -
     assert outs["lookalike"].target == lookalike not in logits[0].topk(LOOKALIKE_AVOID).indices
     assert outs["least-likely"].target == int(logits.argmin(1)[0])
     assert outs["lookalike"].steps <= outs["least-likely"].steps
+
+
+def test_replace_clip_bench_sets_labelled_non_faces_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/replace_clip.py gives the judge's rate over faces without the boxes on a sign's
+    lettering (labelled by eye), in the clip's own pixels and frame numbers."""
+    import importlib.util
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("replace_clip", bench / "replace_clip.py")
+    assert spec is not None and spec.loader is not None
+    rc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rc)
+    sign = {"frame": 5, "region": [1000, 526, 1029, 555]}  # 1080p, detected on 'Velo...'
+    face = {"frame": 5, "region": [1057, 593, 1139, 675]}  # the man just below the sign
+    assert rc.non_face(sign, (1920, 1080), 0) and not rc.non_face(face, (1920, 1080), 0)
+    sign_720 = {"frame": 5, "region": [667, 351, 686, 370]}  # the same box at 720p
+    assert rc.non_face(sign_720, (1280, 720), 0)
+    hands = {"frame": 2, "region": [588, 539, 653, 604]}  # 720p, frames 0-2 only
+    assert rc.non_face(hands, (1280, 720), 0) and not rc.non_face(hands, (1280, 720), 30)
+    judged = [
+        {"judge": {"distance": 0.7, "linked": False}},
+        {"judge": {"distance": 0.5, "linked": True}},
+        {"judge": None},
+    ]
+    assert rc.unlinkable(judged) == {"faces": 2, "linked": 1, "unlinkable": 0.5}
