@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from deid.attacks.ifgsm import IFGSM, IFGSMConfig
-from deid.pipeline.stages import attack_faces, halving_on_oom, is_out_of_memory
+from deid.pipeline.stages import (
+    MemoryBudget,
+    attack_faces,
+    batches,
+    budget_for,
+    halving_on_oom,
+    is_out_of_memory,
+    padded_pixels,
+)
 from deid.types import FaceCrop
 
 
@@ -72,3 +80,47 @@ def test_one_face_that_does_not_fit_and_other_errors_are_raised() -> None:
     assert seen == [[0, 1, 2, 3]]  # not retried
     assert is_out_of_memory(RuntimeError("MPS backend out of memory"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_the_budget_bounds_batches_by_what_the_memory_holds() -> None:
+    usable = 10_000
+    b = MemoryBudget(torch.device("cpu"), headroom=0.8, usable=lambda: usable)
+    assert b.max_pixels() is None  # nothing learnt yet: batch_size alone
+    b.ran(pixels=1000, peak_bytes=4000)  # 4 bytes a padded pixel
+    assert b.max_pixels() == 2000
+    b.ran_out(pixels=500)  # 500 px did not fit in 10 000 bytes: at least 20 bytes a pixel
+    assert b.max_pixels() == 400
+    b.ran(pixels=1000, peak_bytes=4000)  # a cheaper batch does not unlearn it
+    assert b.max_pixels() == 400
+    assert budget_for(object(), torch.device("cpu")) is None  # no budget on a CPU
+
+    ident = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
+    crops = [
+        FaceCrop(0, k, (0, 0, s, s), np.zeros((s, s, 3), np.uint8), ident, np.zeros(4))
+        for k, s in enumerate([10, 10, 10, 12, 12, 20, 20, 20, 30])
+    ]
+    got = list(batches(crops, size=32, max_padding=1.0, max_pixels=450))
+    assert sorted(i for bt in got for i in bt) == list(range(9))
+    for bt in got:  # within the bound, or one crop larger than it alone
+        assert padded_pixels([crops[i] for i in bt]) <= 450 or len(bt) == 1
+
+
+def test_what_ran_out_of_memory_once_is_not_tried_again(tiny, faces) -> None:
+    """A budget that learns from the out-of-memory errors of one protection call: later
+    calls cut their batches to fit, and the faces are the same as with room to spare."""
+    crops = _crops(faces)
+    t = torch.tensor([1, 2, 3, 0, 1, 2, 3, 0])
+    pred = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    want = attack_faces(SmallMemory(8), tiny, crops, t, pred, torch.device("cpu"), batch_size=8)
+    budget = MemoryBudget(torch.device("cpu"), usable=lambda: 1 << 30)
+    failures = []
+    for _ in range(4):
+        small = SmallMemory(budget=2)
+        got = attack_faces(
+            small, tiny, crops, t, pred, torch.device("cpu"), batch_size=8, budget=budget
+        )
+        failures.append(sum(s > 2 for s in small.sizes))
+        for a, b in zip(got, want, strict=True):
+            assert np.array_equal(a.pixels, b.pixels) and a.success == b.success
+    assert failures[0] >= 1 and failures[2:] == [0, 0]  # [3, 1, 0, 0]
+    assert failures == sorted(failures, reverse=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,30 +72,127 @@ MAX_PADDING = 0.25
 
 
 def batches(
-    crops: Sequence[FaceCrop], size: int, max_padding: float | None = None
+    crops: Sequence[FaceCrop],
+    size: int,
+    max_padding: float | None = None,
+    max_pixels: int | Callable[[], int | None] | None = None,
 ) -> Iterator[list[int]]:
     """Indices of crops in batches of similar size: in order of area, at most ``size`` crops
     a batch, and a crop that would make more than ``max_padding`` of its batch's pixels
     padding (:func:`to_batch` pads every crop to the batch's largest height and width)
     starts the next batch. Without the bound, a batch of 32 faces of 30-140 px was a third
     padding, which every attack step computes on. ``max_padding`` None: :data:`MAX_PADDING`
-    (1: batches of ``size`` whatever the sizes)."""
+    (1: batches of ``size`` whatever the sizes). ``max_pixels``: the most padded pixels a
+    batch may hold, or a function asked as each batch starts (:meth:`MemoryBudget.max_pixels`,
+    which learns from the batches before); a single larger crop is a batch of its own."""
     keep = 1 - (MAX_PADDING if max_padding is None else max_padding)
     order = sorted(
         range(len(crops)), key=lambda i: crops[i].pixels.shape[0] * crops[i].pixels.shape[1]
     )
+
+    def pixel_limit() -> int | None:
+        return max_pixels() if callable(max_pixels) else max_pixels
+
     batch: list[int] = []
     hmax = wmax = area = 0
+    limit = pixel_limit()
     for i in order:
         h, w = crops[i].pixels.shape[:2]
         nh, nw = max(hmax, h), max(wmax, w)
-        if batch and (len(batch) >= size or (len(batch) + 1) * nh * nw * keep > area + h * w):
+        if batch and (
+            len(batch) >= size
+            or (len(batch) + 1) * nh * nw * keep > area + h * w
+            or (limit is not None and (len(batch) + 1) * nh * nw > limit)
+        ):
             yield batch
             batch, nh, nw, area = [], h, w, 0
+            limit = pixel_limit()  # after the batch ran: what it taught the budget
         batch.append(i)
         hmax, wmax, area = nh, nw, area + h * w
     if batch:
         yield batch
+
+
+def padded_pixels(crops: Sequence[FaceCrop]) -> int:
+    """The pixels :func:`to_batch` makes of ``crops``: each padded to the largest size."""
+    return (
+        len(crops) * max(c.pixels.shape[0] for c in crops) * max(c.pixels.shape[1] for c in crops)
+    )
+
+
+def usable_memory(device: torch.device) -> int:
+    """Bytes a CUDA device can still give: free on the card plus what PyTorch's allocator
+    holds and is not using."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+class MemoryBudget:
+    """The batch size of an attack chosen from the device's free memory.
+
+    An attack's memory grows with the padded pixels of its batch (times its EOT copies, its
+    steps' graphs): the budget learns the attack's peak bytes per padded pixel from the
+    batches it runs (and from a batch that ran out of memory: at least the usable memory
+    over its pixels), and bounds each later batch to ``headroom`` of the usable memory at
+    the time. The first batch, knowing nothing yet, is bounded by ``batch_size`` alone; an
+    out-of-memory error there is met by halving (:func:`halving_on_oom`) and is not met
+    again. ``usable`` returns the usable bytes (default :func:`usable_memory`: CUDA only;
+    on a CPU there is no budget, as the machine's RAM is the operating system's to share).
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        headroom: float = 0.8,
+        usable: Callable[[], int] | None = None,
+    ) -> None:
+        self.device = device
+        self.headroom = headroom
+        self._usable = usable or (lambda: usable_memory(device))
+        self.bytes_per_pixel = 0.0
+
+    def max_pixels(self) -> int | None:
+        """The most padded pixels the next batch may hold (None: not known yet)."""
+        if self.bytes_per_pixel <= 0:
+            return None
+        return max(1, int(self.headroom * self._usable() / self.bytes_per_pixel))
+
+    def ran(self, pixels: int, peak_bytes: int) -> None:
+        """A batch of ``pixels`` padded pixels peaked at ``peak_bytes`` above its start."""
+        self.bytes_per_pixel = max(self.bytes_per_pixel, peak_bytes / max(pixels, 1))
+
+    def ran_out(self, pixels: int) -> None:
+        """A batch of ``pixels`` padded pixels did not fit."""
+        self.bytes_per_pixel = max(self.bytes_per_pixel, self._usable() / max(pixels, 1))
+
+    def measure(self, pixels: int, run: Callable[[], None]) -> None:
+        """``run()``, learning from its peak memory (CUDA) or from its running out."""
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+        try:
+            run()
+        except Exception as e:
+            if is_out_of_memory(e):
+                self.ran_out(pixels)
+            raise
+        if cuda:
+            self.ran(pixels, torch.cuda.max_memory_allocated(self.device) - base)
+
+
+_BUDGETS: weakref.WeakKeyDictionary[Any, MemoryBudget] = weakref.WeakKeyDictionary()
+
+
+def budget_for(attack: Any, device: torch.device) -> MemoryBudget | None:
+    """The :class:`MemoryBudget` of ``attack`` on ``device`` (kept while the attack lives, so
+    what one protection call learnt bounds the next); None on a CPU."""
+    if device.type != "cuda":
+        return None
+    b = _BUDGETS.get(attack)
+    if b is None or b.device != device:
+        b = _BUDGETS[attack] = MemoryBudget(device)
+    return b
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -250,24 +348,38 @@ def attack_faces(
     preds: torch.Tensor,
     device: torch.device,
     batch_size: int,
+    budget: MemoryBudget | None = None,
 ) -> list[FaceOutcome]:
     """Stage: attack every crop (faces of several frames in one batch) at native resolution.
 
     Faces of grey frames (three equal channels) are attacked through :class:`GreyInput` and
     made exactly grey afterwards (coloured noise on a grey frame would give the attack away);
     one that is no longer its target once grey counts as failed, so it is obscured.
+
+    Batches hold at most ``batch_size`` faces and, on a GPU, what the device's free memory
+    holds (``budget``, default :func:`budget_for` the attack: learnt from its own batches).
     """
+    budget = budget or budget_for(attack, device)
     outcomes: list[FaceOutcome | None] = [None] * len(crops)
     grey = [is_gray(c.pixels) for c in crops]
+
+    def run(idx: list[int], g: bool) -> None:
+        def once() -> None:
+            _attack_batch(attack, classifier, crops, targets, preds, device, idx, g, outcomes)
+
+        if budget is None:
+            once()
+        else:
+            budget.measure(padded_pixels([crops[i] for i in idx]), once)
+
     for g in (False, True):
         members = [i for i in range(len(crops)) if grey[i] == g]
-        for sub in batches([crops[i] for i in members], batch_size) if members else ():
-            halving_on_oom(
-                lambda idx, g=g: _attack_batch(
-                    attack, classifier, crops, targets, preds, device, idx, g, outcomes
-                ),
-                [members[k] for k in sub],
-            )
+        if not members:
+            continue
+        sub_crops = [crops[i] for i in members]
+        limit = budget.max_pixels if budget is not None else None
+        for sub in batches(sub_crops, batch_size, max_pixels=limit):
+            halving_on_oom(lambda idx, g=g: run(idx, g), [members[k] for k in sub])
     return [o for o in outcomes if o is not None]
 
 
