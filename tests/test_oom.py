@@ -92,6 +92,8 @@ def test_the_budget_bounds_batches_by_what_the_memory_holds() -> None:
     assert b.max_pixels() == 400
     b.ran(pixels=1000, peak_bytes=4000)  # a cheaper batch does not unlearn it
     assert b.max_pixels() == 400
+    b.ran_out(pixels=100, usable=5000)  # what was usable when that batch started
+    assert b.max_pixels() == 160
     assert budget_for(object(), torch.device("cpu")) is None  # no budget on a CPU
 
     ident = np.array([[1, 0, 0], [0, 1, 0]], np.float32)

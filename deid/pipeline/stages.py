@@ -161,13 +161,17 @@ class MemoryBudget:
         """A batch of ``pixels`` padded pixels peaked at ``peak_bytes`` above its start."""
         self.bytes_per_pixel = max(self.bytes_per_pixel, peak_bytes / max(pixels, 1))
 
-    def ran_out(self, pixels: int) -> None:
-        """A batch of ``pixels`` padded pixels did not fit."""
-        self.bytes_per_pixel = max(self.bytes_per_pixel, self._usable() / max(pixels, 1))
+    def ran_out(self, pixels: int, usable: int | None = None) -> None:
+        """A batch of ``pixels`` padded pixels did not fit in ``usable`` bytes (default: what
+        is usable now)."""
+        free = self._usable() if usable is None else usable
+        self.bytes_per_pixel = max(self.bytes_per_pixel, free / max(pixels, 1))
 
     def measure(self, pixels: int, run: Callable[[], None]) -> None:
-        """``run()``, learning from its peak memory (CUDA) or from its running out."""
+        """``run()``, learning from its peak memory (CUDA) or from its running out of the
+        memory usable when it started (the failed batch may still hold some when it raises)."""
         cuda = self.device.type == "cuda"
+        before = self._usable()
         if cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
             base = torch.cuda.memory_allocated(self.device)
@@ -175,7 +179,7 @@ class MemoryBudget:
             run()
         except Exception as e:
             if is_out_of_memory(e):
-                self.ran_out(pixels)
+                self.ran_out(pixels, before)
             raise
         if cuda:
             self.ran(pixels, torch.cuda.max_memory_allocated(self.device) - base)
