@@ -159,7 +159,17 @@ class MemoryBudget:
 
     def ran(self, pixels: int, peak_bytes: int) -> None:
         """A batch of ``pixels`` padded pixels peaked at ``peak_bytes`` above its start."""
-        self.bytes_per_pixel = max(self.bytes_per_pixel, peak_bytes / max(pixels, 1))
+        learnt = peak_bytes / max(pixels, 1)
+        if learnt > 1.1 * self.bytes_per_pixel:  # the first figure, or a much larger one
+            log.info(
+                "attack batches on %s: %.0f bytes a padded pixel, at most %d px a batch "
+                "(%d faces of 64x64)",
+                self.device,
+                learnt,
+                int(self.headroom * self._usable() / learnt),
+                int(self.headroom * self._usable() / learnt) // 4096,
+            )
+        self.bytes_per_pixel = max(self.bytes_per_pixel, learnt)
 
     def ran_out(self, pixels: int, usable: int | None = None) -> None:
         """A batch of ``pixels`` padded pixels did not fit in ``usable`` bytes (default: what
