@@ -33,11 +33,15 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from functools import cache
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from deid.pipeline.report import JudgeTotals
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -82,10 +86,15 @@ CEILING_SIZES = (24, 32, 48, 64, 96, 128)
 NON_FACES = Path(__file__).resolve().parent / "pedestrians_nonfaces.json"
 
 
+@cache
+def non_face_regions() -> tuple[dict[str, Any], ...]:
+    """The regions :data:`NON_FACES` labels as no face (read once)."""
+    return tuple(json.loads(NON_FACES.read_text())["regions"])
+
+
 def non_face(face: dict[str, Any], clip_size: tuple[int, int], start: int) -> bool:
     """Whether a detection of the clip (``start`` its first frame, ``clip_size`` its (w, h))
     lies in a region labelled as no face in :data:`NON_FACES`."""
-    labels = json.loads(NON_FACES.read_text())
     k = 1920 / clip_size[0]  # the labels are in the 1920x1080 source's pixels
     x1, y1, x2, y2 = (v * k for v in face["region"])
     cx, cy, frame = (x1 + x2) / 2, (y1 + y2) / 2, int(face["frame"]) + start
@@ -93,19 +102,16 @@ def non_face(face: dict[str, Any], clip_size: tuple[int, int], start: int) -> bo
         r["frames"][0] <= frame <= r["frames"][1]
         and r["box"][0] <= cx <= r["box"][2]
         and r["box"][1] <= cy <= r["box"][3]
-        for r in labels["regions"]
+        for r in non_face_regions()
     )
 
 
-def unlinkable(faces: list[dict[str, Any]]) -> dict[str, Any]:
-    """The judge's share of unlinked faces among ``faces`` (those it judged)."""
-    judged = [f for f in faces if (f.get("judge") or {}).get("distance") is not None]
-    linked = sum(bool(f["judge"]["linked"]) for f in judged)
-    return {
-        "faces": len(judged),
-        "linked": linked,
-        "unlinkable": round(1 - linked / len(judged), 4) if judged else None,
-    }
+def judge_on(faces: list[dict[str, Any]]) -> JudgeTotals:
+    """The judge's totals (the report's own :func:`~deid.pipeline.report.judge_totals`) over
+    ``faces`` of a report's ``faces_detail``."""
+    from deid.pipeline.report import FaceJudge, judge_totals
+
+    return judge_totals([FaceJudge(**f["judge"]) if f.get("judge") else None for f in faces])
 
 
 def judge_ceiling(faces: list[dict[str, Any]], pairs: int = 200) -> dict[str, Any]:
@@ -263,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                     sum(bool(v.get("is_original")) for v in verified) / max(len(verified), 1), 4
                 ),
                 "judge": judge.get("totals") if judge.get("status") == "judged" else judge,
-                "judge_on_faces": unlinkable(on_faces),
+                "judge_on_faces": judge_on(on_faces).model_dump(),
                 "flicker": flicker(clip, out, faces),
                 "seconds": rep["seconds"],
                 "protect_s_per_face": round(

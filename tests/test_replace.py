@@ -391,9 +391,10 @@ def test_replace_clip_bench_sets_labelled_non_faces_apart(monkeypatch: pytest.Mo
     assert rc.non_face(sign_720, (1280, 720), 0)
     hands = {"frame": 2, "region": [588, 539, 653, 604]}  # 720p, frames 0-2 only
     assert rc.non_face(hands, (1280, 720), 0) and not rc.non_face(hands, (1280, 720), 30)
-    judged = [
-        {"judge": {"distance": 0.7, "linked": False}},
-        {"judge": {"distance": 0.5, "linked": True}},
+    faces = [
+        {"judge": {"distance": 0.7, "linked": False, "natural": True}},
+        {"judge": {"distance": 0.5, "linked": True, "natural": True}},
         {"judge": None},
     ]
-    assert rc.unlinkable(judged) == {"faces": 2, "linked": 1, "unlinkable": 0.5}
+    t = rc.judge_on(faces)
+    assert (t.faces, t.linked, t.unlinkable) == (2, 1, 0.5)

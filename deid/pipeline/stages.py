@@ -161,13 +161,14 @@ class MemoryBudget:
         """A batch of ``pixels`` padded pixels peaked at ``peak_bytes`` above its start."""
         learnt = peak_bytes / max(pixels, 1)
         if learnt > 1.1 * self.bytes_per_pixel:  # the first figure, or a much larger one
+            bound = int(self.headroom * self._usable() / learnt)
             log.info(
                 "attack batches on %s: %.0f bytes a padded pixel, at most %d px a batch "
                 "(%d faces of 64x64)",
                 self.device,
                 learnt,
-                int(self.headroom * self._usable() / learnt),
-                int(self.headroom * self._usable() / learnt) // 4096,
+                bound,
+                bound // 4096,
             )
         self.bytes_per_pixel = max(self.bytes_per_pixel, learnt)
 
