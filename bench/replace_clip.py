@@ -152,7 +152,7 @@ def judge_ceiling(faces: list[dict[str, Any]], pairs: int = 200) -> dict[str, An
             {
                 "size": size,
                 "faces": len(fs),
-                "unlinkable": round(float(np.mean([not f["judge"]["linked"] for f in fs])), 4),
+                "unlinkable": judge_on(fs).unlinkable,
                 "two_people_unlinkable": round(float(np.mean(d[np.isfinite(d)] >= j.threshold)), 4),
             }
         )
