@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         help="paste a real held-out CelebA face (one identity per track) through replace's "
         "mask instead of a generated one: the perfect-replacement reference",
     )
+    ap.add_argument(
+        "--generator", type=Path, help="attack.generator (default: the shipped face generator)"
+    )
     ap.add_argument("--threads", type=int)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -231,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         attack["region_scale"] = args.region_scale
     if args.target:
         attack["target"] = args.target
+    if args.generator:
+        attack["generator"] = str(args.generator)
     if args.then.lower() in ("none", "null"):
         attack["then"] = None
     else:

@@ -102,6 +102,28 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--max-minutes", type=float, help="facegan: stop after an epoch past this many minutes"
     )
+    g.add_argument(
+        "--init",
+        type=Path,
+        help="facegan: fine-tune this generator checkpoint (its sizes and held-out identities)",
+    )
+    g.add_argument("--d-width", type=int, help="facegan: the discriminator's width (--width)")
+    g.add_argument(
+        "--cutout",
+        type=float,
+        default=0.5,
+        help="facegan: DiffAugment's cutout square, a fraction of the crop (0.5; 0: none)",
+    )
+    g.add_argument(
+        "--identity-weight",
+        type=float,
+        default=0.0,
+        help="facegan: weight of an identity term on deid's CelebA CNN (the new face as far "
+        "from the original as another person's; 0: none)",
+    )
+    g.add_argument(
+        "--r1-gamma", type=float, default=1.0, help="facegan: the R1 penalty's weight (1; 0: none)"
+    )
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -197,8 +219,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_advgan(args, command, str(resolve_device(args.device)))
     if args.preset == "facegan":
         return _train_facegan(args, command, str(resolve_device(args.device)))
-    if args.width or args.gan_batch or args.max_minutes:
-        raise ConfigError("--width, --batch-size and --max-minutes only apply to facegan")
+    if (
+        args.width
+        or args.gan_batch
+        or args.max_minutes
+        or args.init
+        or args.d_width
+        or args.identity_weight
+        or args.cutout != 0.5
+        or args.r1_gamma != 1.0
+    ):
+        raise ConfigError(
+            "--width, --batch-size, --max-minutes, --init, --d-width, --identity-weight, "
+            "--cutout and --r1-gamma only apply to facegan"
+        )
     if args.classifier:
         raise ConfigError("--classifier only applies to `deid train advgan`")
     _, metrics = train_classifier(
@@ -257,6 +291,11 @@ def _train_facegan(args: argparse.Namespace, command: str, device: str) -> int:
         command=command,
         samples_dir=args.samples_dir,
         max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+        init=args.init,
+        identity_weight=args.identity_weight,
+        d_width=args.d_width,
+        cutout=args.cutout,
+        r1_gamma=args.r1_gamma,
     )
     sys.stdout.write(json.dumps(figures) + "\n")
     return 0

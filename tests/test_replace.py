@@ -17,7 +17,7 @@ from deid import judge
 from deid.align import box_landmarks
 from deid.cli import main
 from deid.config import load_settings
-from deid.errors import CheckpointError
+from deid.errors import CheckpointError, OutputError
 from deid.generators.facegan import (
     FaceDiscriminator,
     FaceGANMeta,
@@ -127,6 +127,54 @@ def test_training_holds_identities_out_and_writes_a_checkpoint(tmp_path: Path) -
     assert not held & set(ds.labels[train].tolist())  # no held-out identity is trained on
     assert not set(train.tolist()) & set(ds.test.tolist())  # nor any test image
     assert FaceGenerator.load(out).meta.data["holdout_identities"] == sorted(held)
+
+
+def test_fine_tune_keeps_the_first_stage_held_out_and_records_its_recipe(
+    tmp_path: Path,
+) -> None:
+    first = tmp_path / "first.pt"
+    train_facegan(first, epochs=1, width=4, z_dim=4, limit=32, seed=3)
+    out = tmp_path / "second.pt"
+    g, figures = train_facegan(
+        out,
+        epochs=1,
+        limit=32,
+        seed=5,
+        init=first,
+        d_warmup=2,
+        d_width=8,
+        cutout=0.25,
+        r1_gamma=0,
+        identity_weight=2.0,
+    )
+    meta = json.loads(out.with_suffix(".json").read_text())
+    before = json.loads(first.with_suffix(".json").read_text())
+    # the first stage's identities stay out (not those seed 5 would hold out)
+    assert meta["data"]["holdout_identities"] == before["data"]["holdout_identities"]
+    assert meta["data"]["init"]["file"] == "first.pt" and g.meta.width == 4
+    tr = meta["training"]
+    assert tr["discriminator_warmup_steps"] == 2 and tr["d_width"] == 8 and tr["r1_gamma"] == 0
+    assert "cutout 0.25" in tr["augment"] and tr["first_stage"]["training"]["epochs_done"] == 1
+    assert tr["lr"] == 1e-4  # half the first stage's
+    assert tr["lambda_id"] == 2.0 and 0.0 < tr["id_margin"] < 1.0  # two people's mean cosine
+    assert "id_cosine" in tr["last_losses"]
+    assert -1.0 <= figures["own_embedding_cosine_to_original"] <= 1.0
+    with pytest.raises(OutputError, match="generator to fine-tune"):
+        train_facegan(first, epochs=1, limit=32, init=first)  # never overwrite the input
+
+
+def test_identity_term_is_one_for_the_same_face_and_keeps_shapes() -> None:
+    from deid.data import load_dataset
+    from deid.generators.train_facegan import IdentityTerm, small_and_shifted
+    from deid.models import load_classifier
+
+    ds = load_dataset("celeba")
+    x, y = ds.tensors_at(ds.train[:300])
+    term = IdentityTerm(load_classifier("celeba-cnn"), x, y, torch.Generator().manual_seed(0))
+    assert small_and_shifted(x[:4], torch.Generator().manual_seed(1)).shape == (4, 3, 64, 64)
+    same = term.cosine(x[:8], x[:8].clone(), torch.Generator().manual_seed(2))
+    assert torch.allclose(same, torch.ones(8), atol=1e-4)
+    assert term.margin < 0.9  # different people are further apart than a face and itself
 
 
 # --------------------------------------------------------------------------------------------

@@ -217,10 +217,13 @@ class FaceDiscriminator(nn.Module):
         return self.head(v.flatten(1)).squeeze(1)
 
 
-def diff_augment(x: Tensor, mask: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def diff_augment(
+    x: Tensor, mask: Tensor, generator: torch.Generator, cutout: float = 0.5
+) -> tuple[Tensor, Tensor]:
     """DiffAugment (Zhao et al. 2020): the same random, differentiable colour, translation
-    and cutout for real and fake images, so a discriminator trained on 4k faces does not
-    memorise them. Applied to the image and its mask together."""
+    and cutout (a square of ``cutout`` of the size; 0: none) for real and fake images, so a
+    discriminator trained on 4k faces does not memorise them. Applied to the image and its
+    mask together."""
     n = len(x)
     dev = x.device
     r = torch.rand(n, 6, generator=generator).to(dev)
@@ -241,12 +244,15 @@ def diff_augment(x: Tensor, mask: Tensor, generator: torch.Generator) -> tuple[T
     grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)
     x = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     mask = F.grid_sample(mask, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    # cutout of half the size at a random place
+    # cutout of `cutout` of the size at a random place
     cy = (r[:, 5] * h).long()
     cx = (torch.rand(n, generator=generator).to(dev) * w).long()
+    if cutout <= 0:
+        return x, mask
     ys = torch.arange(h, device=dev)[None, :, None]
     xs = torch.arange(w, device=dev)[None, None, :]
-    keep = ~(((ys - cy[:, None, None]).abs() < h // 4) & ((xs - cx[:, None, None]).abs() < w // 4))
+    hh, hw = int(h * cutout / 2), int(w * cutout / 2)
+    keep = ~(((ys - cy[:, None, None]).abs() < hh) & ((xs - cx[:, None, None]).abs() < hw))
     return x * keep[:, None], mask
 
 
