@@ -17,7 +17,7 @@ from deid import judge
 from deid.align import box_landmarks
 from deid.cli import main
 from deid.config import load_settings
-from deid.errors import CheckpointError, OutputError
+from deid.errors import CheckpointError, ConfigError, OutputError
 from deid.generators.facegan import (
     FaceDiscriminator,
     FaceGANMeta,
@@ -161,6 +161,8 @@ def test_fine_tune_keeps_the_first_stage_held_out_and_records_its_recipe(
     assert -1.0 <= figures["own_embedding_cosine_to_original"] <= 1.0
     with pytest.raises(OutputError, match="generator to fine-tune"):
         train_facegan(first, epochs=1, limit=32, init=first)  # never overwrite the input
+    with pytest.raises(ConfigError, match=r"cutout must be a fraction of the crop in \[0, 1\)"):
+        train_facegan(tmp_path / "x.pt", init=first, cutout=1.5)
 
 
 def test_identity_term_is_one_for_the_same_face_and_keeps_shapes() -> None:

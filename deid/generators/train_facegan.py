@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from deid.data import load_dataset
 from deid.data.datasets import FaceDataset, dataset_file
+from deid.errors import ConfigError
 from deid.generators.facegan import (
     FaceDiscriminator,
     FaceGANMeta,
@@ -120,6 +121,14 @@ def train_facegan(
     Returns:
         the generator (EMA weights) and its figures.
     """
+    if not 0.0 <= cutout < 1.0:
+        raise ConfigError(f"cutout must be a fraction of the crop in [0, 1), got {cutout}")
+    if r1_gamma < 0 or identity_weight < 0:
+        raise ConfigError(
+            f"r1_gamma and identity_weight must be >= 0, got {r1_gamma} and {identity_weight}"
+        )
+    if d_width is not None and d_width < 1:
+        raise ConfigError(f"the discriminator's width must be >= 1, got {d_width}")
     check_writes(
         [("dataset", dataset_file("celeba", data)), ("generator to fine-tune", init)],
         [
