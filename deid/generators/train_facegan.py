@@ -238,21 +238,8 @@ def train_facegan(
             m = torch.cat([m1, m1]).to(dev)
             z = torch.randn(len(x), z_dim, generator=gen).to(dev)
             # -- discriminator
-            with torch.no_grad():
-                fake = m * g(x, m, z) + (1 - m) * x
-            real_a, real_m = diff_augment(x, m, gen, cutout)
-            fake_a, fake_m = diff_augment(fake, m, gen, cutout)
-            r1 = r1_gamma > 0 and step % hp["r1_every"] == 0
-            if r1:
-                real_a = real_a.detach().requires_grad_(True)
-            d_real = d(real_a, real_m)
-            loss_d = F.relu(1 - d_real).mean() + F.relu(1 + d(fake_a, fake_m)).mean()
-            if r1:
-                (grad,) = torch.autograd.grad(d_real.sum(), real_a, create_graph=True)
-                loss_d = loss_d + hp["r1_gamma"] / 2 * grad.pow(2).flatten(1).sum(1).mean() * 4
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
+            r1 = r1_gamma if step % hp["r1_every"] == 0 else 0.0
+            loss_d = _d_step(d, opt_d, g, x, m, z, cutout, gen, r1)
             # -- generator
             gx = g(x, m, z)
             fake = m * gx + (1 - m) * x
@@ -328,14 +315,38 @@ def _warm_up(
         x = x_all[torch.randint(len(x_all), (n,), generator=gen)].to(dev)
         m = ellipse_mask(n, meta.size, meta.region, meta.feather, 0.12, gen).to(dev)
         z = torch.randn(n, meta.z_dim, generator=gen).to(dev)
-        with torch.no_grad():
-            fake = m * g(x, m, z) + (1 - m) * x
-        real_a, real_m = diff_augment(x, m, gen, cutout)
-        fake_a, fake_m = diff_augment(fake, m, gen, cutout)
-        loss = F.relu(1 - d(real_a, real_m)).mean() + F.relu(1 + d(fake_a, fake_m)).mean()
-        opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_d.step()
+        _d_step(d, opt_d, g, x, m, z, cutout, gen)
+
+
+def _d_step(
+    d: FaceDiscriminator,
+    opt_d: torch.optim.Optimizer,
+    g: FaceGenerator,
+    x: Tensor,
+    m: Tensor,
+    z: Tensor,
+    cutout: float,
+    gen: torch.Generator,
+    r1_gamma: float = 0.0,
+) -> Tensor:
+    """One discriminator step (hinge loss on augmented real crops and composites of the
+    generator's faces; with ``r1_gamma`` > 0 the lazy R1 penalty, applied every 4 steps, so
+    scaled by 4). Returns the loss."""
+    with torch.no_grad():
+        fake = m * g(x, m, z) + (1 - m) * x
+    real_a, real_m = diff_augment(x, m, gen, cutout)
+    fake_a, fake_m = diff_augment(fake, m, gen, cutout)
+    if r1_gamma > 0:
+        real_a = real_a.detach().requires_grad_(True)
+    d_real = d(real_a, real_m)
+    loss = F.relu(1 - d_real).mean() + F.relu(1 + d(fake_a, fake_m)).mean()
+    if r1_gamma > 0:
+        (grad,) = torch.autograd.grad(d_real.sum(), real_a, create_graph=True)
+        loss = loss + r1_gamma / 2 * grad.pow(2).flatten(1).sum(1).mean() * 4
+    opt_d.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_d.step()
+    return loss.detach()
 
 
 class IdentityTerm:
