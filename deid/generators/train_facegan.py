@@ -149,6 +149,8 @@ def train_facegan(
     if limit:
         train_idx = train_idx[:limit]
     x_all, y_all = ds.tensors_at(train_idx)
+    # (loaded for both paths: building the classifier draws from the seeded RNG, which the
+    # networks made after it then start from, so moving it would change what a command makes)
     clf_template = load_classifier("celeba-cnn").meta.template
     data_meta = {
         "dataset": "celeba",
@@ -368,9 +370,7 @@ class IdentityTerm:
         idx = torch.randperm(len(x), generator=gen)[:256]
         with torch.no_grad():
             e = self.embed(x[idx].to(dev))
-        other = torch.roll(torch.arange(len(idx)), 1)
-        diff = (y[idx] != y[idx][other]).to(dev)
-        self.margin = float((e * e[other.to(dev)]).sum(1)[diff].mean())
+        self.margin = two_people_cosine(e, y[idx].to(dev))
 
     def embed(self, x: Tensor) -> Tensor:
         return F.normalize(self.cnn.embed(x), dim=1)
@@ -381,6 +381,13 @@ class IdentityTerm:
         with torch.no_grad():
             e0 = self.embed(both[: len(x)])
         return (self.embed(both[len(x) :]) * e0).sum(1)
+
+
+def two_people_cosine(e: Tensor, y: Tensor) -> float:
+    """Mean cosine of unit embeddings ``e`` of two different people: each face against the
+    one before it in the batch, where their identities ``y`` differ."""
+    other = torch.roll(torch.arange(len(e), device=e.device), 1)
+    return float((e * e[other]).sum(1)[y != y[other]].mean())
 
 
 def small_and_shifted(x: Tensor, gen: torch.Generator) -> Tensor:
@@ -436,14 +443,12 @@ def own_classifier_figures(
     after = clf(xr).argmax(1) == y
     ring = float(((out - x).abs() * (1 - m)).mean() / (1 - m).mean())
     e, er = F.normalize(clf.embed(x), dim=1), F.normalize(clf.embed(xr), dim=1)
-    other = torch.roll(torch.arange(len(x), device=dev), 1)
-    diff = y != y[other]
     return {
         "n": len(idx),
         "own_classifier_clean_accuracy": round(float(clean.float().mean()), 4),
         "own_classifier_still_recognised": round(float(after.float().mean()), 4),
         "own_embedding_cosine_to_original": round(float((e * er).sum(1).mean()), 4),
-        "own_embedding_cosine_two_people": round(float((e * e[other]).sum(1)[diff].mean()), 4),
+        "own_embedding_cosine_two_people": round(two_people_cosine(e, y), 4),
         "ring_l1": round(ring, 4),
         "data": "CelebA test split of the identities the generator trained on",
     }
