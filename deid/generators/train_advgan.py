@@ -47,6 +47,7 @@ from deid.generators.recipes import AdvGANRecipe
 from deid.io import Artefact, check_writes, write_image
 from deid.models import SHIPPED, load_classifier, shipped_path
 from deid.models.classifier import FaceClassifier
+from deid.models.precision import resolve_precision
 from deid.models.train import augment, seed_everything
 from deid.targets import choose_targets
 
@@ -78,6 +79,7 @@ def train_advgan(
     clf = load_classifier(classifier, dev).eval()
     for p in clf.parameters():
         p.requires_grad_(False)
+    clf.set_gradient_precision(resolve_precision(recipe.precision, dev))
     meta = clf.meta
     check_writes(
         [("classifier", clf_path), ("dataset", dataset_file(meta.dataset, data))],  # type: ignore[arg-type]
@@ -113,6 +115,9 @@ def train_advgan(
         },
     )
     gen = AdvGenerator(gmeta).to(dev)
+    if recipe.zero_out:
+        torch.nn.init.zeros_(gen.out.weight)
+        torch.nn.init.zeros_(gen.out.bias)
     disc = Discriminator(meta.channels).to(dev)
     t0 = time.time()
     _fit(gen, disc, clf, xtr, ytr, recipe, seed, progress, samples_dir)
@@ -173,6 +178,7 @@ def _fit(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt_g, max_lr=[r.lr, r.lr_map], total_steps=r.epochs * steps_per_epoch, pct_start=0.1
     )
+    fast = clf.fast()
     transforms = Transforms(EOTConfig(enabled=True, samples=1 + r.eot_copies, seed=seed))
     g = torch.Generator().manual_seed(seed)
     sheet_x = xtr[torch.randperm(len(xtr), generator=g)[:16]].to(dev)
@@ -211,7 +217,7 @@ def _fit(
             copies = [round_ste(xa * 255.0) / 255.0] + [
                 transforms.sample(xa) for _ in range(r.eot_copies)
             ]
-            logits = clf(torch.cat(copies))
+            logits = fast(torch.cat(copies))  # gradients only (train_ok is a rough figure)
             reps = len(copies)
             adv = margin_loss(logits, t.repeat(reps), r.kappa).mean()
             gan = F.softplus(-disc(xa)).mean() if r.lambda_gan > 0 else xa.new_zeros(())
