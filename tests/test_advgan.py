@@ -126,8 +126,7 @@ def test_training_writes_a_reloadable_generator_deterministically(
 def test_a_network_started_at_zero_gives_the_maps_alone() -> None:
     meta = GeneratorMeta(channels=3, size=(16, 16), num_classes=4, eps=0.1, width=4)
     g = AdvGenerator(meta).eval()
-    torch.nn.init.zeros_(g.out.weight)
-    torch.nn.init.zeros_(g.out.bias)
+    g.zero_output()
     x, t = torch.rand(3, 3, 16, 16), torch.tensor([0, 2, 2])
     maps = torch.nn.functional.interpolate(g.target_map[t], size=(16, 16), mode="bilinear")
     with torch.no_grad():

@@ -157,6 +157,13 @@ class AdvGenerator(nn.Module):
             raw = F.interpolate(d + maps, size=(h, w), mode="bilinear", align_corners=False)
         return self.meta.eps * torch.tanh(raw)
 
+    def zero_output(self) -> None:
+        """Start the network's output layer at zero: the perturbation is then the per-target
+        maps alone (a universal perturbation per target) until the network learns
+        (``AdvGANRecipe.zero_out``)."""
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, path: Path | str) -> None:
         """Write ``path`` (``torch.load(weights_only=True)``-safe) and its metadata as JSON

@@ -31,7 +31,8 @@ class AdvGANRecipe:
         augment: jitter the training faces a little (brightness, contrast, shifts). Off for
             the Yale B MLP: the jitter alone confuses it, so the generator learns less.
         sheet_every: a contact sheet of perturbed faces every this many epochs.
-        precision: the frozen classifier's passes in training: ``float32``, or ``auto``
+        precision: the frozen classifier's gradient passes in training (the adversarial
+            loss's): ``float32``, or ``auto``
             (bfloat16 where the device has it natively, as an attack's gradient passes:
             :mod:`deid.models.precision`); the held-out figures are always float32's.
         zero_out: start the network's output layer at zero, so that training starts from

@@ -116,8 +116,7 @@ def train_advgan(
     )
     gen = AdvGenerator(gmeta).to(dev)
     if recipe.zero_out:
-        torch.nn.init.zeros_(gen.out.weight)
-        torch.nn.init.zeros_(gen.out.bias)
+        gen.zero_output()
     disc = Discriminator(meta.channels).to(dev)
     t0 = time.time()
     _fit(gen, disc, clf, xtr, ytr, recipe, seed, progress, samples_dir)
