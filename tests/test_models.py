@@ -40,6 +40,29 @@ def test_checkpoint_round_trip_is_weights_only(tmp_path: Path) -> None:
     assert back.meta.class_names == m.meta.class_names
 
 
+def test_passes_without_gradients_use_a_folded_copy_that_follows_the_weights(data_dir) -> None:
+    """Eval-mode passes without gradients run a batch-norm-folded, channels-last copy of the
+    network: the same logits up to float rounding, and a weight changed in place (a training
+    step, load_state_dict) is seen by the next pass."""
+    m = load_classifier("celeba-cnn")
+    x, _ = sample_test(dataset_of(m), 16, seed=0)
+    with torch.no_grad():
+        exact = m.net(m.prepare(x))
+        fast = m(x)
+        assert m._infer is not None  # the copy ran
+        assert torch.allclose(fast, exact, atol=1e-4)
+        assert torch.equal(fast.argmax(1), exact.argmax(1))
+    assert torch.equal(m(x), exact)  # with gradients: the network itself
+    head = m.net.head[-1]
+    with torch.no_grad():
+        head.bias[0] += 100.0  # in place: every face becomes identity 0
+        assert (m(x).argmax(1) == 0).all()
+        m.load_state_dict(load_classifier("celeba-cnn").state_dict())
+        assert torch.allclose(m(x), exact, atol=1e-4)
+    m.train()
+    assert m(x).requires_grad  # training mode: the network itself, batch statistics
+
+
 def test_bad_checkpoints(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         FaceClassifier.load(tmp_path / "missing.pt")

@@ -33,7 +33,9 @@ class GeneratorMeta(JsonMeta):
         size: (H, W) the generator works at: the classifier's (aligned) input size.
         num_classes: the classifier's identities (the targets it can aim at).
         eps: L-inf bound of the perturbation, in [0, 1] pixel units.
-        width: channels of the first layer (the bottleneck has twice as many).
+        width: channels of the first layer (the bottleneck has twice as many); 0: no
+            network, the perturbation is the per-identity maps alone (a universal
+            perturbation per target, and per source identity with ``source``).
         embed: size of the target embedding.
         scale: the network works at 1/scale of ``size`` (2 or 4; the per-target maps at 1/2).
         source: also conditioned on the classifier's prediction on the clean face (one more
@@ -116,29 +118,36 @@ class AdvGenerator(nn.Module):
         h2, w2 = (meta.size[0] + 1) // 2, (meta.size[1] + 1) // 2
         if meta.full_maps:
             h2, w2 = meta.size
-        self.embedding = nn.Embedding(k, e)
-        self.enc1 = _conv(c + e, w)
-        self.enc2 = _conv(w, 2 * w, stride=2)
-        self.film = nn.Linear(e, 4 * w)
-        self.mid1 = _conv(2 * w, 2 * w)
-        self.mid2 = _conv(2 * w, 2 * w)
-        self.dec = _conv(2 * w + w, w)
-        self.out = _conv(w, c)
+        if w > 0:
+            self.embedding = nn.Embedding(k, e)
+            self.enc1 = _conv(c + e, w)
+            self.enc2 = _conv(w, 2 * w, stride=2)
+            self.film = nn.Linear(e, 4 * w)
+            self.mid1 = _conv(2 * w, 2 * w)
+            self.mid2 = _conv(2 * w, 2 * w)
+            self.dec = _conv(2 * w + w, w)
+            self.out = _conv(w, c)
         self.target_map = nn.Parameter(0.1 * torch.randn(k, c, h2, w2))
         if meta.source:
-            self.source_embedding = nn.Embedding(k, e)
+            if w > 0:
+                self.source_embedding = nn.Embedding(k, e)
             self.source_map = nn.Parameter(torch.zeros(k, c, h2, w2))
 
     def forward(self, x: Tensor, target: Tensor, source: Tensor | None = None) -> Tensor:
         h, w = x.shape[-2:]
         half = ((h + 1) // 2, (w + 1) // 2)
-        emb = self.embedding(target)
         maps = self.target_map[target]
         if self.meta.source:
             if source is None:
                 raise ValueError("this generator is conditioned on the source identity too")
-            emb = emb + self.source_embedding(source)
             maps = maps + self.source_map[source]
+        if self.meta.width == 0:  # the maps alone
+            if tuple(maps.shape[-2:]) != (h, w):
+                maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)
+            return self.meta.eps * torch.tanh(maps)
+        emb = self.embedding(target)
+        if self.meta.source:
+            emb = emb + self.source_embedding(source)
         v = F.avg_pool2d(x, self.meta.scale, ceil_mode=True) * 2.0 - 1.0
         q = v.shape[-2:]
         v = torch.cat([v, emb[:, :, None, None].expand(-1, -1, *q)], 1)
@@ -161,8 +170,9 @@ class AdvGenerator(nn.Module):
         """Start the network's output layer at zero: the perturbation is then the per-target
         maps alone (a universal perturbation per target) until the network learns
         (``AdvGANRecipe.zero_out``)."""
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        if self.meta.width > 0:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, path: Path | str) -> None:

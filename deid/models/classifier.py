@@ -8,6 +8,7 @@ perturb the crop at its native resolution and the perturbation pastes back exact
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,6 +151,9 @@ class FaceClassifier(nn.Module):
         # (network copy, dtype) for gradient passes; a plain attribute, so neither saved,
         # trained nor moved by .to(): set it after the classifier is on its device
         self._lowp: tuple[nn.Module, torch.dtype] | None = None
+        # (key, network copy) for passes without gradients: see _inference_net
+        self._infer: tuple[tuple[int, ...], nn.Module] | None = None
+        self._has_conv = any(isinstance(m, nn.Conv2d) for m in net.modules())
 
     @property
     def num_classes(self) -> int:
@@ -196,13 +200,39 @@ class FaceClassifier(nn.Module):
         if self.mean is not None:
             return (x - self.mean) / self.std
         # per-image standardisation: invariant to brightness and contrast (Yale B's lighting)
+        # (two passes: torch's std is 4x slower on the CPU; the variance is floored before the
+        # root, so a flat crop has a finite gradient)
         flat = x.flatten(1)
-        mu = flat.mean(1).view(-1, 1, 1, 1)
-        sd = flat.std(1).clamp_min(self.min_std).view(-1, 1, 1, 1)
-        return (x - mu) / sd
+        d = flat - flat.mean(1, keepdim=True)
+        var = d.square().sum(1, keepdim=True) / max(flat.shape[1] - 1, 1)
+        return (d / var.clamp_min(self.min_std**2).sqrt()).view_as(x)
 
     def forward(self, x: Tensor, theta: Tensor | None = None) -> Tensor:
-        return self.net(self.prepare(x, theta))
+        z = self.prepare(x, theta)
+        if self._has_conv and not self.training and not torch.is_grad_enabled():
+            return self._inference_net()(z.contiguous(memory_format=torch.channels_last))
+        return self.net(z)
+
+    def _inference_net(self) -> nn.Module:
+        """The network for passes without gradients in eval mode: a float32 copy with the
+        batch norms folded into the convolutions, channels-last. The same function up to
+        float rounding (logits within 1e-5 on CelebA faces) in two thirds of the time on this
+        CPU. Made again whenever a weight or buffer of the network changed in place or moved
+        (training steps, ``load_state_dict``, ``.to()``)."""
+        from deid.models.precision import fold_batchnorm
+
+        key = tuple(
+            v
+            for t in itertools.chain(self.net.parameters(), self.net.buffers())
+            for v in (t.data_ptr(), t._version)
+        )
+        if self._infer is None or self._infer[0] != key:
+            net = fold_batchnorm(copy.deepcopy(self.net).eval())
+            net = net.to(memory_format=torch.channels_last)
+            for p in net.parameters():
+                p.requires_grad_(False)
+            self._infer = (key, net)
+        return self._infer[1]
 
     def embed(self, x: Tensor, theta: Tensor | None = None) -> Tensor:
         """(N, D) the network's internal representation before the class layer (Feature
