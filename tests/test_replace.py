@@ -182,6 +182,34 @@ def test_identity_term_is_one_for_the_same_face_and_keeps_shapes() -> None:
 # --------------------------------------------------------------------------------------------
 # the shipped generator in the pipeline
 # --------------------------------------------------------------------------------------------
+def test_colour_match_moves_brightness_and_keeps_the_new_faces_colours() -> None:
+    """luma (default): one shift in R, G and B, to the original's mean brightness inside the
+    mask; rgb: each channel's mean; true / false as they meant until 2026-12-06."""
+    from deid.generators.replace import _LUMA, _match_mean
+
+    g = torch.Generator().manual_seed(0)
+    face = 0.3 + 0.4 * torch.rand(2, 3, 16, 16, generator=g)
+    original = 0.2 + 0.3 * torch.rand(2, 3, 16, 16, generator=g)
+    original[:, 2] += 0.3  # a blue cast around the face
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1.0
+    luma = torch.tensor(_LUMA).view(1, 3, 1, 1)
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return (x * mask).sum((2, 3)) / mask.sum((2, 3))
+
+    out = _match_mean(face, original, mask, "luma")
+    assert torch.allclose(mean((out * luma).sum(1, True)), mean((original * luma).sum(1, True)))
+    assert torch.allclose(out[:, 2] - out[:, 0], face[:, 2] - face[:, 0], atol=1e-6)  # no cast
+    rgb = _match_mean(face, original, mask, "rgb")
+    assert torch.allclose(mean(rgb), mean(original), atol=1e-6)
+    assert ReplaceConfig().colour_match == "luma"
+    assert ReplaceConfig(colour_match=True).colour_match == "rgb"
+    assert ReplaceConfig(colour_match=False).colour_match == "none"
+    with pytest.raises(ValueError, match="luma"):
+        ReplaceConfig(colour_match="blue")
+
+
 def test_replace_is_a_registered_generator_with_a_targeted_follow_up() -> None:
     assert "replace" in GENERATORS
     s = load_settings(None, {"attack": {"name": "replace"}})

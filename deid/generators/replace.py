@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from deid.attacks.base import Attack, AttackResult, Budget, perturbation_norms, quantize8
@@ -51,7 +51,12 @@ class ReplaceConfig(GeneratorConfig):
         None, description="a face generator checkpoint (default: the shipped facegan-celeba.pt)"
     )
     seed: int = Field(0, description="seeds each track's latent: the same seed, the same faces")
-    colour_match: bool = Field(True, description="match the new face's mean colour to the old")
+    colour_match: Literal["luma", "rgb", "none"] = Field(
+        "luma",
+        description="match the new face to the old one's mean brightness (luma), mean colour "
+        "per channel (rgb, the default until 2026-12-06: a blue cast in shade) or not at all",
+    )
+
     region_scale: float = Field(
         1.0,
         ge=0.85,
@@ -79,6 +84,12 @@ class ReplaceConfig(GeneratorConfig):
         "are small faces) gets as many steps again from there, within this L-inf distance of "
         "its generated face (larger than the `then` attack's eps); null: no second round",
     )
+
+    @field_validator("colour_match", mode="before")
+    @classmethod
+    def _colour_match_bool(cls, v: Any) -> Any:
+        # true / false, as the setting was until 2026-12-06: per-channel colour / none
+        return {True: "rgb", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
 
 class ReplaceFaces:
@@ -162,8 +173,8 @@ class ReplaceFaces:
         mask = self.gen.mask(n, dev, self.cfg.region_scale)
         z = z_for_tracks(track_ids.cpu(), self.gen.meta.z_dim, self.cfg.seed).to(dev)
         face = self.gen(aligned, mask, z)
-        if self.cfg.colour_match:
-            face = _match_mean(face, aligned, mask)
+        if self.cfg.colour_match != "none":
+            face = _match_mean(face, aligned, mask, self.cfg.colour_match)
         # aligned square -> crop pixels: invert the affine map
         back = F.affine_grid(_invert(to_crop), [n, 3, h, w], align_corners=False)
         face_c = F.grid_sample(
@@ -194,13 +205,19 @@ def _invert(theta: Tensor) -> Tensor:
     return torch.linalg.inv(full)[:, :2]
 
 
-def _match_mean(face: Tensor, original: Tensor, mask: Tensor) -> Tensor:
-    """Shift the generated face's mean colour inside the mask to the original's (lighting
-    and skin tone of the scene; a mean colour identifies no one)."""
+def _match_mean(face: Tensor, original: Tensor, mask: Tensor, mode: str = "luma") -> Tensor:
+    """Shift the generated face's mean inside the mask to the original's: its mean
+    brightness (``luma``: the same shift in R, G and B, so the generator's own colours stay),
+    or its mean colour (``rgb``: per channel). The scene's lighting, not anyone's identity.
+
+    ``rgb`` takes the colour of everything the mask covers, hair, collar and background
+    included: in the shade of the pedestrian clip it gave the new faces a blue cast, which
+    ``luma`` does not."""
     wsum = mask.sum((2, 3), keepdim=True).clamp_min(1e-6)
-    mu_f = (face * mask).sum((2, 3), keepdim=True) / wsum
-    mu_o = (original * mask).sum((2, 3), keepdim=True) / wsum
-    return (face + (mu_o - mu_f)).clamp(0, 1)
+    shift = ((original - face) * mask).sum((2, 3), keepdim=True) / wsum
+    if mode == "luma":
+        shift = (shift * shift.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return (face + shift).clamp(0, 1)
 
 
 def build(cfg: ReplaceConfig) -> ReplaceFaces:
