@@ -56,7 +56,6 @@ class ReplaceConfig(GeneratorConfig):
         description="match the new face to the old one's mean brightness (luma), mean colour "
         "per channel (rgb, the default until 2026-12-06: a blue cast in shade) or not at all",
     )
-
     region_scale: float = Field(
         1.0,
         ge=0.85,

@@ -214,8 +214,8 @@ class FaceClassifier(nn.Module):
         return self.net(z)
 
     def _inference_net(self) -> nn.Module:
-        """The network for passes without gradients in eval mode: a float32 copy with the
-        batch norms folded into the convolutions, channels-last. The same function up to
+        """The network for passes without gradients in eval mode: a copy (same dtype) with
+        the batch norms folded into the convolutions, channels-last. The same function up to
         float rounding (logits within 1e-5 on CelebA faces) in two thirds of the time on this
         CPU. Made again whenever a weight or buffer of the network changed in place or moved
         (training steps, ``load_state_dict``, ``.to()``)."""
