@@ -12,6 +12,7 @@ confirms it, and the logits and success an attack returns are float32
 
 from __future__ import annotations
 
+import copy
 import itertools
 from functools import cache
 from pathlib import Path
@@ -86,3 +87,14 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
                 module._modules[a] = fuse_conv_bn_eval(conv.eval(), bn.eval())
                 module._modules[b] = nn.Identity()
     return net
+
+
+def folded_copy(net: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """A frozen eval-mode copy of ``net`` for passes that train nothing: batch norms folded
+    (:func:`fold_batchnorm`), channels-last, in ``dtype`` (None: the network's own)."""
+    out = fold_batchnorm(copy.deepcopy(net).eval()).to(memory_format=torch.channels_last)
+    if dtype is not None:
+        out = out.to(dtype)
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
