@@ -154,6 +154,44 @@ def test_a_generator_without_a_network_is_its_maps() -> None:
         g(x, t)
 
 
+def test_a_generator_that_tells_the_identity_itself_needs_no_classifier_pass(
+    data_dir: Path,
+) -> None:
+    """`own_source`: the per-source maps mixed by the generator's own guess of the identity
+    (a linear map of the face, taught the classifier's answers in training), so attacking
+    costs one classifier pass (the success check), not two. The shipped Yale B generator is
+    one: its guess is the classifier's answer on most held-out faces."""
+    from deid.eval.common import dataset_of, sample_test
+    from deid.targets import choose_targets
+
+    with pytest.raises(ValueError, match="not both"):
+        AdvGenerator(GeneratorMeta(1, (12, 10), 4, 0.1, width=0, source=True, own_source=True))
+    meta = GeneratorMeta(1, (12, 10), 4, 0.1, width=0, own_source=True, full_maps=True)
+    g = AdvGenerator(meta).eval()
+    with torch.no_grad():
+        g.source_map.normal_()
+        g.identify.weight.normal_()
+        x, t = torch.rand(3, 1, 12, 10), torch.tensor([0, 2, 2])
+        p = torch.softmax(g.identity_logits(x), 1)
+        mixed = torch.einsum("nk,kchw->nchw", p, g.source_map)
+        assert torch.allclose(g(x, t), 0.1 * torch.tanh(g.target_map[t] + mixed), atol=1e-6)
+
+    gen = AdvGenerator.load(WEIGHTS_DIR / "advgan-yaleb-mlp.pt")
+    assert gen.meta.own_source and not gen.meta.source
+    clf = load_classifier(gen.meta.classifier)
+    x, _ = sample_test(dataset_of(clf), 64, seed=2)
+    with torch.no_grad():
+        pred = clf(x).argmax(1)
+        assert float((gen.identity_logits(x).argmax(1) == pred).float().mean()) >= 0.9
+    t = choose_targets(clf(x), "random", torch.Generator().manual_seed(2))
+
+    calls = []
+    clf.register_forward_hook(lambda *a: calls.append(1))
+    r = AdvGAN(AdvGANConfig(steps=0))(clf, x, t)
+    assert len(calls) == 1  # the success check only
+    assert float(r.success.float().mean()) >= 0.9
+
+
 SHIPPED = sorted(WEIGHTS_DIR.glob("advgan-*.pt"))
 
 

@@ -17,11 +17,12 @@ from deid.attacks.base import (
     AttackConfigBase,
     AttackResult,
     Budget,
+    ball_bounds,
     check_images,
-    grid_bounds,
     is_success,
     perturbation_norms,
     project,
+    quantize8,
     select,
 )
 from deid.attacks.eot import EOTConfig
@@ -118,13 +119,14 @@ class AdvGAN:
         gen = self.generator(clf, images.device)
         eps = min(c.eps, gen.meta.eps) if c.eps is not None else gen.meta.eps
         x0 = images.detach()
-        lo, hi = (x0 - eps).clamp(0, 1), (x0 + eps).clamp(0, 1)
-        if c.quantize:
-            lo, hi = grid_bounds(lo, hi)
         with torch.no_grad():
             source = model(x0).argmax(1) if gen.meta.source else None
             delta = perturbation(gen, x0, targets, theta, source)
-            x = project(x0 + delta, lo, hi, c.quantize)
+            # the generator keeps within its own eps: on 8-bit faces the rounded result is
+            # already inside the ball's grid values, and projecting changes nothing
+            x = (quantize8(x0 + delta) if c.quantize else x0 + delta).clamp(0, 1)
+            if float((x - x0).abs().amax()) > eps + 1e-6:  # off-grid faces, a smaller eps
+                x = project(x0 + delta, *ball_bounds(x0, eps, c.quantize), c.quantize)
             logits = model(x)
         ok = is_success(logits, targets, True, c.margin)
         steps = torch.zeros(len(x0), dtype=torch.long, device=x0.device)

@@ -108,11 +108,12 @@ def check_images(images: Tensor, targets: Tensor | None = None) -> None:
 def perturbation_norms(x: Tensor, x_adv: Tensor, eps0: float = 1e-6) -> dict[str, Tensor]:
     """The seed's four measures of each sample's perturbation (pixels in [0, 1] units)."""
     d = (x_adv - x).flatten(1)
+    a = d.abs()
     return {
-        "l0": (d.abs() > eps0).sum(1).to(torch.float32),
-        "l1": d.abs().sum(1),
+        "l0": (a > eps0).sum(1).to(torch.float32),
+        "l1": a.sum(1),
         "l2": d.norm(dim=1),
-        "linf": d.abs().amax(1) if d.shape[1] else d.new_zeros(len(d)),
+        "linf": a.amax(1) if d.shape[1] else d.new_zeros(len(d)),
     }
 
 
@@ -168,6 +169,19 @@ def grid_bounds(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     hi_q = torch.floor(hi * 255.0 + 1e-4) / 255.0
     empty = lo_q > hi_q
     return torch.where(empty, lo, lo_q), torch.where(empty, hi, hi_q)
+
+
+def ball_bounds(x0: Tensor, eps: float, quantize: bool) -> tuple[Tensor, Tensor]:
+    """The box an attack's iterates stay in: the L-inf ball of ``eps`` around ``x0`` inside
+    [0, 1]; with ``quantize``, its 8-bit grid values (:func:`grid_bounds`). With ``eps`` of
+    at least one grey level every such interval holds a grid value (it reaches ``eps`` to
+    one side of ``x0`` in [0, 1]), so the check for empty ones is skipped."""
+    lo, hi = (x0 - eps).clamp(0, 1), (x0 + eps).clamp(0, 1)
+    if not quantize:
+        return lo, hi
+    if eps * 255.0 >= 1.0 + 1e-6:
+        return torch.ceil(lo * 255.0 - 1e-4) / 255.0, torch.floor(hi * 255.0 + 1e-4) / 255.0
+    return grid_bounds(lo, hi)
 
 
 def project(v: Tensor, lo: Tensor, hi: Tensor, quantize: bool) -> Tensor:

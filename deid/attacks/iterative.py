@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from deid.attacks.base import (
     AttackResult,
     attack_mode,
+    ball_bounds,
     check_images,
     fast,
-    grid_bounds,
     is_success,
     perturbation_norms,
     quantize8,
@@ -205,9 +205,7 @@ def _begin(
 ) -> Running:
     x0 = images.detach()
     n = len(x0)
-    lo, hi = (x0 - cfg.eps).clamp(0, 1), (x0 + cfg.eps).clamp(0, 1)
-    if cfg.quantize:
-        lo, hi = grid_bounds(lo, hi)
+    lo, hi = ball_bounds(x0, cfg.eps, cfg.quantize)
     return Running(
         x0,
         lo,

@@ -12,8 +12,8 @@ from deid.attacks.base import (
     AttackConfigBase,
     AttackResult,
     Budget,
+    ball_bounds,
     check_images,
-    grid_bounds,
     is_success,
     logit_gap,
     perturbation_norms,
@@ -87,7 +87,7 @@ class SPSA:
         n = len(x0)
         dev = x0.device
         if cfg.quantize:
-            lo, hi = grid_bounds((x0 - cfg.eps).clamp(0, 1), (x0 + cfg.eps).clamp(0, 1))
+            lo, hi = ball_bounds(x0, cfg.eps, True)
         gen = torch.Generator(device=dev)
         if cfg.seed is None:
             gen.seed()

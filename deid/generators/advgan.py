@@ -40,6 +40,9 @@ class GeneratorMeta(JsonMeta):
         scale: the network works at 1/scale of ``size`` (2 or 4; the per-target maps at 1/2).
         source: also conditioned on the classifier's prediction on the clean face (one more
             classifier pass per face, which tells it which identity to move away from).
+        own_source: tells the identity itself, without the classifier: a linear map of the
+            face (every ``scale``-th pixel, standardised) gives a softmax over the
+            identities that mixes the per-source maps (exclusive with ``source``).
         full_maps: the per-identity maps at the full input resolution (else half): finer
             patterns, at no cost per face.
         classifier: name or path of the classifier it was trained against.
@@ -58,6 +61,7 @@ class GeneratorMeta(JsonMeta):
     embed: int = 8
     scale: int = 2
     source: bool = False
+    own_source: bool = False
     full_maps: bool = False
     classifier: str = ""
     fingerprint: str = ""
@@ -74,6 +78,12 @@ def classifier_fingerprint(classifier: nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _bounded(raw: Tensor, eps: float) -> Tensor:
+    """``eps * tanh(raw)``, computed as ``eps * (2 sigmoid(2 raw) - 1)`` (the same function;
+    on this project's CPU torch's ``sigmoid`` is several times faster than its ``tanh``)."""
+    return torch.sigmoid(raw * 2.0) * (2.0 * eps) - eps
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -128,9 +138,20 @@ class AdvGenerator(nn.Module):
             self.dec = _conv(2 * w + w, w)
             self.out = _conv(w, c)
         self.target_map = nn.Parameter(0.1 * torch.randn(k, c, h2, w2))
+        if meta.source and meta.own_source:
+            raise ValueError(
+                "a generator takes the source identity from the classifier or "
+                "tells it itself, not both"
+            )
         if meta.source:
             if w > 0:
                 self.source_embedding = nn.Embedding(k, e)
+            self.source_map = nn.Parameter(torch.zeros(k, c, h2, w2))
+        if meta.own_source:
+            ph, pw = (-(-n // meta.scale) for n in meta.size)
+            self.identify = nn.Linear(c * ph * pw, k)
+            nn.init.zeros_(self.identify.weight)  # starts as the mean of the source maps
+            nn.init.zeros_(self.identify.bias)
             self.source_map = nn.Parameter(torch.zeros(k, c, h2, w2))
 
     def forward(self, x: Tensor, target: Tensor, source: Tensor | None = None) -> Tensor:
@@ -141,10 +162,12 @@ class AdvGenerator(nn.Module):
             if source is None:
                 raise ValueError("this generator is conditioned on the source identity too")
             maps = maps + self.source_map[source]
+        if self.meta.own_source:
+            maps = maps + self._own_source_maps(x)
         if self.meta.width == 0:  # the maps alone
             if tuple(maps.shape[-2:]) != (h, w):
                 maps = F.interpolate(maps, size=(h, w), mode="bilinear", align_corners=False)
-            return self.meta.eps * torch.tanh(maps)
+            return _bounded(maps, self.meta.eps)
         emb = self.embedding(target)
         if self.meta.source:
             emb = emb + self.source_embedding(source)
@@ -164,7 +187,23 @@ class AdvGenerator(nn.Module):
             if tuple(q) != half:
                 d = F.interpolate(d, size=half, mode="bilinear", align_corners=False)
             raw = F.interpolate(d + maps, size=(h, w), mode="bilinear", align_corners=False)
-        return self.meta.eps * torch.tanh(raw)
+        return _bounded(raw, self.meta.eps)
+
+    def identity_logits(self, x: Tensor) -> Tensor:
+        """(N, num_classes) the generator's own guess of the identity the classifier sees in
+        ``x`` (``meta.own_source``): a linear map of every ``scale``-th pixel of the face
+        in each direction, standardised; trained on the classifier's answers, beside the
+        attack's loss."""
+        v = x[:, :, :: self.meta.scale, :: self.meta.scale].flatten(1)
+        mean = v.mean(1, keepdim=True)
+        v = (v - mean) * (v - mean).pow(2).mean(1, keepdim=True).clamp_min(1e-6).rsqrt()
+        return self.identify(v)
+
+    def _own_source_maps(self, x: Tensor) -> Tensor:
+        """(N, C, h, w) the per-source maps mixed by the softmax of the generator's own guess
+        of the face's identity (``meta.own_source``)."""
+        p = torch.softmax(self.identity_logits(x), 1)
+        return (p @ self.source_map.flatten(1)).view(-1, *self.source_map.shape[1:])
 
     def zero_output(self) -> None:
         """Start the network's output layer at zero: the perturbation is then the per-target

@@ -20,7 +20,11 @@ class AdvGANRecipe:
         epochs, batch_size: passes over the classifier's training split, faces per step.
         lr, lr_d: Adam learning rates of the generator and the discriminator.
         lr_map: Adam learning rate of the generator's per-target perturbation maps.
-        width, embed, scale, source, full_maps: the generator
+        lr_identify: Adam learning rate of the generator's own identity guess
+            (``own_source``).
+        lambda_identify: weight of that guess's cross-entropy against the classifier's
+            answer on the clean face (training only: no classifier pass when attacking).
+        width, embed, scale, source, own_source, full_maps: the generator
             (:class:`deid.generators.advgan.GeneratorMeta`).
         kappa: C&W margin: the target's logit must beat every other by this.
         lambda_gan: weight of the generator's GAN loss (non-saturating).
@@ -47,10 +51,13 @@ class AdvGANRecipe:
     lr: float = 1e-3
     lr_d: float = 2e-4
     lr_map: float = 0.02
+    lr_identify: float = 1e-2
+    lambda_identify: float = 1.0
     width: int = 16
     embed: int = 8
     scale: int = 2
     source: bool = False
+    own_source: bool = False
     full_maps: bool = False
     kappa: float = 3.0
     lambda_gan: float = 0.05
@@ -76,7 +83,7 @@ ADVGAN_RECIPES: dict[str, AdvGANRecipe] = {
     # 0.02) gave 94.9% / 87.8%, the maps without the source ones 89.4%
     "yaleb-mlp": AdvGANRecipe(
         width=0,
-        source=True,
+        own_source=True,
         full_maps=True,
         lr=0.1,
         lr_map=0.1,

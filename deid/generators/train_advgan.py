@@ -102,6 +102,7 @@ def train_advgan(
         embed=recipe.embed,
         scale=recipe.scale,
         source=recipe.source,
+        own_source=recipe.own_source,
         full_maps=recipe.full_maps,
         classifier=str(classifier),
         fingerprint=classifier_fingerprint(clf),
@@ -169,13 +170,21 @@ def _fit(
     k = clf.num_classes
     # the per-target maps are plain pixels: they learn at a pixel-sized rate
     maps = [gen.target_map]
-    rest = [p for n, p in gen.named_parameters() if n != "target_map"]
+    ident = [p for n, p in gen.named_parameters() if n.startswith("identify.")]
+    rest = [
+        p for n, p in gen.named_parameters() if n != "target_map" and not n.startswith("identify.")
+    ]
     groups = [{"params": rest, "lr": r.lr}, {"params": maps, "lr": r.lr_map}]
+    if ident:
+        groups.append({"params": ident, "lr": r.lr_identify})
     opt_g = torch.optim.Adam(groups, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=r.lr_d, betas=(0.5, 0.999))
     steps_per_epoch = math.ceil(len(xtr) / r.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt_g, max_lr=[r.lr, r.lr_map], total_steps=r.epochs * steps_per_epoch, pct_start=0.1
+        opt_g,
+        max_lr=[g["lr"] for g in groups],
+        total_steps=r.epochs * steps_per_epoch,
+        pct_start=0.1,
     )
     fast = clf.fast()
     transforms = Transforms(EOTConfig(enabled=True, samples=1 + r.eot_copies, seed=seed))
@@ -193,7 +202,7 @@ def _fit(
     for epoch in bar:
         gen.train()
         perm = torch.randperm(len(xtr), generator=g)
-        sums = {"adv": 0.0, "gan": 0.0, "d": 0.0, "ok": 0.0, "n": 0}
+        sums = {"adv": 0.0, "gan": 0.0, "d": 0.0, "id": 0.0, "ok": 0.0, "n": 0}
         for i in range(0, len(xtr), r.batch_size):
             idx = perm[i : i + r.batch_size]
             if len(idx) < 2:
@@ -201,7 +210,9 @@ def _fit(
             x = augment(xtr[idx].to(dev), AUG, g) if r.augment else xtr[idx].to(dev)
             y = ytr[idx].to(dev)
             with torch.no_grad():  # what the classifier sees in the clean face
-                src = clf(x).argmax(1) if gen.meta.source else None
+                src = clf(x).argmax(1) if gen.meta.source or gen.meta.own_source else None
+            own = src if gen.meta.own_source else None  # taught to the generator's own guess
+            src = None if gen.meta.own_source else src
             for _ in range(r.d_steps):  # the discriminator: real faces vs perturbed ones
                 with torch.no_grad():
                     fake = (x + gen(x, other_targets(y, k, g), src)).clamp(0, 1)
@@ -223,6 +234,10 @@ def _fit(
             rms = delta.pow(2).flatten(1).mean(1).sqrt()
             hinge = F.relu(rms - r.hinge * r.eps).mean()
             loss = adv + r.lambda_gan * gan + r.lambda_hinge * hinge / r.eps
+            if own is not None:  # the identity guess learns the classifier's answer
+                ident = F.cross_entropy(gen.identity_logits(x), own)
+                loss = loss + r.lambda_identify * ident
+                sums["id"] += ident.item() * len(idx)
             opt_g.zero_grad(set_to_none=True)
             loss.backward()
             opt_g.step()
@@ -237,6 +252,7 @@ def _fit(
             gan=f"{sums['gan'] / n:.3f}",
             d=f"{sums['d'] / n:.3f}",
             train_ok=f"{sums['ok'] / n:.3f}",
+            **({"id": f"{sums['id'] / n:.3f}"} if gen.meta.own_source else {}),
         )
         if (epoch + 1) % r.sheet_every == 0 or epoch + 1 == r.epochs:
             gen.eval()
