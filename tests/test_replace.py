@@ -18,6 +18,7 @@ from deid.align import box_landmarks
 from deid.cli import main
 from deid.config import load_settings
 from deid.errors import CheckpointError, ConfigError, OutputError
+from deid.generators.base import AutoFollow, follow_attack
 from deid.generators.facegan import (
     FaceDiscriminator,
     FaceGANMeta,
@@ -210,13 +211,45 @@ def test_colour_match_moves_brightness_and_keeps_the_new_faces_colours() -> None
         ReplaceConfig(colour_match="blue")
 
 
+def test_then_auto_is_advgan_where_a_generator_was_trained_against_the_classifier() -> None:
+    """`then: auto` (replace's default): the shipped AdvGAN generator whose fingerprint is the
+    classifier's, plain I-FGSM for a classifier no generator was trained against (its
+    weights changed) or a model that is not one of deid's classifiers; the AdvGAN it runs
+    reaches the targets of generated faces."""
+    from deid.eval.common import dataset_of, sample_test
+    from deid.models import load_classifier
+    from deid.targets import lookalike_targets
+
+    follow = follow_attack("auto", ReplaceConfig().then_params)
+    assert isinstance(follow, AutoFollow)
+    clf = load_classifier("celeba-cnn", "cpu").eval()
+    assert follow.resolve(clf) == "advgan"
+    changed = load_classifier("celeba-cnn", "cpu").eval()
+    with torch.no_grad():
+        next(changed.parameters()).add_(1e-3)
+    assert follow.resolve(changed) == "ifgsm"
+    assert follow.resolve(torch.nn.Linear(4, 4)) == "ifgsm"
+
+    x, _ = sample_test(dataset_of(clf), 16, seed=3)
+    new = ReplaceFaces(ReplaceConfig(then=None)).generate(
+        x, torch.full((16, 5, 2), float("nan")), torch.arange(16)
+    )
+    with torch.no_grad():
+        t = lookalike_targets(torch.log_softmax(clf(new), 1), clf(x), range(16))
+    r = follow(clf, new, t)
+    assert float(r.success.float().mean()) >= 0.9
+    assert float((r.images - new).abs().max()) <= 16 / 255 + 1e-6
+    assert int((r.steps == 0).sum()) >= 8  # most reach the margin in the generator's pass
+
+
 def test_replace_is_a_registered_generator_with_a_targeted_follow_up() -> None:
     assert "replace" in GENERATORS
     s = load_settings(None, {"attack": {"name": "replace"}})
-    assert isinstance(s.attack, ReplaceConfig) and s.attack.then == "ifgsm"
+    assert isinstance(s.attack, ReplaceConfig) and s.attack.then == "auto"
     p = build_protector(s.attack)
-    assert isinstance(p, GeneratorProtector) and p.then is not None
+    assert isinstance(p, GeneratorProtector) and isinstance(p.then, AutoFollow)
     assert p.then.cfg.steps == 20 and p.then.cfg.eot.enabled  # the default then_params
+    assert p.then.advgan.cfg.steps == 20 and p.then.advgan.cfg.eot.enabled  # both get them
     seven = load_settings(None, {"attack": {"name": "replace", "then_params": {"steps": 7}}})
     assert build_protector(seven.attack).then.cfg.steps == 7  # then_params reach the attack
     bare = load_settings(None, {"attack": {"name": "replace", "then": None}}).attack

@@ -35,7 +35,6 @@ from deid import __version__, judge
 from deid.align import checked_landmarks, obscure, similarity
 from deid.attacks import DEFAULT_TARGET, build_attack
 from deid.attacks.base import AttackConfigBase, from_uint8, predict, to_uint8
-from deid.attacks.registry import attack_config
 from deid.data.datasets import REPO_ROOT, data_dir
 from deid.eval.common import dataset_of, finite_mean, psnr, sample_index
 from deid.eval.heldout import detected, detection_frames, utility_detector
@@ -387,6 +386,7 @@ def _replaced(
 ) -> tuple[np.ndarray, torch.Tensor | None, dict[str, Any]]:
     """The 8-bit faces ``--attack replace`` writes (``replace-only``: without the targeted
     attack that follows it), each face its own track; its targets and its settings."""
+    from deid.generators.base import AutoFollow, follow_attack
     from deid.generators.replace import ReplaceConfig, ReplaceFaces
 
     cfg = ReplaceConfig(then=None) if mode == "replace-only" else ReplaceConfig()
@@ -402,7 +402,6 @@ def _replaced(
     new = from_uint8(to_uint8(new)).to(x.device)  # the written 8-bit face
     if cfg.then is None:
         return to_uint8(new), None, cfg.model_dump(mode="json")
-    acfg = attack_config(cfg.then, targeted=True, **cfg.then_params)
     target = DEFAULT_TARGET[cfg.name]
     if target == "lookalike":  # chosen on the new face, as the pipeline does
         with torch.no_grad():
@@ -410,7 +409,8 @@ def _replaced(
         t = lookalike_targets(lp, logits.float().cpu(), range(len(x))).to(x.device)
     else:
         t = choose_targets(logits, target, torch.Generator().manual_seed(seed)).to(x.device)
-    att = build_attack(acfg)
+    att = follow_attack(cfg.then, cfg.then_params)
+    assert att is not None
     second = escalation(att, cfg.then, cfg.then_params, cfg)  # as the pipeline's replace
     out = []
     for i in range(0, len(x), bs):
@@ -423,7 +423,10 @@ def _replaced(
             keep = kept_second(r.success.cpu()[hard], r2.success.cpu()).to(images.device)
             images[on[keep]] = r2.images.detach()[keep]
         out.append(images)
-    settings = cfg.model_dump(mode="json") | {"then_config": acfg.model_dump(mode="json")}
+    if isinstance(att, AutoFollow):
+        att = att.advgan if att.resolve(model) == "advgan" else att.ifgsm
+    then_config = att.cfg.model_dump(mode="json")  # type: ignore[attr-defined]
+    settings = cfg.model_dump(mode="json") | {"then_config": then_config}
     return to_uint8(torch.cat(out).detach()), t, settings
 
 

@@ -8,15 +8,23 @@ and the registry, so that a generator's module needs nothing of the pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import Field, create_model, field_validator
-from torch import Tensor
+from torch import Tensor, nn
 
-from deid.attacks.base import AttackConfigBase
-from deid.attacks.registry import ATTACKS, register, unregister
+from deid.attacks.base import Attack, AttackConfigBase, AttackResult
+from deid.attacks.registry import ATTACKS, attack_config, build_attack, register, unregister
+from deid.errors import ConfigError
 from deid.targets import TargetMode
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+"""``then: auto``: :class:`AutoFollow`."""
 
 
 @runtime_checkable
@@ -53,10 +61,66 @@ class GeneratorConfig(AttackConfigBase):
     @field_validator("then")
     @classmethod
     def _then_is_an_attack(cls, v: str | None) -> str | None:
-        if v is not None and (v not in ATTACKS or v in GENERATORS):
+        if v is not None and v != AUTO and (v not in ATTACKS or v in GENERATORS):
             attacks = [n for n in ATTACKS if n not in GENERATORS]
-            raise ValueError(f"unknown attack {v!r}; available: {sorted(attacks)}")
+            raise ValueError(f"unknown attack {v!r}; available: {sorted([AUTO, *attacks])}")
         return v
+
+
+def follow_attack(then: str | None, params: Mapping[str, Any]) -> Attack | None:
+    """The attack a generator's ``then`` names, targeted, with ``params`` over its defaults
+    (None: no attack; ``auto``: :class:`AutoFollow`)."""
+    if then is None:
+        return None
+    if then == AUTO:
+        return AutoFollow(params)
+    return build_attack(attack_config(then, targeted=True, **params))
+
+
+class AutoFollow:
+    """``then: auto``: AdvGAN where a shipped generator was trained against the classifier in
+    use (its one pass, then I-FGSM steps with EOT for the faces it left short of the margin),
+    targeted I-FGSM otherwise; both with ``params`` (AdvGAN takes the keys it knows: its
+    ``steps`` are the refinement's).
+
+    The two report steps, eps and success alike, so what follows a ``then`` attack (the
+    second round for faces whose steps ran out, fail closed) is the same for either; the
+    choice is made once per classifier and logged (:meth:`resolve`).
+    """
+
+    def __init__(self, params: Mapping[str, Any]) -> None:
+        from deid.attacks.advgan import AdvGANConfig
+
+        self.ifgsm = build_attack(attack_config("ifgsm", targeted=True, **params))
+        known = {k: v for k, v in params.items() if k in AdvGANConfig.model_fields}
+        self.advgan = build_attack(attack_config("advgan", targeted=True, **known))
+        self.cfg = self.ifgsm.cfg  # type: ignore[attr-defined]  # steps, eps: the same
+        self._chosen: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+
+    def resolve(self, model: nn.Module) -> str:
+        """``advgan`` or ``ifgsm``: what runs against ``model`` (a FaceClassifier, bound or
+        wrapped)."""
+        from deid.attacks.advgan import generator_path, unwrap
+
+        try:
+            clf, _ = unwrap(model)
+        except ConfigError:
+            return "ifgsm"  # not one of deid's classifiers: no generator can match it
+        name = self._chosen.get(clf)
+        if name is None:
+            try:
+                path = generator_path(self.advgan.cfg.weights, clf)  # type: ignore[attr-defined]
+                name = "advgan"
+                log.info("then: auto -> advgan (%s)", path.name)
+            except ConfigError:
+                name = "ifgsm"
+                log.info("then: auto -> ifgsm (no AdvGAN generator for this classifier)")
+            self._chosen[clf] = name
+        return name
+
+    def __call__(self, model: nn.Module, images: Tensor, targets: Tensor) -> AttackResult:
+        attack = self.advgan if self.resolve(model) == "advgan" else self.ifgsm
+        return attack(model, images, targets)
 
 
 #: Builds a generator from its ``attack`` settings.

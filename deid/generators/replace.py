@@ -1,7 +1,9 @@
 """``--attack replace``: every face is replaced by a generated face of no one, one new face per
-track, pasted back with a soft mask and colour-matched; then (by default) a few targeted
-I-FGSM steps with EOT (as configs/default.yaml's I-FGSM: 16/255, 4 copies, margin 2) make
-deid's classifier see the chosen target identity in it.
+track, pasted back with a soft mask and colour-matched; then (by default, ``then: auto``)
+the classifier's AdvGAN generator (one pass, then targeted I-FGSM steps with EOT for the faces
+it left short of the margin; plain I-FGSM with EOT where no generator was trained against the
+classifier; 16/255, 4 copies, margin 2 as configs/default.yaml's I-FGSM) makes deid's
+classifier see the chosen target identity in it.
 
 The face generator (:mod:`deid.generators.facegan`) works on crops aligned by the five
 landmarks to the template it was trained with; here each face crop is warped to that
@@ -24,8 +26,7 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from deid.attacks.base import Attack, AttackResult, Budget, perturbation_norms, quantize8
-from deid.attacks.registry import attack_config, build_attack
-from deid.generators.base import GeneratorConfig
+from deid.generators.base import GeneratorConfig, follow_attack
 from deid.generators.facegan import FaceGenerator, z_for_tracks
 from deid.geometry import similarity
 from deid.models import WEIGHTS_DIR
@@ -64,7 +65,10 @@ class ReplaceConfig(GeneratorConfig):
         "training jittered them by up to 12%)",
     )
     then: str | None = Field(
-        "ifgsm", description="an attack run on the replaced faces (targeted); null: none"
+        "auto",
+        description="an attack run on the replaced faces (targeted); auto (the default since "
+        "2026-12-06; ifgsm before): advgan where a generator was trained against the "
+        "classifier in use, else ifgsm; null: none",
     )
     then_params: dict[str, Any] = Field(
         default_factory=lambda: {
@@ -112,9 +116,7 @@ class ReplaceFaces:
     def __call__(self, model: nn.Module, x: Tensor, target: Tensor) -> AttackResult:
         new = self._new_faces(x)
         if self.cfg.then and self._then is None:
-            self._then = build_attack(
-                attack_config(self.cfg.then, targeted=True, **self.cfg.then_params)
-            )
+            self._then = follow_attack(self.cfg.then, self.cfg.then_params)
         if self._then is not None:
             r = self._then(model, new, target)
             images, steps = r.images, r.steps

@@ -6,7 +6,8 @@ Two kinds of protection share ``attack.name`` (and ``deid run --attack NAME``):
 * an **attack** (:mod:`deid.attacks`) perturbs the crop until the classifier sees the face's
   target identity; it needs the classifier and the targets (:class:`AttackProtector`);
 * a **generator** maps a face crop, its landmarks and its track id to a new crop (a GAN
-  replacement, say), optionally followed by an attack (``then: ifgsm``)
+  replacement, say), optionally followed by an attack (``then: ifgsm``; ``auto``: AdvGAN
+  where a generator was trained against the classifier, else I-FGSM)
   (:class:`GeneratorProtector`). A generated face counts as protected when the classifier no
   longer sees the original identity in it (or, with ``then``, when the attack reached its
   target).
@@ -33,12 +34,9 @@ from torch import Tensor
 
 from deid.align import compose_owned, gray_like, is_gray
 from deid.attacks.base import Attack, AttackConfigBase, from_uint8, perturbation_norms, to_uint8
-from deid.attacks.registry import ATTACKS, attack_config, build_attack
+from deid.attacks.registry import ATTACKS, build_attack
 from deid.errors import ConfigError, ShapeError
-from deid.generators.base import (
-    GENERATORS,
-    Generator,
-)
+from deid.generators.base import GENERATORS, Generator, follow_attack
 from deid.models import FaceClassifier
 from deid.pipeline.stages import (
     FaceOutcome,
@@ -246,7 +244,7 @@ def build_protector(cfg: AttackConfigBase) -> Protector:
     if name in GENERATORS:
         then = getattr(cfg, "then", None)
         params = dict(getattr(cfg, "then_params", None) or {})
-        follow = build_attack(attack_config(then, targeted=True, **params)) if then else None
+        follow = follow_attack(then, params)
         return GeneratorProtector(
             name, GENERATORS[name](cfg), follow, escalation(follow, then, params, cfg)
         )
@@ -277,4 +275,4 @@ def escalation(
     eps = getattr(getattr(follow, "cfg", None), "eps", None)
     if follow is None or top is None or eps is None or top <= eps:
         return None
-    return build_attack(attack_config(then, targeted=True, **{**params, "eps": top - eps}))
+    return follow_attack(then, {**params, "eps": top - eps})

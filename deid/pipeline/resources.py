@@ -16,6 +16,7 @@ from deid.attacks.base import Attack
 from deid.config import Settings
 from deid.detect import Detector, build_detector
 from deid.errors import ConfigError, DeidError
+from deid.generators.base import AutoFollow
 from deid.models import FaceClassifier, load_classifier
 from deid.models.precision import resolve_precision
 from deid.pipeline.protect import AttackProtector, ProtectContext, Protector, build_protector
@@ -97,10 +98,18 @@ class Resources:
                 "dataset": cls.dataset,
                 "accuracy": cls.accuracy.get("top1"),
             },
-            "attack": self.settings.attack.model_dump(),
+            "attack": self._attack_settings(),
             "target_mode": self.target_mode,
             "settings": self.settings.model_dump(mode="json"),
         }
+
+    def _attack_settings(self) -> dict[str, Any]:
+        """The attack's settings; ``then: auto`` with what it resolved to (``then_resolved``)."""
+        out = self.settings.attack.model_dump()
+        follow = getattr(self.protector, "then", None)
+        if isinstance(follow, AutoFollow):
+            out["then_resolved"] = follow.resolve(self.classifier)
+        return out
 
     @classmethod
     def load(cls, settings: Settings) -> Resources:
