@@ -195,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=10)
     ap.add_argument("--start", type=int, default=0, help="the clip's first frame (default 0)")
     ap.add_argument("--clip", choices=list(bench.SIZES), default="720p")
-    ap.add_argument("--then", default="ifgsm", help="the attack after the generator, or none")
+    ap.add_argument(
+        "--then",
+        default="auto",
+        help="the attack after the generator (auto, deid's default) or none",
+    )
     ap.add_argument("--then-params", type=json.loads, help="JSON over the `then` attack's defaults")
     ap.add_argument("--crf", type=int, default=23)
     ap.add_argument(
