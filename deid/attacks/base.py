@@ -163,10 +163,14 @@ def from_uint8(a: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255.0
 
 
+def _grid_inside(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """The smallest 8-bit grid value >= ``lo`` and the largest <= ``hi``."""
+    return torch.ceil(lo * 255.0 - 1e-4) / 255.0, torch.floor(hi * 255.0 + 1e-4) / 255.0
+
+
 def grid_bounds(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     """The 8-bit grid values inside [lo, hi] (where the interval holds none, lo and hi)."""
-    lo_q = torch.ceil(lo * 255.0 - 1e-4) / 255.0
-    hi_q = torch.floor(hi * 255.0 + 1e-4) / 255.0
+    lo_q, hi_q = _grid_inside(lo, hi)
     empty = lo_q > hi_q
     return torch.where(empty, lo, lo_q), torch.where(empty, hi, hi_q)
 
@@ -179,9 +183,7 @@ def ball_bounds(x0: Tensor, eps: float, quantize: bool) -> tuple[Tensor, Tensor]
     lo, hi = (x0 - eps).clamp(0, 1), (x0 + eps).clamp(0, 1)
     if not quantize:
         return lo, hi
-    if eps * 255.0 >= 1.0 + 1e-6:
-        return torch.ceil(lo * 255.0 - 1e-4) / 255.0, torch.floor(hi * 255.0 + 1e-4) / 255.0
-    return grid_bounds(lo, hi)
+    return _grid_inside(lo, hi) if eps * 255.0 >= 1.0 + 1e-6 else grid_bounds(lo, hi)
 
 
 def project(v: Tensor, lo: Tensor, hi: Tensor, quantize: bool) -> Tensor:

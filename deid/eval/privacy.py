@@ -423,9 +423,8 @@ def _replaced(
             keep = kept_second(r.success.cpu()[hard], r2.success.cpu()).to(images.device)
             images[on[keep]] = r2.images.detach()[keep]
         out.append(images)
-    if isinstance(att, AutoFollow):
-        att = att.advgan if att.resolve(model) == "advgan" else att.ifgsm
-    then_config = att.cfg.model_dump(mode="json")  # type: ignore[attr-defined]
+    ran = att.attack_for(model) if isinstance(att, AutoFollow) else att
+    then_config = ran.cfg.model_dump(mode="json")  # type: ignore[attr-defined]
     settings = cfg.model_dump(mode="json") | {"then_config": then_config}
     return to_uint8(torch.cat(out).detach()), t, settings
 

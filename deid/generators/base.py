@@ -118,9 +118,12 @@ class AutoFollow:
             self._chosen[clf] = name
         return name
 
+    def attack_for(self, model: nn.Module) -> Attack:
+        """The attack that runs against ``model`` (:meth:`resolve`)."""
+        return self.advgan if self.resolve(model) == "advgan" else self.ifgsm
+
     def __call__(self, model: nn.Module, images: Tensor, targets: Tensor) -> AttackResult:
-        attack = self.advgan if self.resolve(model) == "advgan" else self.ifgsm
-        return attack(model, images, targets)
+        return self.attack_for(model)(model, images, targets)
 
 
 #: Builds a generator from its ``attack`` settings.

@@ -210,9 +210,9 @@ def _fit(
             x = augment(xtr[idx].to(dev), AUG, g) if r.augment else xtr[idx].to(dev)
             y = ytr[idx].to(dev)
             with torch.no_grad():  # what the classifier sees in the clean face
-                src = clf(x).argmax(1) if gen.meta.source or gen.meta.own_source else None
-            own = src if gen.meta.own_source else None  # taught to the generator's own guess
-            src = None if gen.meta.own_source else src
+                clean = clf(x).argmax(1) if gen.meta.source or gen.meta.own_source else None
+            src = clean if gen.meta.source else None  # the generator's input
+            own = clean if gen.meta.own_source else None  # taught to the generator's own guess
             for _ in range(r.d_steps):  # the discriminator: real faces vs perturbed ones
                 with torch.no_grad():
                     fake = (x + gen(x, other_targets(y, k, g), src)).clamp(0, 1)
