@@ -196,9 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=int, default=0, help="the clip's first frame (default 0)")
     ap.add_argument("--clip", choices=list(bench.SIZES), default="720p")
     ap.add_argument(
-        "--then",
-        default="auto",
-        help="the attack after the generator (auto, deid's default) or none",
+        "--then", help="the attack after the generator (default: deid's), auto, or none"
     )
     ap.add_argument("--then-params", type=json.loads, help="JSON over the `then` attack's defaults")
     ap.add_argument("--crf", type=int, default=23)
@@ -240,14 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         attack["target"] = args.target
     if args.generator:
         attack["generator"] = str(args.generator)
-    if args.then.lower() in ("none", "null"):
-        attack["then"] = None
-    else:
-        attack["then"] = args.then
-        if args.then_params:
-            from deid.generators.replace import ReplaceConfig
+    if args.then is not None:  # else deid's default
+        attack["then"] = None if args.then.lower() in ("none", "null") else args.then
+    if args.then_params and attack.get("then", "") is not None:
+        from deid.generators.replace import ReplaceConfig
 
-            attack["then_params"] = {**ReplaceConfig().then_params, **args.then_params}
+        attack["then_params"] = {**ReplaceConfig().then_params, **args.then_params}
     pipeline: dict[str, Any] = {"device": "cpu", "crf": args.crf}
     if args.threads:
         pipeline["threads"] = args.threads

@@ -212,7 +212,7 @@ def test_colour_match_moves_brightness_and_keeps_the_new_faces_colours() -> None
 
 
 def test_then_auto_is_advgan_where_a_generator_was_trained_against_the_classifier() -> None:
-    """`then: auto` (replace's default): the shipped AdvGAN generator whose fingerprint is the
+    """`then: auto`: the shipped AdvGAN generator whose fingerprint is the
     classifier's, plain I-FGSM for a classifier no generator was trained against (its
     weights changed) or a model that is not one of deid's classifiers; the AdvGAN it runs
     reaches the targets of generated faces."""
@@ -245,11 +245,14 @@ def test_then_auto_is_advgan_where_a_generator_was_trained_against_the_classifie
 def test_replace_is_a_registered_generator_with_a_targeted_follow_up() -> None:
     assert "replace" in GENERATORS
     s = load_settings(None, {"attack": {"name": "replace"}})
-    assert isinstance(s.attack, ReplaceConfig) and s.attack.then == "auto"
+    assert isinstance(s.attack, ReplaceConfig) and s.attack.then == "ifgsm"
     p = build_protector(s.attack)
-    assert isinstance(p, GeneratorProtector) and isinstance(p.then, AutoFollow)
+    assert isinstance(p, GeneratorProtector) and p.then is not None
     assert p.then.cfg.steps == 20 and p.then.cfg.eot.enabled  # the default then_params
-    assert p.then.advgan.cfg.steps == 20 and p.then.advgan.cfg.eot.enabled  # both get them
+    auto = load_settings(None, {"attack": {"name": "replace", "then": "auto"}}).attack
+    follow = build_protector(auto).then
+    assert isinstance(follow, AutoFollow)
+    assert follow.advgan.cfg.steps == 20 and follow.advgan.cfg.eot.enabled  # both get them
     seven = load_settings(None, {"attack": {"name": "replace", "then_params": {"steps": 7}}})
     assert build_protector(seven.attack).then.cfg.steps == 7  # then_params reach the attack
     bare = load_settings(None, {"attack": {"name": "replace", "then": None}}).attack

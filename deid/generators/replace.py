@@ -1,9 +1,8 @@
 """``--attack replace``: every face is replaced by a generated face of no one, one new face per
-track, pasted back with a soft mask and colour-matched; then (by default, ``then: auto``)
-the classifier's AdvGAN generator (one pass, then targeted I-FGSM steps with EOT for the faces
-it left short of the margin; plain I-FGSM with EOT where no generator was trained against the
-classifier; 16/255, 4 copies, margin 2 as configs/default.yaml's I-FGSM) makes deid's
-classifier see the chosen target identity in it.
+track, pasted back with a soft mask and colour-matched; then (by default) a few targeted
+I-FGSM steps with EOT (as configs/default.yaml's I-FGSM: 16/255, 4 copies, margin 2) make
+deid's classifier see the chosen target identity in it (``then: auto``: the classifier's
+AdvGAN generator first, faster and more visible).
 
 The face generator (:mod:`deid.generators.facegan`) works on crops aligned by the five
 landmarks to the template it was trained with; here each face crop is warped to that
@@ -65,10 +64,10 @@ class ReplaceConfig(GeneratorConfig):
         "training jittered them by up to 12%)",
     )
     then: str | None = Field(
-        "auto",
-        description="an attack run on the replaced faces (targeted); auto (the default since "
-        "2026-12-06; ifgsm before): advgan where a generator was trained against the "
-        "classifier in use, else ifgsm; null: none",
+        "ifgsm",
+        description="an attack run on the replaced faces (targeted); auto: advgan where a "
+        "generator was trained against the classifier in use, else ifgsm (5x faster, but "
+        "its full-budget pattern shows as colour speckle on the new face); null: none",
     )
     then_params: dict[str, Any] = Field(
         default_factory=lambda: {
