@@ -112,8 +112,8 @@ def main() -> None:
                     for i in range(0, n, args.batch)
                 ]
             )
-            spent += time.perf_counter() - t0
-            sec = min(sec, time.perf_counter() - t0)
+            dt = time.perf_counter() - t0
+            spent, sec = spent + dt, min(sec, dt)
         ok = float((predict(model, quantize8(out)).argmax(1) == t).float().mean())
         p = psnr(x, quantize8(out))
         results[label] = {
