@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from deid.attacks.advgan import AdvGAN, AdvGANConfig, generator_path, unwarp, unwrap
-from deid.attacks.base import quantize8
+from deid.attacks.base import is_success, quantize8
 from deid.config import load_settings
 from deid.errors import ConfigError
 from deid.generators.advgan import AdvGenerator, GeneratorMeta, classifier_fingerprint
@@ -73,6 +73,41 @@ def test_attack_bounds_and_checkpoint_round_trip(tiny, faces, tmp_path: Path) ->
     alone = AdvGAN(AdvGANConfig(weights=str(path), steps=0))(tiny, faces, t)
     refined = AdvGAN(AdvGANConfig(weights=str(path), steps=10))(tiny, faces, t)
     assert refined.success.sum() >= alone.success.sum()
+
+
+def test_grades_give_each_face_the_first_fraction_of_the_pattern_that_reaches_its_target(
+    tiny, faces, tmp_path: Path
+) -> None:
+    """``grades``: a face keeps the first fraction of the generator's perturbation at which it
+    is its target by the refinement's margin; a face short at every fraction gets the whole
+    one, as without grades. Half the targets are the classes the faces already show (the
+    fraction 0 is enough for those), half are other classes."""
+    path = tmp_path / "gen.pt"
+    _generator(tiny, eps=32 / 255).save(path)
+    with torch.no_grad():
+        shown = tiny(faces).argmax(1)
+    t = torch.where(torch.arange(8) % 2 == 0, shown, (shown + 1) % tiny.num_classes)
+    full = AdvGAN(AdvGANConfig(weights=str(path), steps=0))(tiny, faces, t)
+    cfg = AdvGANConfig(weights=str(path), steps=0, grades=[0.0, 0.5, 1.0])
+    r = AdvGAN(cfg)(tiny, faces, t)
+    margin = max(cfg.margin, cfg.eot.margin)
+    with torch.no_grad():
+        at_margin = is_success(tiny(r.images), t, True, margin)
+        clean_at_margin = is_success(tiny(faces), t, True, margin)
+    untouched = (r.images == faces).flatten(1).all(1)
+    whole = (r.images == full.images).flatten(1).all(1)
+    assert bool(untouched.any()) and bool((~untouched).any())  # both kinds in the batch
+    assert torch.equal(untouched, clean_at_margin)  # the fraction 0 where it is enough
+    assert bool(at_margin[~whole].all())  # a smaller fraction only where it reaches the margin
+    linf = (r.images - faces).flatten(1).abs().amax(1)
+    assert bool((linf <= (full.images - faces).flatten(1).abs().amax(1) + 1e-6).all())
+    assert bool((r.success | ~full.success).all())  # never a success lost
+    # a face keeps a smaller fraction only by the refinement's margin plus `grade_margin`
+    strict = AdvGANConfig(weights=str(path), steps=0, grades=[0.0, 0.5, 1.0], grade_margin=1e6)
+    assert torch.equal(AdvGAN(strict)(tiny, faces, t).images, full.images)
+    for bad in ([], [0.5, 0.25], [0.5, 1.5]):
+        with pytest.raises(ValueError, match="increasing fractions"):
+            AdvGANConfig(grades=bad)
 
 
 def test_perturbation_maps_back_through_the_alignment(tiny) -> None:

@@ -240,6 +240,14 @@ def test_then_auto_is_advgan_where_a_generator_was_trained_against_the_classifie
     assert float(r.success.float().mean()) >= 0.9
     assert float((r.images - new).abs().max()) <= 16 / 255 + 1e-6
     assert int((r.steps == 0).sum()) >= 8  # most reach the margin in the generator's pass
+    # graded (the default): the faces that need less of the pattern get less of it
+    assert follow.advgan.cfg.grades == [0.25, 0.5, 1.0]
+    whole = AutoFollow({**ReplaceConfig().then_params, "grades": None})(clf, new, t)
+    linf = (r.images - new).flatten(1).abs().amax(1)
+    whole_linf = (whole.images - new).flatten(1).abs().amax(1)
+    assert int((linf < whole_linf - 1e-6).sum()) >= 4  # a fraction of it was enough
+    with pytest.raises(ConfigError, match="unknown setting"):
+        AutoFollow({"stepz": 3})
 
 
 def test_replace_is_a_registered_generator_with_a_targeted_follow_up() -> None:

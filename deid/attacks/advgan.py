@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from itertools import pairwise
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -53,6 +54,19 @@ class AdvGANConfig(AttackConfigBase):
     eps: Budget | None = Field(
         None, gt=0.0, le=1.0, description="L-inf bound (None: the generator's own)"
     )
+    grades: list[float] | None = Field(
+        None,
+        description="fractions of the generator's perturbation tried in this order, each face "
+        "keeping the first at which it is its target by the refinement's margin (one "
+        "classifier pass per fraction on the faces still short; e.g. [0.25, 0.5, 1.0]: "
+        "faces that need less get a fainter pattern); None: the whole perturbation",
+    )
+    grade_margin: float = Field(
+        0.0,
+        ge=0.0,
+        description="what a face must win by, beyond the refinement's margin, to keep a "
+        "fraction below the last (a fainter pattern survives the codec less well)",
+    )
     steps: int = Field(5, ge=0, le=1000, description="I-FGSM refinement steps for missed faces")
     alpha: Budget = Field(2 / 255, gt=0.0, le=1.0, description="refinement step size")
     eot: EOTConfig = Field(
@@ -66,6 +80,15 @@ class AdvGANConfig(AttackConfigBase):
     def _targeted(cls, v: bool) -> bool:
         if not v:
             raise ValueError("advgan's generator is trained for targets only; set targeted: true")
+        return v
+
+    @field_validator("grades")
+    @classmethod
+    def _grades(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (
+            not v or any(not 0.0 <= g <= 1.0 for g in v) or any(a >= b for a, b in pairwise(v))
+        ):
+            raise ValueError(f"expected increasing fractions in [0, 1], got {v}")
         return v
 
 
@@ -119,25 +142,58 @@ class AdvGAN:
         gen = self.generator(clf, images.device)
         eps = min(c.eps, gen.meta.eps) if c.eps is not None else gen.meta.eps
         x0 = images.detach()
+        robust = max(c.margin, c.eot.margin) if c.eot.enabled else c.margin
         with torch.no_grad():
             source = model(x0).argmax(1) if gen.meta.source else None
             delta = perturbation(gen, x0, targets, theta, source)
-            # the generator keeps within its own eps: on 8-bit faces the rounded result is
-            # already inside the ball's grid values, and projecting changes nothing
-            x = (quantize8(x0 + delta) if c.quantize else x0 + delta).clamp(0, 1)
-            if float((x - x0).abs().amax()) > eps + 1e-6:  # off-grid faces, a smaller eps
-                x = project(x0 + delta, *ball_bounds(x0, eps, c.quantize), c.quantize)
-            logits = model(x)
+            if c.grades and len(x0):
+                x, logits = self._graded(model, x0, delta, targets, eps, robust)
+            else:
+                x = self._apply(x0, delta, eps)
+                logits = model(x)
         ok = is_success(logits, targets, True, c.margin)
         steps = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
         if c.steps > 0:
-            robust = max(c.margin, c.eot.margin) if c.eot.enabled else c.margin
             miss = ~is_success(logits, targets, True, robust)
             if bool(miss.any()):
                 idx = miss.nonzero().squeeze(1)
                 r = self._refine(select(model, idx), x0[idx], targets[idx], x[idx], eps)
                 x[idx], logits[idx], ok[idx], steps[idx] = r.images, r.logits, r.success, r.steps
         return AttackResult(x, ok, steps, logits, perturbation_norms(x0, x))
+
+    def _apply(self, x0: Tensor, delta: Tensor, eps: float) -> Tensor:
+        """``x0 + delta`` rounded to 8 bits (``quantize``), in [0, 1] and the eps-ball."""
+        q = self.cfg.quantize
+        # the generator keeps within its own eps: on 8-bit faces the rounded result is
+        # already inside the ball's grid values, and projecting changes nothing
+        x = (quantize8(x0 + delta) if q else x0 + delta).clamp(0, 1)
+        if float((x - x0).abs().amax()) > eps + 1e-6:  # off-grid faces, a smaller eps
+            x = project(x0 + delta, *ball_bounds(x0, eps, q), q)
+        return x
+
+    def _graded(
+        self, model: nn.Module, x0: Tensor, delta: Tensor, t: Tensor, eps: float, margin: float
+    ) -> tuple[Tensor, Tensor]:
+        """``cfg.grades``: each face at the first fraction of ``delta`` at which it is its
+        target by ``margin`` (plus ``cfg.grade_margin`` below the last fraction); the faces
+        short at the last fraction keep that one."""
+        x = torch.empty_like(x0)
+        logits: Tensor | None = None
+        idx = torch.arange(len(x0), device=x0.device)
+        grades = self.cfg.grades or [1.0]
+        for g in grades:
+            xi = self._apply(x0[idx], g * delta[idx], eps)
+            li = select(model, idx)(xi) if len(idx) < len(x0) else model(xi)
+            if logits is None:
+                logits = li.new_empty((len(x0), li.shape[1]))
+            x[idx], logits[idx] = xi, li
+            # a fainter pattern survives the codec less well: it must win by more
+            need = margin if g == grades[-1] else margin + self.cfg.grade_margin
+            idx = idx[~is_success(li, t[idx], True, need)]
+            if len(idx) == 0:
+                break
+        assert logits is not None
+        return x, logits
 
     def _refine(
         self, model: nn.Module, x0: Tensor, t: Tensor, start: Tensor, eps: float

@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 """``then: auto``: :class:`AutoFollow`."""
 
+AUTO_GRADES = (0.25, 0.5, 1.0)
+"""``then: auto``'s AdvGAN tries its perturbation at these fractions (``grades``): a face
+that is its target with a quarter of the pattern gets no more of it."""
+
+AUTO_GRADE_MARGIN = 2.0
+"""... if it wins by this much more than the margin: a fainter pattern survives H.264 less
+well (on the pedestrian clip at crf 23, 85-97% of the faces read as their target on the
+written file by the margin alone, 98.8-100% with this; ``bench/replace_clip.py``)."""
+
 
 @runtime_checkable
 class Generator(Protocol):
@@ -79,9 +88,10 @@ def follow_attack(then: str | None, params: Mapping[str, Any]) -> Attack | None:
 
 class AutoFollow:
     """``then: auto``: AdvGAN where a shipped generator was trained against the classifier in
-    use (its one pass, then I-FGSM steps with EOT for the faces it left short of the margin),
-    targeted I-FGSM otherwise; both with ``params`` (AdvGAN takes the keys it knows: its
-    ``steps`` are the refinement's).
+    use (its one pass, at the first of :data:`AUTO_GRADES` at which a face reaches its target
+    by the margin and :data:`AUTO_GRADE_MARGIN`, then I-FGSM steps with EOT for the faces it
+    left short), targeted I-FGSM otherwise; both with ``params`` (each takes the keys it
+    knows: AdvGAN's ``steps`` are the refinement's, ``grades`` are AdvGAN's alone).
 
     The two report steps, eps and success alike, so what follows a ``then`` attack (the
     second round for faces whose steps ran out, fail closed) is the same for either; the
@@ -90,10 +100,19 @@ class AutoFollow:
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         from deid.attacks.advgan import AdvGANConfig
+        from deid.attacks.ifgsm import IFGSMConfig
 
-        self.ifgsm = build_attack(attack_config("ifgsm", targeted=True, **params))
-        known = {k: v for k, v in params.items() if k in AdvGANConfig.model_fields}
-        self.advgan = build_attack(attack_config("advgan", targeted=True, **known))
+        for_ifgsm = {k: v for k, v in params.items() if k in IFGSMConfig.model_fields}
+        for_advgan = {k: v for k, v in params.items() if k in AdvGANConfig.model_fields}
+        unknown = sorted(set(params) - set(for_ifgsm) - set(for_advgan))
+        if unknown:
+            raise ConfigError(
+                f"then: auto: unknown setting(s) {unknown}; expected settings of ifgsm or advgan"
+            )
+        for_advgan.setdefault("grades", list(AUTO_GRADES))
+        for_advgan.setdefault("grade_margin", AUTO_GRADE_MARGIN)
+        self.ifgsm = build_attack(attack_config("ifgsm", targeted=True, **for_ifgsm))
+        self.advgan = build_attack(attack_config("advgan", targeted=True, **for_advgan))
         self.cfg = self.ifgsm.cfg  # type: ignore[attr-defined]  # steps, eps: the same
         self._chosen: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 

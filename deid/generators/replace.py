@@ -66,8 +66,9 @@ class ReplaceConfig(GeneratorConfig):
     then: str | None = Field(
         "ifgsm",
         description="an attack run on the replaced faces (targeted); auto: advgan where a "
-        "generator was trained against the classifier in use, else ifgsm (5x faster, but "
-        "its full-budget pattern shows as colour speckle on the new face); null: none",
+        "generator was trained against the classifier in use, graded, else ifgsm (3-4x "
+        "faster in the pipeline, but its pattern shows as colour speckle on large faces); "
+        "null: none",
     )
     then_params: dict[str, Any] = Field(
         default_factory=lambda: {
