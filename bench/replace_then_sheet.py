@@ -58,13 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     from deid.config import load_settings
     from deid.data.datasets import data_dir
     from deid.io import Artefact, check_writes, read_image, write_image
     from deid.pipeline import run
-    from deid.report.contact import _font
 
     image = args.image or data_dir() / "scenes" / "group_friends_table.jpg"
     check_writes([("image", image)], [Artefact("sheet", args.output)])
@@ -96,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary))
         head = Image.new("RGB", (args.tile * max(1, len(tiles)), 26), (255, 255, 255))
         obscured = f"; {summary['obscured']} face(s) fail-closed" if summary["obscured"] else ""
-        ImageDraw.Draw(head).text((4, 4), label + obscured, fill=(0, 0, 0), font=_font(16))
+        ImageDraw.Draw(head).text(
+            (4, 4), label + obscured, fill=(0, 0, 0), font=ImageFont.load_default(size=16)
+        )
         blocks += [np.asarray(head), np.concatenate(tiles, 1)]
     width = max(b.shape[1] for b in blocks)
     sheet = np.concatenate(
