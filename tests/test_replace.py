@@ -520,3 +520,26 @@ def test_replace_clip_bench_sets_labelled_non_faces_apart(monkeypatch: pytest.Mo
     ]
     t = rc.judge_on(faces)
     assert (t.faces, t.linked, t.unlinkable) == (2, 1, 0.5)
+
+
+def test_the_privacy_eval_runs_replace_with_the_settings_of_its_config(tmp_path: Path) -> None:
+    """`deid eval privacy --config C.yaml`: the replace rows take C's `attack` section when it
+    names replace (here `then: auto`, run as AdvGAN), replace's defaults otherwise;
+    `replace-only` drops the `then` step either way."""
+    from deid.eval.common import dataset_of, sample_test
+    from deid.eval.privacy import _replaced
+    from deid.models import load_classifier
+
+    clf = load_classifier("celeba-cnn", "cpu").eval()
+    x, _ = sample_test(dataset_of(clf), 4, seed=5)
+    with torch.no_grad():
+        logits = clf(x)
+    conf = tmp_path / "auto.yaml"
+    conf.write_text("attack:\n  name: replace\n  then: auto\n")
+    _, t, settings = _replaced("replace", clf, x, logits, 0, conf)
+    assert settings["then"] == "auto" and settings["then_config"]["name"] == "advgan"
+    assert t is not None and len(t) == 4
+    _, _, default = _replaced("replace", clf, x, logits, 0, None)
+    assert default["then"] == "ifgsm" and default["then_config"]["name"] == "ifgsm"
+    _, none, only = _replaced("replace-only", clf, x, logits, 0, conf)
+    assert none is None and only["then"] is None

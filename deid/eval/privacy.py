@@ -382,14 +382,23 @@ def _attacked(
 
 
 def _replaced(
-    mode: str, model: FaceClassifier, x: torch.Tensor, logits: torch.Tensor, seed: int
+    mode: str,
+    model: FaceClassifier,
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    seed: int,
+    config: str | Path | None = None,
 ) -> tuple[np.ndarray, torch.Tensor | None, dict[str, Any]]:
     """The 8-bit faces ``--attack replace`` writes (``replace-only``: without the targeted
-    attack that follows it), each face its own track; its targets and its settings."""
+    attack that follows it), each face its own track; its targets and its settings (those
+    of ``config`` when it names ``replace``, else replace's defaults)."""
     from deid.generators.base import AutoFollow, follow_attack
     from deid.generators.replace import ReplaceConfig, ReplaceFaces
 
-    cfg = ReplaceConfig(then=None) if mode == "replace-only" else ReplaceConfig()
+    cfg = base_attack("replace", config)
+    assert isinstance(cfg, ReplaceConfig)
+    if mode == "replace-only":
+        cfg = cfg.model_copy(update={"then": None})
     gen = ReplaceFaces(cfg)
     nan = torch.full((len(x), 5, 2), float("nan"))  # the data are aligned squares already
     bs = cfg.batch_size
@@ -450,9 +459,10 @@ def privacy_table(
             held-out split give the faces.
         n: held-out test faces (seeded sample).
         modes: from :data:`MODES`: ``ifgsm`` (EOT off), ``ifgsm-eot``, ``realistic``,
-            ``conceal`` (settings of ``config`` when it names that attack, else the attack's
-            defaults), ``pixelate`` and ``blur`` (deid's fail-closed fallback), and
-            ``deface-blur`` (deface 1.5.0, default settings; "not measured" without it).
+            ``conceal``, ``replace`` (settings of ``config`` when it names that attack, else
+            the attack's defaults), ``replace-only`` (``replace`` without its ``then``),
+            ``pixelate`` and ``blur`` (deid's fail-closed fallback), and ``deface-blur``
+            (deface 1.5.0, default settings; "not measured" without it).
         config: YAML config (default configs/default.yaml).
         gallery_per_id: train faces per identity in the judge's gallery (0: all).
         jpeg: also round-trip the written faces through JPEG at this quality.
@@ -511,7 +521,7 @@ def privacy_table(
         if mode in ATTACK_MODES:
             adv8, targets, row["config"] = _attacked(mode, config, model, x, logits, seed)
         elif mode in GENERATOR_MODES:
-            adv8, targets, row["config"] = _replaced(mode, model, x, logits, seed)
+            adv8, targets, row["config"] = _replaced(mode, model, x, logits, seed, config)
         elif mode in OBSCURE_MODES:
             adv8 = obscured(x8, mode)
         else:
