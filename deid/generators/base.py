@@ -32,8 +32,8 @@ that is its target with a quarter of the pattern gets no more of it."""
 
 AUTO_GRADE_MARGIN = 2.0
 """... if it wins by this much more than the margin: a fainter pattern survives H.264 less
-well (on the pedestrian clip at crf 23, 85-97% of the faces read as their target on the
-written file by the margin alone, 98.8-100% with this; ``bench/replace_clip.py``)."""
+well (on the pedestrian clip at crf 23, 85-98% of the faces read as their target on the
+written file by the margin alone, 96.6-100% with this, in 9 runs; ``bench/replace_clip.py``)."""
 
 
 @runtime_checkable
