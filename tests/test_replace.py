@@ -347,6 +347,9 @@ def test_eval_replace_reports_regions_no_one_and_realism(
     g = t["generator_row"]
     assert g["same_latent_identical"] is True
     assert t["no_one"]["n"] == 6 and "generated_on_unseen_contexts" in t["no_one"]
+    tail = t["no_one"]["close_to_a_training_identity"]
+    assert [r["percentile_of_real"] for r in tail] == [5, 10]
+    assert all(0 <= r["fisher_generated_more_p"] <= 1 for r in tail)
     fd = t["realism_frechet"]
     assert fd["none (clean)"] < fd["pixelate"]  # the measure ranks a destroyed face as unreal
 
@@ -543,3 +546,19 @@ def test_the_privacy_eval_runs_replace_with_the_settings_of_its_config(tmp_path:
     assert default["then"] == "ifgsm" and default["then_config"]["name"] == "ifgsm"
     _, none, only = _replaced("replace-only", clf, x, logits, 0, conf)
     assert none is None and only["then"] is None
+
+
+def test_no_one_asks_whether_generated_faces_come_closer_than_real_outsiders() -> None:
+    """The lower tail: generated faces that sit near a training identity more often than
+    real outsiders do are flagged; a distribution that is only narrower at the far end is
+    not."""
+    from deid.eval.replace import _lower_tail
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(0.56, 0.05, 400)
+    copies = np.concatenate([rng.normal(0.40, 0.02, 60), rng.normal(0.56, 0.05, 340)])
+    narrow = np.clip(rng.normal(0.56, 0.05, 400), 0.52, 0.60)  # no close ones, no far ones
+    flagged = _lower_tail(copies, real)
+    assert all(r["fisher_generated_more_p"] < 1e-6 for r in flagged)
+    assert flagged[0]["generated_share"] > 2 * flagged[0]["real_share"]
+    assert all(r["fisher_generated_more_p"] > 0.5 for r in _lower_tail(narrow, real))
