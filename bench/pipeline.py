@@ -125,6 +125,7 @@ def machine_info() -> dict[str, Any]:
         "torch_threads_default": torch.get_num_threads(),
         "cuda_available": torch.cuda.is_available(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # deid sets 1 unless told
         "deid": deid.__version__,
         "git": git_revision(),
     }
@@ -470,7 +471,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), "
         f"load average at start {m['load_avg_at_start']}; Python {m['python']}, "
         f"torch {m['torch']} (threads: default {m['torch_threads_default']}, "
-        f"used {result['torch_threads_used']}, OMP_NUM_THREADS={m['omp_num_threads_env']}); "
+        f"used {result['torch_threads_used']}, OMP_NUM_THREADS={m['omp_num_threads_env']}, "
+        f"THP_MEM_ALLOC_ENABLE={m.get('thp_mem_alloc')}); "
         f"deid {m['deid']}, classifier {result['classifier']}, "
         f"attack {attack_label()}, device cpu.",
     ]

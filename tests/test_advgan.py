@@ -21,7 +21,7 @@ from deid.pipeline import run
 from .conftest import SCENES
 
 
-def _generator(tiny, eps: float = 8 / 255, seed: int = 0) -> AdvGenerator:
+def _generator(tiny, eps: float = 8 / 255, seed: int = 0, levels: int = 1) -> AdvGenerator:
     torch.manual_seed(seed)
     meta = GeneratorMeta(
         channels=3,
@@ -29,13 +29,15 @@ def _generator(tiny, eps: float = 8 / 255, seed: int = 0) -> AdvGenerator:
         num_classes=tiny.num_classes,
         eps=eps,
         width=4,
+        levels=levels,
         fingerprint=classifier_fingerprint(tiny),
     )
     return AdvGenerator(meta).eval()
 
 
-def test_generator_contract(tiny) -> None:
-    g = _generator(tiny)
+@pytest.mark.parametrize("levels", [1, 3])
+def test_generator_contract(tiny, levels: int, tmp_path: Path) -> None:
+    g = _generator(tiny, levels=levels)
     x = torch.rand(5, 3, 32, 32)
     t = torch.tensor([0, 1, 2, 3, 0])
     with torch.no_grad():
@@ -44,8 +46,23 @@ def test_generator_contract(tiny) -> None:
     assert float(d.abs().max()) > 1 / 255  # it does perturb
     with torch.no_grad():
         assert torch.equal(d, g(x, t))  # eval mode: deterministic
-        assert torch.equal(d, _generator(tiny)(x, t))  # same seed, same network
+        assert torch.equal(d, _generator(tiny, levels=levels)(x, t))  # same seed, same network
         assert not torch.equal(d[0], g(x[:1], torch.tensor([1]))[0])  # the target matters
+        # the network sees the face: another face, another perturbation for the same target
+        assert not torch.equal(d[0], g(x[1:2], t[:1])[0])
+    g.save(tmp_path / "g.pt")
+    again = AdvGenerator.load(tmp_path / "g.pt")
+    assert again.meta.levels == levels
+    with torch.no_grad():  # loaded channels-last: the same to float rounding
+        assert torch.allclose(d, again(x, t), atol=1e-6)
+    # one strided level more per level; a one-level generator keeps the old checkpoint's keys
+    assert len(list(g.down)) == levels - 1
+    if levels == 1:
+        assert not any(k.startswith(("down.", "up.")) for k in g.state_dict())
+    # started at zero, the network adds nothing: the perturbation is the target's map alone
+    g.zero_output()
+    with torch.no_grad():
+        assert torch.equal(g(x[:2], t[:1].repeat(2))[0], g(x[:2], t[:1].repeat(2))[1])
 
 
 def test_attack_bounds_and_checkpoint_round_trip(tiny, faces, tmp_path: Path) -> None:

@@ -51,3 +51,43 @@ def test_trim_returns_freed_heap_pages_to_the_system() -> None:
         pytest.skip("not glibc")
     assert _released("plain") < 50  # MB: the heap keeps what the small blocks pin
     assert _released("trimmed") > 150  # of 200 MB freed
+
+
+HUGE = """
+import os, sys
+if sys.argv[1] != "unset":
+    os.environ["THP_MEM_ALLOC_ENABLE"] = sys.argv[1]
+import deid, torch
+x = torch.ones(64 << 20, dtype=torch.uint8)  # 64 MB, touched
+with open("/proc/self/smaps_rollup") as f:
+    huge = next(int(l.split()[1]) for l in f if l.startswith("AnonHugePages"))
+print(os.environ["THP_MEM_ALLOC_ENABLE"], huge // 1024)
+"""
+
+
+def _huge(value: str) -> tuple[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", HUGE, value],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    flag, mb = out.stdout.split()
+    return flag, int(mb)
+
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux /proc")
+def test_large_tensors_get_huge_pages_unless_the_user_says_no() -> None:
+    """Importing deid asks PyTorch's CPU allocator for transparent huge pages (MTCNN's
+    pyramid tensors then fault in 2 MB at a time); a user's THP_MEM_ALLOC_ENABLE=0 is kept."""
+    flag, mb = _huge("unset")
+    assert flag == "1"
+    if THP.exists() and "[never]" not in THP.read_text():
+        assert mb >= 32, mb  # most of the 64 MB tensor
+    flag, mb = _huge("0")
+    assert flag == "0" and mb < 32

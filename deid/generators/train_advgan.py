@@ -101,6 +101,7 @@ def train_advgan(
         width=recipe.width,
         embed=recipe.embed,
         scale=recipe.scale,
+        levels=recipe.levels,
         source=recipe.source,
         own_source=recipe.own_source,
         full_maps=recipe.full_maps,
