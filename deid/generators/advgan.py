@@ -39,7 +39,7 @@ class GeneratorMeta(JsonMeta):
         embed: size of the target embedding.
         scale: the network works at 1/scale of ``size`` (2 or 4; the per-target maps at 1/2).
         levels: strided levels of the network's encoder (1: one, as every generator shipped
-            before 2026-12-07; each further level halves the resolution again, at 4x
+            until the night of 2026-12-06; each further level halves the resolution again, at 4x
             ``width`` channels at most, with a skip connection to the decoder).
         source: also conditioned on the classifier's prediction on the clean face (one more
             classifier pass per face, which tells it which identity to move away from).

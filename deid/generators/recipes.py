@@ -96,7 +96,7 @@ ADVGAN_RECIPES: dict[str, AdvGANRecipe] = {
     # 2026-12-06: the per-target maps alone (a universal perturbation per target, Adam at
     # 0.1) reach 50-68% held-out in 10-25 epochs; a randomly started network on top and
     # maps at Adam 0.02 stalled (0.2-0.45% after 10 epochs): the network starts at zero.
-    # 2026-12-07: one strided level at 16x16 (the face pooled 4x) gave 69.3% after 36
+    # 2026-12-06, night: one strided level at 16x16 (the face pooled 4x) gave 69.3% after 36
     # epochs; three levels from 32x32, started on its maps, gained 7 points in 16 epochs
     "celeba-cnn": AdvGANRecipe(
         width=16,
