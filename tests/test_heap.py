@@ -31,16 +31,20 @@ print(before - rss())
 """
 
 
-def _released(mode: str) -> int:
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, mode],
+def _python(script: str, arg: str) -> str:
+    """stdout of ``script`` run with ``arg`` in a fresh interpreter (a clean environment)."""
+    return subprocess.run(
+        [sys.executable, "-c", script, arg],
         capture_output=True,
         text=True,
         check=True,
         cwd=REPO,
         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-    )
-    return int(out.stdout.strip())
+    ).stdout
+
+
+def _released(mode: str) -> int:
+    return int(_python(SCRIPT, mode).strip())
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
@@ -66,15 +70,7 @@ print(os.environ["THP_MEM_ALLOC_ENABLE"], huge // 1024)
 
 
 def _huge(value: str) -> tuple[str, int]:
-    out = subprocess.run(
-        [sys.executable, "-c", HUGE, value],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=REPO,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-    )
-    flag, mb = out.stdout.split()
+    flag, mb = _python(HUGE, value).split()
     return flag, int(mb)
 
 
