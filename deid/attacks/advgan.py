@@ -20,6 +20,7 @@ from deid.attacks.base import (
     Budget,
     ball_bounds,
     check_images,
+    decision_logits,
     is_success,
     perturbation_norms,
     project,
@@ -104,7 +105,9 @@ class AdvGAN:
     [0, 1] and rounded to 8 bits. Faces that are not classified as their target by
     ``max(margin, eot.margin)`` then get up to ``steps`` targeted I-FGSM steps with EOT
     (:mod:`deid.attacks.iterative`) starting from the generator's output, inside the same
-    ball. ``success`` (by ``margin``) and ``logits`` describe the returned pixels.
+    ball. ``success`` (by ``margin``) and ``logits`` describe the returned pixels (a
+    classifier set to a lower precision screens these checks, and the exact classifier
+    decides every face near a threshold: :func:`deid.attacks.base.decision_logits`).
 
     Paper: Xiao, Li, Zhu, He, Liu, Song, "Generating Adversarial Examples with Adversarial
     Networks", https://arxiv.org/abs/1801.02610. Norm: L-inf. White-box at training time;
@@ -143,14 +146,19 @@ class AdvGAN:
         eps = min(c.eps, gen.meta.eps) if c.eps is not None else gen.meta.eps
         x0 = images.detach()
         robust = max(c.margin, c.eot.margin) if c.eot.enabled else c.margin
+        # the margins this call decides at (a model set to a lower precision screens them:
+        # deid.attacks.base.decision_logits)
+        margins = (c.margin,) + ((robust,) if c.steps > 0 else ())
+        if c.grades:
+            margins += (robust, robust + c.grade_margin)
         with torch.no_grad():
             source = model(x0).argmax(1) if gen.meta.source else None
             delta = perturbation(gen, x0, targets, theta, source)
             if c.grades and len(x0):
-                x, logits = self._graded(model, x0, delta, targets, eps, robust)
+                x, logits = self._graded(model, x0, delta, targets, eps, robust, margins)
             else:
                 x = self._apply(x0, delta, eps)
-                logits = model(x)
+                logits = decision_logits(model, x, targets, True, margins)
         ok = is_success(logits, targets, True, c.margin)
         steps = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
         if c.steps > 0:
@@ -172,7 +180,14 @@ class AdvGAN:
         return x
 
     def _graded(
-        self, model: nn.Module, x0: Tensor, delta: Tensor, t: Tensor, eps: float, margin: float
+        self,
+        model: nn.Module,
+        x0: Tensor,
+        delta: Tensor,
+        t: Tensor,
+        eps: float,
+        margin: float,
+        margins: tuple[float, ...],
     ) -> tuple[Tensor, Tensor]:
         """``cfg.grades``: each face at the first fraction of ``delta`` at which it is its
         target by ``margin`` (plus ``cfg.grade_margin`` below the last fraction); the faces
@@ -183,7 +198,8 @@ class AdvGAN:
         grades = self.cfg.grades or [1.0]
         for g in grades:
             xi = self._apply(x0[idx], g * delta[idx], eps)
-            li = select(model, idx)(xi) if len(idx) < len(x0) else model(xi)
+            mi = select(model, idx) if len(idx) < len(x0) else model
+            li = decision_logits(mi, xi, t[idx], True, margins)
             if logits is None:
                 logits = li.new_empty((len(x0), li.shape[1]))
             x[idx], logits[idx] = xi, li

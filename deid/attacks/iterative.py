@@ -26,8 +26,10 @@ from deid.attacks.base import (
     attack_mode,
     ball_bounds,
     check_images,
+    decision_logits,
     fast,
     is_success,
+    near_threshold,
     perturbation_norms,
     quantize8,
     select,
@@ -141,7 +143,10 @@ def iterate(
 
     A model with a lower-precision view for gradients (:func:`deid.attacks.base.fast`)
     takes its gradient passes there; a sample stops only once the exact model confirms its
-    success, and the logits and success returned are the exact model's.
+    success wherever the low-precision logits are within
+    :data:`deid.attacks.base.DECISION_BAND` of a threshold (farther than that, the
+    low-precision verdict stands and its logits are returned: see
+    :func:`deid.attacks.base.decision_logits`).
 
     Args:
         model: (N, C, H, W) [0, 1] -> (N, K) logits.
@@ -170,8 +175,11 @@ def iterate(
         for t in range(steps + 1):
             last = t == steps
             x.requires_grad_(not last)
-            with torch.set_grad_enabled(not last):
-                logits, copies = _forward(m if last else mf, x, None if last else transforms)
+            if last:
+                logits, copies = decision_logits(m, x, s.labels, cfg.targeted, (cfg.margin,)), None
+            else:
+                with torch.enable_grad():
+                    logits, copies = _forward(mf, x, transforms)
             ok = is_success(logits.detach(), s.labels, cfg.targeted, cfg.margin)
             if last:
                 out.write(s, x, logits, ok, None)
@@ -179,7 +187,7 @@ def iterate(
             done = _finished(ok, copies, s.labels, cfg, eot) if cfg.early_stop else None
             if done is not None and bool(done.any()) and mf is not m:
                 done, decided = _confirm(
-                    m, x, done, s.labels, cfg, eot if copies is not None else None
+                    m, x, logits, done, s.labels, cfg, eot if copies is not None else None
                 )
             else:
                 decided = (logits, ok)
@@ -250,18 +258,26 @@ def _finished(
 def _confirm(
     model: nn.Module,
     x: Tensor,
+    low: Tensor,
     done: Tensor,
     labels: Tensor,
     cfg: SignConfig,
     eot: EOTConfig | None,
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """Low-precision gradient passes: the samples in ``done`` stop only if the exact
-    ``model`` agrees (success by the margin, with EOT by its margin too). Returns the samples
-    to stop and, for writing them out, (M, K) logits and (M,) success, exact where stopping."""
+    """Low-precision gradient passes (their logits ``low``, (M, K)): the samples in ``done``
+    stop only if the exact ``model`` agrees (success by the margin, with EOT by its margin
+    too), asked for those within the decision band of either margin
+    (:func:`deid.attacks.base.near_threshold`). Returns the samples to stop and, for writing
+    them out, (M, K) logits and (M, ) success."""
     idx = done.nonzero().squeeze(1)
-    with torch.no_grad():
-        exact = select(model, idx)(x.detach()[idx])
     y = labels[idx]
+    margins = (cfg.margin,) if eot is None else (cfg.margin, max(cfg.margin, eot.margin))
+    exact = low.detach()[idx].clone()
+    near = near_threshold(exact, y, cfg.targeted, margins)
+    if bool(near.any()):
+        ask = idx[near]
+        with torch.no_grad():
+            exact[near] = select(model, ask)(x.detach()[ask])
     ok = is_success(exact, y, cfg.targeted, cfg.margin)
     stop = (
         ok if eot is None else ok & is_success(exact, y, cfg.targeted, max(cfg.margin, eot.margin))
