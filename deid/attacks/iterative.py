@@ -268,7 +268,7 @@ def _confirm(
     stop only if the exact ``model`` agrees (success by the margin, with EOT by its margin
     too), asked for those within the decision band of either margin
     (:func:`deid.attacks.base.near_threshold`). Returns the samples to stop and, for writing
-    them out, (M, K) logits and (M, ) success."""
+    them out, (M, K) logits and (M,) success."""
     idx = done.nonzero().squeeze(1)
     y = labels[idx]
     margins = (cfg.margin,) if eot is None else (cfg.margin, max(cfg.margin, eot.margin))
