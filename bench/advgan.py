@@ -60,8 +60,9 @@ ROWS = {
         {"eps": EPS, "alpha": ALPHA, "steps": STEPS, "eot": {"enabled": True}},
     ),
 }
-# the same I-FGSM rows with the pipeline's `precision: auto` (bfloat16 gradient passes where
-# the CPU has them natively; decisions in float32), when it resolves to bfloat16 here
+# the same rows with the pipeline's `precision: auto` (bfloat16 gradient passes and a
+# bfloat16 first look at each success check where the CPU has them natively; float32 decides
+# near a threshold), when it resolves to bfloat16 here
 AUTO = {
     "advgan, no refinement": "advgan, no refinement, bfloat16 screen",
     "ifgsm 10": "ifgsm 10, bfloat16 passes",

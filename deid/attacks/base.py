@@ -215,9 +215,10 @@ DECISION_BAND = 0.5
 this from the decision's threshold, or than 1/32 of the row's largest logit magnitude where
 that is more (:func:`near_threshold`); the exact model decides the rest.
 The shipped classifiers' bfloat16 copies differed from float32 by at most 0.071 in any
-logit and 0.069 in any target's winning margin (0.45% of the largest logit magnitude), over
-400 held-out faces each of the CelebA CNN and the Yale B MLPs, clean, after AdvGAN and after
-10-step I-FGSM (2026-12-06): the band is seven times that."""
+logit and 0.069 in any target's winning margin, and by at most 0.58% of the largest logit
+magnitude, over 400 held-out faces each of the CelebA CNN and the Yale B MLPs, clean, after
+AdvGAN and after 10-step I-FGSM (2026-12-06): the band is seven times the first, 1/32 over
+five times the last."""
 
 
 def near_threshold(
