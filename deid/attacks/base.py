@@ -264,7 +264,22 @@ def decision_logits(
     view = fast(model)
     if view is model:
         return model(images)
-    logits = view(images)
+    return settle_near_threshold(model, images, view(images), labels, targeted, margins, band)
+
+
+@torch.no_grad()
+def settle_near_threshold(
+    model: nn.Module,
+    images: Tensor,
+    logits: Tensor,
+    labels: Tensor,
+    targeted: bool,
+    margins: tuple[float, ...],
+    band: float = DECISION_BAND,
+) -> Tensor:
+    """``logits`` (N, K) of ``images`` from a lower-precision pass, with the rows
+    :func:`near_threshold` picks replaced, in place, by ``model``'s own logits (one pass
+    over those rows only); returns ``logits``."""
     near = near_threshold(logits, labels, targeted, margins, band)
     if bool(near.any()):
         idx = near.nonzero().squeeze(1)

@@ -29,10 +29,10 @@ from deid.attacks.base import (
     decision_logits,
     fast,
     is_success,
-    near_threshold,
     perturbation_norms,
     quantize8,
     select,
+    settle_near_threshold,
 )
 from deid.attacks.eot import EOTConfig, Transforms
 
@@ -272,12 +272,9 @@ def _confirm(
     idx = done.nonzero().squeeze(1)
     y = labels[idx]
     margins = (cfg.margin,) if eot is None else (cfg.margin, max(cfg.margin, eot.margin))
-    exact = low.detach()[idx].clone()
-    near = near_threshold(exact, y, cfg.targeted, margins)
-    if bool(near.any()):
-        ask = idx[near]
-        with torch.no_grad():
-            exact[near] = select(model, ask)(x.detach()[ask])
+    exact = settle_near_threshold(
+        select(model, idx), x.detach()[idx], low.detach()[idx], y, cfg.targeted, margins
+    )
     ok = is_success(exact, y, cfg.targeted, cfg.margin)
     stop = (
         ok if eot is None else ok & is_success(exact, y, cfg.targeted, max(cfg.margin, eot.margin))
