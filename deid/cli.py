@@ -96,7 +96,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     add_training_flags(p)
     add_advgan_flags(p)
-    g = p.add_argument_group("facegan (deid train facegan)")
+    g = p.add_argument_group("facegan (deid train facegan; --init also for advgan)")
     g.add_argument("--width", type=int, help="facegan: channels of the first layer (16)")
     g.add_argument("--batch-size", dest="gan_batch", type=int, help="facegan: batch (32)")
     g.add_argument(
@@ -105,7 +105,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--init",
         type=Path,
-        help="facegan: fine-tune this generator checkpoint (its sizes and held-out identities)",
+        help="facegan or advgan: fine-tune this generator checkpoint (facegan: its sizes and "
+        "held-out identities; advgan: the recipe's network against the same classifier)",
     )
     g.add_argument("--d-width", type=int, help="facegan: the discriminator's width (--width)")
     g.add_argument(
@@ -260,6 +261,19 @@ def _train_advgan(args: argparse.Namespace, command: str, device: str) -> int:
         raise ConfigError("deid train advgan: expected --classifier yaleb-mlp|celeba-cnn|PATH")
     if any(training_options(args).values()) or args.min_std or args.split != "random":
         raise ConfigError("deid train advgan: the classifier-training flags do not apply")
+    if (
+        args.width
+        or args.gan_batch
+        or args.max_minutes
+        or args.d_width
+        or args.identity_weight
+        or args.cutout != 0.5
+        or args.r1_gamma != 1.0
+    ):
+        raise ConfigError(
+            "deid train advgan: --width, --batch-size, --max-minutes, --d-width, "
+            "--identity-weight, --cutout and --r1-gamma only apply to facegan"
+        )
     _, figures = train_advgan(
         args.classifier,
         args.output,
@@ -269,6 +283,7 @@ def _train_advgan(args: argparse.Namespace, command: str, device: str) -> int:
         device=device,
         command=command,
         samples_dir=args.samples_dir,
+        init=args.init,
     )
     sys.stdout.write(json.dumps(figures) + "\n")
     return 0

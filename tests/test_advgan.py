@@ -184,6 +184,37 @@ def test_training_writes_a_reloadable_generator_deterministically(
     assert meta["fingerprint"] == classifier_fingerprint(load_classifier("yaleb-mlp"))
 
 
+def test_training_can_start_from_a_generator(data_dir: Path, tmp_path: Path) -> None:
+    """``--init``: a fine-tune starts from the given generator's weights (with the learning
+    rates at zero it ends where it started) and records it; a generator of another network
+    is refused, naming what differs."""
+    from dataclasses import replace
+
+    from deid.generators.recipes import ADVGAN_RECIPES
+    from deid.generators.train_advgan import train_advgan
+
+    r = replace(ADVGAN_RECIPES["yaleb-mlp"], epochs=1, zero_out=True, width=4, lr_map=0.02)
+    first = tmp_path / "first.pt"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, _ = train_advgan("yaleb-mlp", first, r, seed=1, progress=False)
+        frozen = replace(r, lr=0.0, lr_map=0.0, lr_identify=0.0)
+        b, figures = train_advgan(
+            "yaleb-mlp", tmp_path / "again.pt", frozen, seed=2, progress=False, init=first
+        )
+    finally:
+        torch.set_num_threads(threads)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert figures["success_8bit"] == a.meta.figures["success_8bit"]
+    init = json.loads((tmp_path / "again.json").read_text())["training"]["init"]
+    assert init["file"] == "first.pt" and init["figures"] == a.meta.figures
+    with pytest.raises(ConfigError, match=r"--init .*width: 4 \(recipe: 8\)"):
+        train_advgan("yaleb-mlp", tmp_path / "c.pt", replace(r, width=8), init=first)
+    assert not (tmp_path / "c.pt").exists()
+
+
 def test_a_network_started_at_zero_gives_the_maps_alone() -> None:
     meta = GeneratorMeta(channels=3, size=(16, 16), num_classes=4, eps=0.1, width=4)
     g = AdvGenerator(meta).eval()

@@ -496,6 +496,18 @@ def test_train_onto_its_dataset_is_refused(tmp_path: Path, npz: Path, capsys) ->
     refused(capsys, tmp_path, [*args, "-o", str(meta)], "the checkpoint metadata is the checkpoint")
 
 
+def test_train_advgan_refuses_what_does_not_apply(tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "g.pt")
+    args = ["train", "advgan", "--classifier", "yaleb-mlp", "-o", out]
+    refused(capsys, tmp_path, [*args, "--width", "8"], "--width", "only apply to facegan")
+    refused(capsys, tmp_path, [*args, "--eot-copies", "-1"], "--eot-copies must be >= 0")
+    missing = tmp_path / "none.pt"
+    refused(capsys, tmp_path, [*args, "--init", str(missing)], "none.pt")
+    init = tmp_path / "g.pt"  # fine-tuned onto itself: the generator would be lost
+    init.write_bytes(b"a generator")
+    refused(capsys, tmp_path, [*args, "--init", str(init)], "generator to fine-tune")
+
+
 def test_train_onto_the_default_dataset_is_refused(
     tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:

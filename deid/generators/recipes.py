@@ -126,6 +126,9 @@ def add_advgan_flags(p: Any) -> None:
     g.add_argument("--lambda-gan", type=float, help="weight of the GAN loss")
     g.add_argument("--lambda-hinge", type=float, help="weight of the hinge on the norm")
     g.add_argument("--d-steps", type=int, help="discriminator steps per generator step (k)")
+    g.add_argument(
+        "--eot-copies", type=int, help="EOT-transformed copies of each face per step (preset's)"
+    )
     g.add_argument("--samples-dir", type=Path, help="contact sheets (default: beside -o)")
 
 
@@ -141,12 +144,13 @@ def advgan_recipe(classifier: str, args: Any) -> AdvGANRecipe:
             "lambda_gan": getattr(args, "lambda_gan", None),
             "lambda_hinge": getattr(args, "lambda_hinge", None),
             "d_steps": getattr(args, "d_steps", None),
+            "eot_copies": getattr(args, "eot_copies", None),
         }.items()
         if v is not None
     }
     r = replace(r, **changes)
     if not 0.0 < r.eps <= 1.0:
         raise ConfigError(f"--linf must be in (0, 1] (e.g. 16/255), got {r.eps}")
-    if r.d_steps < 0 or r.epochs < 1:
-        raise ConfigError("--d-steps must be >= 0 and --epochs >= 1")
+    if r.d_steps < 0 or r.epochs < 1 or r.eot_copies < 0:
+        raise ConfigError("--d-steps and --eot-copies must be >= 0 and --epochs >= 1")
     return r

@@ -37,6 +37,7 @@ from deid.attacks.base import predict, quantize8, to_uint8
 from deid.attacks.eot import EOTConfig, Transforms, round_ste
 from deid.data import load_dataset
 from deid.data.datasets import dataset_file
+from deid.errors import ConfigError
 from deid.generators.advgan import (
     AdvGenerator,
     Discriminator,
@@ -66,8 +67,14 @@ def train_advgan(
     command: str | None = None,
     progress: bool = True,
     samples_dir: Path | None = None,
+    init: Path | None = None,
 ) -> tuple[AdvGenerator, dict[str, Any]]:
     """Train a generator against ``classifier``, measure it on the held-out split, save it.
+
+    ``init``: start from this generator checkpoint (a fine-tune: a fresh learning-rate
+    cycle of ``recipe.epochs``); its network must be the recipe's and it must have been
+    trained against the same classifier weights. Its file name, command and figures are kept
+    in the new checkpoint's ``training["init"]``.
 
     Returns the generator (eval mode) and its held-out figures (targeted success of the
     generator alone after 8-bit rounding, PSNR, L-inf).
@@ -82,7 +89,11 @@ def train_advgan(
     clf.set_gradient_precision(resolve_precision(recipe.precision, dev))
     meta = clf.meta
     check_writes(
-        [("classifier", clf_path), ("dataset", dataset_file(meta.dataset, data))],  # type: ignore[arg-type]
+        [
+            ("classifier", clf_path),
+            ("dataset", dataset_file(meta.dataset, data)),
+            ("generator to fine-tune", init),
+        ],  # type: ignore[arg-type]
         [
             Artefact("checkpoint", out),
             Artefact("checkpoint metadata", out.with_suffix(".json")),
@@ -117,7 +128,9 @@ def train_advgan(
         },
     )
     gen = AdvGenerator(gmeta).to(dev)
-    if recipe.zero_out:
+    if init is not None:
+        gen.meta.training["init"] = _warm_start(gen, Path(init))
+    elif recipe.zero_out:
         gen.zero_output()
     disc = Discriminator(meta.channels).to(dev)
     t0 = time.time()
@@ -135,6 +148,44 @@ def train_advgan(
         out,
     )
     return gen, figures
+
+
+ARCHITECTURE = (
+    "channels",
+    "size",
+    "num_classes",
+    "eps",
+    "width",
+    "embed",
+    "scale",
+    "levels",
+    "source",
+    "own_source",
+    "full_maps",
+    "fingerprint",
+)
+
+
+def _warm_start(gen: AdvGenerator, init: Path) -> dict[str, Any]:
+    """Load ``init``'s weights into ``gen`` (same network, same classifier) and return what
+    the new checkpoint records about it."""
+    first = AdvGenerator.load(init, next(gen.parameters()).device)
+    diff = [
+        f"{k}: {getattr(first.meta, k)!r} (recipe: {getattr(gen.meta, k)!r})"
+        for k in ARCHITECTURE
+        if _plain(getattr(first.meta, k)) != _plain(getattr(gen.meta, k))
+    ]
+    if diff:
+        raise ConfigError(
+            f"--init {init}: expected a generator of this recipe against this classifier; "
+            f"it differs in {'; '.join(diff)}"
+        )
+    gen.load_state_dict(first.state_dict())
+    return {"file": init.name, "command": first.meta.command, "figures": first.meta.figures}
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
 
 
 def _sized(xy: tuple[Tensor, Tensor], size: tuple[int, int]) -> tuple[Tensor, Tensor]:
