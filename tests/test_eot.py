@@ -196,6 +196,22 @@ def test_eot_raises_survival_through_h264(data_dir, tmp_path) -> None:
     json.dumps(table)  # the CLI writes it as JSON
 
 
+def test_survival_aims_at_the_target_the_overrides_name(data_dir) -> None:
+    """``overrides={"target": ...}`` chooses the targets (bench/advgan.py --targets): one
+    sign step reaches the likeliest other identity far more often than the least likely
+    one, the config's default."""
+    from deid.eval.survival import survival_table
+
+    def lossless(**over: object) -> float:
+        table = survival_table(
+            "yaleb-mlp", n=24, crfs=[], jpeg=[], eot=[False], frames=1, overrides=over
+        )
+        return next(r for r in table["rows"] if r["output"] == "lossless")["target_rate"]
+
+    one = {"steps": 1, "alpha": 8 / 255}  # 71% against 8% when written
+    assert lossless(**one, target="nearest") >= lossless(**one) + 0.3
+
+
 def test_survival_cli(data_dir, tmp_path) -> None:
     from deid.cli import main
 

@@ -160,7 +160,11 @@ def survival_table(
     fh, fw = x.shape[-2:]
     clean_logits = predict(model, x.to(dev)).cpu()
     pred = clean_logits.argmax(1)
-    mode = base_attack(attack, config).target or DEFAULT_TARGET[attack]
+    mode = (
+        (overrides or {}).get("target")
+        or base_attack(attack, config).target
+        or DEFAULT_TARGET[attack]
+    )
     t = choose_targets(clean_logits, mode, torch.Generator().manual_seed(seed))  # type: ignore[arg-type]
     # the face in frame k, shifted by k * (0.35, 0.55) px (sub-pixel motion)
     xs = [x] + [
