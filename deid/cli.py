@@ -220,16 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_advgan(args, command, str(resolve_device(args.device)))
     if args.preset == "facegan":
         return _train_facegan(args, command, str(resolve_device(args.device)))
-    if (
-        args.width
-        or args.gan_batch
-        or args.max_minutes
-        or args.init
-        or args.d_width
-        or args.identity_weight
-        or args.cutout != 0.5
-        or args.r1_gamma != 1.0
-    ):
+    if _facegan_only(args) or args.init:
         raise ConfigError(
             "--width, --batch-size, --max-minutes, --init, --d-width, --identity-weight, "
             "--cutout and --r1-gamma only apply to facegan"
@@ -252,6 +243,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _facegan_only(args: argparse.Namespace) -> bool:
+    """Whether a flag that only `deid train facegan` takes was given (``--init`` aside: it
+    also fine-tunes AdvGAN generators)."""
+    return bool(
+        args.width
+        or args.gan_batch
+        or args.max_minutes
+        or args.d_width
+        or args.identity_weight
+        or args.cutout != 0.5
+        or args.r1_gamma != 1.0
+    )
+
+
 def _train_advgan(args: argparse.Namespace, command: str, device: str) -> int:
     from deid.generators.recipes import advgan_recipe
     from deid.generators.train_advgan import train_advgan
@@ -261,15 +266,7 @@ def _train_advgan(args: argparse.Namespace, command: str, device: str) -> int:
         raise ConfigError("deid train advgan: expected --classifier yaleb-mlp|celeba-cnn|PATH")
     if any(training_options(args).values()) or args.min_std or args.split != "random":
         raise ConfigError("deid train advgan: the classifier-training flags do not apply")
-    if (
-        args.width
-        or args.gan_batch
-        or args.max_minutes
-        or args.d_width
-        or args.identity_weight
-        or args.cutout != 0.5
-        or args.r1_gamma != 1.0
-    ):
+    if _facegan_only(args):
         raise ConfigError(
             "deid train advgan: --width, --batch-size, --max-minutes, --d-width, "
             "--identity-weight, --cutout and --r1-gamma only apply to facegan"
