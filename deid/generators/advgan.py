@@ -48,6 +48,9 @@ class GeneratorMeta(JsonMeta):
             identities that mixes the per-source maps (exclusive with ``source``).
         full_maps: the per-identity maps at the full input resolution (else half): finer
             patterns, at no cost per face.
+        film_all: the target's embedding also scales and shifts every level of the encoder
+            and the decoder (FiLM), not only the bottleneck; zero-initialised, so a new
+            generator starts as one without it.
         classifier: name or path of the classifier it was trained against.
         fingerprint: :func:`classifier_fingerprint` of that classifier's weights.
         data: dataset, split and number of training faces.
@@ -67,6 +70,7 @@ class GeneratorMeta(JsonMeta):
     source: bool = False
     own_source: bool = False
     full_maps: bool = False
+    film_all: bool = False
     classifier: str = ""
     fingerprint: str = ""
     data: dict[str, Any] = field(default_factory=dict)
@@ -100,7 +104,8 @@ class AdvGenerator(nn.Module):
     A small encoder-decoder at 1/``scale`` of the input resolution: the face is
     average-pooled, the target's embedding joins it as extra channels, one strided
     convolution reaches the bottleneck, where two convolutions with a target-dependent
-    per-channel scale and shift (FiLM) work, and the decoder comes back. A learned
+    per-channel scale and shift (FiLM) work, and the decoder comes back (with
+    ``meta.film_all``, every level's output is scaled and shifted by the target too). A learned
     perturbation of the target (at half resolution, or full with ``meta.full_maps``) is
     added before the ``tanh``, and, with
     ``meta.source``, one of the identity the classifier sees in the clean face (whose
@@ -153,6 +158,12 @@ class AdvGenerator(nn.Module):
                 self.film = nn.Linear(e, 2 * chans[-1])
                 self.mid1 = _conv(chans[-1], chans[-1])
                 self.mid2 = _conv(chans[-1], chans[-1])
+            if meta.film_all:  # one scale and shift per channel of every level's output
+                sizes = [w, *chans[1:], *chans[1 : meta.levels][::-1], w]
+                self.film_sizes = sizes
+                self.film_levels = nn.Linear(e, 2 * sum(sizes))
+                nn.init.zeros_(self.film_levels.weight)
+                nn.init.zeros_(self.film_levels.bias)
         self.target_map = nn.Parameter(0.1 * torch.randn(k, c, h2, w2))
         if meta.source and meta.own_source:
             raise ValueError(
@@ -190,10 +201,11 @@ class AdvGenerator(nn.Module):
         v = F.avg_pool2d(x, self.meta.scale, ceil_mode=True) * 2.0 - 1.0
         q = v.shape[-2:]
         v = torch.cat([v, emb[:, :, None, None].expand(-1, -1, *q)], 1)
-        a = F.leaky_relu(self.enc1(v), 0.2)
-        skips = [F.leaky_relu(self.enc2(a), 0.2)]
+        films = iter(self._films(emb))
+        a = F.leaky_relu(self._mod(self.enc1(v), films), 0.2)
+        skips = [F.leaky_relu(self._mod(self.enc2(a), films), 0.2)]
         for conv in self.down:
-            skips.append(F.leaky_relu(conv(skips[-1]), 0.2))
+            skips.append(F.leaky_relu(self._mod(conv(skips[-1]), films), 0.2))
         b = skips.pop()
         gamma, beta = self.film(emb)[:, :, None, None].chunk(2, 1)
         m = F.leaky_relu(self.mid1(b) * (1 + gamma) + beta, 0.2)
@@ -201,9 +213,9 @@ class AdvGenerator(nn.Module):
         for conv in reversed(self.up):
             s = skips.pop()
             b = F.interpolate(b, size=s.shape[-2:], mode="bilinear", align_corners=False)
-            b = F.leaky_relu(conv(torch.cat([b, s], 1)), 0.2)
+            b = F.leaky_relu(self._mod(conv(torch.cat([b, s], 1)), films), 0.2)
         up = F.interpolate(b, size=q, mode="bilinear", align_corners=False)
-        d = self.out(F.leaky_relu(self.dec(torch.cat([up, a], 1)), 0.2))
+        d = self.out(F.leaky_relu(self._mod(self.dec(torch.cat([up, a], 1)), films), 0.2))
         if self.meta.full_maps:
             raw = F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False) + maps
         else:
@@ -211,6 +223,22 @@ class AdvGenerator(nn.Module):
                 d = F.interpolate(d, size=half, mode="bilinear", align_corners=False)
             raw = F.interpolate(d + maps, size=(h, w), mode="bilinear", align_corners=False)
         return _bounded(raw, self.meta.eps)
+
+    def _films(self, emb: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per level, the target's (1 + scale, shift) of its channels (``meta.film_all``)."""
+        if not self.meta.film_all:
+            return []
+        parts = self.film_levels(emb).split([*self.film_sizes, *self.film_sizes], 1)
+        n = len(self.film_sizes)
+        return [
+            (1 + g[:, :, None, None], b[:, :, None, None])
+            for g, b in zip(parts[:n], parts[n:], strict=True)
+        ]
+
+    @staticmethod
+    def _mod(v: Tensor, films: Any) -> Tensor:
+        film = next(films, None)
+        return v if film is None else v * film[0] + film[1]
 
     def identity_logits(self, x: Tensor) -> Tensor:
         """(N, num_classes) the generator's own guess of the identity the classifier sees in

@@ -116,6 +116,7 @@ def train_advgan(
         source=recipe.source,
         own_source=recipe.own_source,
         full_maps=recipe.full_maps,
+        film_all=recipe.film_all,
         classifier=str(classifier),
         fingerprint=classifier_fingerprint(clf),
         data={"dataset": ds.name, "split": ds.split, "n_train": len(xtr), "n_test": len(xte)},
@@ -162,6 +163,7 @@ ARCHITECTURE = (
     "source",
     "own_source",
     "full_maps",
+    "film_all",
     "fingerprint",
 )
 
@@ -207,6 +209,23 @@ def margin_loss(logits: Tensor, t: Tensor, kappa: float) -> Tensor:
     return F.relu(other - zt + kappa)
 
 
+def one_cycle(
+    opt: torch.optim.Optimizer, r: AdvGANRecipe, total_steps: int
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The generator's one-cycle schedule: each group's learning rate peaks at the rate the
+    group was built with after 10% of the steps and decays to 1/10^4 of it (cosine); from
+    1/25 of it with ``r.warmup``, else at the peak from the start; Adam's beta1 cycles
+    (0.95 -> 0.85 -> 0.95) with ``r.cycle_momentum``, else it stays the optimiser's."""
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt,
+        max_lr=[g["lr"] for g in opt.param_groups],
+        total_steps=total_steps,
+        pct_start=0.1,
+        div_factor=25.0 if r.warmup else 1.0,
+        cycle_momentum=r.cycle_momentum,
+    )
+
+
 def _fit(
     gen: AdvGenerator,
     disc: Discriminator,
@@ -232,14 +251,13 @@ def _fit(
     opt_g = torch.optim.Adam(groups, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=r.lr_d, betas=(0.5, 0.999))
     steps_per_epoch = math.ceil(len(xtr) / r.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt_g,
-        max_lr=[g["lr"] for g in groups],
-        total_steps=r.epochs * steps_per_epoch,
-        pct_start=0.1,
-    )
+    sched = one_cycle(opt_g, r, r.epochs * steps_per_epoch)
     fast = clf.fast()
-    transforms = Transforms(EOTConfig(enabled=True, samples=1 + r.eot_copies, seed=seed))
+    transforms = (  # EOT's own copies besides the 8-bit one (none: the 8-bit copy alone)
+        Transforms(EOTConfig(enabled=True, samples=1 + r.eot_copies, seed=seed))
+        if r.eot_copies > 0
+        else None
+    )
     g = torch.Generator().manual_seed(seed)
     sheet_x = xtr[torch.randperm(len(xtr), generator=g)[:16]].to(dev)
     sheet_t = other_targets(ytr[:16].to(dev), k, g)
@@ -277,7 +295,7 @@ def _fit(
             delta = gen(x, t, src)
             xa = (x + delta).clamp(0, 1)
             copies = [round_ste(xa * 255.0) / 255.0] + [
-                transforms.sample(xa) for _ in range(r.eot_copies)
+                transforms.sample(xa) for _ in range(r.eot_copies) if transforms is not None
             ]
             logits = fast(torch.cat(copies))  # gradients only (train_ok is a rough figure)
             reps = len(copies)
