@@ -33,12 +33,25 @@ class JsonMeta:
         return cls(**d)
 
 
-def write_checkpoint(path: Path | str, fmt: str, meta_json: str, module: nn.Module) -> None:
+def write_checkpoint(
+    path: Path | str,
+    fmt: str,
+    meta_json: str,
+    module: nn.Module,
+    half: tuple[str, ...] = (),
+) -> None:
     """Write ``{format, meta, state_dict}`` to ``path`` (via a temporary file, renamed when
-    complete) and ``meta_json`` to ``path`` with the suffix ``.json``."""
+    complete) and ``meta_json`` to ``path`` with the suffix ``.json``.
+
+    ``half``: state entries stored in float16 (``load_state_dict`` casts them back to the
+    module's float32 parameters): half the bytes for large tables whose values need no more.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    state = {
+        k: (v.half() if k in half and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in module.state_dict().items()
+    }
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"format": fmt, "meta": meta_json, "state_dict": state}, tmp)
     tmp.replace(path)

@@ -112,11 +112,16 @@ ADVGAN_RECIPES: dict[str, AdvGANRecipe] = {
     # from scratch 84.6% in 80 epochs (its training batches still rising), 87.3% in 120.
     # 2026-12-07: the one-cycle warm-up and the cycled beta1 each kept the maps at 0% for
     # the first epochs (a 10-epoch run: 0.3% held out; without them 55%); without them, and
-    # FiLM at every level (embedding 16): 88.2% / 80.5% (8-bit / crf 23) in 120 epochs
+    # FiLM at every level (embedding 16): 88.2% / 80.5% (8-bit / crf 23) in 120 epochs.
+    # 2026-12-07, later (10-epoch probes from 55.2%: source maps 59.1%, kappa 5 58.8%, no GAN
+    # loss 58.0%, hinge at 1.0 eps 26.5%, full-resolution maps 62.4%): full-resolution maps
+    # and kappa 5 together, 120 epochs: 89.8% / 81.5%
     "celeba-cnn": AdvGANRecipe(
         width=16,
         embed=16,
         film_all=True,
+        full_maps=True,
+        kappa=5.0,
         warmup=False,
         cycle_momentum=False,
         scale=2,

@@ -137,6 +137,7 @@ def train_advgan(
     t0 = time.time()
     _fit(gen, disc, clf, xtr, ytr, recipe, seed, progress, samples_dir)
     gen.eval()
+    gen.round_maps()  # the figures are those of the saved weights
     figures = heldout_figures(gen, clf, xte, yte, seed)
     figures["train_seconds"] = round(time.time() - t0, 1)
     gen.meta = replace(gen.meta, figures=figures)
