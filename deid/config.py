@@ -112,6 +112,13 @@ class DetectorConfig(_Strict):
         description="frames detected at full resolution (not tiled) are searched on a bicubic "
         "copy enlarged by this factor: small faces are found more often",
     )
+    pyramid: Literal["enlarged", "frame"] = Field(
+        "enlarged",
+        description="MTCNN on an enlarged frame: its first stage's pyramid levels are "
+        "resampled from the enlarged copy, or from the frame itself (a quarter of the pixels "
+        "to read at upscale 2; 13-22% less detection time, a few more faces of 16-24 px "
+        "missed on the drone stills)",
+    )
     keyframe_interval: int = Field(
         1,
         ge=1,

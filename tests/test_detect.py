@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from deid.align import box_landmarks
 from deid.config import DetectorConfig, load_settings
@@ -130,6 +131,10 @@ def test_the_builder_makes_mtcnn_as_the_settings_describe() -> None:
     assert (det.min_face_size, det.min_score, det.max_side, det.edge_pad) == (30, 0.8, 900, 16)
     assert (det.tile, det.tile_overlap) == (2048, 128)
     assert det._mtcnn.thresholds == [0.5, 0.6, 0.8] and det._mtcnn.min_face_size == 30
+    assert det.pyramid == "enlarged"
+    assert build_detector(cfg.model_copy(update={"pyramid": "frame"})).pyramid == "frame"
+    with pytest.raises(ValidationError, match="pyramid"):
+        DetectorConfig(pyramid="tiles")
     # the pipeline's call from before the registry builds the same
     old = MTCNNDetector.from_config(cfg, "cpu")
     assert type(old) is MTCNNDetector and vars(old).keys() == vars(det).keys()
@@ -153,7 +158,7 @@ def test_every_module_gets_its_detector_from_the_builder(monkeypatch: pytest.Mon
     celeba_detector()
     utility_detector("cpu")
     plain = {"name": "mtcnn", "thresholds": (0.6, 0.7, 0.7), "max_side": None, "tile": None}
-    plain |= {"factor": 0.709, "upscale": 1.0}  # plain MTCNN, not the drone defaults
+    plain |= {"factor": 0.709, "upscale": 1.0, "pyramid": "enlarged"}  # not the drone defaults
     plain |= {"keyframe_interval": 1, "track_score": None}  # every image on its own
     plain |= {"recheck_score": None, "confirm_score": None}  # no second look
     assert [(c.model_dump(exclude={"tile_overlap", "batch_frames"}), d) for c, d in built] == [

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from facenet_pytorch import MTCNN
+from torchvision.ops import box_iou
 
 from deid.detect.mtcnn_fast import detect_faces
 
@@ -78,3 +79,43 @@ def test_a_frame_with_no_candidate_at_all(nets: tuple[MTCNN, MTCNN]) -> None:
                            torch.device("cpu"))  # fmt: skip
     assert [len(b) for b, _, _ in got] == [0, 0]
     assert all(p.shape == (0, 5, 2) for _, _, p in got)
+
+
+def test_the_pyramid_from_the_frame_finds_the_faces_of_the_enlarged_one(
+    nets: tuple[MTCNN, MTCNN],
+) -> None:
+    """``pyramid_from``: P-Net's levels of a 2x-enlarged photo are resampled from the photo
+    itself, at the sizes the enlarged copy sets (so boxes stay in its pixels), and every face
+    found with the pyramid of the copy is found (on this photo, one more: 7 against 6)."""
+    _, fast = nets
+    img = scene("group_friends_stoop.jpg")
+    h, w = img.shape[:2]
+    scale = 480 / max(h, w)
+    img = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    big = cv2.resize(img, (img.shape[1] * 2, img.shape[0] * 2), interpolation=cv2.INTER_CUBIC)
+    seen: dict[str, list[tuple[int, int]]] = {"copy": [], "frame": []}
+    pnet = fast.pnet
+
+    def run(key: str, source: list[np.ndarray] | None) -> tuple[np.ndarray, ...]:
+        def hook(_mod: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            seen[key].append(tuple(args[0].shape[-2:]))
+
+        handle = pnet.register_forward_pre_hook(hook)
+        try:
+            with torch.inference_mode():
+                return detect_faces([big], pnet, fast.rnet, fast.onet, 24, [0.6, 0.6, 0.7],
+                                    0.709, torch.device("cpu"), pyramid_from=source)[0]  # fmt: skip
+        finally:
+            handle.remove()
+
+    want = run("copy", None)
+    got = run("frame", [img])
+    assert seen["frame"] == seen["copy"] and seen["copy"][0] == (img.shape[0] + 1, img.shape[1] + 1)
+    sure_want, sure_got = want[0][want[1] > 0.9], got[0][got[1] > 0.9]
+    assert len(sure_want) >= 4 and len(sure_got) >= len(sure_want)
+    # every face the copy's pyramid is sure of, found again (boxes in the enlarged pixels)
+    iou = box_iou(torch.as_tensor(sure_want), torch.as_tensor(sure_got))
+    assert bool((iou.max(1).values > 0.7).all())
+    with pytest.raises(ValueError, match="pyramid_from: expected 1 frames"):
+        detect_faces([big], pnet, fast.rnet, fast.onet, 24, [0.6, 0.6, 0.7], 0.709,
+                     torch.device("cpu"), pyramid_from=[img, img])  # fmt: skip

@@ -52,6 +52,10 @@ class MTCNNDetector(TiledDetector):
             enlarged by this factor: MTCNN's R- and O-Net then see a small face's crop
             smooth instead of blown up from a few pixels (its own resampling is
             area/nearest), at the same pyramid levels (faces from ``min_face_size`` px).
+        pyramid: where P-Net's pyramid levels of an enlarged frame are resampled from:
+            ``"enlarged"``, the bicubic copy (facenet-pytorch's way on the copy), or
+            ``"frame"``, the frame itself (a quarter of the pixels to read at ``upscale``
+            2; the levels keep their sizes; README "Speed").
 
     Example:
         >>> det = MTCNNDetector(min_face_size=20)
@@ -76,8 +80,13 @@ class MTCNNDetector(TiledDetector):
         upscale: float = 1.0,
         recheck_score: float | None = None,
         confirm_score: float | None = None,
+        pyramid: str = "enlarged",
     ) -> None:
         from facenet_pytorch import MTCNN
+
+        if pyramid not in ("frame", "enlarged"):
+            raise ValueError(f"pyramid: expected 'frame' or 'enlarged', got {pyramid!r}")
+        self.pyramid = pyramid
 
         super().__init__(
             min_face_size,
@@ -145,19 +154,31 @@ class MTCNNDetector(TiledDetector):
         """MTCNN on the second look's views: faces from 20 px (the box is enlarged to 48)."""
         return _detect(self._mtcnn_look, images)
 
-    def detect_enlarged(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
-        """MTCNN on frames enlarged by ``upscale``: faces from ``min_face_size * upscale`` px."""
-        return _detect(self._mtcnn_enlarged, images)
+    def detect_enlarged(
+        self, images: Sequence[np.ndarray], originals: Sequence[np.ndarray] | None = None
+    ) -> list[RawDetections]:
+        """MTCNN on frames enlarged by ``upscale``: faces from ``min_face_size * upscale`` px;
+        P-Net's pyramid from ``originals`` where given and ``pyramid`` is ``"frame"``."""
+        source = originals if self.pyramid == "frame" else None
+        return _detect(self._mtcnn_enlarged, images, source)
 
 
 def build_mtcnn(cfg: DetectorSettings, device: torch.device | str = "cpu") -> MTCNNDetector:
     """The MTCNN detector a :class:`deid.config.DetectorConfig` describes (its registry entry)."""
     return MTCNNDetector(
-        thresholds=cfg.thresholds, factor=cfg.factor, device=device, **tiling_options(cfg)
+        thresholds=cfg.thresholds,
+        factor=cfg.factor,
+        device=device,
+        pyramid=cfg.pyramid,
+        **tiling_options(cfg),
     )
 
 
-def _detect(mtcnn: Any, images: Sequence[np.ndarray]) -> list[RawDetections]:
+def _detect(
+    mtcnn: Any,
+    images: Sequence[np.ndarray],
+    pyramid_from: Sequence[np.ndarray] | None = None,
+) -> list[RawDetections]:
     """facenet-pytorch's MTCNN stages, batched (:mod:`deid.detect.mtcnn_fast`)."""
     with torch.inference_mode():
         found = detect_faces(
@@ -169,5 +190,6 @@ def _detect(mtcnn: Any, images: Sequence[np.ndarray]) -> list[RawDetections]:
             mtcnn.thresholds,
             mtcnn.factor,
             mtcnn.device,
+            pyramid_from=pyramid_from,
         )
     return [raw if len(raw[0]) else no_detections() for raw in found]

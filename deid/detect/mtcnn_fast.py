@@ -42,9 +42,15 @@ def detect_faces(
     thresholds: Sequence[float],
     factor: float,
     device: torch.device,
+    pyramid_from: Sequence[np.ndarray] | np.ndarray | None = None,
 ) -> list[RawDetections]:
     """Faces in same-size RGB frames: per frame ``(boxes (N, 4), probs (N,), points (N, 5, 2))``
     as float32 arrays, unfiltered (facenet-pytorch's ``MTCNN.detect`` without its sorting).
+
+    ``pyramid_from``: the same frames at another size (those ``images`` were enlarged from).
+    P-Net's pyramid levels, whose sizes ``images`` set, are then area-resampled from them
+    instead of from ``images`` (for a 2x enlargement, a quarter of the pixels to read); the
+    R- and O-Nets still see their crops of ``images``.
     """
     frames = torch.as_tensor(np.ascontiguousarray(np.stack(images)), device=device)
     dtype = next(pnet.parameters()).dtype
@@ -52,8 +58,19 @@ def detect_faces(
     # networks get channels-last copies
     plain = frames.permute(0, 3, 1, 2).to(dtype).contiguous()
     n_img = plain.shape[0]
+    source = plain
+    if pyramid_from is not None:
+        small = torch.as_tensor(np.ascontiguousarray(np.stack(pyramid_from)), device=device)
+        source = small.permute(0, 3, 1, 2).to(dtype).contiguous()
+        if source.shape[:2] != plain.shape[:2]:
+            raise ValueError(
+                f"pyramid_from: expected {n_img} frames of {plain.shape[1]} channels, "
+                f"got {tuple(source.shape[:2])}"
+            )
 
-    boxes, image_inds = _proposals(plain, pnet, min_face_size, thresholds[0], factor)
+    boxes, image_inds = _proposals(
+        source, pnet, min_face_size, thresholds[0], factor, size=plain.shape[2:]
+    )
     points = torch.zeros(0, 5, 2, device=device)
     if len(boxes) > 0:
         crops = _crops(plain, boxes, image_inds, 24)
@@ -95,10 +112,17 @@ def detect_faces(
 
 
 def _proposals(
-    imgs: torch.Tensor, pnet: nn.Module, min_face_size: float, threshold: float, factor: float
+    imgs: torch.Tensor,
+    pnet: nn.Module,
+    min_face_size: float,
+    threshold: float,
+    factor: float,
+    size: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """P-Net over the image pyramid: candidate squares (x1, y1, x2, y2, score) and their frame."""
-    h, w = imgs.shape[2], imgs.shape[3]
+    """P-Net over the image pyramid: candidate squares (x1, y1, x2, y2, score) and their frame,
+    in the pixels of an image of ``size`` (h, w; default: ``imgs``' own), whose pyramid the
+    levels resampled from ``imgs`` are."""
+    h, w = (imgs.shape[2], imgs.shape[3]) if size is None else (int(size[0]), int(size[1]))
     m = 12.0 / min_face_size
     minl = min(h, w) * m
     scales = []

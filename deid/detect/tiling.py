@@ -178,11 +178,14 @@ class TiledDetector:
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement detect_single")
 
-    def detect_enlarged(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
+    def detect_enlarged(
+        self, images: Sequence[np.ndarray], originals: Sequence[np.ndarray] | None = None
+    ) -> list[RawDetections]:
         """:meth:`detect_single` on frames enlarged by ``upscale``, in which faces are
         ``upscale`` times ``min_face_size`` and larger (a detector with a minimum face
         size of its own overrides this to look for those). Only called for frames
-        :meth:`searchable` accepts at their own size."""
+        :meth:`searchable` accepts at their own size. ``originals``: the same frames before
+        enlarging (a detector may search them in a first stage; here unused)."""
         return self.detect_single(images)
 
     def detect_look(self, images: Sequence[np.ndarray]) -> list[RawDetections]:
@@ -330,7 +333,7 @@ class TiledDetector:
         for s in range(0, len(images), self.tile_batch):
             chunk = images[s : s + self.tile_batch]
             big = [cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in chunk]
-            for b, p, lm in self.detect_enlarged(big):
+            for b, p, lm in self.detect_enlarged(big, chunk):
                 out.append(_select((b * [sx, sy, sx, sy], p, lm * [sx, sy]), slice(None)))
         return out
 
