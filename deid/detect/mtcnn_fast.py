@@ -52,16 +52,12 @@ def detect_faces(
     instead of from ``images`` (for a 2x enlargement, a quarter of the pixels to read); the
     R- and O-Nets still see their crops of ``images``.
     """
-    frames = torch.as_tensor(np.ascontiguousarray(np.stack(images)), device=device)
     dtype = next(pnet.parameters()).dtype
-    # NCHW: torch's area resampling (the pyramid, the crops) is faster on it; the
-    # networks get channels-last copies
-    plain = frames.permute(0, 3, 1, 2).to(dtype).contiguous()
+    plain = _nchw(images, dtype, device)
     n_img = plain.shape[0]
     source = plain
     if pyramid_from is not None:
-        small = torch.as_tensor(np.ascontiguousarray(np.stack(pyramid_from)), device=device)
-        source = small.permute(0, 3, 1, 2).to(dtype).contiguous()
+        source = _nchw(pyramid_from, dtype, device)
         if source.shape[:2] != plain.shape[:2]:
             raise ValueError(
                 f"pyramid_from: expected {n_img} frames of {plain.shape[1]} channels, "
@@ -109,6 +105,15 @@ def detect_faces(
         b = out_boxes[sel]
         result.append((b[:, :4].copy(), b[:, 4].copy(), out_points[sel].reshape(-1, 5, 2)))
     return result
+
+
+def _nchw(
+    images: Sequence[np.ndarray] | np.ndarray, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """(H, W, 3) frames as one (N, 3, H, W) tensor. NCHW: torch's area resampling (the
+    pyramid, the crops) is faster on it; the networks get channels-last copies."""
+    frames = torch.as_tensor(np.ascontiguousarray(np.stack(images)), device=device)
+    return frames.permute(0, 3, 1, 2).to(dtype).contiguous()
 
 
 def _proposals(
