@@ -52,6 +52,10 @@ ATTACKS: dict[str, dict[str, Any]] = {
     "ifgsm10": {"name": "ifgsm", "steps": 10},
     "replace": {"name": "replace"},
     "replace-only": {"name": "replace", "then": None},
+    # the generator, then up to 3 plain I-FGSM steps for the faces under a margin of 5
+    "advgan": {"name": "advgan"},
+    # ... or (AdvGAN's default before 2026-12-07) up to 5 steps with EOT under EOT's margin
+    "advgan-eot": {"name": "advgan", "steps": 5, "eot": {"enabled": True}, "refine_margin": None},
 }
 
 
@@ -403,7 +407,7 @@ def deid_env(
 ) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        **{f"DEID_ATTACK__{k.upper()}": "null" if v is None else str(v) for k, v in ATTACK.items()},
+        **_env_vars("DEID_ATTACK", ATTACK),
         DEID_PIPELINE__DEVICE="cpu",
         DEID_PIPELINE__VERIFY="true",
     )
@@ -416,6 +420,18 @@ def deid_env(
     if precision:
         env["DEID_PIPELINE__PRECISION"] = precision
     return env
+
+
+def _env_vars(prefix: str, values: dict[str, Any]) -> dict[str, str]:
+    """``values`` as deid's environment overrides (nested dicts by ``__``, None as null)."""
+    out: dict[str, str] = {}
+    for k, v in values.items():
+        name = f"{prefix}__{k.upper()}"
+        if isinstance(v, dict):
+            out.update(_env_vars(name, v))
+        else:
+            out[name] = "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+    return out
 
 
 def deid_exe() -> list[str]:

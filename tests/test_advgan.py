@@ -122,6 +122,45 @@ def test_attack_bounds_and_checkpoint_round_trip(tiny, faces, tmp_path: Path) ->
     assert refined.success.sum() >= alone.success.sum()
 
 
+def test_the_refinement_margin_picks_the_faces_to_refine_and_success_keeps_its_own(
+    tiny, faces, tmp_path: Path
+) -> None:
+    """``refine_margin`` (EOT off): every face short of its target by that margin takes
+    steps, which stop once it wins by it, while ``success`` is judged by ``margin``: a face
+    that wins by less than the refinement's margin after its steps still counts. Targets are
+    the classes the faces show, so each already wins by its own logit gap."""
+    path = tmp_path / "gen.pt"
+    _generator(tiny, eps=2 / 255).save(path)
+    with torch.no_grad():
+        t = tiny(faces).argmax(1)
+    base = {"weights": str(path), "steps": 1, "eot": {"enabled": False}}
+    with torch.no_grad():
+        start = AdvGAN(AdvGANConfig(weights=str(path), steps=0))(tiny, faces, t)
+        z = tiny(start.images)
+    gap = z.gather(1, t[:, None])[:, 0] - z.scatter(1, t[:, None], -1e9).amax(1)
+    assert bool((gap > 0).all())  # every face starts as its target
+    rm = float(gap.median())  # about half the faces are short of this
+    plain = AdvGAN(AdvGANConfig(**base, refine_margin=None))(tiny, faces, t)
+    assert not plain.steps.any()  # by `margin` (0) none was missed: no step
+    r = AdvGAN(AdvGANConfig(**base, refine_margin=rm))(tiny, faces, t)
+    short = gap < rm
+    assert bool(short.any()) and bool((~short).any())
+    assert torch.equal(r.steps > 0, short)  # exactly the faces short of the refinement margin
+    assert torch.equal(r.images[~short], start.images[~short])
+    with torch.no_grad():
+        again = tiny(r.images)
+    assert torch.equal(r.success, again.argmax(1) == t)  # success by `margin`, not by rm
+    assert bool(r.success.all())
+    # never below `margin`; None: `margin`, or eot.margin with EOT on; 5 by default
+    from deid.attacks.advgan import refine_margin
+
+    assert refine_margin(AdvGANConfig(margin=3.0, refine_margin=1.0)) == 3.0
+    assert refine_margin(AdvGANConfig(refine_margin=None)) == 0.0
+    on = AdvGANConfig(refine_margin=None, eot={"enabled": True})
+    assert refine_margin(on) == on.eot.margin
+    assert refine_margin(AdvGANConfig()) == 5.0 and not AdvGANConfig().eot.enabled
+
+
 def test_grades_give_each_face_the_first_fraction_of_the_pattern_that_reaches_its_target(
     tiny, faces, tmp_path: Path
 ) -> None:

@@ -242,6 +242,10 @@ def test_then_auto_is_advgan_where_a_generator_was_trained_against_the_classifie
     assert int((r.steps == 0).sum()) >= 8  # most reach the margin in the generator's pass
     # graded (the default): the faces that need less of the pattern get less of it
     assert follow.advgan.cfg.grades == [0.25, 0.5, 1.0]
+    # the refinement replace was measured with (EOT, short by EOT's margin), not
+    # AdvGAN's own plain steps
+    assert follow.advgan.cfg.eot.enabled and follow.advgan.cfg.refine_margin is None
+    assert AutoFollow({}).advgan.cfg.steps == 5
     whole = AutoFollow({**ReplaceConfig().then_params, "grades": None})(clf, new, t)
     linf = (r.images - new).flatten(1).abs().amax(1)
     whole_linf = (whole.images - new).flatten(1).abs().amax(1)

@@ -30,6 +30,11 @@ AUTO_GRADES = (0.25, 0.5, 1.0)
 """``then: auto``'s AdvGAN tries its perturbation at these fractions (``grades``): a face
 that is its target with a quarter of the pattern gets no more of it."""
 
+AUTO_REFINE = {"steps": 5, "eot": {"enabled": True}, "refine_margin": None}
+"""``then: auto``'s AdvGAN refines the faces it leaves short by EOT's margin with up to 5
+I-FGSM steps with EOT (AdvGAN's own default before 2026-12-07, what replace's clip figures
+were measured with), unless ``then_params`` say otherwise."""
+
 AUTO_GRADE_MARGIN = 2.0
 """... if it wins by this much more than the margin: a fainter pattern survives H.264 less
 well (on the pedestrian clip at crf 23, 85-98% of the faces read as their target on the
@@ -109,6 +114,8 @@ class AutoFollow:
             raise ConfigError(
                 f"then: auto: unknown setting(s) {unknown}; expected settings of ifgsm or advgan"
             )
+        for k, v in AUTO_REFINE.items():
+            for_advgan.setdefault(k, v)
         for_advgan.setdefault("grades", list(AUTO_GRADES))
         for_advgan.setdefault("grade_margin", AUTO_GRADE_MARGIN)
         self.ifgsm = build_attack(attack_config("ifgsm", targeted=True, **for_ifgsm))
