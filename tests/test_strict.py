@@ -187,6 +187,43 @@ def test_strict_on_a_video(data_dir: Path, tmp_path: Path) -> None:
     _agree(rep, _judged_run(report_path, tmp_path / "judged.json"))
 
 
+@needs_judge
+@pytest.mark.slow
+def test_standard_privacy_judges_the_first_encoding_only_where_it_is_repaired(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Standard privacy: the judge decides nothing, so a video chunk's first encoding is
+    judged only for the faces about to be repaired (their distance before the repair), and
+    every face on the segment that is written: each face described twice (its original, the
+    written face) and once more if repaired, where judging the first encoding in full cost a
+    third pass. The figures are still those of the written file. (H.264 crf 40 and I-FGSM
+    without EOT: the perturbation does not survive the codec in most frames.)"""
+    clip = _clip(tmp_path / "in.mp4", data_dir)
+    out = tmp_path / "out.mp4"
+    cfg = tmp_path / "lossy.yaml"
+    cfg.write_text("pipeline: {crf: 40}\nattack: {eot: {enabled: false}}\n")
+    described = [0]
+    real = judge.Judge.descriptors
+
+    def spy(self: judge.Judge, faces: Any, workers: int | None = 1) -> Any:
+        described[0] += len(faces)
+        return real(self, faces, workers)
+
+    monkeypatch.setattr(judge.Judge, "descriptors", spy)
+    assert main(["run", str(clip), "-o", str(out), "--quiet", "--config", str(cfg)]) == 0
+    report_path = out.with_suffix(".report.json")
+    rep = json.loads(report_path.read_text())
+    n, k = rep["totals"]["faces"], rep["totals"]["repaired"]
+    assert n == 4 and k >= 1  # a repair pass happened
+    assert described[0] == 2 * n + k
+    for f in rep["faces_detail"]:
+        if f["action"].startswith("repaired"):
+            assert f["judge"]["distance_before_repair"] > 0, f
+        else:
+            assert "distance_before_repair" not in f["judge"], f
+    _agree(rep, _judged_run(report_path, tmp_path / "judged.json"))
+
+
 # --------------------------------------------------------------------------------------------
 # without the judge, or without verification: "not judged"; strict refuses
 # --------------------------------------------------------------------------------------------

@@ -454,6 +454,9 @@ class ChunkRender:
     repaired: int = 0
     report: ChunkReport | None = None
     judged: bool = False  # the independent judge measures the written faces
+    # the judge reads the final segment only (standard privacy with repair: its verdicts
+    # decide nothing, so the first encoding is not judged when a repaired one replaces it)
+    judge_final_only: bool = False
 
 
 def _encode(r: ChunkRender) -> None:
@@ -486,10 +489,14 @@ def _encode(r: ChunkRender) -> None:
 
 
 def _verify(r: ChunkRender) -> None:
-    """Re-read the first encoding and check every face in it."""
-    if not (r.res.settings.pipeline.verify and r.records):
+    """Re-read the first encoding and check every face in it (and judge it, unless only the
+    final segment is judged: :func:`_judge_segment` then does it once it is known)."""
+    p = r.res.settings.pipeline
+    if not (p.verify and r.records):
         return
     assert r.first is not None
+    # strict privacy: the judge's verdicts on this encoding decide repairs
+    r.judge_final_only = r.judged and p.repair and not is_strict(r.res.settings)
     with r.timer("verify"):
         for start, batch in _numbered(
             read_frames(r.first), r.res.settings.detector.batch_frames, r.chunk.start
@@ -497,11 +504,33 @@ def _verify(r: ChunkRender) -> None:
             recs = [x for fi in range(start, start + len(batch)) for x in r.by_frame.get(fi, [])]
             if recs:
                 verify_frames(batch, recs, r.res, start)
-                if r.judged:
+                if r.judged and not r.judge_final_only:
                     with r.timer("judge"):
-                        judge_written(
-                            batch, recs, start, workers=r.res.settings.pipeline.judge_workers
-                        )
+                        judge_written(batch, recs, start, workers=p.judge_workers)
+
+
+def _judge_segment(
+    r: ChunkRender, path: Path, which: Callable[[FaceRecord], bool], after_repair: bool
+) -> None:
+    """The judge on the faces of the segment at ``path`` that ``which`` picks."""
+    with r.timer("judge"):
+        for start, batch in _numbered(
+            read_frames(path), r.res.settings.detector.batch_frames, r.chunk.start
+        ):
+            recs = [
+                x
+                for fi in range(start, start + len(batch))
+                for x in r.by_frame.get(fi, [])
+                if which(x)
+            ]
+            if recs:
+                judge_written(
+                    batch,
+                    recs,
+                    start,
+                    after_repair=after_repair,
+                    workers=r.res.settings.pipeline.judge_workers,
+                )
 
 
 def _repair(r: ChunkRender) -> None:
@@ -512,7 +541,13 @@ def _repair(r: ChunkRender) -> None:
     if not (
         p.verify and r.records and p.repair and any(needs_repair(x, strict) for x in r.records)
     ):
+        if r.judge_final_only and r.first is not None:  # the first encoding is the final one
+            _judge_segment(r, r.first, lambda x: True, after_repair=False)
         return
+    if r.judge_final_only and r.first is not None:
+        # the faces about to be repaired, as the first encoding shows them (their distance
+        # before the repair, kept in the report); every face is judged on the repaired file
+        _judge_segment(r, r.first, lambda x: needs_repair(x, strict), after_repair=False)
     # until the written segment leaves no face to repair: the judge's figures are the final
     # segment's (re-encoding changes every frame predicted from an obscured one), and in
     # strict privacy a face the re-encoding made linkable is obscured too
@@ -526,15 +561,7 @@ def _repair(r: ChunkRender) -> None:
                 w2.write(_compose(frame, r.by_frame.get(fi, []), r.pixels, r.res), pts=pts)
         if not r.judged:
             return
-        with r.timer("judge"):
-            for start, batch in _numbered(
-                read_frames(r.final), r.res.settings.detector.batch_frames, r.chunk.start
-            ):
-                recs = [
-                    x for fi in range(start, start + len(batch)) for x in r.by_frame.get(fi, [])
-                ]
-                if recs:
-                    judge_written(batch, recs, start, after_repair=True, workers=p.judge_workers)
+        _judge_segment(r, r.final, lambda x: True, after_repair=True)
 
 
 def _publish(r: ChunkRender) -> None:
