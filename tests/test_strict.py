@@ -187,6 +187,42 @@ def test_strict_on_a_video(data_dir: Path, tmp_path: Path) -> None:
     _agree(rep, _judged_run(report_path, tmp_path / "judged.json"))
 
 
+def _count_described(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A counter of the faces the judge describes from here on."""
+    described = [0]
+    real = judge.Judge.descriptors
+
+    def spy(self: judge.Judge, faces: Any, workers: int | None = 1) -> Any:
+        described[0] += len(faces)
+        return real(self, faces, workers)
+
+    monkeypatch.setattr(judge.Judge, "descriptors", spy)
+    return described
+
+
+@needs_judge
+def test_standard_privacy_judges_a_repaired_photo_before_repair_only_where_repaired(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The photo's counterpart of the video test below: two faces, one repaired (JPEG
+    quality 10 and I-FGSM without EOT: one face reads as itself on the written file)."""
+    out = tmp_path / "out.jpg"
+    cfg = tmp_path / "lossy.yaml"
+    cfg.write_text("pipeline: {jpeg_quality: 10}\nattack: {eot: {enabled: false}}\n")
+    described = _count_described(monkeypatch)
+    src = data_dir / "scenes" / "couple_two_faces.jpg"
+    assert main(["run", str(src), "-o", str(out), "--quiet", "--config", str(cfg)]) == 0
+    report_path = out.with_suffix(".report.json")
+    rep = json.loads(report_path.read_text())
+    faces = rep["faces_detail"]
+    k = sum(f["action"].startswith("repaired") for f in faces)
+    assert len(faces) == 2 and k >= 1
+    assert described[0] == 2 * len(faces) + k
+    for f in faces:
+        assert ("distance_before_repair" in f["judge"]) == f["action"].startswith("repaired")
+    _agree(rep, _judged_run(report_path, tmp_path / "judged.json"))
+
+
 @needs_judge
 @pytest.mark.slow
 def test_standard_privacy_judges_the_first_encoding_only_where_it_is_repaired(
@@ -202,14 +238,7 @@ def test_standard_privacy_judges_the_first_encoding_only_where_it_is_repaired(
     out = tmp_path / "out.mp4"
     cfg = tmp_path / "lossy.yaml"
     cfg.write_text("pipeline: {crf: 40}\nattack: {eot: {enabled: false}}\n")
-    described = [0]
-    real = judge.Judge.descriptors
-
-    def spy(self: judge.Judge, faces: Any, workers: int | None = 1) -> Any:
-        described[0] += len(faces)
-        return real(self, faces, workers)
-
-    monkeypatch.setattr(judge.Judge, "descriptors", spy)
+    described = _count_described(monkeypatch)
     assert main(["run", str(clip), "-o", str(out), "--quiet", "--config", str(cfg)]) == 0
     report_path = out.with_suffix(".report.json")
     rep = json.loads(report_path.read_text())

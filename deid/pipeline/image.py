@@ -140,6 +140,8 @@ class ImageRun:
     out: np.ndarray | None = None
     records: list[FaceRecord] = field(default_factory=list)
     written: np.ndarray | None = None
+    # the judge reads the final file only (standard privacy with repair: :func:`_verify`)
+    judge_final_only: bool = False
 
 
 def _decode(r: ImageRun) -> None:
@@ -167,10 +169,17 @@ def _verify(r: ImageRun) -> None:
             verify_frames([r.written], r.records, r.res, first)
         if r.state.judged:
             assert r.frame is not None
-            workers = r.res.settings.pipeline.judge_workers
+            p = r.res.settings.pipeline
+            strict = is_strict(r.res.settings)
+            # standard privacy: the judge's verdicts decide nothing, so this file is judged
+            # only for the faces about to be repaired (their distance before the repair);
+            # :func:`_repair` judges every face on the final file
+            r.judge_final_only = p.repair and not strict
+            judged = [x for x in r.records if not r.judge_final_only or needs_repair(x, strict)]
             with r.timer("judge"):
-                describe_originals([r.frame], r.records, first, workers)
-                judge_written([r.written], r.records, first, workers=workers)
+                describe_originals([r.frame], r.records, first, p.judge_workers)
+                if judged:
+                    judge_written([r.written], judged, first, workers=p.judge_workers)
 
 
 def _repair(r: ImageRun) -> None:
@@ -179,6 +188,10 @@ def _repair(r: ImageRun) -> None:
     if r.written is None or not p.repair:
         return
     first = r.records[0].frame
+    if r.judge_final_only and not any(needs_repair(x, strict) for x in r.records):
+        with r.timer("judge"):  # the written file is the final one
+            judge_written([r.written], r.records, first, workers=p.judge_workers)
+        return
     # until the written file leaves no face to repair: the judge's figures are the final
     # file's, and in strict privacy a face the re-encoding made linkable is obscured too
     while any(needs_repair(x, strict) for x in r.records):
