@@ -32,6 +32,7 @@ from deid.pipeline.verify import (
     judge_status,
     judge_summary,
     judge_written,
+    judges_final_only,
     needs_repair,
     repair_frames,
     verify_frames,
@@ -140,8 +141,6 @@ class ImageRun:
     out: np.ndarray | None = None
     records: list[FaceRecord] = field(default_factory=list)
     written: np.ndarray | None = None
-    # the judge reads the final file only (standard privacy with repair: :func:`_verify`)
-    judge_final_only: bool = False
 
 
 def _decode(r: ImageRun) -> None:
@@ -171,11 +170,9 @@ def _verify(r: ImageRun) -> None:
             assert r.frame is not None
             p = r.res.settings.pipeline
             strict = is_strict(r.res.settings)
-            # standard privacy: the judge's verdicts decide nothing, so this file is judged
-            # only for the faces about to be repaired (their distance before the repair);
-            # :func:`_repair` judges every face on the final file
-            r.judge_final_only = p.repair and not strict
-            judged = [x for x in r.records if not r.judge_final_only or needs_repair(x, strict)]
+            # only the faces about to be repaired, where :func:`_repair` judges the final file
+            final_only = judges_final_only(r.res.settings)
+            judged = [x for x in r.records if not final_only or needs_repair(x, strict)]
             with r.timer("judge"):
                 describe_originals([r.frame], r.records, first, p.judge_workers)
                 if judged:
@@ -188,7 +185,8 @@ def _repair(r: ImageRun) -> None:
     if r.written is None or not p.repair:
         return
     first = r.records[0].frame
-    if r.judge_final_only and not any(needs_repair(x, strict) for x in r.records):
+    final_only = r.state.judged and judges_final_only(r.res.settings)
+    if final_only and not any(needs_repair(x, strict) for x in r.records):
         with r.timer("judge"):  # the written file is the final one
             judge_written([r.written], r.records, first, workers=p.judge_workers)
         return

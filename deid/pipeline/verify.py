@@ -183,6 +183,14 @@ def is_strict(settings: Settings) -> bool:
     return settings.pipeline.privacy == "strict"
 
 
+def judges_final_only(settings: Settings) -> bool:
+    """Whether a judged run judges only the file it publishes: in standard privacy with
+    repair the judge's verdicts decide nothing, so a written file that a repaired one
+    replaces is judged only for the faces about to be repaired (their distance before the
+    repair); strict privacy, whose repairs follow the judge, judges every written file."""
+    return settings.pipeline.repair and not is_strict(settings)
+
+
 def mark_repairs(records: Sequence[FaceRecord], settings: Settings) -> list[FaceRecord]:
     """Set the action of every face to repair (``repaired:<fallback>``, with
     ``:judge-linked`` when only the judge links it) and return them."""

@@ -87,6 +87,7 @@ from deid.pipeline.verify import (
     judge_status,
     judge_summary,
     judge_written,
+    judges_final_only,
     mark_repairs,
     needs_repair,
     obscured_with,
@@ -454,9 +455,6 @@ class ChunkRender:
     repaired: int = 0
     report: ChunkReport | None = None
     judged: bool = False  # the independent judge measures the written faces
-    # the judge reads the final segment only (standard privacy with repair: its verdicts
-    # decide nothing, so the first encoding is not judged when a repaired one replaces it)
-    judge_final_only: bool = False
 
 
 def _encode(r: ChunkRender) -> None:
@@ -490,13 +488,12 @@ def _encode(r: ChunkRender) -> None:
 
 def _verify(r: ChunkRender) -> None:
     """Re-read the first encoding and check every face in it (and judge it, unless only the
-    final segment is judged: :func:`_judge_segment` then does it once it is known)."""
+    published segment is judged: :func:`_repair` then does, once that is known)."""
     p = r.res.settings.pipeline
     if not (p.verify and r.records):
         return
     assert r.first is not None
-    # strict privacy: the judge's verdicts on this encoding decide repairs
-    r.judge_final_only = r.judged and p.repair and not is_strict(r.res.settings)
+    judge_now = r.judged and not judges_final_only(r.res.settings)
     with r.timer("verify"):
         for start, batch in _numbered(
             read_frames(r.first), r.res.settings.detector.batch_frames, r.chunk.start
@@ -504,7 +501,7 @@ def _verify(r: ChunkRender) -> None:
             recs = [x for fi in range(start, start + len(batch)) for x in r.by_frame.get(fi, [])]
             if recs:
                 verify_frames(batch, recs, r.res, start)
-                if r.judged and not r.judge_final_only:
+                if judge_now:
                     with r.timer("judge"):
                         judge_written(batch, recs, start, workers=p.judge_workers)
 
@@ -538,13 +535,16 @@ def _repair(r: ChunkRender) -> None:
     the judge), encoding again from the input; the judge then measures the repaired file."""
     p = r.res.settings.pipeline
     strict = is_strict(r.res.settings)
+    final_only = r.judged and judges_final_only(r.res.settings)  # (r.judged: verify is on)
     if not (
         p.verify and r.records and p.repair and any(needs_repair(x, strict) for x in r.records)
     ):
-        if r.judge_final_only and r.first is not None:  # the first encoding is the final one
+        if final_only and r.records:  # the first encoding is the one published
+            assert r.first is not None
             _judge_segment(r, r.first, lambda x: True, after_repair=False)
         return
-    if r.judge_final_only and r.first is not None:
+    if final_only:
+        assert r.first is not None
         # the faces about to be repaired, as the first encoding shows them (their distance
         # before the repair, kept in the report); every face is judged on the repaired file
         _judge_segment(r, r.first, lambda x: needs_repair(x, strict), after_repair=False)
