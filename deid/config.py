@@ -202,10 +202,12 @@ class PipelineConfig(_Strict):
         description="strict: also obscure every face the judge still links to its original "
         "in the written output (needs the judge, verify and repair)",
     )
-    verify_detect: Literal["around", "full"] = Field(
+    verify_detect: Literal["around", "full", "none"] = Field(
         "around",
-        description="re-detect around each processed face (fast) or on whole frames (also "
-        "counts faces the first pass missed)",
+        description="re-detect around each processed face (fast), on whole frames (also "
+        "counts faces the first pass missed), or none: re-classify only the crop each face "
+        "was protected at (one re-read and one batched classification, the cheapest check; "
+        "it does not see the face as a recogniser running its own detector would)",
     )
     crf: int = Field(18, ge=0, le=51, description="H.264 constant rate factor of video output")
     jpeg_quality: int = Field(95, ge=1, le=100)

@@ -136,3 +136,27 @@ def test_redetection_around_known_faces_matches_full_frames(resources: Resources
     a = full.boxes[np.argsort(full.boxes[:, 0])]
     b = around.boxes[np.argsort(around.boxes[:, 0])]
     assert np.abs(a - b).max() < 8
+
+
+@pytest.mark.parametrize("mode", ["around", "full", "none"])
+def test_verification_redetects_unless_told_not_to(tmp_path: Path, mode: str) -> None:
+    """``pipeline.verify_detect``: around and full read each written face twice (the crop it
+    was protected at, and a fresh re-detection); none reads the crop alone, and says so."""
+    src = tmp_path / "astro.png"
+    write_image(src, scene("astronaut_single_face.png"))
+    s = load_settings(
+        overrides={"pipeline": {"device": "cpu", "verify_detect": mode, "judge": "off"}}
+    )
+    report = run(src, tmp_path / "out.png", s, progress=False)
+    (f,) = report["faces_detail"]
+    v = f["verified"]
+    assert f["action"] == "attacked" and v["same_crop"] == f["final"]
+    if mode == "none":
+        assert v["redetect"] is False and v["redetected"] is None
+    else:
+        # the astronaut's face is large and clear: the detector finds it again
+        assert v["redetect"] is True and v["redetected"] is not None
+    assert v["is_target"] == (
+        v["same_crop"] == f["target"] and v["redetected"] in (None, f["target"])
+    )
+    assert report["settings"]["pipeline"]["verify_detect"] == mode

@@ -149,10 +149,12 @@ class Plan(Artefact):
 # --------------------------------------------------------------------------------------------
 class Verified(Artefact):
     """The classifier on the written file: the face's crop as attacked (``same_crop``) and a
-    fresh re-detection matched by box overlap (``redetected``; None: not found again)."""
+    fresh re-detection matched by box overlap (``redetected``; None: not found again, or,
+    with ``redetect`` false, not looked for: ``pipeline.verify_detect: none``)."""
 
     same_crop: str
     redetected: str | None
+    redetect: bool = True
     is_target: bool
     is_original: bool
 

@@ -90,18 +90,23 @@ def verify_frames(
     """Re-classify the written faces (in place: sets each record's ``verified``).
 
     Returns the number of faces the re-detection found that match no processed face (always
-    0 with ``pipeline.verify_detect: around``, which only looks near processed faces).
+    0 with ``pipeline.verify_detect: around``, which only looks near processed faces, and
+    with ``none``).
 
     Two readings per face: the *same crop* as at attack time (did the perturbation survive
     encoding?) and a fresh *re-detection* matched by box overlap (what a recogniser running
-    its own detector on the published file would see).
+    its own detector on the published file would see; skipped with ``verify_detect: none``,
+    where the same crop alone decides).
     """
     names = res.classifier.meta.class_names
     by_frame = {fi - first_frame: recs for fi, recs in by_frame_of(records).items()}
-    if res.settings.pipeline.verify_detect == "full":
+    mode = res.settings.pipeline.verify_detect
+    if mode == "full":
         dets = detect(res.detector, frames)
-    else:
+    elif mode == "around":
         dets = detect_around(res.detector, frames, by_frame)
+    else:
+        dets = [Detections.empty() for _ in frames]
     crops = crop(frames, dets, res.classifier)
     redet_preds = (
         classify(res.classifier, crops, res.device).argmax(1)
@@ -129,6 +134,7 @@ def verify_frames(
         r.verified = Verified(
             same_crop=same_crop,
             redetected=best,  # None: the detector no longer finds this face
+            redetect=mode != "none",
             is_target=same_crop == r.target and best in (None, r.target),
             is_original=same_crop == r.pred or best == r.pred,
         )
