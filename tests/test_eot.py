@@ -24,6 +24,7 @@ from deid.attacks.eot import (
     jpeg_table,
     rescale,
     translate,
+    warp,
 )
 from deid.targets import choose_targets
 from tests.conftest import synthetic_faces
@@ -257,3 +258,31 @@ def test_block_quantise_is_the_matrix_dct() -> None:
         want = d.T @ (torch.round(coef / 20) * 20) @ d
         want = want.permute(0, 1, 2, 4, 3, 5).reshape(2, 1, 16, 24) + 128
         assert torch.allclose(block_quantise(plane, step), want, atol=1e-3)
+
+
+def test_warp_rotates_and_scales_about_the_centre() -> None:
+    """``eot.warp``'s transform: none at 0, a quarter turn is ``rot90``, a zoom keeps the
+    centre pixel, gradients flow; the shipped default configuration turns it on."""
+    import math
+
+    from deid.config import load_settings
+
+    x = torch.rand(2, 3, 9, 9, requires_grad=True)
+    assert torch.equal(warp(x, 0.0, 1.0), x)
+    turned = warp(x, math.pi / 2, 1.0)
+    assert any(torch.allclose(turned, torch.rot90(x, k, (2, 3)), atol=1e-5) for k in (1, -1))
+    zoom = warp(x, 0.0, 1.5)
+    assert torch.allclose(zoom[..., 4, 4], x[..., 4, 4], atol=1e-5)
+    assert not torch.allclose(zoom, x)
+    warp(x, 0.05, 0.97).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    # drawn within its bound: copies differ from the same draws without it
+    cfg = dict(enabled=True, samples=3, codec="none", blur=0.0, noise=0.0, scale=0.0, shift=0.0)
+    plain = Transforms(EOTConfig(**cfg)).expand(x.detach())
+    warped = Transforms(EOTConfig(**cfg, warp=0.06)).expand(x.detach())
+    assert torch.equal(plain, torch.cat([x.detach()] * 3))
+    assert torch.equal(warped[:2], x.detach()) and not torch.allclose(warped[2:], plain[2:])
+    with pytest.raises(ValidationError, match="warp"):
+        EOTConfig(warp=0.5)
+    assert load_settings().attack.eot.warp == pytest.approx(0.06)
+    assert EOTConfig().warp == 0.0  # the trainers' and other attacks' EOT is unchanged

@@ -106,6 +106,13 @@ class EOTConfig(BaseModel):
     scale: float = Field(0.15, ge=0.0, lt=1.0, description="down-and-up rescale by up to this")
     blur: float = Field(1.5, ge=0.0, le=5.0, description="Gaussian blur sigma up to (pixels)")
     shift: float = Field(1.0, ge=0.0, le=4.0, description="sub-pixel shift up to (pixels)")
+    warp: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.2,
+        description="rotation (radians) and scale change (relative) about the crop's centre, "
+        "each up to this: the alignment a fresh detection of the written face may give",
+    )
     noise: Budget = Field(2 / 255, ge=0.0, le=0.25, description="Gaussian noise std up to")
     margin: float = Field(
         2.0,
@@ -350,6 +357,18 @@ def _shift(x: Tensor, d: float, dim: int) -> Tensor:
     return a * (1.0 - f) + b * f
 
 
+def warp(x: Tensor, angle: float, scale: float) -> Tensor:
+    """Rotate by ``angle`` radians and scale by ``scale`` about the centre (bilinear, border
+    values repeat): what a slightly different box and landmarks do to a face's alignment."""
+    if abs(angle) < 1e-4 and abs(scale - 1.0) < 1e-4:
+        return x
+    h, w = x.shape[-2:]
+    c, s = math.cos(angle) / scale, math.sin(angle) / scale
+    theta = x.new_tensor([[c, -s * h / w, 0.0], [s * w / h, c, 0.0]]).expand(len(x), 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 # --------------------------------------------------------------------------------------------
 # the random family
 # --------------------------------------------------------------------------------------------
@@ -385,6 +404,8 @@ class Transforms:
             v = rescale(v, 1.0 - self._u(0.0, cfg.scale))
         if cfg.shift > 0:
             v = translate(v, self._u(-cfg.shift, cfg.shift), self._u(-cfg.shift, cfg.shift))
+        if cfg.warp > 0:
+            v = warp(v, self._u(-cfg.warp, cfg.warp), 1.0 + self._u(-cfg.warp, cfg.warp))
         if cfg.blur > 0:
             v = gaussian_blur(v, self._u(0.0, cfg.blur))
         if cfg.codec != "none":
