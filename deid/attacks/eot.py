@@ -1,5 +1,6 @@
 """Expectation over Transformation: differentiable stand-ins for what happens to a face after
-the attack (JPEG/H.264 quantisation, rescaling, blur, sub-pixel shifts, sensor noise).
+the attack (JPEG/H.264 quantisation, rescaling, blur, sub-pixel shifts, sensor noise; with
+``warp``, the small turns and zooms of a fresh detection's alignment).
 
 An iterative attack with :class:`EOTConfig` ``enabled`` evaluates every iterate on ``samples``
 transformed copies (the first copy is the identity), sums the loss over them and steps along
