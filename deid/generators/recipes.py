@@ -32,6 +32,9 @@ class AdvGANRecipe:
         hinge: the RMS (a fraction of eps) the hinge lets pass free.
         d_steps: discriminator steps per generator step (k of the seed's minibatch algorithm).
         eot_copies: transformed copies per face (deid.attacks.eot), besides the 8-bit one.
+        h264_copies: copies per face through a real H.264 round trip (deid's own writer
+            and reader, :mod:`deid.attacks.codec`; straight-through gradient), each at a
+            crf drawn uniformly from ``h264_crf`` (inclusive).
         augment: jitter the training faces a little (brightness, contrast, shifts). Off for
             the Yale B MLP: the jitter alone confuses it, so the generator learns less.
         sheet_every: a contact sheet of perturbed faces every this many epochs.
@@ -75,12 +78,19 @@ class AdvGANRecipe:
     hinge: float = 0.7
     d_steps: int = 1
     eot_copies: int = 2
+    h264_copies: int = 0
+    h264_crf: tuple[int, int] = (18, 28)
     augment: bool = True
     sheet_every: int = 5
     precision: str = "float32"
     zero_out: bool = False
     warmup: bool = True
     cycle_momentum: bool = True
+
+    def __post_init__(self) -> None:
+        lo, hi = self.h264_crf
+        if not 0 <= lo <= hi <= 51:
+            raise ConfigError(f"h264_crf: expected 0 <= low <= high <= 51, got {self.h264_crf}")
 
     def describe(self) -> dict[str, Any]:
         d = asdict(self)
@@ -152,6 +162,11 @@ def add_advgan_flags(p: Any) -> None:
     g.add_argument(
         "--eot-copies", type=int, help="EOT-transformed copies of each face per step (preset's)"
     )
+    g.add_argument(
+        "--h264-copies",
+        type=int,
+        help="copies of each face per step through a real H.264 round trip (preset's)",
+    )
     g.add_argument("--samples-dir", type=Path, help="contact sheets (default: beside -o)")
 
 
@@ -168,12 +183,15 @@ def advgan_recipe(classifier: str, args: Any) -> AdvGANRecipe:
             "lambda_hinge": getattr(args, "lambda_hinge", None),
             "d_steps": getattr(args, "d_steps", None),
             "eot_copies": getattr(args, "eot_copies", None),
+            "h264_copies": getattr(args, "h264_copies", None),
         }.items()
         if v is not None
     }
     r = replace(r, **changes)
     if not 0.0 < r.eps <= 1.0:
         raise ConfigError(f"--linf must be in (0, 1] (e.g. 16/255), got {r.eps}")
-    if r.d_steps < 0 or r.epochs < 1 or r.eot_copies < 0:
-        raise ConfigError("--d-steps and --eot-copies must be >= 0 and --epochs >= 1")
+    if r.d_steps < 0 or r.epochs < 1 or r.eot_copies < 0 or r.h264_copies < 0:
+        raise ConfigError(
+            "--d-steps, --eot-copies and --h264-copies must be >= 0 and --epochs >= 1"
+        )
     return r

@@ -9,9 +9,10 @@ discriminator steps per generator step) while G also minimises a targeted advers
           + lambda_hinge * E[ max(rms(G(x, t)) - hinge * eps, 0) ]
 
 with t drawn uniformly among the classes other than x's, Z the classifier's logits, and T
-the identity with 8-bit rounding (straight-through) or a random transformation of
-:mod:`deid.attacks.eot` (H.264-like quantisation, rescaling, blur, shifts, noise), so the
-perturbation it learns survives encoding. D sees real faces against perturbed ones
+the identity with 8-bit rounding (straight-through), a random transformation of
+:mod:`deid.attacks.eot` (H.264-like quantisation, rescaling, blur, shifts, noise) or a real
+H.264 round trip (:mod:`deid.attacks.codec`, straight-through), so the perturbation it
+learns survives encoding. D sees real faces against perturbed ones
 (non-saturating loss, spectral norm).
 """
 
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 from deid.attacks.advgan import perturbation
 from deid.attacks.base import predict, quantize8, to_uint8
+from deid.attacks.codec import h264_ste
 from deid.attacks.eot import EOTConfig, Transforms, round_ste
 from deid.data import load_dataset
 from deid.data.datasets import dataset_file
@@ -260,6 +262,8 @@ def _fit(
         else None
     )
     g = torch.Generator().manual_seed(seed)
+    lo, hi = r.h264_crf
+    step = 0
     sheet_x = xtr[torch.randperm(len(xtr), generator=g)[:16]].to(dev)
     sheet_t = other_targets(ytr[:16].to(dev), k, g)
     with torch.no_grad():
@@ -295,9 +299,15 @@ def _fit(
             t = other_targets(y, k, g)
             delta = gen(x, t, src)
             xa = (x + delta).clamp(0, 1)
-            copies = [round_ste(xa * 255.0) / 255.0] + [
-                transforms.sample(xa) for _ in range(r.eot_copies) if transforms is not None
-            ]
+            copies = (
+                [round_ste(xa * 255.0) / 255.0]
+                + [transforms.sample(xa) for _ in range(r.eot_copies) if transforms is not None]
+                + [
+                    h264_ste(xa, int(torch.randint(lo, hi + 1, (), generator=g)), seed=step)
+                    for _ in range(r.h264_copies)
+                ]
+            )
+            step += 1
             logits = fast(torch.cat(copies))  # gradients only (train_ok is a rough figure)
             reps = len(copies)
             adv = margin_loss(logits, t.repeat(reps), r.kappa).mean()
