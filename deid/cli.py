@@ -192,12 +192,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     j = report.get("judge") or {}
     if j.get("status") == "judged" and j["totals"]["faces"]:
         jt = j["totals"]
+        every = j.get("every") or 1
         log.info(
-            "judge (%s privacy): %d of %d faces still linked to their original, %d of them "
+            "judge (%s privacy): %d of %d %s still linked to their original, %d of them "
             "left natural; %d obscured because the judge linked them",
             j["privacy"],
             jt["linked"],
             jt["faces"],
+            "faces" if every == 1 else f"faces judged (1 in {every} of each track)",
             jt["linked_natural"],
             j["repaired_judge_linked"],
         )

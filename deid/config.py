@@ -202,6 +202,14 @@ class PipelineConfig(_Strict):
         description="strict: also obscure every face the judge still links to its original "
         "in the written output (needs the judge, verify and repair)",
     )
+    judge_every: int = Field(
+        1,
+        ge=1,
+        le=10_000,
+        description="videos: the judge measures the first face of each track and every n-th "
+        "after it (a sample the report names; the judge costs two descriptors a face, about "
+        "as much as detection); 1: every face. Strict privacy judges every face",
+    )
     verify_detect: Literal["around", "full", "none"] = Field(
         "around",
         description="re-detect around each processed face (fast), on whole frames (also "
@@ -262,13 +270,15 @@ class PipelineConfig(_Strict):
                     ("verify: false", not self.verify),
                     ("repair: false", not self.repair),
                     ("judge: off", self.judge == "off"),
+                    (f"judge_every: {self.judge_every}", self.judge_every != 1),
                 )
                 if bad
             ]
             if off:
                 raise ValueError(
                     "privacy: strict obscures the faces the judge links on the re-read output, "
-                    f"so it needs verify, repair and the judge; got {', '.join(off)}"
+                    "so it needs verify, repair and the judge on every face; got "
+                    f"{', '.join(off)}"
                 )
         return self
 

@@ -253,6 +253,57 @@ def test_standard_privacy_judges_the_first_encoding_only_where_it_is_repaired(
     _agree(rep, _judged_run(report_path, tmp_path / "judged.json"))
 
 
+def test_a_judge_sample_takes_each_tracks_first_face_and_one_in_n_after_it() -> None:
+    from deid.pipeline.report import FaceRecord
+    from deid.pipeline.verify import judge_sample
+
+    def rec(frame: int, track: int) -> FaceRecord:
+        return FaceRecord.model_construct(frame=frame, track=track)
+
+    seen: dict[int, int] = {}
+    first = judge_sample([rec(f, t) for f in range(4) for t in (1, 2)], 3, seen)
+    # track 2 first appears in the second batch: its count starts there
+    later = judge_sample([rec(f, t) for f in range(4, 8) for t in (1, 3)], 3, seen)
+    assert [(r.frame, r.track) for r in first] == [(0, 1), (0, 2), (3, 1), (3, 2)]
+    assert [(r.frame, r.track) for r in later] == [(4, 3), (6, 1), (7, 3)]
+    every = [rec(0, 1), rec(1, 1)]
+    assert judge_sample(every, 1, {}) == every
+
+
+def test_strict_judges_every_face() -> None:
+    with pytest.raises(ConfigError, match="judge_every: 3"):
+        load_settings(overrides={"pipeline": {"privacy": "strict", "judge_every": 3}})
+
+
+@needs_judge
+@pytest.mark.slow
+def test_a_sampled_judge_describes_only_its_sample_and_says_so(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pipeline.judge_every: 3`` on 7 frames of one face in two chunks (4 + 3 frames): the
+    judge measures frames 0 and 3 of the first chunk and frame 4 of the second (counted per
+    chunk, so a distributed job judges the same faces), describes only those (two
+    descriptors each), and the report names the sample; the faces it measured have the
+    distances ``deid eval privacy --run`` finds for them."""
+    clip = _clip(tmp_path / "in.mp4", data_dir, n=7)
+    out = tmp_path / "out.mp4"
+    cfg = tmp_path / "sample.yaml"
+    cfg.write_text("pipeline: {chunk_frames: 4, judge_every: 3}\n")
+    described = _count_described(monkeypatch)
+    assert main(["run", str(clip), "-o", str(out), "--quiet", "--config", str(cfg)]) == 0
+    report_path = out.with_suffix(".report.json")
+    rep = json.loads(report_path.read_text())
+    faces = rep["faces_detail"]
+    assert len(faces) == 7 and rep["totals"]["repaired"] == 0
+    judged = [f for f in faces if f.get("judge")]
+    assert [f["frame"] for f in judged] == [0, 3, 4]
+    assert described[0] == 2 * len(judged)
+    assert rep["judge"]["every"] == 3 and rep["judge"]["totals"]["faces"] == 3
+    again = {g["frame"]: g for g in _judged_run(report_path, tmp_path / "j.json")["faces"]}
+    for f in judged:
+        assert f["judge"]["distance"] == pytest.approx(again[f["frame"]]["distance"], abs=TOLERANCE)
+
+
 # --------------------------------------------------------------------------------------------
 # without the judge, or without verification: "not judged"; strict refuses
 # --------------------------------------------------------------------------------------------

@@ -295,8 +295,9 @@ def judge_totals(faces: Sequence[FaceJudge | None]) -> JudgeTotals:
 
 class JudgeSummary(Artefact):
     """The judge in a run's report: ``status`` "judged" (with its name, threshold, the
-    privacy mode, the totals, the faces obscured because it linked them and the seconds it
-    took per judged face) or "not judged" (with the ``reason``)."""
+    privacy mode, the totals, ``every`` (1: every face judged; n: a sample of each track's
+    faces, see ``pipeline.judge_every``), the faces obscured because it linked them and the
+    seconds it took per judged face) or "not judged" (with the ``reason``)."""
 
     status: Literal["judged", "not judged"]
     reason: str | None = None
@@ -304,6 +305,9 @@ class JudgeSummary(Artefact):
     threshold: float | None = None
     privacy: Literal["standard", "strict"]
     totals: JudgeTotals | None = None
+    # videos: the judge measured each track's first face and every n-th after it
+    # (``pipeline.judge_every``; 1: every face); images: every face
+    every: int | None = None
     repaired_judge_linked: int | None = None
     seconds_per_face: float | None = None
 

@@ -291,6 +291,23 @@ def describe_originals(
             r.describe(d)
 
 
+def judge_sample(
+    records: Sequence[FaceRecord], every: int, seen: dict[int, int]
+) -> list[FaceRecord]:
+    """The faces the judge measures (``pipeline.judge_every``): of each track, its first face
+    and every ``every``-th after it, counted in frame order across calls in ``seen`` (track
+    -> faces met so far); with ``every`` 1, all of them."""
+    if every == 1:
+        return list(records)
+    out = []
+    for r in sorted(records, key=lambda r: (r.frame, r.track)):
+        k = seen.get(r.track, 0)
+        seen[r.track] = k + 1
+        if k % every == 0:
+            out.append(r)
+    return out
+
+
 def judge_written(
     frames: Sequence[np.ndarray],
     records: Sequence[FaceRecord],
@@ -348,6 +365,7 @@ def judge_summary(
         threshold=judge.THRESHOLD,
         privacy=privacy,
         totals=totals,
+        every=settings.pipeline.judge_every,
         repaired_judge_linked=sum(f.action.endswith(f":{JUDGE_LINKED}") for f in faces),
         seconds_per_face=round(seconds / totals.faces, 4) if seconds and totals.faces else None,
     )

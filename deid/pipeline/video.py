@@ -84,6 +84,7 @@ from deid.pipeline.verify import (
     check_judge,
     describe_originals,
     is_strict,
+    judge_sample,
     judge_status,
     judge_summary,
     judge_written,
@@ -455,6 +456,7 @@ class ChunkRender:
     repaired: int = 0
     report: ChunkReport | None = None
     judged: bool = False  # the independent judge measures the written faces
+    judge_seen: dict[int, int] = field(default_factory=dict)  # track -> faces met (judge_every)
 
 
 def _encode(r: ChunkRender) -> None:
@@ -468,11 +470,15 @@ def _encode(r: ChunkRender) -> None:
             r.by_frame.update(by_frame)
             if r.judged and by_frame:  # the originals' descriptors, while the frames are here
                 with r.timer("judge"):
-                    describe_originals(
+                    describe_originals(  # only the described faces are judged
                         [f for _, _, f in batch],
-                        [x for recs in by_frame.values() for x in recs],
+                        judge_sample(
+                            [x for recs in by_frame.values() for x in recs],
+                            p.judge_every,
+                            r.judge_seen,
+                        ),
                         batch[0][0],
-                        r.res.settings.pipeline.judge_workers,
+                        p.judge_workers,
                     )
             with r.timer("encode"):
                 for fi, pts, frame in batch:

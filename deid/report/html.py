@@ -460,9 +460,15 @@ def _run_judge(rep: dict[str, Any]) -> str:
     kpis += "".join(
         f"<span class='kpi'>{_e(label)}<b>{_e(_fmt(v, f))}</b></span>" for label, v, f in extra
     )
+    every = j.get("every") or 1
+    which = (
+        "each original face"
+        if every == 1
+        else f"a sample of the original faces (each track's first, then 1 in {_e(every)})"
+    )
     return (
         f"<p class='meta'>{_e(j.get('name'))}, threshold {_e(j.get('threshold'))}, privacy "
-        f"{_e(j.get('privacy'))}: the distance between each original face and the written "
+        f"{_e(j.get('privacy'))}: the distance between {which} and the written "
         "one in the re-read output; linked: still the same person to it.</p>" + kpis
     )
 
