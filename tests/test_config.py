@@ -27,8 +27,10 @@ def test_shipped_configs_load() -> None:
     assert {"default", "yaleb-mlp", "celeba-cnn"} <= set(names)
     for name in names:
         s = load_settings(name)
-        assert s.attack.name in ("ifgsm", "realistic", "conceal")
+        assert s.attack.name in ("ifgsm", "realistic", "conceal", "advgan")
     assert load_settings("yaleb-mlp").classifier.name == "yaleb-mlp"
+    fast = load_settings("fast").pipeline
+    assert (fast.verify_detect, fast.judge_every, fast.verify) == ("none", 5, True)
 
 
 def test_fractions_of_255_are_exact() -> None:
