@@ -2,8 +2,8 @@
 
 EOT's codec stand-in (:mod:`deid.attacks.eot`) is differentiable but only like H.264: a
 block DCT with one quantisation table. Here the faces go through deid's own writer
-(:class:`deid.io.VideoWriter`, libx264) and reader, laid out on the textured backdrop of
-``deid eval survival`` in 1280x720 frames, so the loss sees what the codec really leaves of
+(:class:`deid.io.VideoWriter`, libx264) and reader, laid out on a textured backdrop in
+1280x720 frames (:func:`layout`, :func:`background`: ``deid eval survival``'s too), so the loss sees what the codec really leaves of
 a perturbation; the gradient passes through as if the codec were the identity (Athalye et
 al.'s BPDA), the same trick as the 8-bit rounding's.
 
@@ -22,8 +22,52 @@ import torch
 from torch import Tensor
 
 from deid.attacks.base import from_uint8, to_uint8
-from deid.eval.survival import FRAME_HW, background, layout
+from deid.errors import ConfigError
 from deid.io import read_frames, write_video
+
+FRAME_HW = (720, 1280)
+
+
+def layout(
+    n: int, face_hw: tuple[int, int], frame_hw: tuple[int, int], seed: int, align: int = 1
+) -> list[tuple[int, int, int]]:
+    """(scene, y, x) top-left corner of each face: a grid with a random jitter per cell.
+
+    Args:
+        n: number of faces.
+        face_hw: (h, w) of a face crop.
+        frame_hw: (H, W) of a frame.
+        seed: jitter seed.
+        align: snap corners to multiples of this (1: anywhere; 16: on H.264's macroblocks).
+    """
+    fh, fw = face_hw
+    pitch_y, pitch_x = fh + 24, fw + 24
+    rows, cols = (frame_hw[0] - 8) // pitch_y, (frame_hw[1] - 8) // pitch_x
+    if rows < 1 or cols < 1:
+        raise ConfigError(f"faces of {fh}x{fw} px do not fit a {frame_hw[1]}x{frame_hw[0]} frame")
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        scene, cell = divmod(i, rows * cols)
+        r, c = divmod(cell, cols)
+        y = 4 + r * pitch_y + int(rng.integers(0, 20))
+        x = 4 + c * pitch_x + int(rng.integers(0, 20))
+        out.append((scene, y // align * align, x // align * align))
+    return out
+
+
+def background(frame_hw: tuple[int, int], seed: int) -> np.ndarray:
+    """A textured, smooth backdrop (H, W, 3) uint8: what surrounds faces in aerial footage
+    matters to the encoder's rate control, so it is not flat."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = frame_hw
+    coarse = rng.uniform(40, 200, size=(h // 40 + 1, w // 40 + 1, 3)).astype(np.float32)
+    img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    img += rng.normal(0, 6, size=img.shape).astype(np.float32)
+    img = cv2.GaussianBlur(img, (0, 0), 1.0)
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def h264_round_trip(x: Tensor, crf: int, seed: int = 0, before: Tensor | None = None) -> Tensor:

@@ -27,6 +27,7 @@ import torch
 
 from deid.attacks import ATTACKS, DEFAULT_TARGET, attack_config, build_attack
 from deid.attacks.base import AttackConfigBase, from_uint8, predict, to_uint8
+from deid.attacks.codec import FRAME_HW, background, layout
 from deid.attacks.eot import translate
 from deid.config import deep_merge
 from deid.errors import ConfigError
@@ -37,50 +38,6 @@ from deid.models.precision import resolve_precision
 from deid.targets import choose_targets
 
 log = logging.getLogger(__name__)
-
-FRAME_HW = (720, 1280)
-
-
-def layout(
-    n: int, face_hw: tuple[int, int], frame_hw: tuple[int, int], seed: int, align: int = 1
-) -> list[tuple[int, int, int]]:
-    """(scene, y, x) top-left corner of each face: a grid with a random jitter per cell.
-
-    Args:
-        n: number of faces.
-        face_hw: (h, w) of a face crop.
-        frame_hw: (H, W) of a frame.
-        seed: jitter seed.
-        align: snap corners to multiples of this (1: anywhere; 16: on H.264's macroblocks).
-    """
-    fh, fw = face_hw
-    pitch_y, pitch_x = fh + 24, fw + 24
-    rows, cols = (frame_hw[0] - 8) // pitch_y, (frame_hw[1] - 8) // pitch_x
-    if rows < 1 or cols < 1:
-        raise ConfigError(f"faces of {fh}x{fw} px do not fit a {frame_hw[1]}x{frame_hw[0]} frame")
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        scene, cell = divmod(i, rows * cols)
-        r, c = divmod(cell, cols)
-        y = 4 + r * pitch_y + int(rng.integers(0, 20))
-        x = 4 + c * pitch_x + int(rng.integers(0, 20))
-        out.append((scene, y // align * align, x // align * align))
-    return out
-
-
-def background(frame_hw: tuple[int, int], seed: int) -> np.ndarray:
-    """A textured, smooth backdrop (H, W, 3) uint8: what surrounds faces in aerial footage
-    matters to the encoder's rate control, so it is not flat."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    h, w = frame_hw
-    coarse = rng.uniform(40, 200, size=(h // 40 + 1, w // 40 + 1, 3)).astype(np.float32)
-    img = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-    img += rng.normal(0, 6, size=img.shape).astype(np.float32)
-    img = cv2.GaussianBlur(img, (0, 0), 1.0)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def _with_eot(cfg: AttackConfigBase, on: bool) -> AttackConfigBase:

@@ -190,8 +190,12 @@ def advgan_recipe(classifier: str, args: Any) -> AdvGANRecipe:
     r = replace(r, **changes)
     if not 0.0 < r.eps <= 1.0:
         raise ConfigError(f"--linf must be in (0, 1] (e.g. 16/255), got {r.eps}")
-    if r.d_steps < 0 or r.epochs < 1 or r.eot_copies < 0 or r.h264_copies < 0:
-        raise ConfigError(
-            "--d-steps, --eot-copies and --h264-copies must be >= 0 and --epochs >= 1"
-        )
+    for flag, v, least in (
+        ("--d-steps", r.d_steps, 0),
+        ("--eot-copies", r.eot_copies, 0),
+        ("--h264-copies", r.h264_copies, 0),
+        ("--epochs", r.epochs, 1),
+    ):
+        if v < least:
+            raise ConfigError(f"{flag} must be >= {least}, got {v}")
     return r
