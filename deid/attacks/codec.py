@@ -3,9 +3,10 @@
 EOT's codec stand-in (:mod:`deid.attacks.eot`) is differentiable but only like H.264: a
 block DCT with one quantisation table. Here the faces go through deid's own writer
 (:class:`deid.io.VideoWriter`, libx264) and reader, laid out on a textured backdrop in
-1280x720 frames (:func:`layout`, :func:`background`: ``deid eval survival``'s too), so the loss sees what the codec really leaves of
-a perturbation; the gradient passes through as if the codec were the identity (Athalye et
-al.'s BPDA), the same trick as the 8-bit rounding's.
+1280x720 frames (:func:`layout`, :func:`background`: ``deid eval survival``'s too), so
+the loss sees what the codec really leaves of a perturbation; the gradient passes through
+as if the codec were the identity (Athalye et al.'s BPDA), the same trick as the 8-bit
+rounding's.
 
 With ``before``, each frame of faces is written after a frame of those (e.g. the clean
 faces) at the same places, so the encoder codes the perturbation as a predicted frame's
