@@ -22,7 +22,7 @@ from deid.argtypes import setting_overrides
 from deid.cli import build_parser, main
 from deid.config import ServiceConfig, load_settings
 from deid.errors import ConfigError
-from deid.io import VideoWriter, read_image
+from deid.io import VideoWriter, read_frames, read_image
 from deid.judge import THRESHOLD, JudgeMissingError
 
 needs_judge = pytest.mark.skipif(
@@ -304,6 +304,15 @@ def test_a_sampled_judge_describes_only_its_sample_and_says_so(
     again = {g["frame"]: g for g in _judged_run(report_path, tmp_path / "j.json")["faces"]}
     for f in judged:
         assert f["judge"]["distance"] == pytest.approx(again[f["frame"]]["distance"], abs=TOLERANCE)
+    # a photo has no tracks to sample: every face is judged, and the report says 1
+    src, photo = tmp_path / "frame.png", tmp_path / "photo.png"
+    cv2.imwrite(str(src), cv2.cvtColor(next(iter(read_frames(clip))), cv2.COLOR_RGB2BGR))
+    quick = tmp_path / "quick.yaml"  # the 200-px face's EOT attack alone takes seconds
+    quick.write_text("pipeline: {judge_every: 3}\nattack: {steps: 3, eot: {enabled: false}}\n")
+    assert main(["run", str(src), "-o", str(photo), "--quiet", "--config", str(quick)]) == 0
+    rep = json.loads(photo.with_suffix(".report.json").read_text())
+    assert rep["judge"]["every"] == 1
+    assert rep["judge"]["totals"]["faces"] == len(rep["faces_detail"]) == 1
 
 
 # --------------------------------------------------------------------------------------------

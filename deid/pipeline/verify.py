@@ -351,9 +351,11 @@ def judge_written(
 
 
 def judge_summary(
-    faces: Sequence[FaceRecord], settings: Settings, seconds: float | None
+    faces: Sequence[FaceRecord], settings: Settings, seconds: float | None, every: int = 1
 ) -> JudgeSummary:
-    """The report's ``judge``: its totals over ``faces``, or "not judged" and why."""
+    """The report's ``judge``: its totals over ``faces``, or "not judged" and why.
+    ``every``: 1 where every face was judged (images), ``pipeline.judge_every`` for a
+    video's sample."""
     privacy = settings.pipeline.privacy
     why = judge_status(settings)
     if why is not None:
@@ -365,7 +367,7 @@ def judge_summary(
         threshold=judge.THRESHOLD,
         privacy=privacy,
         totals=totals,
-        every=settings.pipeline.judge_every,
+        every=every,
         repaired_judge_linked=sum(f.action.endswith(f":{JUDGE_LINKED}") for f in faces),
         seconds_per_face=round(seconds / totals.faces, 4) if seconds and totals.faces else None,
     )

@@ -791,7 +791,9 @@ def job_report(
     by_track: dict[int, list[FaceRecord]] = defaultdict(list)
     for f in faces:
         by_track[f.track].append(f)
-    judge = judge_summary(faces, res.settings, seconds.get("judge"))
+    judge = judge_summary(
+        faces, res.settings, seconds.get("judge"), res.settings.pipeline.judge_every
+    )
     judged = judge.status == "judged"
     tracks = []
     for t in planned_tracks:
