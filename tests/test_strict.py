@@ -187,6 +187,20 @@ def test_strict_on_a_video(data_dir: Path, tmp_path: Path) -> None:
     _agree(rep, _judged_run(report_path, tmp_path / "judged.json"))
 
 
+def _run_clip(
+    tmp_path: Path, data_dir: Path, config: str, frames: int = 4
+) -> tuple[Path, Path, dict[str, Any]]:
+    """``deid run`` on :func:`_clip` with this YAML config: the clip, the report's path and
+    the report."""
+    clip = _clip(tmp_path / "in.mp4", data_dir, n=frames)
+    out = tmp_path / "out.mp4"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(config)
+    assert main(["run", str(clip), "-o", str(out), "--quiet", "--config", str(cfg)]) == 0
+    report_path = out.with_suffix(".report.json")
+    return clip, report_path, json.loads(report_path.read_text())
+
+
 def _count_described(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """A counter of the faces the judge describes from here on."""
     described = [0]
@@ -236,14 +250,10 @@ def test_standard_privacy_judges_the_first_encoding_only_where_it_is_repaired(
     whose perturbation only just crosses the boundary, so the codec undoes it: every face is
     repaired. I-FGSM without EOT, used until 2026-12-07, survived crf 40 in every frame on a
     CPU with bfloat16 and no repair happened. The photo test above has faces both ways.)"""
-    clip = _clip(tmp_path / "in.mp4", data_dir)
-    out = tmp_path / "out.mp4"
-    cfg = tmp_path / "lossy.yaml"
-    cfg.write_text("pipeline: {crf: 40}\nattack: {name: deepfool}\n")
     described = _count_described(monkeypatch)
-    assert main(["run", str(clip), "-o", str(out), "--quiet", "--config", str(cfg)]) == 0
-    report_path = out.with_suffix(".report.json")
-    rep = json.loads(report_path.read_text())
+    _, report_path, rep = _run_clip(
+        tmp_path, data_dir, "pipeline: {crf: 40}\nattack: {name: deepfool}\n"
+    )
     n, k = rep["totals"]["faces"], rep["totals"]["repaired"]
     assert n == 4 and k >= 1  # a repair pass happened
     assert described[0] == 2 * n + k
@@ -287,14 +297,10 @@ def test_a_sampled_judge_describes_only_its_sample_and_says_so(
     chunk, so a distributed job judges the same faces), describes only those (two
     descriptors each), and the report names the sample; the faces it measured have the
     distances ``deid eval privacy --run`` finds for them."""
-    clip = _clip(tmp_path / "in.mp4", data_dir, n=7)
-    out = tmp_path / "out.mp4"
-    cfg = tmp_path / "sample.yaml"
-    cfg.write_text("pipeline: {chunk_frames: 4, judge_every: 3}\n")
     described = _count_described(monkeypatch)
-    assert main(["run", str(clip), "-o", str(out), "--quiet", "--config", str(cfg)]) == 0
-    report_path = out.with_suffix(".report.json")
-    rep = json.loads(report_path.read_text())
+    clip, report_path, rep = _run_clip(
+        tmp_path, data_dir, "pipeline: {chunk_frames: 4, judge_every: 3}\n", frames=7
+    )
     faces = rep["faces_detail"]
     assert len(faces) == 7 and rep["totals"]["repaired"] == 0
     judged = [f for f in faces if f.get("judge")]
