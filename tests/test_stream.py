@@ -287,6 +287,32 @@ def test_the_warm_up_measures_a_warm_batch(res: Resources, monkeypatch: pytest.M
     assert 0 < fp.attack_cost < 0.5
 
 
+def test_a_slow_frame_does_not_keep_the_stream_from_attacking(
+    photo: np.ndarray, res: Resources
+) -> None:
+    """Only attacked frames measure the attack's cost: after an estimate blown up 50x (one
+    slow frame), frames are degraded (obscured) while the estimate falls back towards the
+    warm-up's figure, and then attacked again; it never falls below the warm-up's figure."""
+    from deid.io.stream import SourceFrame
+    from deid.pipeline.stream import ATTACK_COST_DECAY, FrameProtector, StreamStats
+
+    fp = FrameProtector(res, StreamOptions(max_latency=60.0), StreamStats())
+    fp.warm_up(*photo.shape[:2])
+    warm = fp.warm_attack_cost
+    assert fp.attack_cost == warm > 0
+    faces = 6  # the photo's
+    fp.attack_cost = 60.0 / faces / (ATTACK_COST_DECAY**2)  # fits the 60 s after 3 decays
+    for i in range(6):
+        fp(SourceFrame(i, i / FPS, photo, time.monotonic()), live=True)
+        if fp.stats.attacked:
+            break
+    assert fp.stats.degraded >= 2 and fp.stats.attacked == 1, (fp.stats.degraded, i)
+    fp.attack_cost = warm
+    fp.opts = StreamOptions(max_latency=0.0)  # nothing fits: degraded, the estimate stays put
+    fp(SourceFrame(9, 9 / FPS, photo, time.monotonic()), live=True)
+    assert fp.attack_cost == warm
+
+
 def test_tracks_cover_a_face_the_detector_missed() -> None:
     """A face missed for up to max_gap frames is returned at its predicted box, then dropped."""
     from deid.pipeline.stream import FaceTracks

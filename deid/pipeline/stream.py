@@ -188,7 +188,9 @@ class FrameProtector:
     """De-identifies one frame at a time within the latency budget (see the module docstring).
 
     ``detect_cost`` and ``attack_cost`` (seconds per face) are running estimates, seeded by
-    :meth:`warm_up` and updated on every frame.
+    :meth:`warm_up` and updated on every frame (``attack_cost`` on every attacked frame; a
+    frame degraded for want of time lowers it by :data:`ATTACK_COST_DECAY`, down to the
+    warm-up's figure, so that one slow frame cannot keep the stream from attacking).
     """
 
     def __init__(self, res: Resources, opts: StreamOptions, stats: StreamStats) -> None:
@@ -199,6 +201,7 @@ class FrameProtector:
         self.generator = torch.Generator().manual_seed(res.settings.pipeline.seed)
         self.detect_cost = 0.0
         self.attack_cost = 0.0
+        self.warm_attack_cost = 0.0  # the warm-up's figure: where the estimate decays to
 
     def warm_up(self, height: int, width: int) -> None:
         """Run detection on a frame of the stream's size and the protection step on one face,
@@ -225,7 +228,7 @@ class FrameProtector:
         self._protect(crops[:1], advance=False)
         t0 = time.monotonic()
         self._protect(crops, advance=False)
-        self.attack_cost = (time.monotonic() - t0) / len(crops)
+        self.attack_cost = self.warm_attack_cost = (time.monotonic() - t0) / len(crops)
         log.info(
             "stream: detection %.3f s per frame, protection %.3f s per face (warm-up)",
             self.detect_cost,
@@ -266,6 +269,10 @@ class FrameProtector:
         attack = bool(crops) and not self.opts.obscure_only
         if attack and live:
             attack = time.monotonic() - sf.arrival + self.attack_cost * len(crops) <= budget
+            if not attack:  # only attacked frames measure the cost: one slow frame must not
+                # keep the stream from attacking for good, so the estimate falls back towards
+                # the warm-up's figure (never below it) while frames are degraded
+                self.attack_cost = max(self.warm_attack_cost, ATTACK_COST_DECAY * self.attack_cost)
         failed = 0
         if attack:
             t0 = time.monotonic()
@@ -299,6 +306,9 @@ class FrameProtector:
 
 #: faces the warm-up sends through the protection step in one call (its cost per face)
 WARM_FACES = 4
+#: per frame degraded for want of time, the attack's cost estimate falls by this factor,
+#: down to the warm-up's figure
+ATTACK_COST_DECAY = 0.8
 
 
 def _identity_theta() -> np.ndarray:
