@@ -71,6 +71,38 @@ def background(frame_hw: tuple[int, int], seed: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def compose_frames(
+    bg: np.ndarray, adv8: list[torch.Tensor], places: list[tuple[int, int, int]], frames: int
+) -> list[np.ndarray]:
+    """The video: each scene's faces pasted onto the backdrop, ``frames`` frames per scene."""
+    fh, fw = adv8[0].shape[-2:]
+    video = []
+    for s in range(max(p[0] for p in places) + 1):
+        for k in range(frames):
+            f = bg.copy()
+            for i, (sc, py, px) in enumerate(places):
+                if sc == s:
+                    f[py : py + fh, px : px + fw] = to_uint8(adv8[k][i : i + 1])[0]
+            video.append(f)
+    return video
+
+
+def cut_faces(
+    decoded: list[np.ndarray],
+    places: list[tuple[int, int, int]],
+    frames: int,
+    hw: tuple[int, int],
+) -> list[torch.Tensor]:
+    """The faces cut back out of decoded frames: one (N, 3, h, w) tensor per frame index."""
+    fh, fw = hw
+    return [
+        from_uint8(
+            np.stack([decoded[sc * frames + k][y : y + fh, x : x + fw] for sc, y, x in places])
+        )
+        for k in range(frames)
+    ]
+
+
 def h264_round_trip(x: Tensor, crf: int, seed: int = 0, before: Tensor | None = None) -> Tensor:
     """``x`` (N, C, h, w) in [0, 1] (C = 1 or 3) after deid's H.264 writer at ``crf`` and its
     reader: the same crops cut out of the decoded frames (on ``x``'s device and dtype).
@@ -84,27 +116,13 @@ def h264_round_trip(x: Tensor, crf: int, seed: int = 0, before: Tensor | None = 
     """
     n, c, h, w = x.shape
     places = layout(n, (h, w), FRAME_HW, seed)
-    bg = background(FRAME_HW, seed)
-    groups = [before, x] if before is not None else [x]
-    video = []
-    scenes = max(p[0] for p in places) + 1
-    for s in range(scenes):
-        for faces in groups:
-            px = to_uint8(faces.detach().float().cpu().expand(-1, 3, -1, -1))
-            f = bg.copy()
-            for i, (sc, y, xx) in enumerate(places):
-                if sc == s:
-                    f[y : y + h, xx : xx + w] = px[i]
-            video.append(f)
+    groups = [f.detach().float().cpu().expand(-1, 3, -1, -1) for f in (before, x) if f is not None]
+    video = compose_frames(background(FRAME_HW, seed), groups, places, len(groups))
     with tempfile.TemporaryDirectory(prefix="deid-h264-") as tmp:
         path = Path(tmp) / "faces.mp4"
         write_video(path, video, fps=25, crf=crf)
         decoded = list(read_frames(path))
-    k = len(groups) - 1  # x's frame within each scene
-    crops = np.stack(
-        [decoded[sc * len(groups) + k][y : y + h, xx : xx + w] for sc, y, xx in places]
-    )
-    out = from_uint8(crops)
+    out = cut_faces(decoded, places, len(groups), (h, w))[-1]  # x's frame of each scene
     if c == 1:
         out = out.mean(1, keepdim=True)
     return out.to(device=x.device, dtype=x.dtype)

@@ -27,7 +27,7 @@ import torch
 
 from deid.attacks import ATTACKS, DEFAULT_TARGET, attack_config, build_attack
 from deid.attacks.base import AttackConfigBase, from_uint8, predict, to_uint8
-from deid.attacks.codec import FRAME_HW, background, layout
+from deid.attacks.codec import FRAME_HW, background, compose_frames, cut_faces, layout
 from deid.attacks.eot import translate
 from deid.config import deep_merge
 from deid.errors import ConfigError
@@ -138,7 +138,7 @@ def survival_table(
         settings["eot_on" if on else "eot_off"] = cfg.model_dump(mode="json")
         advs, secs, steps = _attack_frames(build_attack(cfg), model, xs, t, cfg.batch_size, dev)
         adv8 = [from_uint8(to_uint8(a)) for a in advs]
-        video = _compose(bg, adv8, places, frames)
+        video = compose_frames(bg, adv8, places, frames)
         common = {
             "attack_s_per_face": round(secs / (n * frames), 4),
             "mean_steps": round(float(steps.float().mean()), 2),
@@ -189,22 +189,6 @@ def _attack_frames(
     return advs, secs, torch.cat(steps)
 
 
-def _compose(
-    bg: np.ndarray, adv8: list[torch.Tensor], places: list[tuple[int, int, int]], frames: int
-) -> list[np.ndarray]:
-    """The video: each scene's faces pasted onto the backdrop, ``frames`` frames per scene."""
-    fh, fw = adv8[0].shape[-2:]
-    video = []
-    for s in range(max(p[0] for p in places) + 1):
-        for k in range(frames):
-            f = bg.copy()
-            for i, (sc, py, px) in enumerate(places):
-                if sc == s:
-                    f[py : py + fh, px : px + fw] = to_uint8(adv8[k][i : i + 1])[0]
-            video.append(f)
-    return video
-
-
 def _round_trips(
     video: list[np.ndarray],
     crfs: list[int],
@@ -222,7 +206,7 @@ def _round_trips(
             path = Path(tmp) / f"crf{crf}.mp4"
             write_video(path, video, fps=25, crf=crf)
             decoded = list(read_frames(path))
-            got = _crops(decoded, places, frames, hw)
+            got = cut_faces(decoded, places, frames, hw)
             results.append((f"h264 crf {crf}", got, time.perf_counter() - t0))
         for q in jpeg:
             t0 = time.perf_counter()
@@ -231,25 +215,9 @@ def _round_trips(
                 p = Path(tmp) / f"{j}.jpg"
                 write_image(p, f, quality=q)
                 decoded.append(read_image(p))
-            got = _crops(decoded, places, frames, hw)
+            got = cut_faces(decoded, places, frames, hw)
             results.append((f"jpeg q{q}", got, time.perf_counter() - t0))
     return results
-
-
-def _crops(
-    decoded: list[np.ndarray],
-    places: list[tuple[int, int, int]],
-    frames: int,
-    hw: tuple[int, int],
-) -> list[torch.Tensor]:
-    """The faces cut back out of decoded frames: one (N, 3, h, w) tensor per frame index."""
-    fh, fw = hw
-    return [
-        from_uint8(
-            np.stack([decoded[sc * frames + k][y : y + fh, x : x + fw] for sc, y, x in places])
-        )
-        for k in range(frames)
-    ]
 
 
 def _score(
