@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -24,6 +25,7 @@ from deid.io import (
     probe_video,
     read_frames,
     read_image,
+    read_image_format,
     to_rate,
     write_image,
     write_video,
@@ -338,6 +340,57 @@ def test_read_image_converts_modes_and_orientation(tmp_path: Path) -> None:
     assert (read_image(tmp_path / "rgba.png") == (10, 20, 30)).all()
     assert (read_image(tmp_path / "deep.png") == 255).all()
     assert read_image(tmp_path / "rotated.jpg").shape == (5, 3, 3)
+
+
+def test_write_image_gives_back_the_inputs_pixel_format(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Greyscale stays greyscale, alpha is kept, 16-bit greyscale stays 16-bit with every
+    pixel the 8-bit picture left as read kept at its full depth."""
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 65536, (6, 7), dtype=np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    alpha = rng.integers(0, 256, (6, 7), dtype=np.uint8)
+    rgba = np.dstack([rng.integers(0, 256, (6, 7, 3), dtype=np.uint8), alpha])
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray(rgba[:, :, 0]).save(tmp_path / "grey.png")
+
+    rgb, fmt = read_image_format(tmp_path / "deep.png")
+    assert fmt.grey and fmt.deep is not None and fmt.alpha is None
+    np.testing.assert_array_equal(rgb[:, :, 1], deep // 257)
+    rgb[2, 3] = 9  # a protected pixel, grey as deid keeps a grey face
+    for suffix in ("png", "tif"):
+        write_image(tmp_path / f"out.{suffix}", rgb, like=fmt)
+        back = Image.open(tmp_path / f"out.{suffix}")
+        assert back.mode == "I;16"
+        want = deep.copy()
+        want[2, 3] = 9 * 257
+        np.testing.assert_array_equal(np.asarray(back), want)
+        np.testing.assert_array_equal(read_image(tmp_path / f"out.{suffix}"), rgb)
+
+    rgb, fmt = read_image_format(tmp_path / "rgba.png")
+    assert not fmt.grey and fmt.alpha is not None
+    for suffix in ("png", "webp", "tiff"):
+        write_image(tmp_path / f"out_rgba.{suffix}", rgb, quality=100, like=fmt)
+        back = Image.open(tmp_path / f"out_rgba.{suffix}")
+        assert back.mode == "RGBA", suffix
+        np.testing.assert_array_equal(np.asarray(back)[:, :, 3], alpha)
+    with caplog.at_level(logging.WARNING, logger="deid.io.images"):
+        write_image(tmp_path / "out_rgba.jpg", rgb, like=fmt)  # JPEG holds no alpha
+    assert Image.open(tmp_path / "out_rgba.jpg").mode == "RGB"
+    assert "alpha channel is not kept (JPEG holds none)" in caplog.text
+
+    rgb, fmt = read_image_format(tmp_path / "grey.png")
+    assert fmt.grey and fmt.alpha is None and fmt.deep is None
+    write_image(tmp_path / "out_grey.jpg", rgb, like=fmt)
+    assert Image.open(tmp_path / "out_grey.jpg").mode == "L"
+    rgb[0, 0] = (255, 0, 0)  # colour on a grey picture: written in colour, and said
+    with caplog.at_level(logging.WARNING, logger="deid.io.images"):
+        write_image(tmp_path / "out_grey.png", rgb, like=fmt)
+    assert Image.open(tmp_path / "out_grey.png").mode == "RGB"
+    assert "greyscale input written in colour" in caplog.text
+    with pytest.raises(ShapeError, match=r"like\.alpha"):
+        write_image(tmp_path / "x.png", rgb[:3], like=read_image_format(tmp_path / "rgba.png")[1])
 
 
 def test_read_image_corrupt(tmp_path: Path) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from deid.config import load_settings
 from deid.io import read_image, write_image
@@ -90,6 +92,36 @@ def test_group_photo_end_to_end(tmp_path: Path) -> None:
     assert saved["totals"] == t and "_theta" not in saved["faces_detail"][0]
     for k in ("detect", "attack", "verify"):
         assert k in saved["seconds"]
+
+
+def test_a_photos_pixel_format_is_kept(tmp_path: Path) -> None:
+    """A 16-bit greyscale photo (a thermal camera's, say) comes out 16-bit greyscale, every
+    pixel outside the protected faces at its full depth; an RGBA photo keeps its alpha."""
+    img = cv2.resize(scene("couple_two_faces.jpg"), (480, 320), interpolation=cv2.INTER_AREA)
+    rng = np.random.default_rng(0)
+    grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.int64)
+    deep = np.minimum(grey * 257 + rng.integers(0, 257, grey.shape), 65535).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "thermal.png")
+    report = run(tmp_path / "thermal.png", tmp_path / "out.png", _settings(), progress=False)
+    t = report["totals"]
+    assert t["faces"] >= 1 and t["unprotected_faces"] == 0
+    back = Image.open(tmp_path / "out.png")
+    assert back.mode == "I;16"
+    outside = np.ones(deep.shape, bool)
+    for f in report["faces_detail"]:
+        x1, y1, x2, y2 = f["region"]
+        outside[y1:y2, x1:x2] = False
+    assert outside.mean() > 0.2  # the crop regions of a close-up cover most of it
+    np.testing.assert_array_equal(np.asarray(back)[outside], deep[outside])
+    assert (np.asarray(back)[~outside] != deep[~outside]).any()  # the faces did change
+
+    alpha = np.linspace(0, 255, img.shape[1]).astype(np.uint8)[None, :].repeat(img.shape[0], 0)
+    Image.fromarray(np.dstack([img, alpha])).save(tmp_path / "cutout.png")
+    report = run(tmp_path / "cutout.png", tmp_path / "out2.png", _settings(), progress=False)
+    assert report["totals"]["faces"] >= 1 and report["totals"]["unprotected_faces"] == 0
+    back = Image.open(tmp_path / "out2.png")
+    assert back.mode == "RGBA"
+    np.testing.assert_array_equal(np.asarray(back)[:, :, 3], alpha)
 
 
 def test_failed_attacks_fail_closed(tmp_path: Path) -> None:

@@ -4,11 +4,13 @@ writing of every file deid makes."""
 from deid.io.images import (
     IMAGE_EXTS,
     VIDEO_EXTS,
+    PixelFormat,
     check_output_kind,
     check_run,
     classify_input,
     list_images,
     read_image,
+    read_image_format,
     write_image,
 )
 from deid.io.paths import (
@@ -44,6 +46,7 @@ __all__ = [
     "WRITABLE_VIDEO_FORMATS",
     "Artefact",
     "FrameTable",
+    "PixelFormat",
     "VideoInfo",
     "VideoWriter",
     "check_output_kind",
@@ -58,6 +61,7 @@ __all__ = [
     "probe_video",
     "read_frames",
     "read_image",
+    "read_image_format",
     "read_range",
     "report_path",
     "resolve",

@@ -1,7 +1,9 @@
 """Still images (Pillow), input classification, and the check of a run's writes.
 
-Images are ``(H, W, 3) uint8 RGB`` numpy arrays. Files are written atomically: to a hidden
-temporary file in the destination folder, then renamed with ``os.replace``.
+Images are ``(H, W, 3) uint8 RGB`` numpy arrays; what a file holds beyond that (greyscale,
+alpha, 16-bit depth) is read as a :class:`PixelFormat` and given back on writing. Files are
+written atomically: to a hidden temporary file in the destination folder, then renamed with
+``os.replace``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -47,27 +50,71 @@ def _exts(exts: set[str]) -> str:
     return ", ".join(sorted(exts))
 
 
-def _to_rgb(img: Image.Image) -> np.ndarray:
-    """Any Pillow mode to (H, W, 3) uint8 RGB (alpha dropped, 16-bit scaled to 8-bit)."""
+@dataclass(frozen=True, eq=False)
+class PixelFormat:
+    """What an image file holds beyond the ``(H, W, 3) uint8 RGB`` array deid works on, so
+    that :func:`write_image` can give it back: a greyscale image stays greyscale, an alpha
+    channel is kept as it was, a 16-bit greyscale image (a thermal camera's, say) stays
+    16-bit with every pixel deid did not change kept at its full depth.
+
+    Attributes:
+        grey: the file is greyscale (Pillow modes 1, L, LA, I, I;16, F).
+        alpha: (H, W) uint8 alpha channel, or None.
+        deep: (H, W) uint16 values of a 16-bit greyscale file, or None.
+    """
+
+    grey: bool = False
+    alpha: np.ndarray | None = None
+    deep: np.ndarray | None = None
+
+
+_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}  # of _PIL_FORMATS' formats, those that hold alpha
+_DEEP_FORMATS = {"PNG", "TIFF"}  # ... and 16-bit greyscale
+
+
+def _to_rgb(img: Image.Image) -> tuple[np.ndarray, PixelFormat]:
+    """Any Pillow mode to (H, W, 3) uint8 RGB (alpha dropped, 16-bit scaled to 8-bit), and
+    what was dropped (:class:`PixelFormat`)."""
+    alpha = None
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        alpha = np.asarray(img.convert("RGBA"))[:, :, 3].copy()
+    grey = img.mode in _GREY_MODES
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         arr = np.asarray(img)
+        deep = None
         if img.mode == "F":
             gray = np.clip(arr, 0, 255).round().astype(np.uint8)
         else:  # 16-bit greyscale (Pillow reads 16-bit PNG as I or I;16)
-            gray = (np.clip(arr.astype(np.int64), 0, 65535) // 257).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
+            wide = np.clip(arr.astype(np.int64), 0, 65535)
+            gray = (wide // 257).astype(np.uint8)
+            deep = wide.astype(np.uint16)
+        rgb = np.repeat(gray[:, :, None], 3, axis=2)
+        return rgb, PixelFormat(grey=True, alpha=alpha, deep=deep)
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8).copy()
+    return np.asarray(img, dtype=np.uint8).copy(), PixelFormat(grey=grey, alpha=alpha)
 
 
 def read_image(path: Path | str) -> np.ndarray:
     """Read an image file, upright (EXIF orientation applied), as RGB.
 
-    Greyscale, palette, CMYK and 16-bit images are converted; alpha is dropped.
+    Greyscale, palette, CMYK and 16-bit images are converted; alpha is dropped
+    (:func:`read_image_format` also says what was dropped, for :func:`write_image`).
 
     Returns:
         image: (H, W, 3) uint8 RGB.
+
+    Raises:
+        InputError: the path is missing or not a readable image.
+    """
+    return read_image_format(path)[0]
+
+
+def read_image_format(path: Path | str) -> tuple[np.ndarray, PixelFormat]:
+    """:func:`read_image`, and what of the file the RGB array does not hold (greyscale,
+    alpha, 16-bit depth), for :func:`write_image`'s ``like``.
 
     Raises:
         InputError: the path is missing or not a readable image.
@@ -87,17 +134,27 @@ def read_image(path: Path | str) -> np.ndarray:
         raise InputError(path, f"{_EXPECTED_IMAGE}: {e}") from e
 
 
-def write_image(path: Path | str, rgb: np.ndarray, quality: int = 95) -> None:
+def write_image(
+    path: Path | str, rgb: np.ndarray, quality: int = 95, like: PixelFormat | None = None
+) -> None:
     """Write an RGB image atomically; the format follows the suffix.
 
     PNG, BMP and TIFF are lossless. JPEG uses ``quality`` with 4:4:4 chroma (no
     subsampling, so fine pixel changes survive better); WebP uses ``quality``, or lossless
     at 100. No metadata (EXIF, GPS) is written. Missing parent folders are created.
 
+    ``like`` (the input's :class:`PixelFormat`, from :func:`read_image_format`): a greyscale
+    input is written greyscale (where ``rgb`` is grey, as deid's protection keeps a grey
+    face), its alpha channel kept where the format holds one (PNG, WebP, TIFF), a 16-bit
+    greyscale input written 16-bit (PNG, TIFF): each pixel whose 8-bit value ``rgb`` left
+    as read keeps its 16-bit value, a changed one is the 8-bit value times 257 (so it reads
+    back as that 8-bit value).
+
     Args:
         path: output file with a suffix in :data:`IMAGE_EXTS`.
         rgb: (H, W, 3) uint8 RGB.
         quality: 1..100 for JPEG and WebP.
+        like: what of the input to keep (None: plain RGB).
 
     Raises:
         OutputError: unsupported suffix, or the file cannot be written (``path`` untouched).
@@ -118,7 +175,7 @@ def write_image(path: Path | str, rgb: np.ndarray, quality: int = 95) -> None:
         options = {"quality": quality, "subsampling": 0}
     elif fmt == "WEBP":
         options = {"quality": quality, "lossless": quality == 100}
-    img = Image.fromarray(np.ascontiguousarray(rgb))
+    img = _like(rgb, like, fmt, path) if like is not None else Image.fromarray(rgb)
     tmp = tmp_beside(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,6 +186,37 @@ def write_image(path: Path | str, rgb: np.ndarray, quality: int = 95) -> None:
             tmp.unlink(missing_ok=True)
         raise OutputError(path, f"cannot write the image ({e})") from e
     log.debug("wrote %s (%dx%d %s)", path, rgb.shape[1], rgb.shape[0], fmt)
+
+
+def _like(rgb: np.ndarray, like: PixelFormat, fmt: str, path: Path) -> Image.Image:
+    """``rgb`` as a Pillow image in the input's own format, as far as ``fmt`` holds it."""
+    hw = rgb.shape[:2]
+    for name, arr in (("alpha", like.alpha), ("deep", like.deep)):
+        if arr is not None and arr.shape != hw:
+            raise ShapeError(f"like.{name}", arr.shape, f"{hw} as the image")
+    rgb = np.ascontiguousarray(rgb)
+    grey = like.grey and bool((rgb[:, :, 0] == rgb[:, :, 1]).all())
+    grey = grey and bool((rgb[:, :, 1] == rgb[:, :, 2]).all())
+    if like.grey and not grey:
+        log.warning("%s: a greyscale input written in colour (its pixels are not grey)", path)
+    if grey and like.deep is not None and fmt in _DEEP_FORMATS:
+        g8 = rgb[:, :, 0]
+        kept = g8 == like.deep // 257  # as read: the pixel keeps its 16 bits
+        img = Image.fromarray(np.where(kept, like.deep, g8.astype(np.uint16) * 257))
+        if like.alpha is not None:  # Pillow writes no 16-bit grey with alpha
+            log.warning("%s: the alpha channel is not kept (16-bit greyscale)", path)
+        return img
+    if like.deep is not None:
+        log.warning("%s: a 16-bit input written with 8 bits (%s holds no 16-bit grey)", path, fmt)
+    img = Image.fromarray(np.ascontiguousarray(rgb[:, :, 0]) if grey else rgb)
+    if like.alpha is not None:
+        if fmt in _ALPHA_FORMATS:
+            img.putalpha(Image.fromarray(like.alpha))
+            if fmt == "WEBP" and img.mode == "LA":
+                img = img.convert("RGBA")
+        else:
+            log.warning("%s: the alpha channel is not kept (%s holds none)", path, fmt)
+    return img
 
 
 def classify_input(path: Path | str) -> Literal["video", "image", "folder"]:

@@ -20,7 +20,16 @@ from tqdm.auto import tqdm
 from deid.align import obscure, paste_owned
 from deid.config import Settings
 from deid.errors import InputError, OutputError
-from deid.io import IMAGE_EXTS, list_images, read_image, tmp_beside, write_image, writing
+from deid.io import (
+    IMAGE_EXTS,
+    PixelFormat,
+    list_images,
+    read_image,
+    read_image_format,
+    tmp_beside,
+    write_image,
+    writing,
+)
 from deid.pipeline.report import FaceRecord, FailedInput, RunReport, Totals, face_totals
 from deid.pipeline.resources import Resources
 from deid.pipeline.stages import TargetMemory, classify, crop, detect
@@ -138,6 +147,7 @@ class ImageRun:
     timer: Timer
     tmp: Path
     frame: np.ndarray | None = None
+    format: PixelFormat | None = None  # the input's greyscale, alpha, 16 bits: kept
     out: np.ndarray | None = None
     records: list[FaceRecord] = field(default_factory=list)
     written: np.ndarray | None = None
@@ -145,7 +155,7 @@ class ImageRun:
 
 def _decode(r: ImageRun) -> None:
     with r.timer("decode"):
-        r.frame = read_image(r.input)
+        r.frame, r.format = read_image_format(r.input)
 
 
 def _protect(r: ImageRun) -> None:
@@ -157,7 +167,7 @@ def _protect(r: ImageRun) -> None:
 def _encode(r: ImageRun) -> None:
     assert r.out is not None
     with r.timer("encode"), writing(r.output):
-        write_image(r.tmp, r.out, quality=r.res.settings.pipeline.jpeg_quality)
+        write_image(r.tmp, r.out, r.res.settings.pipeline.jpeg_quality, like=r.format)
 
 
 def _verify(r: ImageRun) -> None:
@@ -195,7 +205,7 @@ def _repair(r: ImageRun) -> None:
     while any(needs_repair(x, strict) for x in r.records):
         repair_frames([r.written], r.records, r.res, first)
         with writing(r.output):
-            write_image(r.tmp, r.written, quality=p.jpeg_quality)
+            write_image(r.tmp, r.written, p.jpeg_quality, like=r.format)
         if not r.state.judged:
             break
         with r.timer("judge"):
