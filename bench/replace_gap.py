@@ -78,6 +78,8 @@ def capture(threads: int) -> list[tuple[str, Any]]:
 def h264(ims: list[np.ndarray], crf: int = 23, side: int = 256) -> list[np.ndarray]:
     import av
 
+    from deid.io.video import frame_rgb
+
     buf = io.BytesIO()
     out = av.open(buf, "w", format="mp4")
     st = out.add_stream("libx264", rate=25)
@@ -93,7 +95,7 @@ def h264(ims: list[np.ndarray], crf: int = 23, side: int = 256) -> list[np.ndarr
         out.mux(p)
     out.close()
     buf.seek(0)
-    back = [f.to_ndarray(format="rgb24") for f in av.open(buf).decode(video=0)]
+    back = [frame_rgb(f) for f in av.open(buf).decode(video=0)]
     return [b[: im.shape[0], : im.shape[1]].copy() for b, im in zip(back, ims, strict=True)]
 
 

@@ -169,6 +169,8 @@ class Receiver(threading.Thread):
         self.error: str | None = None
 
     def run(self) -> None:
+        from deid.io.video import frame_rgb  # decoded as deid decodes its input
+
         try:
             c = av.open(
                 f"udp://127.0.0.1:{self.port}?fifo_size=1000000&overrun_nonfatal=1",
@@ -178,7 +180,7 @@ class Receiver(threading.Thread):
             st = c.streams.video[0]
             st.codec_context.thread_type = "SLICE"
             for f in c.decode(st):
-                img = f.to_ndarray(format="rgb24")
+                img = frame_rgb(f)
                 t = time.monotonic()
                 i = read_stamp(img)
                 if i is None:

@@ -32,6 +32,7 @@ import numpy as np
 
 from deid.errors import InputError, OutputError
 from deid.io.paths import tmp_beside
+from deid.io.video import frame_rgb
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class StreamSource:
                     if stop():
                         return
                     time.sleep(min(wait, 0.05))
-            image = frame.to_ndarray(format="rgb24")
+            image = frame_rgb(frame)
             yield SourceFrame(index, rel, image, time.monotonic())
 
     def _decoded(self) -> Iterator[Any]:
