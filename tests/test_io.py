@@ -338,6 +338,28 @@ def test_decoded_frames_keep_their_brightness(tmp_path: Path, depth: int) -> Non
     np.testing.assert_array_equal(table, back)  # a chunk's reader decodes the same pixels
 
 
+@pytest.mark.parametrize(
+    ("colour", "tagged"),
+    [
+        (None, (6, 6, 6)),  # untagged: BT.601, as read_frames decodes untagged video
+        ((1, 1, 1), (1, 1, 1)),  # BT.709
+        ((9, 9, 18), (9, 9, 18)),  # BT.2020, HLG
+        ((0, 2, 2), (6, 6, 6)),  # a matrix swscale has no coefficients for (RGB): BT.601
+    ],
+)
+def test_the_writer_keeps_an_inputs_colour(
+    tmp_path: Path, colour: tuple[int, int, int] | None, tagged: tuple[int, int, int]
+) -> None:
+    frames = [cv2.resize(scene("group_friends_stoop.jpg"), (320, 180))] * 2
+    path = tmp_path / "out.mp4"
+    with VideoWriter(path, 25, 320, 180, crf=0, colour=colour) as w:
+        for f in frames:
+            w.write(f)
+    assert probe_video(path).colour == tagged
+    diff = np.stack(list(read_frames(path))).astype(int) - np.stack(frames).astype(int)
+    assert np.abs(diff.reshape(-1, 3).mean(0)).max() < 0.35  # converted with that matrix
+
+
 # --- images ----------------------------------------------------------------------------
 
 

@@ -89,6 +89,36 @@ def audio_packets(path: Path) -> list[bytes]:
         return [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
 
 
+def test_an_hlg_clip_keeps_its_colour(tmp_path: Path, resources: Resources) -> None:
+    """A 10-bit BT.2020 HLG clip (as a drone shoots it) comes out tagged BT.2020 HLG, its
+    picture away from the face as it was (at 8 bits), in two chunks."""
+    frames = face_frames()[:6]
+    src = tmp_path / "hlg.mp4"
+    with av.open(str(src), mode="w") as out:
+        st = out.add_stream("libx264", rate=25, options={"crf": "8"})
+        st.width, st.height, st.pix_fmt = W, H, "yuv420p10le"
+        ctx = st.codec_context
+        ctx.colorspace, ctx.color_primaries, ctx.color_trc = 9, 9, 18
+        for rgb in frames:
+            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            vf = vf.reformat(format="yuv420p10le", dst_colorspace=9)
+            vf.colorspace = 9
+            out.mux(st.encode(vf))
+        out.mux(st.encode())
+    assert probe_video(src).colour == (9, 9, 18)
+    out = tmp_path / "out.mp4"
+    report = run(src, out, resources.settings, progress=False, resources=resources)
+    assert report["totals"]["faces"] >= 6 and report["totals"]["unprotected_faces"] == 0
+    assert probe_video(out).colour == (9, 9, 18)
+    a, b = (np.stack(list(read_frames(p))).astype(int) for p in (src, out))
+    away = np.ones(a.shape[:3], bool)
+    for f in report["faces_detail"]:
+        x1, y1, x2, y2 = f["region"]
+        away[f["frame"], y1:y2, x1:x2] = False
+    diff = (b - a)[away]
+    assert np.abs(diff.mean(0)).max() < 0.5 and np.abs(diff).mean() < 2.0
+
+
 def test_chunked_video_keeps_timestamps_audio_and_one_target(
     tmp_path: Path, resources: Resources
 ) -> None:

@@ -53,6 +53,9 @@ class VideoInfo:
             real footage), from the display matrix or the legacy ``rotate`` tag; 0 if absent.
         rate: ``fps`` as an exact fraction (e.g. ``30000/1001``); pass it to
             :class:`VideoWriter` to keep the rate exactly.
+        colour: (matrix, primaries, transfer) as FFmpeg numbers them (``AVCOL_SPC``,
+            ``AVCOL_PRI``, ``AVCOL_TRC``: 1 BT.709, 6 SMPTE 170M, 9 BT.2020, transfer 16 PQ,
+            18 HLG; 2 unspecified); pass it to :class:`VideoWriter` to keep them.
     """
 
     width: int
@@ -64,6 +67,7 @@ class VideoInfo:
     has_audio: bool
     rotation: int = 0
     rate: Fraction = Fraction(0)
+    colour: tuple[int, int, int] = (2, 2, 2)
 
 
 def to_rate(fps: float | Fraction) -> Fraction:
@@ -148,6 +152,22 @@ def _rotation(stream: Any, first_frame: Any) -> int:
     return round(float(getattr(first_frame, "rotation", 0) or 0)) % 360
 
 
+def _colour(stream: Any, first: Any) -> tuple[int, int, int]:
+    """(matrix, primaries, transfer) of a stream: its decoder's, else its first frame's."""
+    ctx = stream.codec_context
+    out = []
+    for name, frame_name in (
+        ("colorspace", "colorspace"),
+        ("color_primaries", "color_primaries"),
+        ("color_trc", "color_trc"),
+    ):
+        v = int(getattr(ctx, name, 2) or 2)
+        if v == 2:
+            v = int(getattr(first, frame_name, 2) or 2)
+        out.append(v)
+    return (out[0], out[1], out[2])
+
+
 def probe_video(path: Path | str) -> VideoInfo:
     """Read a video's size, rate, exact frame count, codec, audio and rotation.
 
@@ -201,6 +221,7 @@ def probe_video(path: Path | str) -> VideoInfo:
             has_audio=bool(container.streams.audio),
             rotation=rotation,
             rate=rate,
+            colour=_colour(stream, first),
         )
     finally:
         container.close()
@@ -519,6 +540,11 @@ class _AudioCopier:
 REPRODUCIBLE_X264 = "mbtree=0"
 
 
+# the matrices (AVCOL_SPC) FFmpeg's swscale converts RGB with: BT.709, FCC, BT.470BG,
+# SMPTE 170M, SMPTE 240M, BT.2020 non-constant luminance
+MATRICES = frozenset({1, 4, 5, 6, 7, 9})
+
+
 class VideoWriter:
     """Encode RGB frames to an H.264 file, atomically.
 
@@ -529,8 +555,12 @@ class VideoWriter:
 
     Colour: frames are converted with the BT.601 matrix, limited range, and the stream is
     tagged so (``smpte170m``), the same convention :func:`read_frames` decodes untagged
-    video with. When ``pix_fmt`` is ``yuv420p`` and a dimension is odd, ``yuv444p`` is used
-    instead so the size is kept exactly (4:4:4 H.264 does not play in browsers or
+    video with; with ``colour`` (an input's :attr:`VideoInfo.colour`) whose matrix FFmpeg
+    converts with (:data:`MATRICES`), with that matrix, and the stream tagged with the
+    input's matrix, primaries and transfer, so that BT.709, BT.2020 and HLG or PQ footage
+    shows as the input does (at 8 bits: a 10-bit input's depth is not kept). When
+    ``pix_fmt`` is ``yuv420p`` and a dimension is odd, ``yuv444p`` is used instead so the
+    size is kept exactly (4:4:4 H.264 does not play in browsers or
     QuickTime; players such as VLC and ffmpeg decode it).
 
     Args:
@@ -555,6 +585,7 @@ class VideoWriter:
             byte-for-byte reproducible across machines (x264's output depends on it).
         x264_params: extra libx264 options (``key=value:key=value``), e.g. ``mbtree=0``
             where outputs must be byte-for-byte reproducible (see :data:`REPRODUCIBLE_X264`).
+        colour: (matrix, primaries, transfer) to keep, as :attr:`VideoInfo.colour`.
 
     Attributes:
         frames_written: frames passed to :meth:`write` so far.
@@ -575,6 +606,7 @@ class VideoWriter:
         time_base: Fraction | None = None,
         threads: int = 0,
         x264_params: str | None = None,
+        colour: Sequence[int] | None = None,
     ) -> None:
         self.path = Path(path)
         self.rate = to_rate(fps)
@@ -592,6 +624,10 @@ class VideoWriter:
             log.info("%s: odd size %dx%d, encoding yuv444p to keep it", self.path, width, height)
             pix_fmt = "yuv444p"
         self.pix_fmt = pix_fmt
+        # the RGB -> YUV matrix: BT.601 (as untagged video is decoded), or the input's
+        self._matrix: str | int = "ITU601"
+        if colour is not None and int(colour[0]) in MATRICES:
+            self._matrix = int(colour[0])
         self.frames_written = 0
         self._closed = False
         self._audio: _AudioCopier | None = None
@@ -613,6 +649,9 @@ class VideoWriter:
             ctx = self._stream.codec_context
             ctx.colorspace, ctx.color_range = 6, 1  # AVCOL_SPC_SMPTE170M (BT.601), MPEG range
             ctx.color_primaries, ctx.color_trc = 6, 6  # SMPTE170M
+            if self._matrix != "ITU601":  # the input's own (colour)
+                assert colour is not None
+                ctx.colorspace, ctx.color_primaries, ctx.color_trc = (int(v) for v in colour)
             if self.time_base is not None:
                 self._stream.time_base = self.time_base
                 ctx.time_base = self.time_base
@@ -660,7 +699,7 @@ class VideoWriter:
         if frame.dtype != np.uint8:
             raise ValueError(f"frame: expected dtype uint8, got {frame.dtype}")
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-        vf = vf.reformat(format=self.pix_fmt, dst_colorspace="ITU601", dst_color_range="MPEG")
+        vf = vf.reformat(format=self.pix_fmt, dst_colorspace=self._matrix, dst_color_range="MPEG")
         if self.time_base is None:
             vf.pts, vf.time_base = self.frames_written, 1 / self.rate
             end = float(self.frames_written + 1) / float(self.rate)

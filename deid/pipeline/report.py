@@ -70,8 +70,8 @@ class Chunk(Artefact):
 
 class Layout(Artefact):
     """What :func:`deid.pipeline.video.split` found: size, exact rate and time base, the
-    timestamp of every frame (``seekable``: the container has them), rotation, audio and the
-    chunks."""
+    timestamp of every frame (``seekable``: the container has them), rotation, audio, colour
+    and the chunks."""
 
     input: str
     width: int
@@ -86,6 +86,9 @@ class Layout(Artefact):
     rotation: int
     has_audio: bool
     chunks: list[Chunk]
+    # (matrix, primaries, transfer) of the input (deid.io.VideoInfo.colour), kept by the
+    # output; a plan from before it had none: [2, 2, 2], unspecified
+    colour: list[int] = [2, 2, 2]
 
 
 class AnalysedFace(Artefact):

@@ -152,6 +152,7 @@ def split(input: Path | str, chunk_frames: int) -> dict[str, Any]:
         rotation=info.rotation,
         has_audio=info.has_audio,
         chunks=chunks,
+        colour=list(info.colour),
     ).wire()
 
 
@@ -339,8 +340,10 @@ def chunk_ok(out: Path | str, chunk: Chunk) -> bool:
 
 
 def _writer(path: Path, layout: Layout | Mapping[str, Any], crf: int) -> VideoWriter:
-    """The encoder of a segment: the input's exact rate and time base, reproducible bytes."""
+    """The encoder of a segment: the input's exact rate, time base and colour, reproducible
+    bytes."""
     get = layout.__getitem__ if isinstance(layout, Mapping) else layout.__getattribute__
+    colour = layout.get("colour") if isinstance(layout, Mapping) else layout.colour
     return VideoWriter(
         path,
         Fraction(get("rate")),
@@ -350,6 +353,7 @@ def _writer(path: Path, layout: Layout | Mapping[str, Any], crf: int) -> VideoWr
         time_base=Fraction(get("time_base")),
         threads=SEGMENT_THREADS,
         x264_params=REPRODUCIBLE_X264,
+        colour=colour,
     )
 
 
