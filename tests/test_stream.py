@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from deid.config import load_settings
-from deid.io import write_video
+from deid.io import VideoWriter, write_video
 from deid.io.stream import StreamSink, StreamSource, protocols
 from deid.pipeline import Resources, classify, crop
 from deid.pipeline.stream import StreamOptions, run_stream
@@ -366,3 +366,21 @@ def test_only_faces_seen_twice_are_followed_through_misses() -> None:
         # constant velocity, damped (0.8 of the last step per frame)
         assert len(missed) == 1 and abs(missed[0][0] - (102 + 1.6 * (f - 1))) < 1e-6
     assert tracks.update(4, np.zeros((0, 4)), np.zeros(0))[0] == []
+
+
+def test_a_portrait_file_streams_upright(tmp_path: Path, photo: np.ndarray) -> None:
+    """A file stored sideways with a display rotation is played as a player shows it: the
+    source's size and frames are upright (the detector looks for faces the right way up)."""
+    path = tmp_path / "portrait.mp4"
+    frames = [np.ascontiguousarray(np.rot90(photo, -1))] * 2  # stored sideways, shown upright
+    with VideoWriter(path, FPS, photo.shape[0], photo.shape[1], crf=8, rotation=90) as w:
+        for f in frames:
+            w.write(f)
+    src = StreamSource(path, realtime=False)
+    try:
+        assert (src.rotation, src.width, src.height) == (90, photo.shape[1], photo.shape[0])
+        got = [sf.image for sf in src.frames()]
+    finally:
+        src.close()
+    assert len(got) == 2 and got[0].shape == photo.shape
+    assert np.abs(got[0].astype(int) - photo).mean() < 3

@@ -15,7 +15,7 @@ import pytest
 
 from deid.config import load_settings
 from deid.errors import DeidError
-from deid.io import frame_table, probe_video, read_frames, write_image
+from deid.io import VideoWriter, as_stored, frame_table, probe_video, read_frames, write_image
 from deid.pipeline import Resources, run
 from deid.pipeline import video as job
 
@@ -117,6 +117,35 @@ def test_an_hlg_clip_keeps_its_colour(tmp_path: Path, resources: Resources) -> N
         away[f["frame"], y1:y2, x1:x2] = False
     diff = (b - a)[away]
     assert np.abs(diff.mean(0)).max() < 0.5 and np.abs(diff).mean() < 2.0
+
+
+def test_a_portrait_clip_is_searched_upright(tmp_path: Path, resources: Resources) -> None:
+    """A phone's portrait clip is stored sideways with a display rotation: its faces are
+    found and protected the right way up, reported in the frame a player shows, and the
+    output is stored and tagged as the input is."""
+    frames = face_frames()[:6]
+    src = tmp_path / "portrait.mp4"
+    with VideoWriter(src, 25, H, W, crf=8, rotation=90) as w:  # stored sideways
+        for f in frames:
+            w.write(as_stored(f, 90))
+    assert probe_video(src).rotation == 90
+    out = tmp_path / "out.mp4"
+    report = run(src, out, resources.settings, progress=False, resources=resources)
+    assert report["totals"]["faces"] == 6 and report["totals"]["unprotected_faces"] == 0
+    for f in report["faces_detail"]:  # boxes in the upright frame, on the face
+        x1, y1, x2, y2 = f["box"]
+        fx = 20 + 12 * f["frame"]
+        assert fx - 10 < (x1 + x2) / 2 < fx + 210 and 50 < (y1 + y2) / 2 < 270
+    o = probe_video(out)
+    assert (o.width, o.height, o.rotation, o.frame_count) == (H, W, 90, 6)
+    a, b = (np.stack(list(read_frames(p, upright=True))).astype(int) for p in (src, out))
+    assert a.shape == b.shape == (6, H, W, 3)
+    away = np.ones(a.shape[:3], bool)
+    for f in report["faces_detail"]:
+        x1, y1, x2, y2 = f["region"]
+        away[f["frame"], y1:y2, x1:x2] = False
+        assert np.abs(b[f["frame"], y1:y2, x1:x2] - a[f["frame"], y1:y2, x1:x2]).mean() > 1
+    assert np.abs(b - a)[away].mean() < 2.0
 
 
 def test_chunked_video_keeps_timestamps_audio_and_one_target(

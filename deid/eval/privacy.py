@@ -671,7 +671,10 @@ def _frame_pairs(
         input.is_file() and input.suffix.lower() not in IMAGE_EXTS
     ):
         last = max((k[1] for k in by_key), default=-1)
-        for i, (a, b) in enumerate(zip(read_frames(input), read_frames(output), strict=False)):
+        frames = zip(
+            read_frames(input, upright=True), read_frames(output, upright=True), strict=False
+        )
+        for i, (a, b) in enumerate(frames):
             if i > last:
                 break
             if ("", i) in by_key:

@@ -32,7 +32,7 @@ import numpy as np
 
 from deid.errors import InputError, OutputError
 from deid.io.paths import tmp_beside
-from deid.io.video import frame_rgb
+from deid.io.video import frame_rgb, probe_video, shown_size, upright
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,9 @@ class StreamSource:
         open_timeout: seconds to wait for a URL's first data.
 
     Attributes:
-        width, height, rate: of the video stream.
+        width, height, rate: of the video stream, as players show it (a file's display
+            rotation applied: its frames come upright).
+        rotation: a file's display rotation (degrees counter-clockwise; 0 for a URL).
     """
 
     def __init__(
@@ -155,7 +157,10 @@ class StreamSource:
         ctx = self._stream.codec_context
         if self.url:
             ctx.thread_type = "SLICE"  # frame threads hold frames back
-        self.width, self.height = ctx.width, ctx.height
+        # a file's display rotation (a phone's portrait clip is stored sideways); a URL's
+        # container (MPEG-TS, RTSP) carries none
+        self.rotation = 0 if self.url else probe_video(Path(src)).rotation
+        self.width, self.height = shown_size(ctx.width, ctx.height, self.rotation)
         rate = Fraction(self._stream.average_rate or self._stream.guessed_rate or 25)
         self.rate = rate if 0 < rate <= 240 else Fraction(25)  # probed mid-stream: unsure
         self.bad_packets = 0
@@ -180,7 +185,7 @@ class StreamSource:
                     if stop():
                         return
                     time.sleep(min(wait, 0.05))
-            image = frame_rgb(frame)
+            image = upright(frame_rgb(frame), self.rotation)
             yield SourceFrame(index, rel, image, time.monotonic())
 
     def _decoded(self) -> Iterator[Any]:

@@ -1,7 +1,9 @@
 """Video probing, decoding and atomic H.264 writing (PyAV, with an OpenCV read fallback).
 
 Frames are always ``(H, W, 3) uint8 RGB`` numpy arrays, stored as decoded: a rotation in
-the container's display matrix is reported by :func:`probe_video` but not applied.
+the container's display matrix is reported by :func:`probe_video` and applied only where
+asked (:func:`upright`, ``read_frames(..., upright=True)``; a phone's portrait video is stored
+sideways, and a detector looks for faces the right way up).
 """
 
 from __future__ import annotations
@@ -229,6 +231,7 @@ def probe_video(path: Path | str) -> VideoInfo:
 
 def _open_cv2(path: Path, av_error: BaseException) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)  # frames as stored, as PyAV gives them
     if not cap.isOpened():
         cap.release()
         raise VideoDecodeError(path, f"cannot open ({av_error}); {EXPECTED_VIDEO}") from av_error
@@ -366,6 +369,29 @@ def frame_rgb(frame: Any) -> np.ndarray:
     return np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
 
 
+def _quarter_turns(rotation: int) -> int:
+    return round(rotation / 90) % 4
+
+
+def upright(frame: np.ndarray, rotation: int) -> np.ndarray:
+    """A stored frame as players show it: turned by its display ``rotation`` (degrees
+    counter-clockwise, :attr:`VideoInfo.rotation`; to the nearest quarter turn)."""
+    k = _quarter_turns(rotation)
+    return np.ascontiguousarray(np.rot90(frame, k)) if k else frame
+
+
+def as_stored(frame: np.ndarray, rotation: int) -> np.ndarray:
+    """The inverse of :func:`upright`: an upright frame turned back to the stored
+    orientation of a video whose display rotation is ``rotation``."""
+    k = _quarter_turns(rotation)
+    return np.ascontiguousarray(np.rot90(frame, -k)) if k else frame
+
+
+def shown_size(width: int, height: int, rotation: int) -> tuple[int, int]:
+    """(width, height) of a stored ``width`` x ``height`` frame as players show it."""
+    return (height, width) if _quarter_turns(rotation) % 2 else (width, height)
+
+
 def _iter_av(path: Path, container: Any, stream: Any) -> Iterator[np.ndarray]:
     """Decode every frame; raise if the file ends before the container says it should."""
     stream.thread_type = "AUTO"
@@ -407,6 +433,9 @@ def _iter_av(path: Path, container: Any, stream: Any) -> Iterator[np.ndarray]:
         container.close()
 
 
+_upright = upright  # read_frames' argument hides the function
+
+
 def _iter_cv2(path: Path, cap: cv2.VideoCapture) -> Iterator[np.ndarray]:
     """Decode with OpenCV; raise if it yields fewer frames than it reported."""
     reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -426,7 +455,9 @@ def _iter_cv2(path: Path, cap: cv2.VideoCapture) -> Iterator[np.ndarray]:
         )
 
 
-def read_frames(path: Path | str, batch_size: int | None = None) -> Iterator[np.ndarray]:
+def read_frames(
+    path: Path | str, batch_size: int | None = None, upright: bool = False
+) -> Iterator[np.ndarray]:
     """Decode every frame of a video, in order.
 
     The file is opened (and rejected if unreadable) when this is called, not on the first
@@ -436,6 +467,8 @@ def read_frames(path: Path | str, batch_size: int | None = None) -> Iterator[np.
         path: a video file.
         batch_size: ``None`` to yield single frames; ``n`` to yield stacked batches of up to
             ``n`` frames (the last may be shorter).
+        upright: turn each frame by the video's display rotation, as players show it
+            (default: as stored).
 
     Yields:
         frames: (H, W, 3) uint8 RGB, or with ``batch_size`` (B, H, W, 3) uint8 RGB.
@@ -464,6 +497,10 @@ def read_frames(path: Path | str, batch_size: int | None = None) -> Iterator[np.
             container.close()
             raise
         frames = _iter_av(path, container, stream)
+    if upright:
+        rotation = probe_video(path).rotation
+        if _quarter_turns(rotation):
+            frames = (_upright(f, rotation) for f in frames)
     if batch_size is None:
         return frames
     return (np.stack(batch) for batch in iter_batches(frames, batch_size))

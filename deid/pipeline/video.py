@@ -47,13 +47,16 @@ from deid.io import (
     FrameTable,
     VideoInfo,
     VideoWriter,
+    as_stored,
     concat_videos,
     frame_table,
     iter_batches,
     probe_video,
     read_frames,
     read_range,
+    shown_size,
     tmp_beside,
+    upright,
     writing,
 )
 from deid.pipeline.keyframes import KeyframeDetector
@@ -157,14 +160,17 @@ def split(input: Path | str, chunk_frames: int) -> dict[str, Any]:
 
 
 def _frames(input: Path, layout: Layout, chunk: Chunk, timer: Timer) -> Iterator[np.ndarray]:
-    """The chunk's frames, decoded one at a time as they are taken (decoding timed)."""
+    """The chunk's frames, upright (as players show them: a portrait video is stored
+    sideways, and faces are searched the right way up), decoded one at a time as they are
+    taken (decoding timed)."""
     it = read_range(input, chunk.start, chunk.stop, _table(layout))
     while True:
         with timer("decode"):
             item = next(it, None)
-        if item is None:
+            frame = None if item is None else upright(item[1], layout.rotation)
+        if frame is None:
             return
-        yield item[1]
+        yield frame
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,8 +270,7 @@ def plan(
     t = res.settings.tracking
     out = plan_tracks(
         faces,
-        layout.width,
-        layout.height,
+        *shown_size(layout.width, layout.height, layout.rotation),
         res.target_mode,
         res.classifier.num_classes,
         seed=res.settings.pipeline.seed,
@@ -358,10 +363,22 @@ def _writer(path: Path, layout: Layout | Mapping[str, Any], crf: int) -> VideoWr
 
 
 def _indexed(input: Path, layout: Layout, chunk: Chunk) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(frame index, pts or None, frame) of the chunk's frames."""
+    """(frame index, pts or None, frame) of the chunk's frames, upright (boxes, plans and
+    reports are in the frame as players show it; :func:`_write` turns it back)."""
     pts = layout.pts
     for i, (_, frame) in enumerate(read_range(input, chunk.start, chunk.stop, _table(layout))):
-        yield chunk.start + i, pts[chunk.start + i], frame
+        yield chunk.start + i, pts[chunk.start + i], upright(frame, layout.rotation)
+
+
+def _write(writer: VideoWriter, layout: Layout, frame: np.ndarray, pts: int) -> None:
+    """Encode an upright frame in the input's stored orientation (its display rotation is
+    set on the assembled file)."""
+    writer.write(as_stored(frame, layout.rotation), pts=pts)
+
+
+def _segment_frames(path: Path, layout: Layout) -> Iterator[np.ndarray]:
+    """A written segment's frames (stored as the input's are, untagged), upright."""
+    return (upright(f, layout.rotation) for f in read_frames(path))
 
 
 def _planned(plan: Plan | dict[str, Any], chunk: Chunk) -> dict[int, list[PlannedFace]]:
@@ -487,7 +504,7 @@ def _encode(r: ChunkRender) -> None:
             with r.timer("encode"):
                 for fi, pts, frame in batch:
                     composed = _compose(frame, by_frame.get(fi, []), r.pixels, r.res)
-                    writer.write(composed, pts=pts)
+                    _write(writer, r.layout, composed, pts)
                     if r.thumbnails is not None:
                         _thumbs(
                             r.thumbnails, r.max_thumbnails, by_frame.get(fi, []), frame, composed
@@ -506,7 +523,7 @@ def _verify(r: ChunkRender) -> None:
     judge_now = r.judged and not judges_final_only(r.res.settings)
     with r.timer("verify"):
         for start, batch in _numbered(
-            read_frames(r.first), r.res.settings.detector.batch_frames, r.chunk.start
+            _segment_frames(r.first, r.layout), r.res.settings.detector.batch_frames, r.chunk.start
         ):
             recs = [x for fi in range(start, start + len(batch)) for x in r.by_frame.get(fi, [])]
             if recs:
@@ -522,7 +539,7 @@ def _judge_segment(
     """The judge on the faces of the segment at ``path`` that ``which`` picks."""
     with r.timer("judge"):
         for start, batch in _numbered(
-            read_frames(path), r.res.settings.detector.batch_frames, r.chunk.start
+            _segment_frames(path, r.layout), r.res.settings.detector.batch_frames, r.chunk.start
         ):
             recs = [
                 x
@@ -568,7 +585,7 @@ def _repair(r: ChunkRender) -> None:
         r.final = tmp_beside(r.out, "repair")
         with r.timer("repair"), _writer(r.final, r.layout, p.crf) as w2:
             for fi, pts, frame in _indexed(r.input, r.layout, r.chunk):
-                w2.write(_compose(frame, r.by_frame.get(fi, []), r.pixels, r.res), pts=pts)
+                _write(w2, r.layout, _compose(frame, r.by_frame.get(fi, []), r.pixels, r.res), pts)
         if not r.judged:
             return
         _judge_segment(r, r.final, lambda x: True, after_repair=True)

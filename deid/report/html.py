@@ -257,7 +257,7 @@ def rebuild_thumbnails(rep: dict[str, Any], report_dir: Path, k: int = 16) -> li
         before: dict[int, np.ndarray] = {}
         after: dict[int, np.ndarray] = {}
         for store, path in ((before, src), (after, dst)):
-            for i, frame in enumerate(read_frames(path)):
+            for i, frame in enumerate(read_frames(path, upright=True)):
                 if i in wanted:
                     store[i] = frame
                 if i >= last:
