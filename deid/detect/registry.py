@@ -8,6 +8,7 @@ import torch
 
 from deid.detect.base import Detector, DetectorSettings
 from deid.detect.mtcnn import build_mtcnn
+from deid.detect.turns import TurnedDetector
 from deid.errors import ConfigError
 
 #: Builds a detector from the ``detector`` settings on a torch device.
@@ -47,6 +48,9 @@ def build_detector(cfg: DetectorSettings, device: torch.device | str = "cpu") ->
     if cfg.name not in DETECTORS:
         raise ConfigError(f"unknown detector {cfg.name!r}; available: {sorted(DETECTORS)}")
     det = DETECTORS[cfg.name](cfg, torch.device(device))
+    turns = getattr(cfg, "turns", None)
+    if turns and isinstance(det, Detector):
+        det = TurnedDetector(det, turns)
     if not isinstance(det, Detector):
         raise TypeError(
             f"detector {cfg.name!r}: its factory returned {type(det).__name__}, which lacks "
