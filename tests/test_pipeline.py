@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from deid.config import load_settings
-from deid.io import read_image, write_image
+from deid.errors import OutputError
+from deid.io import check_run, read_image, read_image_pages, write_image
 from deid.pipeline import (
     Resources,
     TargetMemory,
@@ -122,6 +123,46 @@ def test_a_photos_pixel_format_is_kept(tmp_path: Path) -> None:
     back = Image.open(tmp_path / "out2.png")
     assert back.mode == "RGBA"
     np.testing.assert_array_equal(np.asarray(back)[:, :, 3], alpha)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".webp"])
+def test_every_frame_of_a_multi_frame_image_is_protected(tmp_path: Path, suffix: str) -> None:
+    """A multi-page TIFF (a multispectral camera's bands) or an animated WebP comes out
+    with every frame, each frame's faces protected, the pixels away from them as they
+    were, and the animation's timing; written as a JPEG it is refused up front."""
+    a = cv2.resize(scene("couple_two_faces.jpg"), (480, 320), interpolation=cv2.INTER_AREA)
+    b = cv2.resize(scene("group_friends_stoop.jpg"), (480, 252), interpolation=cv2.INTER_AREA)
+    if suffix == ".webp":  # an animation's frames share one size
+        b = cv2.resize(b, (480, 320), interpolation=cv2.INTER_AREA)
+    src, out = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}"
+    first, second = Image.fromarray(a), Image.fromarray(b).convert("L")  # a grey page too
+    extra = {"duration": [300, 700], "loop": 0, "lossless": True} if suffix == ".webp" else {}
+    first.save(src, save_all=True, append_images=[second], **extra)
+    report = run(src, out, _settings(), progress=False)
+    t = report["totals"]
+    assert t["frames"] == 2 and t["unprotected_faces"] == 0
+    assert {f["frame"] for f in report["faces_detail"]} == {0, 1}
+    assert all(f["page"] == f["frame"] for f in report["faces_detail"])  # the file's frame
+    frames, pages = read_image_pages(out)
+    assert len(frames) == 2 and frames[1].shape == (*np.asarray(second).shape, 3)
+    for i, (orig, back) in enumerate(zip(read_image_pages(src)[0], frames, strict=True)):
+        outside = np.ones(back.shape[:2], bool)
+        for f in report["faces_detail"]:
+            if f["frame"] == i:
+                x1, y1, x2, y2 = f["region"]
+                outside[y1:y2, x1:x2] = False
+        diff = np.abs(back.astype(int) - orig)
+        assert diff[~outside].mean() > 2 * diff[outside].mean() + 0.5  # the faces changed
+        if suffix == ".tif":  # lossless: the rest as it was
+            np.testing.assert_array_equal(back[outside], orig[outside])
+        else:  # WebP at deid's quality 95: lossy
+            assert diff[outside].mean() < 2
+    if suffix == ".webp":
+        assert pages.durations == [300, 700] and pages.loop == 0
+    else:
+        assert [p.grey for p in pages.formats] == [False, True]
+    with pytest.raises(OutputError, match="holds 2 frames"):
+        check_run(src, tmp_path / "out.jpg")
 
 
 def test_failed_attacks_fail_closed(tmp_path: Path) -> None:

@@ -662,7 +662,7 @@ def _frame_pairs(
 ) -> Iterator[tuple[list[dict[str, Any]], np.ndarray, np.ndarray]]:
     """(face records, original frame, written frame) for each frame of the run with faces;
     a video's two files are decoded side by side, one frame at a time."""
-    from deid.io import IMAGE_EXTS, read_frames, read_image
+    from deid.io import IMAGE_EXTS, read_frames, read_image_pages
 
     by_key: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in report.get("faces_detail", []):
@@ -683,7 +683,8 @@ def _frame_pairs(
     for (file, _), recs in by_key.items():
         src = Path(file or input)
         dst = output / src.relative_to(input) if input.is_dir() else output
-        yield recs, read_image(src), read_image(dst)
+        page = int(recs[0].get("page") or 0)  # a multi-frame image's frame
+        yield recs, read_image_pages(src)[0][page], read_image_pages(dst)[0][page]
 
 
 def judge_run(

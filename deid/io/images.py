@@ -112,6 +112,79 @@ def read_image(path: Path | str) -> np.ndarray:
     return read_image_format(path)[0]
 
 
+@dataclass(frozen=True, eq=False)
+class Pages:
+    """What :func:`read_image_pages` read beside the frames of an image file, for
+    :func:`write_image_pages`: each frame's :class:`PixelFormat`, and an animation's
+    timing.
+
+    Attributes:
+        formats: one per frame.
+        durations: ms each frame shows (an animated WebP or PNG), else None.
+        loop: an animation's loop count (0: for ever), else None.
+    """
+
+    formats: list[PixelFormat]
+    durations: list[int] | None = None
+    loop: int | None = None
+
+
+# of _PIL_FORMATS' formats, those that hold several frames (a multi-page TIFF, an animated
+# WebP or PNG)
+_MULTI_FORMATS = {"TIFF", "WEBP", "PNG"}
+
+
+def count_frames(path: Path | str) -> int:
+    """How many frames (pages) an image file holds: 1 for most; an animated WebP or PNG,
+    a multi-page TIFF or an MPO JPEG more.
+
+    Raises:
+        InputError: the path is not a readable image.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            return int(getattr(img, "n_frames", 1) or 1)
+    except UnidentifiedImageError as e:
+        raise InputError(path, _EXPECTED_IMAGE) from e
+    except _PIL_ERRORS as e:
+        raise InputError(path, f"{_EXPECTED_IMAGE}: {e}") from e
+
+
+def read_image_pages(path: Path | str) -> tuple[list[np.ndarray], Pages]:
+    """Every frame of an image file as :func:`read_image` reads its first: the pages of a
+    multi-page TIFF, the frames of an animated WebP or PNG (each as shown, composed), and
+    what :func:`write_image_pages` needs to write them back.
+
+    Raises:
+        InputError: the path is missing or not a readable image.
+    """
+    path = Path(path)
+    n = count_frames(path) if path.is_file() else 1
+    if n == 1:
+        rgb, fmt = read_image_format(path)
+        return [rgb], Pages([fmt])
+    frames, formats, durations = [], [], []
+    try:
+        with Image.open(path) as img:
+            loop = img.info.get("loop")
+            for i in range(n):
+                img.seek(i)
+                img.load()
+                durations.append(int(img.info.get("duration", 0) or 0))
+                rgb, fmt = _to_rgb(ImageOps.exif_transpose(img))
+                frames.append(rgb)
+                formats.append(fmt)
+    except _PIL_ERRORS as e:
+        raise InputError(path, f"{_EXPECTED_IMAGE}: frame {len(frames)} of {n}: {e}") from e
+    animated = img.format in ("WEBP", "PNG")
+    return frames, Pages(
+        formats,
+        durations if animated else None,
+        int(loop) if animated and loop is not None else None,
+    )
+
+
 def read_image_format(path: Path | str) -> tuple[np.ndarray, PixelFormat]:
     """:func:`read_image`, and what of the file the RGB array does not hold (greyscale,
     alpha, 16-bit depth), for :func:`write_image`'s ``like``.
@@ -176,6 +249,49 @@ def write_image(
     elif fmt == "WEBP":
         options = {"quality": quality, "lossless": quality == 100}
     img = _like(rgb, like, fmt, path) if like is not None else Image.fromarray(rgb)
+    _save(path, img, fmt, options)
+    log.debug("wrote %s (%dx%d %s)", path, rgb.shape[1], rgb.shape[0], fmt)
+
+
+def write_image_pages(
+    path: Path | str, frames: Sequence[np.ndarray], quality: int, pages: Pages
+) -> None:
+    """Write the frames :func:`read_image_pages` read (each as :func:`write_image` would,
+    ``like`` its own format), as one file: a multi-page TIFF, an animated WebP or PNG with
+    the input's timing. A format of one frame (JPEG, BMP) gets the first frame and a
+    warning (:func:`deid.pipeline` refuses such an output up front).
+
+    Raises:
+        OutputError: as :func:`write_image`.
+    """
+    path = Path(path)
+    if len(frames) != len(pages.formats) or not frames:
+        raise ValueError(f"frames: expected {len(pages.formats)}, got {len(frames)}")
+    fmt = _PIL_FORMATS.get(path.suffix.lower())
+    if len(frames) == 1 or fmt not in _MULTI_FORMATS:
+        if len(frames) > 1:
+            log.warning("%s: %s holds one frame; %d frames not written", path, fmt, len(frames) - 1)
+        write_image(path, frames[0], quality, like=pages.formats[0])
+        return
+    for i, rgb in enumerate(frames):
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ShapeError(f"frames[{i}]", rgb.shape, "(H, W, 3) uint8 RGB")
+    imgs = [_like(rgb, like, fmt, path) for rgb, like in zip(frames, pages.formats, strict=True)]
+    options: dict[str, object] = {"save_all": True, "append_images": imgs[1:]}
+    if fmt == "WEBP":
+        options |= {"quality": quality, "lossless": quality == 100}
+    if fmt in ("WEBP", "PNG") and pages.durations is not None:
+        options |= {"duration": list(pages.durations), "loop": pages.loop or 0}
+        if fmt == "WEBP":  # an animation's frames are all of one mode
+            mode = "RGBA" if any(i.mode in ("RGBA", "LA") for i in imgs) else "RGB"
+            imgs = [i.convert(mode) for i in imgs]
+            options["append_images"] = imgs[1:]
+    _save(path, imgs[0], fmt, options)
+    log.debug("wrote %s (%d frames, %s)", path, len(frames), fmt)
+
+
+def _save(path: Path, img: Image.Image, fmt: str, options: dict[str, object]) -> None:
+    """Save ``img`` (with ``options``) to a temporary file beside ``path``, then rename."""
     tmp = tmp_beside(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +301,6 @@ def write_image(
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise OutputError(path, f"cannot write the image ({e})") from e
-    log.debug("wrote %s (%dx%d %s)", path, rgb.shape[1], rgb.shape[0], fmt)
 
 
 def _like(rgb: np.ndarray, like: PixelFormat, fmt: str, path: Path) -> Image.Image:
@@ -286,6 +401,22 @@ def check_output_kind(kind: Literal["video", "image", "folder"], output: Path | 
         )
 
 
+def _check_frames_fit(input: Path, output: Path) -> None:
+    """Refuse a multi-page TIFF or an animated WebP or PNG whose output format holds one
+    frame (JPEG, BMP): its other frames would be lost. (An MPO JPEG's extra frames, a
+    camera's preview, are dropped with a warning.)"""
+    fmt_in = _PIL_FORMATS.get(input.suffix.lower())
+    fmt_out = _PIL_FORMATS.get(output.suffix.lower())
+    if fmt_in in _MULTI_FORMATS and fmt_out not in _MULTI_FORMATS and input.is_file():
+        n = count_frames(input)
+        if n > 1:
+            raise OutputError(
+                output,
+                f"{input.name} holds {n} frames (pages or an animation) and {fmt_out} holds "
+                "one; expected an output suffix of .png, .tif, .tiff or .webp",
+            )
+
+
 def check_run(
     input: Path | str,
     output: Path | str,
@@ -314,6 +445,8 @@ def check_run(
     ]
     check_writes([("input", input)], writes, probe=probe)
     check_output_kind(kind, output)
+    if kind == "image":
+        _check_frames_fit(input, output)
     if sheet is not None and sheet.path.suffix.lower() != ".png":
         raise OutputError(sheet.path, "the contact sheet is a PNG; expected a .png path")
     return kind

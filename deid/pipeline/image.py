@@ -22,12 +22,11 @@ from deid.config import Settings
 from deid.errors import InputError, OutputError
 from deid.io import (
     IMAGE_EXTS,
-    PixelFormat,
+    Pages,
     list_images,
-    read_image,
-    read_image_format,
+    read_image_pages,
     tmp_beside,
-    write_image,
+    write_image_pages,
     writing,
 )
 from deid.pipeline.report import FaceRecord, FailedInput, RunReport, Totals, face_totals
@@ -146,47 +145,56 @@ class ImageRun:
     state: StreamState
     timer: Timer
     tmp: Path
-    frame: np.ndarray | None = None
-    format: PixelFormat | None = None  # the input's greyscale, alpha, 16 bits: kept
-    out: np.ndarray | None = None
+    # the file's frames: one, or the pages of a multi-page TIFF, an animated WebP or PNG
+    frames: list[np.ndarray] = field(default_factory=list)
+    pages: Pages | None = None  # each frame's greyscale, alpha, 16 bits; the timing: kept
+    first: int = 0  # the run's frame index of the file's first frame
+    out: list[np.ndarray] = field(default_factory=list)
     records: list[FaceRecord] = field(default_factory=list)
-    written: np.ndarray | None = None
+    written: list[np.ndarray] | None = None
 
 
 def _decode(r: ImageRun) -> None:
     with r.timer("decode"):
-        r.frame, r.format = read_image_format(r.input)
+        r.frames, r.pages = read_image_pages(r.input)
 
 
 def _protect(r: ImageRun) -> None:
-    assert r.frame is not None
-    out, r.records = process_frames([r.frame], r.res, r.state, r.timer)
-    r.out = out[0]
+    r.first = r.state.frame_offset
+    r.out, r.records = process_frames(r.frames, r.res, r.state, r.timer)
+
+
+def _write(r: ImageRun, frames: list[np.ndarray]) -> None:
+    assert r.pages is not None
+    with writing(r.output):
+        write_image_pages(r.tmp, frames, r.res.settings.pipeline.jpeg_quality, r.pages)
+
+
+def _reread(r: ImageRun) -> list[np.ndarray]:
+    return read_image_pages(r.tmp)[0]
 
 
 def _encode(r: ImageRun) -> None:
-    assert r.out is not None
-    with r.timer("encode"), writing(r.output):
-        write_image(r.tmp, r.out, r.res.settings.pipeline.jpeg_quality, like=r.format)
+    with r.timer("encode"):
+        _write(r, r.out)
 
 
 def _verify(r: ImageRun) -> None:
     if r.res.settings.pipeline.verify and r.records:
-        first = r.records[0].frame
+        first = r.first
         with r.timer("verify"):
-            r.written = read_image(r.tmp)
-            verify_frames([r.written], r.records, r.res, first)
+            r.written = _reread(r)
+            verify_frames(r.written, r.records, r.res, first)
         if r.state.judged:
-            assert r.frame is not None
             p = r.res.settings.pipeline
             strict = is_strict(r.res.settings)
             # only the faces about to be repaired, where :func:`_repair` judges the final file
             final_only = judges_final_only(r.res.settings)
             judged = [x for x in r.records if not final_only or needs_repair(x, strict)]
             with r.timer("judge"):
-                describe_originals([r.frame], r.records, first, p.judge_workers)
+                describe_originals(r.frames, r.records, first, p.judge_workers)
                 if judged:
-                    judge_written([r.written], judged, first, workers=p.judge_workers)
+                    judge_written(r.written, judged, first, workers=p.judge_workers)
 
 
 def _repair(r: ImageRun) -> None:
@@ -194,24 +202,21 @@ def _repair(r: ImageRun) -> None:
     strict = is_strict(r.res.settings)
     if r.written is None or not p.repair:
         return
-    first = r.records[0].frame
+    first = r.first
     final_only = r.state.judged and judges_final_only(r.res.settings)
     if final_only and not any(needs_repair(x, strict) for x in r.records):
         with r.timer("judge"):  # the written file is the final one
-            judge_written([r.written], r.records, first, workers=p.judge_workers)
+            judge_written(r.written, r.records, first, workers=p.judge_workers)
         return
     # until the written file leaves no face to repair: the judge's figures are the final
     # file's, and in strict privacy a face the re-encoding made linkable is obscured too
     while any(needs_repair(x, strict) for x in r.records):
-        repair_frames([r.written], r.records, r.res, first)
-        with writing(r.output):
-            write_image(r.tmp, r.written, p.jpeg_quality, like=r.format)
+        repair_frames(r.written, r.records, r.res, first)
+        _write(r, r.written)
         if not r.state.judged:
             break
         with r.timer("judge"):
-            judge_written(
-                [read_image(r.tmp)], r.records, first, after_repair=True, workers=p.judge_workers
-            )
+            judge_written(_reread(r), r.records, first, after_repair=True, workers=p.judge_workers)
 
 
 def _publish(r: ImageRun) -> None:
@@ -219,6 +224,8 @@ def _publish(r: ImageRun) -> None:
         r.tmp.replace(r.output)
     for x in r.records:
         x.file = str(r.input)
+        if len(r.frames) > 1:
+            x.page = x.frame - r.first
 
 
 IMAGE_STEPS: tuple[Step[ImageRun], ...] = (

@@ -204,6 +204,8 @@ class FaceRecord(Artefact):
     verified: Verified | None = None
     judge: FaceJudge | None = None
     file: str | None = None
+    # a multi-frame image's (a TIFF's pages, an animation's frames): the face's frame in it
+    page: int | None = None
 
     # where the face was cut out and aligned (to re-cut it from the written file); not in
     # the report

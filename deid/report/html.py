@@ -239,7 +239,7 @@ def _crop(img: np.ndarray, region: list[int]) -> np.ndarray:
 def rebuild_thumbnails(rep: dict[str, Any], report_dir: Path, k: int = 16) -> list[dict[str, Any]]:
     """Faces before (from the input) and after (from the output) for a run report's contact
     sheet. Raises :class:`InputError` when the input or output cannot be read any more."""
-    from deid.io import read_frames, read_image
+    from deid.io import read_frames, read_image_pages
 
     faces = [f for f in rep.get("faces_detail", []) if f.get("region")]
     if not faces:
@@ -267,7 +267,7 @@ def rebuild_thumbnails(rep: dict[str, Any], report_dir: Path, k: int = 16) -> li
                 b, a = before[f["frame"]], after[f["frame"]]
                 out.append({**f, "before": _crop(b, f["region"]), "after": _crop(a, f["region"])})
         return out
-    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     for f in picked:
         if rep["kind"] == "folder":
             fin = Path(f["file"])
@@ -278,9 +278,10 @@ def rebuild_thumbnails(rep: dict[str, Any], report_dir: Path, k: int = 16) -> li
                 fout = dst / fin.name
         else:
             fin, fout = src, dst
-        key = str(fin)
+        key = (str(fin), int(f.get("page") or 0))
         if key not in cache:
-            cache[key] = (read_image(fin), read_image(fout))
+            page = key[1]
+            cache[key] = (read_image_pages(fin)[0][page], read_image_pages(fout)[0][page])
         b, a = cache[key]
         out.append({**f, "before": _crop(b, f["region"]), "after": _crop(a, f["region"])})
     return out
