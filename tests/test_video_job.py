@@ -148,6 +148,23 @@ def test_a_portrait_clip_is_searched_upright(tmp_path: Path, resources: Resource
     assert np.abs(b - a)[away].mean() < 2.0
 
 
+def test_an_anamorphic_clip_keeps_its_pixel_shape(tmp_path: Path, resources: Resources) -> None:
+    """Anamorphic video (pixels 4:3 wide: 360x320 stored, shown 480x320) comes out tagged
+    as it came in, through every chunk and the assembly, so players show it as wide."""
+    frames = [cv2.resize(f, (360, H), interpolation=cv2.INTER_AREA) for f in face_frames()[:6]]
+    src = tmp_path / "anamorphic.mp4"
+    with VideoWriter(src, 25, 360, H, crf=8, sample_aspect=Fraction(4, 3)) as w:
+        for f in frames:
+            w.write(f)
+    assert probe_video(src).sample_aspect == Fraction(4, 3)
+    out = tmp_path / "out.mp4"
+    report = run(src, out, resources.settings, progress=False, resources=resources)
+    assert report["totals"]["faces"] >= 6 and report["totals"]["unprotected_faces"] == 0
+    o = probe_video(out)
+    assert (o.width, o.height, o.sample_aspect) == (360, H, Fraction(4, 3))
+    assert probe_video(write_clip(tmp_path / "square.mp4", face_frames())).sample_aspect is None
+
+
 def test_chunked_video_keeps_timestamps_audio_and_one_target(
     tmp_path: Path, resources: Resources
 ) -> None:

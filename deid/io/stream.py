@@ -32,7 +32,7 @@ import numpy as np
 
 from deid.errors import InputError, OutputError
 from deid.io.paths import tmp_beside
-from deid.io.video import frame_rgb, probe_video, shown_size, upright
+from deid.io.video import frame_rgb, probe_video, sample_aspect_of, shown_size, upright
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,8 @@ class StreamSource:
         width, height, rate: of the video stream, as players show it (a file's display
             rotation applied: its frames come upright).
         rotation: a file's display rotation (degrees counter-clockwise; 0 for a URL).
+        sample_aspect: the pixel shape (width / height) of anamorphic video, upright;
+            None: square.
     """
 
     def __init__(
@@ -161,6 +163,10 @@ class StreamSource:
         # container (MPEG-TS, RTSP) carries none
         self.rotation = 0 if self.url else probe_video(Path(src)).rotation
         self.width, self.height = shown_size(ctx.width, ctx.height, self.rotation)
+        sar = sample_aspect_of(self._stream)
+        if sar is not None and (self.width, self.height) != (ctx.width, ctx.height):
+            sar = 1 / sar  # a quarter turn turns the pixels too
+        self.sample_aspect = sar
         rate = Fraction(self._stream.average_rate or self._stream.guessed_rate or 25)
         self.rate = rate if 0 < rate <= 240 else Fraction(25)  # probed mid-stream: unsure
         self.bad_packets = 0
@@ -220,6 +226,7 @@ class StreamSink:
         rate: nominal frame rate.
         crf: x264 quality (0 lossless .. 51).
         preset: x264 preset (``ultrafast`` keeps up on a small CPU).
+        sample_aspect: the pixel shape to tag (anamorphic video); None: square.
 
     A file is written to a temporary name beside ``dst`` and renamed into place by
     :meth:`close` (after at least one frame), so it is either whole and readable or absent.
@@ -233,6 +240,7 @@ class StreamSink:
         rate: Fraction,
         crf: int = 18,
         preset: str = "ultrafast",
+        sample_aspect: Fraction | None = None,
     ) -> None:
         self.dst = dst
         self.url = is_url(dst)
@@ -265,6 +273,8 @@ class StreamSink:
             ctx.time_base = self.time_base
             ctx.colorspace, ctx.color_range = 6, 1  # BT.601, MPEG range (as VideoWriter)
             ctx.color_primaries, ctx.color_trc = 6, 6
+            if sample_aspect is not None:
+                ctx.sample_aspect_ratio = Fraction(sample_aspect)
             # a keyframe every second, so a receiver joining late starts within one
             s.options = {
                 "crf": str(crf),

@@ -58,6 +58,9 @@ class VideoInfo:
         colour: (matrix, primaries, transfer) as FFmpeg numbers them (``AVCOL_SPC``,
             ``AVCOL_PRI``, ``AVCOL_TRC``: 1 BT.709, 6 SMPTE 170M, 9 BT.2020, transfer 16 PQ,
             18 HLG; 2 unspecified); pass it to :class:`VideoWriter` to keep them.
+        sample_aspect: the shape of a pixel (width / height) where it is not square, as
+            anamorphic footage has (720x540 stored, 4:3 pixels, shown 16:9); None: square
+            or untagged. Pass it to :class:`VideoWriter` to keep it.
     """
 
     width: int
@@ -70,6 +73,15 @@ class VideoInfo:
     rotation: int = 0
     rate: Fraction = Fraction(0)
     colour: tuple[int, int, int] = (2, 2, 2)
+    sample_aspect: Fraction | None = None
+
+
+def sample_aspect_of(stream: Any) -> Fraction | None:
+    """A stream's sample (pixel) aspect ratio where it is set and not square."""
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar is not None and sar.numerator > 0 and sar.denominator > 0 and sar != 1:
+            return Fraction(sar.numerator, sar.denominator)
+    return None
 
 
 def to_rate(fps: float | Fraction) -> Fraction:
@@ -224,6 +236,7 @@ def probe_video(path: Path | str) -> VideoInfo:
             rotation=rotation,
             rate=rate,
             colour=_colour(stream, first),
+            sample_aspect=sample_aspect_of(stream),
         )
     finally:
         container.close()
@@ -623,6 +636,8 @@ class VideoWriter:
         x264_params: extra libx264 options (``key=value:key=value``), e.g. ``mbtree=0``
             where outputs must be byte-for-byte reproducible (see :data:`REPRODUCIBLE_X264`).
         colour: (matrix, primaries, transfer) to keep, as :attr:`VideoInfo.colour`.
+        sample_aspect: the pixel shape to tag, as :attr:`VideoInfo.sample_aspect` (None:
+            square).
 
     Attributes:
         frames_written: frames passed to :meth:`write` so far.
@@ -644,6 +659,7 @@ class VideoWriter:
         threads: int = 0,
         x264_params: str | None = None,
         colour: Sequence[int] | None = None,
+        sample_aspect: Fraction | None = None,
     ) -> None:
         self.path = Path(path)
         self.rate = to_rate(fps)
@@ -700,6 +716,8 @@ class VideoWriter:
                     self._stream.options = {**self._stream.options, "x264-params": x264_params}
             if rotation % 360:
                 self._stream.set_display_rotation(rotation % 360)
+            if sample_aspect is not None:
+                ctx.sample_aspect_ratio = Fraction(sample_aspect)
         except _AV_ERRORS as e:
             self._discard()
             raise OutputError(self.path, f"cannot set up {codec} {pix_fmt} ({e})") from e

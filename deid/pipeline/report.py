@@ -89,6 +89,8 @@ class Layout(Artefact):
     # (matrix, primaries, transfer) of the input (deid.io.VideoInfo.colour), kept by the
     # output; a plan from before it had none: [2, 2, 2], unspecified
     colour: list[int] = [2, 2, 2]
+    # the input's pixel shape where not square ("4/3": anamorphic), kept by the output
+    sample_aspect: str | None = None
 
 
 class AnalysedFace(Artefact):

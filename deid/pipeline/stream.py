@@ -445,7 +445,9 @@ def run_stream(
                     # not say its size before)
                     h, w = out.shape[:2]
                     crf = res.settings.pipeline.crf
-                    sink = StreamSink(dst, w, h, source.rate, crf, opts.preset)
+                    sink = StreamSink(
+                        dst, w, h, source.rate, crf, opts.preset, source.sample_aspect
+                    )
                 sink.write(out, sf.pts)
                 with stats.lock:
                     stats.frames_out += 1

@@ -156,6 +156,7 @@ def split(input: Path | str, chunk_frames: int) -> dict[str, Any]:
         has_audio=info.has_audio,
         chunks=chunks,
         colour=list(info.colour),
+        sample_aspect=None if info.sample_aspect is None else str(info.sample_aspect),
     ).wire()
 
 
@@ -349,6 +350,7 @@ def _writer(path: Path, layout: Layout | Mapping[str, Any], crf: int) -> VideoWr
     bytes."""
     get = layout.__getitem__ if isinstance(layout, Mapping) else layout.__getattribute__
     colour = layout.get("colour") if isinstance(layout, Mapping) else layout.colour
+    sar = layout.get("sample_aspect") if isinstance(layout, Mapping) else layout.sample_aspect
     return VideoWriter(
         path,
         Fraction(get("rate")),
@@ -359,6 +361,7 @@ def _writer(path: Path, layout: Layout | Mapping[str, Any], crf: int) -> VideoWr
         threads=SEGMENT_THREADS,
         x264_params=REPRODUCIBLE_X264,
         colour=colour,
+        sample_aspect=None if sar is None else Fraction(sar),
     )
 
 
