@@ -15,7 +15,15 @@ import pytest
 
 from deid.config import load_settings
 from deid.errors import DeidError
-from deid.io import VideoWriter, as_stored, frame_table, probe_video, read_frames, write_image
+from deid.io import (
+    VideoWriter,
+    as_stored,
+    field_frame,
+    frame_table,
+    probe_video,
+    read_frames,
+    write_image,
+)
 from deid.pipeline import Resources, run
 from deid.pipeline import video as job
 
@@ -163,6 +171,40 @@ def test_an_anamorphic_clip_keeps_its_pixel_shape(tmp_path: Path, resources: Res
     o = probe_video(out)
     assert (o.width, o.height, o.sample_aspect) == (360, H, Fraction(4, 3))
     assert probe_video(write_clip(tmp_path / "square.mp4", face_frames())).sample_aspect is None
+
+
+def test_an_interlaced_clip_is_searched_in_one_field_and_stays_interlaced(
+    tmp_path: Path, resources: Resources
+) -> None:
+    """Interlaced video (two fields a moment apart, woven into each frame) combs moving
+    faces, and the detector misses some; one field shows them whole. A job detects in one
+    field and writes its output interlaced, with the input's field order."""
+    clip = SCENES / "pedestrians_walking_1080p.mp4"
+    frames = []
+    for k, f in enumerate(read_frames(clip)):
+        if k >= 8:
+            break
+        frames.append(np.ascontiguousarray(f[::2, ::2]))  # 960x540, 7-8 walkers' faces
+    woven = []
+    for a, b in zip(frames[::2], frames[1::2], strict=True):
+        w = b.copy()
+        w[1::2] = a[1::2]  # bottom field first: the top field one frame later
+        woven.append(w)
+    found = [
+        sum(len(d) for d in resources.detector.detect(fs))
+        for fs in (frames[::2], woven, [field_frame(w) for w in woven])
+    ]
+    progressive, combed, field = found
+    assert field >= combed + 4 and field >= progressive - 1, found
+    src = tmp_path / "interlaced.mp4"
+    with VideoWriter(src, 25, 960, 540, crf=10, interlaced="bff") as w:
+        for f in woven:
+            w.write(f)
+    assert probe_video(src).interlaced == "bff"
+    out = tmp_path / "out.mp4"
+    report = run(src, out, resources.settings, progress=False, resources=resources)
+    assert report["totals"]["faces"] >= field and report["totals"]["unprotected_faces"] == 0
+    assert probe_video(out).interlaced == "bff"
 
 
 def test_chunked_video_keeps_timestamps_audio_and_one_target(

@@ -91,6 +91,8 @@ class Layout(Artefact):
     colour: list[int] = [2, 2, 2]
     # the input's pixel shape where not square ("4/3": anamorphic), kept by the output
     sample_aspect: str | None = None
+    # "tff" / "bff": interlaced input (detected on one field; written interlaced)
+    interlaced: str | None = None
 
 
 class AnalysedFace(Artefact):

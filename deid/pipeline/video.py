@@ -49,6 +49,7 @@ from deid.io import (
     VideoWriter,
     as_stored,
     concat_videos,
+    field_frame,
     frame_table,
     iter_batches,
     probe_video,
@@ -157,18 +158,22 @@ def split(input: Path | str, chunk_frames: int) -> dict[str, Any]:
         chunks=chunks,
         colour=list(info.colour),
         sample_aspect=None if info.sample_aspect is None else str(info.sample_aspect),
+        interlaced=info.interlaced,
     ).wire()
 
 
 def _frames(input: Path, layout: Layout, chunk: Chunk, timer: Timer) -> Iterator[np.ndarray]:
-    """The chunk's frames, upright (as players show them: a portrait video is stored
-    sideways, and faces are searched the right way up), decoded one at a time as they are
-    taken (decoding timed)."""
+    """The chunk's frames for analysis, upright (as players show them: a portrait video is
+    stored sideways, and faces are searched the right way up) and, of an interlaced video,
+    one field (:func:`deid.io.video.field_frame`), decoded one at a time as they are taken
+    (decoding timed)."""
     it = read_range(input, chunk.start, chunk.stop, _table(layout))
     while True:
         with timer("decode"):
             item = next(it, None)
             frame = None if item is None else upright(item[1], layout.rotation)
+            if frame is not None and layout.interlaced:  # faces whole, not combed
+                frame = field_frame(frame)
         if frame is None:
             return
         yield frame
@@ -351,6 +356,7 @@ def _writer(path: Path, layout: Layout | Mapping[str, Any], crf: int) -> VideoWr
     get = layout.__getitem__ if isinstance(layout, Mapping) else layout.__getattribute__
     colour = layout.get("colour") if isinstance(layout, Mapping) else layout.colour
     sar = layout.get("sample_aspect") if isinstance(layout, Mapping) else layout.sample_aspect
+    il = layout.get("interlaced") if isinstance(layout, Mapping) else layout.interlaced
     return VideoWriter(
         path,
         Fraction(get("rate")),
@@ -362,6 +368,7 @@ def _writer(path: Path, layout: Layout | Mapping[str, Any], crf: int) -> VideoWr
         x264_params=REPRODUCIBLE_X264,
         colour=colour,
         sample_aspect=None if sar is None else Fraction(sar),
+        interlaced=il,
     )
 
 
