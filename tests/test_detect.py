@@ -23,9 +23,10 @@ from deid.detect import (
     build_detector,
     register_detector,
 )
+from deid.detect.light import stretched
 from deid.detect.turns import map_back, turn_frame
 from deid.errors import ConfigError
-from deid.io import read_image, write_image
+from deid.io import read_frames, read_image, write_image
 from deid.pipeline import run
 from deid.types import Detections
 
@@ -162,7 +163,7 @@ def test_every_module_gets_its_detector_from_the_builder(monkeypatch: pytest.Mon
     plain |= {"factor": 0.709, "upscale": 1.0, "pyramid": "enlarged"}  # not the drone defaults
     plain |= {"keyframe_interval": 1, "track_score": None}  # every image on its own
     plain |= {"recheck_score": None, "confirm_score": None}  # no second look
-    plain |= {"turns": []}  # upright faces only
+    plain |= {"turns": [], "stretch_below": None}  # upright faces, as lit
     assert [(c.model_dump(exclude={"tile_overlap", "batch_frames"}), d) for c, d in built] == [
         ({**plain, "min_face_size": 40, "min_score": 0.8, "edge_pad": 0}, torch.device("cpu")),
         (
@@ -448,3 +449,35 @@ def test_turns_are_angles_other_than_upright() -> None:
     for bad in ([0], [360], [90, 450], [90, -270]):
         with pytest.raises(ValidationError):
             DetectorConfig(turns=bad)
+
+
+def test_dim_frames_are_detected_stretched() -> None:
+    """At dusk (frames using about 40 grey levels, with sensor noise) MTCNN misses faces it
+    finds in the same frames stretched to the full range; well-lit frames pass unchanged."""
+    frames = []
+    for i, f in enumerate(read_frames(SCENES / "pedestrians_walking_1080p.mp4")):
+        if i >= 8:
+            break
+        if i % 2 == 0:
+            frames.append(np.ascontiguousarray(f[::2, ::2]))
+    rng = np.random.default_rng(0)
+    dark = []
+    for f in frames:  # linear light times 0.02, then sensor noise
+        x = ((f.astype(np.float32) / 255) ** 2.2 * 0.02) ** (1 / 2.2) * 255
+        dark.append(np.clip(x + rng.normal(0, 2, f.shape), 0, 255).round().astype(np.uint8))
+    assert stretched(frames[0], 100) is None  # a well-lit frame is left alone
+    assert stretched(np.zeros((64, 64, 3), np.uint8), 100) is None  # nothing to stretch
+    off = build_detector(load_settings(None, {"detector": {"stretch_below": None}}).detector)
+    on = build_detector(load_settings(None, {}).detector)
+    lit = off.detect(frames)
+
+    def found(dets: list[Detections]) -> int:  # faces of the lit frames found again
+        return sum(
+            any(b[0] <= (c[0] + c[2]) / 2 <= b[2] and b[1] <= (c[1] + c[3]) / 2 <= b[3] for c in d)
+            for lf, d in zip(lit, (x.boxes for x in dets), strict=True)
+            for b in lf.boxes
+        )
+
+    n = sum(len(d) for d in lit)
+    plain, levelled = found(off.detect(dark)), found(on.detect(dark))
+    assert n >= 24 and plain <= n - 4 and levelled >= n - 1, (n, plain, levelled)

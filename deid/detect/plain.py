@@ -19,9 +19,9 @@ def plain_mtcnn(
     min_face_size: int, min_score: float, device: torch.device | str = "cpu", **options: Any
 ) -> Detector:
     """MTCNN with its own thresholds (:data:`deid.config.MTCNN_THRESHOLDS`), no enlarging, no
-    tiling, no second look, no video hysteresis (``options``: other ``detector`` settings).
-    deid's data preparation, template and utility check use it, so their crops and figures
-    do not move with the pipeline's drone defaults."""
+    tiling, no second look, no stretching of dim frames, no video hysteresis (``options``:
+    other ``detector`` settings). deid's data preparation, template and utility check use
+    it, so their crops and figures do not move with the pipeline's drone defaults."""
     cfg = DetectorConfig(
         name="mtcnn",
         min_face_size=min_face_size,
@@ -31,6 +31,7 @@ def plain_mtcnn(
         upscale=1,
         track_score=None,
         recheck_score=None,
+        stretch_below=None,
         **options,
     )
     return build_detector(cfg, device)

@@ -48,12 +48,12 @@ def build_detector(cfg: DetectorSettings, device: torch.device | str = "cpu") ->
     if cfg.name not in DETECTORS:
         raise ConfigError(f"unknown detector {cfg.name!r}; available: {sorted(DETECTORS)}")
     det = DETECTORS[cfg.name](cfg, torch.device(device))
-    turns = getattr(cfg, "turns", None)
-    if turns and isinstance(det, Detector):
-        det = TurnedDetector(det, turns)
     if not isinstance(det, Detector):
         raise TypeError(
             f"detector {cfg.name!r}: its factory returned {type(det).__name__}, which lacks "
             "detect(frames, edge_pad=None) or too_small(shape)"
         )
+    turns = getattr(cfg, "turns", None)
+    if turns:
+        det = TurnedDetector(det, turns)
     return det
