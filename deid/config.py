@@ -119,13 +119,13 @@ class DetectorConfig(_Strict):
         "to read at upscale 2; 13-22% less detection time, a few more faces of 16-24 px "
         "missed on the drone stills)",
     )
-    stretch_below: float | None = Field(
-        100,
+    stretch_range: float | None = Field(
+        120,
         ge=1,
         le=255,
-        description="a frame whose 99th percentile grey level is under this (dusk, night) is "
-        "detected on a copy stretched from its 1st to its 99th percentile to 0-255 "
-        "(deid.detect.light): 4 dark pedestrian frames, 22-26 -> 27-28 of 28 faces; null: off",
+        description="a frame whose 1st-99th percentile grey levels span less than this (dusk, "
+        "haze, fog) is detected on a copy stretched to 0-255 (deid.detect.light): 4 pedestrian "
+        "frames, 28 faces: dark 22-26 -> 27-28, foggy 0-8 -> 24-27; null: off",
     )
     turns: list[float] = Field(
         default_factory=list,

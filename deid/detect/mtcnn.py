@@ -81,7 +81,7 @@ class MTCNNDetector(TiledDetector):
         recheck_score: float | None = None,
         confirm_score: float | None = None,
         pyramid: str = "enlarged",
-        stretch_below: float | None = None,
+        stretch_range: float | None = None,
     ) -> None:
         from facenet_pytorch import MTCNN
 
@@ -101,7 +101,7 @@ class MTCNNDetector(TiledDetector):
             upscale=upscale,
             recheck_score=recheck_score,
             confirm_score=confirm_score,
-            stretch_below=stretch_below,
+            stretch_range=stretch_range,
         )
         self.device = torch.device(device)
         thresholds = list(thresholds)

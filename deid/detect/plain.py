@@ -31,7 +31,7 @@ def plain_mtcnn(
         upscale=1,
         track_score=None,
         recheck_score=None,
-        stretch_below=None,
+        stretch_range=None,
         **options,
     )
     return build_detector(cfg, device)

@@ -71,7 +71,7 @@ def tile_grid(length: int, tile: int, overlap: int) -> tuple[list[int], int]:
 def tiling_options(cfg: DetectorSettings) -> dict[str, Any]:
     """:class:`TiledDetector`'s keyword arguments from the detector settings every detector
     shares (``min_face_size``, ``min_score``, ``max_side``, ``tile``, ``tile_overlap``,
-    ``edge_pad``, ``upscale``, ``recheck_score``, ``confirm_score``, ``stretch_below``)."""
+    ``edge_pad``, ``upscale``, ``recheck_score``, ``confirm_score``, ``stretch_range``)."""
     return {
         "min_face_size": cfg.min_face_size,
         "min_score": cfg.min_score,
@@ -82,7 +82,7 @@ def tiling_options(cfg: DetectorSettings) -> dict[str, Any]:
         "upscale": cfg.upscale,
         "recheck_score": cfg.recheck_score,
         "confirm_score": cfg.confirm_score,
-        "stretch_below": getattr(cfg, "stretch_below", None),
+        "stretch_range": getattr(cfg, "stretch_range", None),
     }
 
 
@@ -124,8 +124,8 @@ class TiledDetector:
         confirm_score: the score a second look must lift a detection to (``None``:
             ``min_score``); video analysis, which keeps detections down to the hysteresis'
             ``track_score``, keeps confirming at the pipeline's ``min_score``.
-        stretch_below: a frame whose 99th percentile grey level is under this (dusk, night)
-            is searched on a copy stretched to the full range
+        stretch_range: a frame whose 1st-99th percentile grey levels span less than this
+            (dusk, haze, fog) is searched on a copy stretched to the full range
             (:func:`deid.detect.light.stretched`); ``None``: never.
 
     Raises:
@@ -145,7 +145,7 @@ class TiledDetector:
         upscale: float = 1.0,
         recheck_score: float | None = None,
         confirm_score: float | None = None,
-        stretch_below: float | None = None,
+        stretch_range: float | None = None,
     ) -> None:
         if upscale < 1:
             raise ValueError(f"upscale: expected a factor >= 1, got {upscale}")
@@ -163,7 +163,7 @@ class TiledDetector:
         self.edge_pad = max(0, int(edge_pad))
         self.upscale = float(upscale)
         self.confirm_score = float(min_score if confirm_score is None else confirm_score)
-        self.stretch_below = None if stretch_below is None else float(stretch_below)
+        self.stretch_range = None if stretch_range is None else float(stretch_range)
         self.recheck_score = (
             None
             if recheck_score is None or recheck_score >= self.confirm_score
@@ -235,8 +235,8 @@ class TiledDetector:
                     f"frame {i}: expected (H, W, 3) uint8 RGB, got {f.shape} {f.dtype}"
                 )
             groups.setdefault(f.shape, []).append(i)
-        if self.stretch_below is not None:  # dim frames: a stretched copy
-            frames = [f if (s := stretched(f, self.stretch_below)) is None else s for f in frames]
+        if self.stretch_range is not None:  # dim or hazy frames: a stretched copy
+            frames = [f if (s := stretched(f, self.stretch_range)) is None else s for f in frames]
         for shape, idx in groups.items():
             batch = [frames[i] for i in idx]
             pad = self._pad(shape, edge_pad)
