@@ -207,6 +207,49 @@ def test_an_interlaced_clip_is_searched_in_one_field_and_stays_interlaced(
     assert probe_video(out).interlaced == "bff"
 
 
+def test_every_audio_track_is_kept(tmp_path: Path, resources: Resources) -> None:
+    """A clip with two audio tracks (two languages, say) keeps both, packet for packet, with
+    their language tags."""
+    rate = 44100
+    src = tmp_path / "two_tracks.mp4"
+    with av.open(str(src), mode="w") as out:
+        video = out.add_stream("libx264", rate=25, options={"crf": "12"})
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        tracks = []
+        for lang in ("eng", "deu"):
+            a = out.add_stream("aac", rate=rate)
+            a.layout = "mono"
+            a.metadata["language"] = lang
+            tracks.append(a)
+        for rgb in face_frames()[:6]:
+            out.mux(video.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(video.encode())
+        t = np.arange(int(rate * 0.24)) / rate
+        for hz, a in zip((440, 660), tracks, strict=True):
+            tone = (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)[None]
+            samples = av.AudioFrame.from_ndarray(tone, format="flt", layout="mono")
+            samples.sample_rate, samples.pts = rate, 0
+            out.mux(a.encode(samples))
+            out.mux(a.encode())
+    dst = tmp_path / "out.mp4"
+    report = run(src, dst, resources.settings, progress=False, resources=resources)
+    assert report["totals"]["unprotected_faces"] == 0
+
+    def tracks_of(path: Path) -> list[tuple[str, list[bytes]]]:
+        with av.open(str(path)) as c:
+            langs = [st.metadata.get("language", "") for st in c.streams.audio]
+            packets: list[list[bytes]] = [[] for _ in langs]
+            index = {st.index: i for i, st in enumerate(c.streams.audio)}
+            for p in c.demux(*c.streams.audio):
+                if p.size:
+                    packets[index[p.stream.index]].append(bytes(p))
+        return list(zip(langs, packets, strict=True))
+
+    before, after = tracks_of(src), tracks_of(dst)
+    assert [lang for lang, _ in after] == ["eng", "deu"]
+    assert after == before and all(len(p) > 5 for _, p in after)
+
+
 def test_chunked_video_keeps_timestamps_audio_and_one_target(
     tmp_path: Path, resources: Resources
 ) -> None:

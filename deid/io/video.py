@@ -560,7 +560,9 @@ def iter_batches(iterator: Iterable[np.ndarray], n: int) -> Iterator[list[np.nda
 
 
 class _AudioCopier:
-    """Copies (no re-encode) the audio packets of one file into an output container."""
+    """Copies (no re-encode) the audio packets of one file into an output container: every
+    audio stream the output's format can hold (a commentary or second language track
+    too), with its language and title tags."""
 
     def __init__(self, source: Path, output: Any) -> None:
         self.source = source
@@ -568,12 +570,28 @@ class _AudioCopier:
         try:
             if not self._input.streams.audio:
                 raise ValueError("it has no audio stream")
-            in_stream = self._input.streams.audio[0]
-            name = in_stream.codec_context.name
-            if name not in output.supported_codecs:
-                raise ValueError(f"{output.format.name} cannot hold {name} audio")
-            self._out_stream = output.add_stream_from_template(in_stream, opaque=True)
-            self._packets = (p for p in self._input.demux(in_stream) if not _is_flush(p))
+            self._out: dict[int, Any] = {}
+            kept = []
+            for in_stream in self._input.streams.audio:
+                name = in_stream.codec_context.name
+                if name not in output.supported_codecs:
+                    log.warning(
+                        "%s: audio stream %d (%s) not copied: %s cannot hold it",
+                        source,
+                        in_stream.index,
+                        name,
+                        output.format.name,
+                    )
+                    continue
+                out_stream = output.add_stream_from_template(in_stream, opaque=True)
+                for key in ("language", "title", "handler_name"):
+                    if key in in_stream.metadata:
+                        out_stream.metadata[key] = in_stream.metadata[key]
+                self._out[in_stream.index] = out_stream
+                kept.append(in_stream)
+            if not kept:
+                raise ValueError(f"{output.format.name} cannot hold any of its audio streams")
+            self._packets = (p for p in self._input.demux(kept) if not _is_flush(p))
         except BaseException:
             self._input.close()
             raise
@@ -593,7 +611,7 @@ class _AudioCopier:
                 ts = p.pts if p.pts is not None else p.dts
                 if seconds is not None and ts is not None and float(ts * p.time_base) > seconds:
                     return
-                p.stream = self._out_stream
+                p.stream = self._out[p.stream.index]
                 self._output.mux(p)
                 self._pending = None
                 self.copied += 1
@@ -649,7 +667,7 @@ class VideoWriter:
             default).
         codec: FFmpeg encoder name.
         pix_fmt: encoder pixel format.
-        audio_from: a file whose first audio stream is copied into the output; if it has
+        audio_from: a file whose audio streams are copied into the output; if it has
             none, or copying fails, a warning is logged and the output has no audio.
         preset: libx264/libx265 speed preset.
         rotation: display rotation (degrees counter-clockwise) to store, e.g.
