@@ -384,3 +384,20 @@ def test_a_portrait_file_streams_upright(tmp_path: Path, photo: np.ndarray) -> N
         src.close()
     assert len(got) == 2 and got[0].shape == photo.shape
     assert np.abs(got[0].astype(int) - photo).mean() < 3
+
+
+def test_an_interlaced_source_says_so(tmp_path: Path, photo: np.ndarray) -> None:
+    """Frames of an interlaced source come flagged, so the stream searches them in one field
+    (`deid.io.field_frame`); a progressive source's do not."""
+    flags = {}
+    for name, il in (("interlaced", "tff"), ("progressive", None)):
+        path = tmp_path / f"{name}.mp4"
+        with VideoWriter(path, FPS, photo.shape[1], photo.shape[0], crf=8, interlaced=il) as w:
+            for _ in range(2):
+                w.write(photo)
+        src = StreamSource(path, realtime=False)
+        try:
+            flags[name] = [sf.interlaced for sf in src.frames()]
+        finally:
+            src.close()
+    assert flags == {"interlaced": [True, True], "progressive": [False, False]}

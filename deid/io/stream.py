@@ -102,12 +102,14 @@ class SourceFrame:
         image: (H, W, 3) uint8 RGB.
         arrival: ``time.monotonic()`` when it was decoded (or, for a file played in real
             time, when its time came).
+        interlaced: the decoder flags it interlaced (two fields woven; broadcast 1080i).
     """
 
     index: int
     pts: float
     image: np.ndarray
     arrival: float
+    interlaced: bool = False
 
 
 class StreamSource:
@@ -192,7 +194,8 @@ class StreamSource:
                         return
                     time.sleep(min(wait, 0.05))
             image = upright(frame_rgb(frame), self.rotation)
-            yield SourceFrame(index, rel, image, time.monotonic())
+            interlaced = bool(getattr(frame, "interlaced_frame", False))
+            yield SourceFrame(index, rel, image, time.monotonic(), interlaced)
 
     def _decoded(self) -> Iterator[Any]:
         """av frames; a URL's undecodable packets (joined mid-stream, before a keyframe; a

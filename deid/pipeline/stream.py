@@ -52,6 +52,7 @@ import torch
 from deid.align import obscure, paste_owned
 from deid.errors import OutputError
 from deid.io.stream import SourceFrame, StreamSink, StreamSource, check_protocol, is_url
+from deid.io.video import field_frame
 from deid.pipeline.resources import Resources
 from deid.pipeline.stages import TargetMemory, classify, crop, detect
 from deid.pipeline.tracking import OnlineTracker
@@ -245,11 +246,14 @@ class FrameProtector:
         memory = self.memory.kept if advance else None
         return res.protector.protect(crops, res.context(targets, preds, memory))
 
-    def locate(self, index: int, image: np.ndarray) -> tuple[Detections, list[np.ndarray]]:
+    def locate(
+        self, index: int, image: np.ndarray, interlaced: bool = False
+    ) -> tuple[Detections, list[np.ndarray]]:
         """The faces of frame ``index``: its detections (down to ``detector.track_score``
         where they continue a track, :class:`FaceTracks`) and the predicted boxes of tracked
-        faces it did not detect."""
-        dets = detect(self.res.track_detector, [image])[0]
+        faces it did not detect. An ``interlaced`` frame is searched in one field
+        (:func:`deid.io.field_frame`: moving faces are combed in the woven frame)."""
+        dets = detect(self.res.track_detector, [field_frame(image) if interlaced else image])[0]
         missed, keep = self.tracks.update(index, dets.boxes, dets.scores)
         return Detections(dets.boxes[keep], dets.scores[keep], dets.landmarks[keep]), missed
 
@@ -260,7 +264,7 @@ class FrameProtector:
         if live and newer and time.monotonic() - sf.arrival + self.detect_cost > budget:
             return None
         t0 = time.monotonic()
-        dets, missed = self.locate(sf.index, sf.image)
+        dets, missed = self.locate(sf.index, sf.image, sf.interlaced)
         self.detect_cost = 0.7 * self.detect_cost + 0.3 * (time.monotonic() - t0)
         crops = crop([sf.image], [dets], self.res.classifier)
         out = sf.image.copy()
