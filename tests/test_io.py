@@ -685,3 +685,13 @@ def test_frame_table_refuses_repeated_timestamps(
     good = restamp(clip, tmp_path / f"good{suffix}", [40 * t for t in range(12)])
     assert len(frame_table(good).pts) == 12
     assert check_video(good) == probe_video(good)
+
+
+def test_an_image_over_the_decompression_guard_is_named_as_too_large(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "ortho.png"
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # 10000 px: over twice the guard
+    with pytest.raises(InputError, match=r"larger than the 4000 pixels deid reads.*tiles"):
+        read_image(path)

@@ -46,6 +46,19 @@ _EXPECTED_IMAGE = "not a readable image (expected jpg, png, ...)"
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+def _unreadable(path: Path, e: BaseException) -> InputError:
+    """The error for an image Pillow would not read: one over Pillow's decompression-bomb
+    guard is an image, just too large to hold (an orthomosaic, say), and says so."""
+    if isinstance(e, Image.DecompressionBombError):
+        return InputError(
+            path,
+            f"an image larger than the {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels deid reads "
+            f"(Pillow's guard against decompression bombs: {e}); expected a smaller image: "
+            "cut it into tiles",
+        )
+    return InputError(path, f"{_EXPECTED_IMAGE}: {e}")
+
+
 def _exts(exts: set[str]) -> str:
     return ", ".join(sorted(exts))
 
@@ -148,7 +161,7 @@ def count_frames(path: Path | str) -> int:
     except UnidentifiedImageError as e:
         raise InputError(path, _EXPECTED_IMAGE) from e
     except _PIL_ERRORS as e:
-        raise InputError(path, f"{_EXPECTED_IMAGE}: {e}") from e
+        raise _unreadable(path, e) from e
 
 
 def read_image_pages(path: Path | str) -> tuple[list[np.ndarray], Pages]:
@@ -204,7 +217,7 @@ def read_image_format(path: Path | str) -> tuple[np.ndarray, PixelFormat]:
     except UnidentifiedImageError as e:
         raise InputError(path, _EXPECTED_IMAGE) from e
     except _PIL_ERRORS as e:
-        raise InputError(path, f"{_EXPECTED_IMAGE}: {e}") from e
+        raise _unreadable(path, e) from e
 
 
 def write_image(
