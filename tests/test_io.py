@@ -695,3 +695,21 @@ def test_an_image_over_the_decompression_guard_is_named_as_too_large(
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # 10000 px: over twice the guard
     with pytest.raises(InputError, match=r"larger than the 4000 pixels deid reads.*tiles"):
         read_image(path)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif", ".webp"])
+def test_an_images_colour_profile_is_kept(tmp_path: Path, suffix: str) -> None:
+    """A photo's ICC profile (a phone's Display P3, say) is written back, so its colours show
+    as they did."""
+    from PIL import ImageCms
+
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    src = tmp_path / f"in{suffix}"
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(src, icc_profile=profile)
+    back, fmt = read_image_format(src)
+    assert fmt.icc == profile
+    write_image(tmp_path / f"out{suffix}", back, like=fmt)
+    assert Image.open(tmp_path / f"out{suffix}").info.get("icc_profile") == profile
+    write_image(tmp_path / f"plain{suffix}", back)  # no `like`: nothing to keep
+    assert not Image.open(tmp_path / f"plain{suffix}").info.get("icc_profile")

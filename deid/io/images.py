@@ -74,11 +74,15 @@ class PixelFormat:
         grey: the file is greyscale (Pillow modes 1, L, LA, I, I;16, F).
         alpha: (H, W) uint8 alpha channel, or None.
         deep: (H, W) uint16 values of a 16-bit greyscale file, or None.
+        icc: the file's ICC colour profile (a phone's Display P3, a camera's Adobe RGB), kept
+            so the colours show as they did; None: none, or one for another colour space
+            than deid writes (CMYK).
     """
 
     grey: bool = False
     alpha: np.ndarray | None = None
     deep: np.ndarray | None = None
+    icc: bytes | None = None
 
 
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -91,6 +95,9 @@ def _to_rgb(img: Image.Image) -> tuple[np.ndarray, PixelFormat]:
     """Any Pillow mode to (H, W, 3) uint8 RGB (alpha dropped, 16-bit scaled to 8-bit), and
     what was dropped (:class:`PixelFormat`)."""
     alpha = None
+    icc = img.info.get("icc_profile") or None
+    if img.mode in ("CMYK", "LAB", "HSV"):  # a profile of a space deid does not write
+        icc = None
     if img.mode in _ALPHA_MODES or "transparency" in img.info:
         alpha = np.asarray(img.convert("RGBA"))[:, :, 3].copy()
     grey = img.mode in _GREY_MODES
@@ -104,10 +111,10 @@ def _to_rgb(img: Image.Image) -> tuple[np.ndarray, PixelFormat]:
             gray = (wide // 257).astype(np.uint8)
             deep = wide.astype(np.uint16)
         rgb = np.repeat(gray[:, :, None], 3, axis=2)
-        return rgb, PixelFormat(grey=True, alpha=alpha, deep=deep)
+        return rgb, PixelFormat(grey=True, alpha=alpha, deep=deep, icc=icc)
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8).copy(), PixelFormat(grey=grey, alpha=alpha)
+    return np.asarray(img, dtype=np.uint8).copy(), PixelFormat(grey=grey, alpha=alpha, icc=icc)
 
 
 def read_image(path: Path | str) -> np.ndarray:
@@ -227,7 +234,8 @@ def write_image(
 
     PNG, BMP and TIFF are lossless. JPEG uses ``quality`` with 4:4:4 chroma (no
     subsampling, so fine pixel changes survive better); WebP uses ``quality``, or lossless
-    at 100. No metadata (EXIF, GPS) is written. Missing parent folders are created.
+    at 100. No metadata (EXIF, GPS) is written; the input's ICC colour profile is, through
+    ``like``. Missing parent folders are created.
 
     ``like`` (the input's :class:`PixelFormat`, from :func:`read_image_format`): a greyscale
     input is written greyscale (where ``rgb`` is grey, as deid's protection keeps a grey
@@ -262,6 +270,7 @@ def write_image(
     elif fmt == "WEBP":
         options = {"quality": quality, "lossless": quality == 100}
     img = _like(rgb, like, fmt, path) if like is not None else Image.fromarray(rgb)
+    _keep_icc(options, img, like, fmt)
     _save(path, img, fmt, options)
     log.debug("wrote %s (%dx%d %s)", path, rgb.shape[1], rgb.shape[0], fmt)
 
@@ -299,8 +308,20 @@ def write_image_pages(
             mode = "RGBA" if any(i.mode in ("RGBA", "LA") for i in imgs) else "RGB"
             imgs = [i.convert(mode) for i in imgs]
             options["append_images"] = imgs[1:]
+    _keep_icc(options, imgs[0], pages.formats[0], fmt)
     _save(path, imgs[0], fmt, options)
     log.debug("wrote %s (%d frames, %s)", path, len(frames), fmt)
+
+
+def _keep_icc(
+    options: dict[str, object], img: Image.Image, like: PixelFormat | None, fmt: str
+) -> None:
+    """Write the input's ICC profile where the format holds one and the image is still of
+    the profile's kind (a grey profile on a grey image, a colour one on a colour image)."""
+    if like is None or not like.icc or fmt == "BMP":
+        return
+    if (img.mode in ("L", "LA", "I;16")) == like.grey:
+        options["icc_profile"] = like.icc
 
 
 def _save(path: Path, img: Image.Image, fmt: str, options: dict[str, object]) -> None:
