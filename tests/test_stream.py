@@ -401,3 +401,47 @@ def test_an_interlaced_source_says_so(tmp_path: Path, photo: np.ndarray) -> None
         finally:
             src.close()
     assert flags == {"interlaced": [True, True], "progressive": [False, False]}
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".ts"])
+def test_a_sources_audio_passes_through(
+    tmp_path: Path, photo: np.ndarray, res: Resources, suffix: str
+) -> None:
+    """The source's sound goes out with the de-identified frames, packet for packet, on the
+    video's clock."""
+    rate, n = 44100, 6
+    src = tmp_path / "in.mp4"
+    with av.open(str(src), mode="w") as out:
+        video = out.add_stream("libx264", rate=FPS, options={"crf": "12"})
+        video.width, video.height, video.pix_fmt = photo.shape[1], photo.shape[0], "yuv420p"
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = "mono"
+        for i in range(n):
+            f = av.VideoFrame.from_ndarray(np.roll(photo, 2 * i, axis=1), format="rgb24")
+            out.mux(video.encode(f))
+        out.mux(video.encode())
+        t = np.arange(int(rate * n / FPS)) / rate
+        tone = av.AudioFrame.from_ndarray(
+            (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None],
+            format="flt",
+            layout="mono",
+        )
+        tone.sample_rate, tone.pts = rate, 0
+        out.mux(audio.encode(tone))
+        out.mux(audio.encode())
+    with av.open(str(src)) as c:
+        sent = [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
+    dst = tmp_path / f"out{suffix}"
+    s = run_stream(src, dst, res, StreamOptions(realtime=False, obscure_only=True, stats_every=0))
+    assert s["frames_out"] == n
+    with av.open(str(dst)) as c:
+        assert len(c.streams.video[0:1]) == 1 and c.streams.audio
+        got = [p for p in c.demux(c.streams.audio[0]) if p.size]
+        times = [float(p.pts * p.time_base) for p in got]
+        payload = [bytes(p) for p in got]
+    # every packet from the first video frame on (the encoder's priming packet, before it,
+    # is not sent); the same bytes in MP4 (MPEG-TS adds an ADTS header to each)
+    assert len(sent) - 1 <= len(got) <= len(sent) and times == sorted(times)
+    if suffix == ".mp4":
+        assert payload == sent[len(sent) - len(got) :]
+    assert 0 <= times[0] < 0.1 and times[-1] < n / FPS + 0.1

@@ -15,6 +15,7 @@ written beside its path and renamed into place when closed (atomic, as
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import functools
@@ -127,6 +128,9 @@ class StreamSource:
         rotation: a file's display rotation (degrees counter-clockwise; 0 for a URL).
         sample_aspect: the pixel shape (width / height) of anamorphic video, upright;
             None: square.
+        audio: the source's first audio stream (passed through untouched), or None.
+        audio_packets: its packets as they are demuxed, each with its time in seconds from
+            the first video frame (:meth:`frames` fills it; the encoder drains it).
     """
 
     def __init__(
@@ -156,6 +160,7 @@ class StreamSource:
                 timeout=(open_timeout, idle_timeout) if self.url else None,
             )
             self._stream = self._container.streams.video[0]
+            self.audio = self._container.streams.audio[0] if self._container.streams.audio else None
         except (av.FFmpegError, OSError, IndexError) as e:
             raise InputError(str(src), f"cannot open the video stream ({e})") from e
         ctx = self._stream.codec_context
@@ -172,6 +177,9 @@ class StreamSource:
         rate = Fraction(self._stream.average_rate or self._stream.guessed_rate or 25)
         self.rate = rate if 0 < rate <= 240 else Fraction(25)  # probed mid-stream: unsure
         self.bad_packets = 0
+        self.audio_packets: collections.deque[tuple[float, Any]] = collections.deque()
+        self._audio_early: list[Any] = []  # audio demuxed before the first video frame
+        self._pts0: float | None = None
 
     def frames(self, stop: Callable[[], bool] = lambda: False) -> Iterator[SourceFrame]:
         """Decoded frames in order until the source ends, breaks or ``stop()`` is true.
@@ -186,6 +194,10 @@ class StreamSource:
             pts = float(frame.time) if frame.time is not None else index / float(self.rate)
             if pts0 is None:
                 pts0, t0 = pts, time.monotonic()
+                self._pts0 = pts0
+                for packet in self._audio_early:
+                    self._keep_audio(packet)
+                self._audio_early.clear()
             rel = pts - pts0
             assert t0 is not None
             if self.realtime:
@@ -197,11 +209,28 @@ class StreamSource:
             interlaced = bool(getattr(frame, "interlaced_frame", False))
             yield SourceFrame(index, rel, image, time.monotonic(), interlaced)
 
+    def _keep_audio(self, packet: Any) -> None:
+        """Queue an audio packet at its time from the first video frame (dropped before it)."""
+        if self._pts0 is None:
+            self._audio_early.append(packet)
+            return
+        if packet.pts is None or packet.time_base is None:
+            return
+        at = float(packet.pts * packet.time_base) - self._pts0
+        if at >= 0:
+            self.audio_packets.append((at, packet))
+
     def _decoded(self) -> Iterator[Any]:
         """av frames; a URL's undecodable packets (joined mid-stream, before a keyframe; a
-        lost datagram) are skipped and counted in :attr:`bad_packets`."""
+        lost datagram) are skipped and counted in :attr:`bad_packets`. Audio packets go to
+        :attr:`audio_packets`."""
+        streams = [self._stream] + ([self.audio] if self.audio is not None else [])
         try:
-            for packet in self._container.demux(self._stream):
+            for packet in self._container.demux(streams):
+                if packet.stream.type == "audio":
+                    if packet.size:
+                        self._keep_audio(packet)
+                    continue
                 try:
                     yield from self._stream.decode(packet)
                 except av.InvalidDataError as e:
@@ -219,6 +248,11 @@ class StreamSource:
             self._container.close()
 
 
+# audio codecs a container holds where PyAV's ``supported_codecs`` (FFmpeg's codec tag
+# tables) does not list them: MPEG-TS carries these by stream type
+_AUDIO_CODECS = {"mpegts": frozenset({"aac", "mp2", "mp3", "ac3", "eac3", "opus"})}
+
+
 class StreamSink:
     """Encode frames as they come to a URL or a file (H.264, ``zerolatency``).
 
@@ -230,6 +264,8 @@ class StreamSink:
         crf: x264 quality (0 lossless .. 51).
         preset: x264 preset (``ultrafast`` keeps up on a small CPU).
         sample_aspect: the pixel shape to tag (anamorphic video); None: square.
+        audio: a source's audio stream to pass through (:meth:`write_audio`); None, or one
+            the output's container cannot hold (a warning): video only.
 
     A file is written to a temporary name beside ``dst`` and renamed into place by
     :meth:`close` (after at least one frame), so it is either whole and readable or absent.
@@ -244,8 +280,11 @@ class StreamSink:
         crf: int = 18,
         preset: str = "ultrafast",
         sample_aspect: Fraction | None = None,
+        audio: Any = None,
     ) -> None:
         self.dst = dst
+        self.audio_written = 0
+        self._audio: Any = None
         self.url = is_url(dst)
         self.frames_written = 0
         self._closed = False
@@ -286,6 +325,12 @@ class StreamSink:
                 "x264-params": f"keyint={max(1, round(rate))}",
             }
             self._stream = s
+            if audio is not None:
+                name = audio.codec_context.name
+                if name in _AUDIO_CODECS.get(fmt, self._container.supported_codecs):
+                    self._audio = self._container.add_stream_from_template(audio, opaque=True)
+                else:
+                    log.warning("%s: no audio: %s cannot hold %s", dst, fmt, name)
         except _AV_ERRORS as e:
             self._discard()
             raise OutputError(str(dst), f"cannot open the output ({e})") from e
@@ -322,6 +367,25 @@ class StreamSink:
             raise OutputError(str(self.dst), f"sending frame failed ({e})") from e
         self._last = tick
         self.frames_written += 1
+
+    def write_audio(self, packet: Any, at: float) -> None:
+        """Mux a source audio packet (untouched) at ``at`` seconds on the video's clock; a
+        sink without audio ignores it. A packet the muxer refuses is dropped (audio never
+        stops the video)."""
+        if self._audio is None:
+            return
+        tb = packet.time_base
+        length = packet.duration
+        packet.stream = self._audio
+        packet.pts = packet.dts = round(at / tb)
+        if length is not None:
+            packet.duration = length
+        packet.time_base = tb
+        try:
+            self._container.mux(packet)
+            self.audio_written += 1
+        except _AV_ERRORS as e:
+            log.debug("%s: an audio packet was dropped (%s)", self.dst, e)
 
     def close(self) -> None:
         """Flush and finish the output (a file is renamed into place; without a frame it is

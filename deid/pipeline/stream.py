@@ -450,8 +450,9 @@ def run_stream(
                     h, w = out.shape[:2]
                     crf = res.settings.pipeline.crf
                     sink = StreamSink(
-                        dst, w, h, source.rate, crf, opts.preset, source.sample_aspect
+                        dst, w, h, source.rate, crf, opts.preset, source.sample_aspect, source.audio
                     )
+                _audio_until(source, sink, sf.pts)
                 sink.write(out, sf.pts)
                 with stats.lock:
                     stats.frames_out += 1
@@ -463,6 +464,8 @@ def run_stream(
             try:
                 if sink is None:
                     raise OutputError(str(dst), "no frame was sent")
+                if not stop.is_set() or not errors:  # the rest of the audio
+                    _audio_until(source, sink, None)
                 sink.close()
                 log.debug("stream: %s finished, %d frames", dst, sink.frames_written)
             except BaseException as e:  # noqa: BLE001
@@ -496,6 +499,16 @@ def run_stream(
     if errors:
         raise errors[0]
     return summary
+
+
+def _audio_until(source: StreamSource, sink: StreamSink, seconds: float | None) -> None:
+    """Pass the source's audio packets up to ``seconds`` on the video's clock (all: None)
+    to the sink, so they interleave with the frames (a dropped frame does not drop its
+    sound)."""
+    q = source.audio_packets
+    while q and (seconds is None or q[0][0] <= seconds):
+        at, packet = q.popleft()
+        sink.write_audio(packet, at)
 
 
 def _log_stats(s: dict[str, Any], on_stats: Callable[[dict[str, Any]], None] | None) -> None:
