@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -159,16 +159,10 @@ def count_frames(path: Path | str) -> int:
     a multi-page TIFF or an MPO JPEG more.
 
     Raises:
-        InputError: the path is not a readable image.
+        InputError: the path is missing or not a readable image.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            return int(getattr(img, "n_frames", 1) or 1)
-    except UnidentifiedImageError as e:
-        raise InputError(path, _EXPECTED_IMAGE) from e
-    except _PIL_ERRORS as e:
-        raise _unreadable(path, e) from e
+    with _opened(path) as img:
+        return int(getattr(img, "n_frames", 1) or 1)
 
 
 def read_image_pages(path: Path | str) -> tuple[list[np.ndarray], Pages]:
@@ -179,25 +173,19 @@ def read_image_pages(path: Path | str) -> tuple[list[np.ndarray], Pages]:
     Raises:
         InputError: the path is missing or not a readable image.
     """
-    path = Path(path)
-    n = count_frames(path) if path.is_file() else 1
-    if n == 1:
-        rgb, fmt = read_image_format(path)
-        return [rgb], Pages([fmt])
     frames, formats, durations = [], [], []
-    try:
-        with Image.open(path) as img:
-            loop = img.info.get("loop")
-            for i in range(n):
+    with _opened(path) as img:
+        n = int(getattr(img, "n_frames", 1) or 1)
+        for i in range(n):
+            if i:
                 img.seek(i)
-                img.load()
-                durations.append(int(img.info.get("duration", 0) or 0))
-                rgb, fmt = _to_rgb(ImageOps.exif_transpose(img))
-                frames.append(rgb)
-                formats.append(fmt)
-    except _PIL_ERRORS as e:
-        raise InputError(path, f"{_EXPECTED_IMAGE}: frame {len(frames)} of {n}: {e}") from e
-    animated = img.format in ("WEBP", "PNG")
+            img.load()
+            durations.append(int(img.info.get("duration", 0) or 0))
+            rgb, fmt = _to_rgb(ImageOps.exif_transpose(img))
+            frames.append(rgb)
+            formats.append(fmt)
+        loop = img.info.get("loop")
+        animated = n > 1 and img.format in ("WEBP", "PNG")
     return frames, Pages(
         formats,
         durations if animated else None,
@@ -212,15 +200,22 @@ def read_image_format(path: Path | str) -> tuple[np.ndarray, PixelFormat]:
     Raises:
         InputError: the path is missing or not a readable image.
     """
+    with _opened(path) as img:
+        img.load()
+        return _to_rgb(ImageOps.exif_transpose(img))
+
+
+@contextlib.contextmanager
+def _opened(path: Path | str) -> Iterator[Image.Image]:
+    """An image file opened with Pillow; a missing or unreadable file (also while the body
+    reads it) raises :class:`InputError` naming what was expected."""
     path = Path(path)
     if not path.is_file():
         reason = "file not found" if not path.exists() else "is not a regular file"
         raise InputError(path, f"{reason}; expected an image ({_exts(IMAGE_EXTS)})")
     try:
         with Image.open(path) as img:
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            return _to_rgb(upright)
+            yield img
     except UnidentifiedImageError as e:
         raise InputError(path, _EXPECTED_IMAGE) from e
     except _PIL_ERRORS as e:

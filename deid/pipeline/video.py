@@ -351,12 +351,14 @@ def chunk_ok(out: Path | str, chunk: Chunk) -> bool:
 
 
 def _writer(path: Path, layout: Layout | Mapping[str, Any], crf: int) -> VideoWriter:
-    """The encoder of a segment: the input's exact rate, time base and colour, reproducible
-    bytes."""
-    get = layout.__getitem__ if isinstance(layout, Mapping) else layout.__getattribute__
-    colour = layout.get("colour") if isinstance(layout, Mapping) else layout.colour
-    sar = layout.get("sample_aspect") if isinstance(layout, Mapping) else layout.sample_aspect
-    il = layout.get("interlaced") if isinstance(layout, Mapping) else layout.interlaced
+    """The encoder of a segment: the input's exact rate, time base, colour, pixel shape and
+    field order, reproducible bytes (a layout in JSON form may lack the newer keys: BT.601,
+    square pixels, progressive)."""
+
+    def get(key: str) -> Any:
+        return layout.get(key) if isinstance(layout, Mapping) else getattr(layout, key)
+
+    sar = get("sample_aspect")
     return VideoWriter(
         path,
         Fraction(get("rate")),
@@ -366,9 +368,9 @@ def _writer(path: Path, layout: Layout | Mapping[str, Any], crf: int) -> VideoWr
         time_base=Fraction(get("time_base")),
         threads=SEGMENT_THREADS,
         x264_params=REPRODUCIBLE_X264,
-        colour=colour,
+        colour=get("colour"),
         sample_aspect=None if sar is None else Fraction(sar),
-        interlaced=il,
+        interlaced=get("interlaced"),
     )
 
 
