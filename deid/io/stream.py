@@ -33,7 +33,13 @@ import numpy as np
 
 from deid.errors import InputError, OutputError
 from deid.io.paths import tmp_beside
-from deid.io.video import frame_rgb, probe_video, sample_aspect_of, shown_size, upright
+from deid.io.video import (
+    display_rotation,
+    frame_rgb,
+    sample_aspect_of,
+    shown_size,
+    upright,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +174,7 @@ class StreamSource:
             ctx.thread_type = "SLICE"  # frame threads hold frames back
         # a file's display rotation (a phone's portrait clip is stored sideways); a URL's
         # container (MPEG-TS, RTSP) carries none
-        self.rotation = 0 if self.url else probe_video(Path(src)).rotation
+        self.rotation = 0 if self.url else display_rotation(Path(src))
         self.width, self.height = shown_size(ctx.width, ctx.height, self.rotation)
         sar = sample_aspect_of(self._stream)
         if sar is not None and (self.width, self.height) != (ctx.width, ctx.height):

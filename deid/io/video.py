@@ -191,6 +191,23 @@ def _rotation(stream: Any, first_frame: Any) -> int:
     return round(float(getattr(first_frame, "rotation", 0) or 0)) % 360
 
 
+def display_rotation(path: Path) -> int:
+    """A video file's display rotation (:attr:`VideoInfo.rotation`) from its first frame
+    alone (:func:`probe_video` also counts the frames, which takes a demux of the whole file
+    where the container does not say); 0 if it cannot be read."""
+    try:
+        container, stream = _open_av(path)
+    except (VideoDecodeError, *_AV_ERRORS):
+        return 0
+    try:
+        first = next(container.decode(stream), None)
+        return 0 if first is None else _rotation(stream, first)
+    except _AV_ERRORS:
+        return 0
+    finally:
+        container.close()
+
+
 def _colour(stream: Any, first: Any) -> tuple[int, int, int]:
     """(matrix, primaries, transfer) of a stream: its decoder's, else its first frame's."""
     ctx = stream.codec_context
