@@ -442,6 +442,7 @@ def test_turns_find_the_faces_of_a_photo_on_its_side() -> None:
         sum(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in found.boxes) for cx, cy in centres
     ]
     assert hits == [1] * 8
+    assert turned.detect([]) == []  # an empty batch (no windows to search) is no error
 
 
 def test_turns_are_angles_other_than_upright() -> None:

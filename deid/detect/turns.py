@@ -138,6 +138,8 @@ class TurnedDetector:
         self.turns = [float(t) for t in turns if float(t) % 360 != 0]
 
     def detect(self, frames: Sequence[np.ndarray], edge_pad: int | None = None) -> list[Detections]:
+        if not frames:
+            return []
         views = [self.inner.detect(frames, edge_pad)]
         for angle in self.turns:
             turned, backs = zip(*(turn_frame(f, angle) for f in frames), strict=True)
