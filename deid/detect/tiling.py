@@ -301,7 +301,7 @@ class TiledDetector:
         b = b - np.tile(off, 2)
         h, w = shape[:2]
         area = np.prod(np.clip(b[:, 2:] - b[:, :2], 1e-6, None), axis=1)
-        inside = _intersection(b, np.array([[0, 0, w, h]], np.float32))[:, 0] / area
+        inside = box_intersection(b, np.array([[0, 0, w, h]], np.float32))[:, 0] / area
         vis = np.minimum(b[:, 2:], [w, h]) - np.maximum(b[:, :2], 0)
         keep = (inside >= 0.25) & (vis.min(1) >= 0.5 * self.min_face_size) & (p >= self.keep_score)
         b, p, lm, inside = b[keep], p[keep], lm[keep] - off, inside[keep]
@@ -381,7 +381,7 @@ class TiledDetector:
             kept = self._merge(_concat([*whole[fi], overview[fi]]))
             rest = self._merge(_concat(cut[fi]))
             if len(rest[0]) and len(kept[0]):
-                inter = _intersection(rest[0], kept[0])
+                inter = box_intersection(rest[0], kept[0])
                 area = np.prod(np.clip(rest[0][:, 2:] - rest[0][:, :2], 1e-6, None), axis=1)
                 rest = _select(rest, (inter / area[:, None]).max(1) < 0.3)
             out.append(self._merge(_concat([kept, rest])))
@@ -502,7 +502,7 @@ def _drop_moved_duplicates(raw: RawDetections, moved: np.ndarray, iou: float) ->
     b, p = raw[0], raw[1]
     if not moved.any() or len(b) < 2:
         return raw
-    inter = _intersection(b, b)
+    inter = box_intersection(b, b)
     area = np.prod(np.clip(b[:, 2:] - b[:, :2], 1e-6, None), axis=1)
     overlap = inter / (area[:, None] + area[None, :] - inter)
     keep = np.zeros(len(b), bool)
@@ -512,7 +512,7 @@ def _drop_moved_duplicates(raw: RawDetections, moved: np.ndarray, iou: float) ->
     return _select(raw, keep)
 
 
-def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def box_intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(len(a), len(b)) intersection areas of x1, y1, x2, y2 boxes."""
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])

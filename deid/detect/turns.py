@@ -2,8 +2,8 @@
 
 MTCNN (like most face detectors) is trained on upright faces. Turned in the image plane it
 loses them fast: on four shared photos (40 faces) turned as a whole it found 36 at 20
-degrees, 31 at 45, 19 at 60, 5 at 90 and 12 upside down (README "Detection at drone
-altitude", "Faces turned in the image"). From a drone, people lying on a beach or a lawn
+degrees, 31 at 45, 19 at 60, 5 at 90 and 12 upside down (README "Hard frames", "Faces
+turned in the image"). From a drone, people lying on a beach or a lawn
 show their faces at every angle. :class:`TurnedDetector` searches each frame as it is and
 turned by each of ``turns`` (quarter turns exactly, other angles on a larger canvas), maps
 the detections back (boxes: the upright rectangle around the turned box; landmarks
@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from deid.detect.base import Detector
+from deid.detect.tiling import box_intersection
 from deid.types import Detections
 
 _FILL = (128, 128, 128)  # the canvas around a frame turned by an angle that is not a quarter
@@ -91,39 +92,36 @@ def map_back(det: Detections, back: np.ndarray, shape: tuple[int, ...]) -> Detec
 def merge_views(views: Sequence[Detections], iou: float = 0.3) -> Detections:
     """The first view's detections, then the others' by score where no kept detection
     already covers them (box IoU above ``iou``, or its centre inside a kept box)."""
-    keep_b, keep_p, keep_l = (
-        [list(views[0].boxes)],
-        [list(views[0].scores)],
-        [list(views[0].landmarks)],
-    )
-    kb, kp, kl = keep_b[0], keep_p[0], keep_l[0]
+    boxes, scores = list(views[0].boxes), list(views[0].scores)
+    landmarks = list(views[0].landmarks)
     rest = [
         (p, b, lm)
         for v in views[1:]
         for b, p, lm in zip(v.boxes, v.scores, v.landmarks, strict=True)
     ]
     for p, b, lm in sorted(rest, key=lambda t: -float(t[0])):
-        c = (b[:2] + b[2:]) / 2
-        if any(_covers(k, b, c, iou) for k in kb):
+        if boxes and _covered(np.asarray(boxes), b, iou):
             continue
-        kb.append(b)
-        kp.append(p)
-        kl.append(lm)
-    if not kb:
+        boxes.append(b)
+        scores.append(p)
+        landmarks.append(lm)
+    if not boxes:
         return Detections.empty()
     return Detections(
-        np.asarray(kb, np.float32), np.asarray(kp, np.float32), np.asarray(kl, np.float32)
+        np.asarray(boxes, np.float32),
+        np.asarray(scores, np.float32),
+        np.asarray(landmarks, np.float32),
     )
 
 
-def _covers(k: np.ndarray, b: np.ndarray, c: np.ndarray, iou: float) -> bool:
-    if k[0] <= c[0] <= k[2] and k[1] <= c[1] <= k[3]:
+def _covered(kept: np.ndarray, b: np.ndarray, iou: float) -> bool:
+    """Whether a kept box holds ``b``'s centre or overlaps it by more than ``iou``."""
+    c = (b[:2] + b[2:]) / 2
+    if ((kept[:, :2] <= c) & (c <= kept[:, 2:])).all(1).any():
         return True
-    iw = max(0.0, min(k[2], b[2]) - max(k[0], b[0]))
-    ih = max(0.0, min(k[3], b[3]) - max(k[1], b[1]))
-    inter = iw * ih
-    union = (k[2] - k[0]) * (k[3] - k[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return union > 0 and inter / union > iou
+    inter = box_intersection(kept, b[None])[:, 0]
+    union = np.prod(kept[:, 2:] - kept[:, :2], 1) + np.prod(b[2:] - b[:2]) - inter
+    return bool((inter > iou * np.maximum(union, 1e-9)).any())
 
 
 class TurnedDetector:
